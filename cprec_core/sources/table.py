@@ -1,0 +1,123 @@
+"""Generic logs: Parquet or CSV with columns user_id, item_id, title, timestamp, domain
+(rating optional). ``timestamp``: epoch seconds or milliseconds (``timestamp_unit``) or
+ISO-8601 text. For CSV, ``line`` is the physical line where the record starts; for Parquet,
+it is the 1-based row number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from cprec_core.config import SourceConfig
+from cprec_core.sources.base import (
+    Accepted,
+    FileRead,
+    Record,
+    Rejected,
+    RowProblem,
+    SourceError,
+    file_sha256,
+    parse_rating,
+    parse_timestamp_ms,
+    raw_text,
+)
+
+REQUIRED = ("user_id", "item_id", "title", "timestamp", "domain")
+SUFFIXES = (".parquet", ".csv", ".csv.gz")
+EXPECTED = f"Parquet or CSV ({', '.join(SUFFIXES)}) with columns {', '.join(REQUIRED)}"
+
+
+def table_files(path: Path) -> list[Path]:
+    if path.is_file():
+        if not path.name.endswith(SUFFIXES):
+            raise SourceError(f"{path}: unknown format; expected {EXPECTED}")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+        if not files:
+            raise SourceError(f"{path}: no table files found; expected {EXPECTED}")
+        return files
+    raise SourceError(f"{path}: not found; expected {EXPECTED}")
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise SourceError(f"{path}: missing column(s) {missing}; found {columns}; expected {EXPECTED}")
+
+
+def _row(source: str, line: int, row: dict, unit: str) -> Accepted:
+    values = {}
+    for key in ("user_id", "item_id", "title", "domain"):
+        value = row.get(key)
+        text = "" if value is None else str(value).strip()
+        if not text:
+            what = "item without title" if key == "title" else f"missing {key}"
+            raise RowProblem(key, what)
+        values[key] = " ".join(text.split()) if key == "title" else text
+    ts_ms = parse_timestamp_ms(row.get("timestamp"), unit)
+    rating = parse_rating(row.get("rating"))
+    return Accepted(source, line, values["user_id"], values["item_id"], values["title"], ts_ms,
+                    values["domain"], rating)
+
+
+def _read_csv(path: Path, unit: str) -> Iterator[Record]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    source = str(path)
+    rows = 0
+    with opener(path, "rb") as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        _check_columns(path, header)
+        start = reader.line_num + 1
+        for cols in reader:
+            line, start = start, reader.line_num + 1
+            if not cols:
+                continue
+            rows += 1
+            try:
+                if any("\ufffd" in c for c in cols):
+                    raise RowProblem("line", "not valid UTF-8")
+                if len(cols) != len(header):
+                    raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
+                yield _row(source, line, dict(zip(header, cols)), unit)
+            except RowProblem as p:
+                yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
+    yield FileRead(source, "interactions", "csv", rows, file_sha256(path))
+
+
+def _read_parquet(path: Path, unit: str) -> Iterator[Record]:
+    source = str(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
+    _check_columns(path, parquet.schema_arrow.names)
+    rows = 0
+    for batch in parquet.iter_batches(batch_size=65_536):
+        for row in batch.to_pylist():
+            rows += 1
+            try:
+                yield _row(source, rows, row, unit)
+            except RowProblem as p:
+                yield Rejected(source, rows, p.field, p.reason, raw_text(repr(row)))
+    yield FileRead(source, "interactions", "parquet", rows, file_sha256(path))
+
+
+def read_table(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
+    for file in table_files(Path(path)):
+        if file.name.endswith(".parquet"):
+            yield from _read_parquet(file, cfg.timestamp_unit)
+        else:
+            yield from _read_csv(file, cfg.timestamp_unit)
