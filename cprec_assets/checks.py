@@ -1,0 +1,92 @@
+"""Quality gates of the data stage. Blocking checks stop downstream assets in the same run:
+a leak into the CPT corpus or an out-of-order sequence would poison every model after it."""
+
+
+import dagster as dg
+
+from cprec_assets.assets.data import (
+    cpt_corpus,
+    domain_sequences,
+    interactions,
+    mixed_sequences,
+    raw_interactions,
+)
+from cprec_assets.partitions import DUCKDB_POOL
+from cprec_assets.resources import CPRecConfig
+from cprec_core.corpus import corpus_leaks
+from cprec_core.interactions import leaks
+from cprec_core.raw import reconcile
+from cprec_core.reporting import md_table
+from cprec_core.sequences import unordered_sequences
+
+
+@dg.asset_check(asset=raw_interactions, blocking=True, pool=DUCKDB_POOL)
+def raw_rows_reconcile(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    """Per file: rows read = rows loaded + rows rejected, and the tables hold exactly those."""
+    with cprec.connect() as con:
+        bad = reconcile(con)
+    return dg.AssetCheckResult(passed=not bad, metadata={"files_not_reconciled": len(bad),
+        "details": dg.MetadataValue.md(md_table(
+            ["file", "read", "loaded", "rejected", "raw rows", "rejected rows"], bad)) if bad else ""})
+
+
+@dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL)
+def interactions_reconcile(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    """Raw rows = kept interactions + filtered rows (each with its reason)."""
+    with cprec.connect() as con:
+        raw, kept, filtered = con.execute(
+            "SELECT (SELECT count(*) FROM raw_interactions), (SELECT count(*) FROM interactions),"
+            " (SELECT count(*) FROM filtered_interactions)").fetchall()[0]
+    return dg.AssetCheckResult(passed=raw == kept + filtered,
+                               metadata={"raw": raw, "kept": kept, "filtered": filtered})
+
+
+@dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL)
+def leave_one_out_split(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    """Every (user, domain) with >= 3 interactions has one valid and one test item, and they
+    are its last two in time."""
+    with cprec.connect() as con:
+        bad = leaks(con)
+    return dg.AssetCheckResult(passed=not bad, metadata={"bad_groups_shown": len(bad),
+                                                         "examples": str(bad[:5])})
+
+
+def _time_order_check(table: str, asset) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=f"{table}_in_time_order", blocking=True, pool=DUCKDB_POOL,
+                    description=f"Every row of {table} lists its items in time order.")
+    def _check(cprec: CPRecConfig) -> dg.AssetCheckResult:
+        with cprec.connect() as con:
+            bad = unordered_sequences(con, table)
+        return dg.AssetCheckResult(passed=bad == 0, metadata={"unordered_sequences": bad})
+
+    return _check
+
+
+domain_sequences_in_time_order = _time_order_check("domain_sequences", domain_sequences)
+mixed_sequences_in_time_order = _time_order_check("mixed_sequences", mixed_sequences)
+
+
+@dg.asset_check(asset=cpt_corpus, blocking=True, pool=DUCKDB_POOL)
+def no_leakage_into_corpus(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    """No item of a target (or unused) domain and no valid/test interaction in the corpus."""
+    with cprec.connect() as con:
+        found = corpus_leaks(con)
+    return dg.AssetCheckResult(passed=not any(found.values()), metadata=found)
+
+
+@dg.asset_check(asset=cpt_corpus, blocking=True, pool=DUCKDB_POOL)
+def corpus_reconciles(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    """One document per sequence, and the stored token counts match the stored token ids."""
+    with cprec.connect() as con:
+        docs, seqs, bad_counts = con.execute(
+            "SELECT (SELECT count(*) FROM cpt_corpus),"
+            " (SELECT count(*) FROM domain_sequences) + (SELECT count(*) FROM mixed_sequences),"
+            " (SELECT count(*) FROM cpt_corpus WHERE len(input_ids) != n_tokens)").fetchall()[0]
+    return dg.AssetCheckResult(passed=docs == seqs and bad_counts == 0,
+                               metadata={"documents": docs, "sequences": seqs,
+                                         "token_count_mismatches": bad_counts})
+
+
+data_checks = [raw_rows_reconcile, interactions_reconcile, leave_one_out_split,
+               domain_sequences_in_time_order, mixed_sequences_in_time_order,
+               no_leakage_into_corpus, corpus_reconciles]

@@ -1,0 +1,15 @@
+"""Gathers the stage modules; nothing is defined here."""
+
+import dagster as dg
+
+from cprec_assets.assets import data
+from cprec_assets.checks import data_checks
+from cprec_assets.jobs import corpus_job, domain_job
+from cprec_assets.resources import build_resources
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([data]),
+    asset_checks=data_checks,
+    jobs=[corpus_job, domain_job],
+    resources=build_resources(),
+)

@@ -1,0 +1,84 @@
+"""Per-domain evaluation data: one row per user of a target domain with the train history,
+the validation item and the test item, plus the user's activity level (sparse / medium /
+dense = terciles of train-history length in that domain, method.md section 3). SASRec, SFT
+and evaluation read this table; it is rebuilt one domain (one partition) at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from cprec_core.interactions import DataError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS domain_users (
+    domain VARCHAR NOT NULL, user_idx INTEGER NOT NULL, history INTEGER[] NOT NULL,
+    valid_item INTEGER, test_item INTEGER, n_train INTEGER NOT NULL, activity VARCHAR NOT NULL,
+    PRIMARY KEY (domain, user_idx))
+"""
+
+
+@dataclass(frozen=True)
+class DomainDataReport:
+    domain: str
+    users: int
+    items: int
+    train: int
+    density: float
+    tercile_cuts: tuple[float, float]
+    activity: dict[str, int]
+
+
+def domain_for_slug(con: duckdb.DuckDBPyConnection, slug: str) -> tuple[str, str]:
+    """(domain name, role) of a target partition key; a clear error for any other key."""
+    rows = con.execute("SELECT domain, role FROM domains WHERE slug = ? AND role = 'target'",
+                       [slug]).fetchall()
+    if not rows:
+        known = [r[0] for r in con.execute(
+            "SELECT slug FROM domains WHERE role = 'target' ORDER BY slug").fetchall()]
+        raise DataError(f"partition key {slug!r} is not a target domain of this profile;"
+                        f" targets: {known}")
+    return rows[0]
+
+
+def build_domain_users(con: duckdb.DuckDBPyConnection, slug: str) -> DomainDataReport:
+    domain, _role = domain_for_slug(con, slug)
+    con.execute(SCHEMA)
+    con.execute("DELETE FROM domain_users WHERE domain = ?", [domain])
+    con.execute(
+        """
+        INSERT INTO domain_users
+        WITH per_user AS (
+            SELECT user_idx,
+                   list(item_idx ORDER BY pos) FILTER (WHERE split = 'train') AS history,
+                   any_value(item_idx) FILTER (WHERE split = 'valid') AS valid_item,
+                   any_value(item_idx) FILTER (WHERE split = 'test') AS test_item,
+                   count(*) FILTER (WHERE split = 'train')::INTEGER AS n_train
+            FROM interactions WHERE domain = ? GROUP BY user_idx),
+        cuts AS (SELECT quantile_cont(n_train, 1 / 3) AS lo, quantile_cont(n_train, 2 / 3) AS hi
+                 FROM per_user)
+        SELECT ?, user_idx, coalesce(history, []), valid_item, test_item, n_train,
+               CASE WHEN n_train <= lo THEN 'sparse' WHEN n_train <= hi THEN 'medium'
+                    ELSE 'dense' END
+        FROM per_user, cuts
+        """,
+        [domain, domain],
+    )
+    users, items, train, lo, hi = con.execute(
+        """
+        SELECT (SELECT count(*) FROM domain_users WHERE domain = $1),
+               (SELECT count(DISTINCT item_idx) FROM interactions WHERE domain = $1),
+               (SELECT count(*) FROM interactions WHERE domain = $1 AND split = 'train'),
+               (SELECT quantile_cont(n_train, 1 / 3) FROM domain_users WHERE domain = $1),
+               (SELECT quantile_cont(n_train, 2 / 3) FROM domain_users WHERE domain = $1)
+        """,
+        [domain],
+    ).fetchall()[0]
+    activity = dict(con.execute(
+        "SELECT activity, count(*) FROM domain_users WHERE domain = ? GROUP BY ALL", [domain]
+    ).fetchall())
+    density = train / (users * items) if users and items else 0.0
+    return DomainDataReport(domain, users, items, train, round(density, 5),
+                            (float(lo or 0), float(hi or 0)), activity)

@@ -1,0 +1,38 @@
+import pytest
+
+from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
+
+
+def test_named_profiles_load():
+    demo = load_profile("demo")
+    assert isinstance(demo, Profile) and demo.name == "demo"
+    assert demo.data.sources[0].name == "ml-100k"
+    assert demo.data.target_domains == ("Crime", "Sci-Fi")
+    assert demo.database.name == "cprec.duckdb" and demo.root.name == "demo"
+    assert load_profile("full").device == "auto"
+
+
+def test_unknown_keys_and_wrong_types_fail_at_load():
+    with pytest.raises(ConfigError, match=r"data: unknown key\(s\) \['user_kore'\]"):
+        load_profile("demo", {"data": {"user_kore": 3}})
+    with pytest.raises(ConfigError, match="corpus.max_items: expected an integer"):
+        load_profile("demo", {"corpus": {"max_items": "20"}})
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_profile("nope")
+    with pytest.raises(ConfigError, match="source kind 'csv'"):
+        load_profile("demo", {"data": {"sources": [{"kind": "csv", "path": "x"}]}})
+    with pytest.raises(ConfigError, match="both source and target"):
+        load_profile("demo", {"data": {"source_domains": ["Crime"]}})
+
+
+def test_yaml_file_overrides_a_profile(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("profile: demo\nname: mine\ndata:\n  user_core: 3\n"
+                    "  sources:\n    - {kind: table, path: /logs}\n")
+    profile = load_config_file(path)
+    assert profile.name == "mine" and profile.data.user_core == 3
+    assert profile.data.sources[0].kind == "table"
+    assert profile.data.target_domains == ("Crime", "Sci-Fi")  # kept from demo
+    (tmp_path / "bad.yaml").write_text("data: {nope: 1}\n")
+    with pytest.raises(ConfigError, match="bad.yaml: data: unknown key"):
+        load_config_file(tmp_path / "bad.yaml")
