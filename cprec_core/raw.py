@@ -8,6 +8,7 @@ Tables (one DuckDB file per profile):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ class RawLoadReport:
         return all(f["rows_read"] == f["rows_loaded"] + f["rows_rejected"] for f in self.files)
 
 
+def reason_group(reason: str) -> str:
+    """A reason without its row-specific parts, for counting: quoted values become '…' and a
+    trailing "(… line N)" pointer is dropped."""
+    reason = re.sub(r" \([^()]*line \d+\)$", "", reason)
+    return re.sub(r"'[^']*'", "'…'", reason)
+
+
 class _Writer:
     """Buffers records and appends them to DuckDB as Arrow batches."""
 
@@ -79,7 +87,7 @@ class _Writer:
         elif isinstance(record, Rejected):
             self.rejected.append(record)
             self.rejected_per_file[record.source_file] += 1
-            self.reasons[f"{record.field}: {record.reason.split(' (')[0]}"] += 1
+            self.reasons[f"{record.field}: {reason_group(record.reason)}"] += 1
             if len(self.rejected) >= BATCH_ROWS:
                 self.flush()
         elif isinstance(record, FileRead):

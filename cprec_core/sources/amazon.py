@@ -13,6 +13,7 @@ The domain of every row is the category named by its file pair.
 from __future__ import annotations
 
 import html
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ from cprec_core.sources.base import (
     RowProblem,
     SourceError,
     category_from_filename,
+    check_ms_range,
     file_sha256,
     iter_lines,
     parse_json_line,
@@ -60,11 +62,13 @@ def find_pairs(folder: Path, layout: Layout, categories: tuple[str, ...]) -> lis
             f"{folder}: folder not found; expected {layout.version} files "
             f"<Category>{layout.extensions[0]}[.gz] and meta_<Category>{layout.extensions[0]}[.gz]"
         )
-    pairs = []
+    pairs: dict[str, tuple[str, Path, Path]] = {}
     for reviews in sorted(folder.iterdir()):
         if reviews.name.startswith("meta_") or not reviews.name.endswith(layout.extensions):
             continue
         category = category_from_filename(reviews)
+        if categories and category not in categories and reviews.name.split(".")[0] not in categories:
+            continue
         stem = reviews.name.removesuffix(".gz").removesuffix(layout.extensions[0])
         stem = stem.removesuffix("_5")
         metas = [folder / f"meta_{stem}{layout.extensions[0]}{gz}" for gz in ("", ".gz")]
@@ -72,16 +76,19 @@ def find_pairs(folder: Path, layout: Layout, categories: tuple[str, ...]) -> lis
         if meta is None:
             raise SourceError(f"{reviews}: no metadata file next to it; expected {metas[0].name}"
                               f" or {metas[1].name} ({layout.version} format)")
-        if categories and category not in categories:
-            continue
-        pairs.append((category, reviews, meta))
+        if category in pairs:
+            raise SourceError(
+                f"{reviews}: category {category!r} already comes from {pairs[category][1].name};"
+                " keep one review file per category (full or 5-core, plain or .gz) in the folder"
+            )
+        pairs[category] = (category, reviews, meta)
     if not pairs:
         raise SourceError(
             f"{folder}: no {layout.version} review files found; expected <Category>"
             f"{layout.extensions[0]}[.gz] with meta_<Category>{layout.extensions[0]}[.gz]"
             + (f" for categories {list(categories)}" if categories else "")
         )
-    return pairs
+    return list(pairs.values())
 
 
 def clean_title(value: str) -> str:
@@ -106,7 +113,7 @@ def _read_meta(path: Path, layout: Layout) -> tuple[dict, list[Record]]:
             title = obj.get("title")
             title = clean_title(title) if isinstance(title, str) else ""
             if item_id in items:
-                raise RowProblem(key, f"duplicate item {item_id}, first at line {items[item_id][1]}")
+                raise RowProblem(key, f"duplicate item {item_id!r}, first at line {items[item_id][1]}")
             items[item_id] = (title or None, number)
             if not title:
                 records.append(Rejected(str(path), number, "title", "item without title",
@@ -123,12 +130,11 @@ def _timestamp(obj: dict, layout: Layout) -> int:
         if value is None or value == "":
             continue
         if key == "reviewTime":  # "09 13, 2009"
-            from datetime import datetime, timezone
             try:
                 dt = datetime.strptime(str(value), "%m %d, %Y").replace(tzinfo=timezone.utc)
             except ValueError:
                 raise RowProblem(key, f"unparseable time {value!r}")
-            return int(dt.timestamp() * 1000)
+            return check_ms_range(int(dt.timestamp() * 1000), value, key)
         try:
             return parse_timestamp_ms(value, layout.time_unit)
         except RowProblem as p:
@@ -156,7 +162,7 @@ def read_amazon(path: str | Path, cfg: SourceConfig, layout: Layout) -> Iterator
                 ts_ms = _timestamp(obj, layout)
                 rating = parse_rating(obj.get(layout.rating_key))
                 if item_id not in items:
-                    raise RowProblem(key, f"item {item_id} not in {meta_path.name}")
+                    raise RowProblem(key, f"item {item_id!r} not in {meta_path.name}")
                 title, meta_line = items[item_id]
                 if title is None:
                     raise RowProblem("title", f"item without title ({meta_path.name} line {meta_line})")

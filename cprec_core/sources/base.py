@@ -13,6 +13,7 @@ import hashlib
 import json
 import ast
 import math
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -84,14 +85,22 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
 
     LF and CRLF endings both work; ``.gz`` files are decompressed on the fly.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            raw = raw.rstrip(b"\r\n")
-            try:
-                yield number, raw.decode("utf-8"), raw
-            except UnicodeDecodeError:
-                yield number, None, raw
+    with open_binary(path) as fh:
+        try:
+            for number, raw in enumerate(fh, start=1):
+                raw = raw.rstrip(b"\r\n")
+                try:
+                    yield number, raw.decode("utf-8"), raw
+                except UnicodeDecodeError:
+                    yield number, None, raw
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            raise SourceError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'text'}"
+                              f" ({exc}); expected a {'gzip-compressed ' if path.suffix == '.gz' else ''}"
+                              "text file") from exc
+
+
+def open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def raw_text(raw: bytes | str) -> str:
@@ -108,7 +117,7 @@ def parse_json_line(text: str) -> dict:
     except json.JSONDecodeError as exc:
         try:
             obj = ast.literal_eval(text)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise RowProblem("json", f"malformed JSON: {exc.msg} at column {exc.colno}")
     if not isinstance(obj, dict):
         raise RowProblem("json", f"expected a JSON object, got {type(obj).__name__}")
@@ -116,40 +125,46 @@ def parse_json_line(text: str) -> dict:
 
 
 def parse_timestamp_ms(value: object, unit: str = "auto") -> int:
-    """Epoch seconds/milliseconds (number or numeric string) or ISO-8601 text -> epoch ms.
+    """Epoch seconds/milliseconds (number or numeric string), a datetime, or ISO-8601 text ->
+    epoch ms, within 1970-2100.
 
     ``unit='auto'`` reads numbers above 1e11 as milliseconds (1e11 s is the year 5138).
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem("timestamp", "missing timestamp")
-    number: float | None = None
     if isinstance(value, bool):
         raise RowProblem("timestamp", f"unparseable time {value!r}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, datetime):
-        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return int(dt.timestamp() * 1000)
+    if isinstance(value, datetime):
+        ms = _datetime_ms(value)
+    elif isinstance(value, (int, float)):
+        ms = _number_ms(float(value), unit, value)
     else:
         text = str(value).strip()
         try:
-            number = float(text)
+            ms = _number_ms(float(text), unit, value)
         except ValueError:
             try:
-                dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                ms = _datetime_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
             except ValueError:
                 raise RowProblem("timestamp", f"unparseable time {text[:40]!r}")
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=timezone.utc)
-            number = None
-            ms = int(dt.timestamp() * 1000)
-    if number is not None:
-        if not math.isfinite(number):
-            raise RowProblem("timestamp", f"unparseable time {value!r}")
-        is_ms = unit == "ms" or (unit == "auto" and abs(number) > 1e11)
-        ms = int(round(number if is_ms else number * 1000))
+    return check_ms_range(ms, value)
+
+
+def _datetime_ms(dt: datetime) -> int:
+    """Naive datetimes are read as UTC."""
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def _number_ms(number: float, unit: str, original: object) -> int:
+    if not math.isfinite(number):
+        raise RowProblem("timestamp", f"unparseable time {original!r}")
+    is_ms = unit == "ms" or (unit == "auto" and abs(number) > 1e11)
+    return int(round(number if is_ms else number * 1000))
+
+
+def check_ms_range(ms: int, original: object, field: str = "timestamp") -> int:
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise RowProblem("timestamp", f"timestamp {value!r} outside 1970-2100")
+        raise RowProblem(field, f"timestamp {original!r} outside 1970-2100")
     return ms
 
 

@@ -32,6 +32,7 @@ FORMAT = "movielens-atomic"
 TITLE_FIELDS = ("movie_title", "title")
 GENRE_FIELDS = ("class", "genre", "genres")
 NO_GENRE = {"", "unknown", "(no genres listed)"}
+NO_TITLE = {"", "unknown", "unkonwn"}  # ML-100K item 267 is titled "unkonwn"
 YEAR = re.compile(r"^\d{4}(\.0)?$")
 
 
@@ -61,7 +62,7 @@ def locate(path: Path) -> tuple[Path, Path]:
 def _header(path: Path, text: str | None, required: dict[str, tuple[str, ...]]) -> dict[str, int]:
     if text is None:
         raise SourceError(f"{path}:1: header is not UTF-8")
-    names = [col.split(":", 1)[0].strip() for col in text.split("\t")]
+    names = [col.split(":", 1)[0].strip().lstrip("\ufeff") for col in text.split("\t")]
     index = {name: i for i, name in enumerate(names)}
     for role, options in required.items():
         found = [o for o in options if o in index]
@@ -74,8 +75,15 @@ def _header(path: Path, text: str | None, required: dict[str, tuple[str, ...]]) 
     return index
 
 
+def split_genres(field: str) -> list[str]:
+    """RecBole writes genres space-separated, MovieLens' own files pipe-separated."""
+    if field.strip().lower() in NO_GENRE:
+        return []
+    return [g for g in re.split(r"[|\s]+", field.strip()) if g]
+
+
 def pick_genre(genres: list[str], cfg: SourceConfig) -> str | None:
-    genres = [g for g in genres if g not in NO_GENRE]
+    genres = [g for g in genres if g.lower() not in NO_GENRE]
     if not genres:
         return None
     if cfg.genre_rule == "priority":
@@ -112,22 +120,23 @@ def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
             if item_id in items:
                 raise RowProblem("item_id", f"duplicate item id, first defined at line {items[item_id][3]}")
             title = cols[idx["title"]].strip()
+            if title.lower() in NO_TITLE:
+                title = ""
             year = cols[idx["release_year"]].strip() if "release_year" in idx else ""
             if title and cfg.append_year and YEAR.match(year):
                 year = year[:4]
                 if not title.endswith(f"({year})"):
                     title = f"{title} ({year})"
-            domain = pick_genre(cols[idx["genre"]].split(), cfg)
+            genres = cols[idx["genre"]].strip()
+            domain = pick_genre(split_genres(genres), cfg)
             problem = None
-            if not title or title.lower() in ("unknown", "unkonwn"):
-                problem = ("title", f"item {item_id} has no title (item file line {number})")
+            if not title:
+                problem = ("title", f"item {item_id!r} has no title")
             elif domain is None:
-                problem = ("domain", f"item {item_id} has no usable genre "
-                                     f"({cols[idx['genre']].strip()!r}, item file line {number})")
+                problem = ("domain", f"item {item_id!r} has no usable genre ({genres!r})")
             items[item_id] = (title, domain, problem, number)
-            if problem:  # keep the item row's defect visible where it is
-                records.append(Rejected(str(path), number, problem[0], problem[1].split(" (")[0],
-                                        raw_text(raw)))
+            if problem:  # the item row's defect is recorded where it is, too
+                records.append(Rejected(str(path), number, problem[0], problem[1], raw_text(raw)))
         except RowProblem as p:
             records.append(Rejected(str(path), number, p.field, p.reason, raw_text(raw)))
     records.append(FileRead(str(path), "items", FORMAT, rows, file_sha256(path)))
@@ -166,10 +175,10 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
             ts_ms = parse_timestamp_ms(cols[idx["timestamp"]], cfg.timestamp_unit)
             rating = parse_rating(cols[idx["rating"]].strip()) if has_rating else None
             if item_id not in items:
-                raise RowProblem("item_id", f"item {item_id} not in {item_path.name}")
-            title, domain, problem, _ = items[item_id]
+                raise RowProblem("item_id", f"item {item_id!r} not in {item_path.name}")
+            title, domain, problem, item_line = items[item_id]
             if problem:
-                raise RowProblem(*problem)
+                raise RowProblem(problem[0], f"{problem[1]} (item file line {item_line})")
             yield Accepted(source, number, user_id, item_id, title, ts_ms, domain, rating)
         except RowProblem as p:
             yield Rejected(source, number, p.field, p.reason, raw_text(raw))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,7 @@ from cprec_core.sources.base import (
     RowProblem,
     SourceError,
     file_sha256,
+    open_binary,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
@@ -67,33 +69,42 @@ def _row(source: str, line: int, row: dict, unit: str) -> Accepted:
 
 
 def _read_csv(path: Path, unit: str) -> Iterator[Record]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
     source = str(path)
     rows = 0
-    with opener(path, "rb") as binary:
-        text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
-        reader = csv.reader(text)
-        header = next(reader, None)
-        if header is None:
-            raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        _check_columns(path, header)
-        start = reader.line_num + 1
-        for cols in reader:
-            line, start = start, reader.line_num + 1
-            if not cols:
-                continue
-            rows += 1
-            try:
-                if any("\ufffd" in c for c in cols):
-                    raise RowProblem("line", "not valid UTF-8")
-                if len(cols) != len(header):
-                    raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
-                yield _row(source, line, dict(zip(header, cols)), unit)
-            except RowProblem as p:
-                yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
+    try:
+        with open_binary(path) as binary:
+            text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+            reader = csv.reader(text)
+            header = next(reader, None)
+            if header is None:
+                raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
+            header = [h.strip().lstrip("\ufeff") for h in header]
+            _check_columns(path, header)
+            start = reader.line_num + 1
+            while True:
+                try:
+                    cols = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # e.g. a NUL byte: reject the record, read on
+                    rows += 1
+                    yield Rejected(source, start, "line", f"unreadable CSV record: {exc}", "")
+                    start = reader.line_num + 1
+                    continue
+                line, start = start, reader.line_num + 1
+                if not cols:
+                    continue
+                rows += 1
+                try:
+                    if any("\ufffd" in c for c in cols):
+                        raise RowProblem("line", "not valid UTF-8")
+                    if len(cols) != len(header):
+                        raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
+                    yield _row(source, line, dict(zip(header, cols)), unit)
+                except RowProblem as p:
+                    yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise SourceError(f"{path}: cannot be read ({exc}); expected {EXPECTED}") from exc
     yield FileRead(source, "interactions", "csv", rows, file_sha256(path))
 
 

@@ -54,7 +54,7 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
     con = duckdb.connect(str(database), read_only=True)
     rejected = con.execute("SELECT field, reason FROM rejected_rows ORDER BY source_file, line").fetchall()
     assert ("timestamp", "unparseable time 'not-a-time'") in rejected
-    assert ("item_id", "item 9999 not in fixture.item") in rejected
+    assert ("item_id", "item '9999' not in fixture.item") in rejected
     users, tests, activity = con.execute(
         "SELECT count(*), count(test_item), count(DISTINCT activity) FROM domain_users"
         " WHERE domain = 'Crime'").fetchall()[0]
