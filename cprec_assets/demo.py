@@ -4,45 +4,60 @@ the summary. Runs are recorded like UI runs, so `make ui` shows them with their 
     python -m cprec_assets.demo            # profile from CPREC_PROFILE / CPREC_CONFIG
 """
 
+import json
 import sys
 import time
 
 import dagster as dg
 
+from cprec_assets.assets.train import cpt_asset_name
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
-from cprec_core.reporting import corpus_summary
-
+from cprec_core.reporting import corpus_summary, md_table
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+EVERYTHING = [*defs.assets, *defs.asset_checks]
 
 
-def run(job_name: str, instance: dg.DagsterInstance, partition_key: str | None = None) -> None:
+def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str | None = None):
     started = time.perf_counter()
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, partition_key=partition_key,
-                                    raise_on_error=False, run_config=QUIET)
-    label = f"{job_name}[{partition_key}]" if partition_key else job_name
+    result = dg.materialize(EVERYTHING, selection=selection, instance=instance,
+                            resources=defs.resources, partition_key=partition_key,
+                            run_config=QUIET, raise_on_error=False, tags={"source": "make demo"})
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         sys.exit(f"{label} failed at {failed}; see `make ui` -> Runs -> {result.run_id}")
     checks = result.get_asset_check_evaluations()
     failed_checks = [c.check_name for c in checks if not c.passed]
     print(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]},"
-          f" {len(checks) - len(failed_checks)}/{len(checks)} checks passed)")
+          f" {len(checks) - len(failed_checks)}/{len(checks)} checks passed)", flush=True)
     if failed_checks:
         sys.exit(f"{label}: checks failed: {failed_checks}")
 
 
 def main() -> None:
     instance = dg.DagsterInstance.get()
-    run("corpus_job", instance)
-    for key in instance.get_dynamic_partitions(domain_partitions.name):
-        run("domain_job", instance, key)
     cprec = defs.resources["cprec"]
+    profile = cprec.load()
+    corpus = dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users")
+    run("corpus", corpus, instance)
+    for variant in profile.cpt.variants:
+        run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
+    for key in instance.get_dynamic_partitions(domain_partitions.name):
+        run(f"domain[{key}]", dg.AssetSelection.assets("domain_users"), instance, key)
     with cprec.connect() as con:
         print()
         print(corpus_summary(con))
+    rows = []
+    for variant in profile.cpt.variants:
+        m = json.loads((profile.cpt_dir(variant) / "manifest.json").read_text())
+        rows.append((variant, m["base_model"], m["tokens"], m["steps"],
+                     "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
+                     m["final_loss"], m["tokens_per_second"], m["dtype"]))
+    print()
+    print("CPT adapters")
+    print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",
+                    "final loss", "tokens/s", "dtype"], rows))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@ import dagster as dg
 
 from cprec_assets.partitions import domain_partitions
 
+cpt_job = dg.define_asset_job(
+    "cpt_job",
+    selection=dg.AssetSelection.assets("cpt_adapter"),
+    description="Continual pre-training under WSA (the other variants are separate assets).",
+)
+
 corpus_job = dg.define_asset_job(
     "corpus_job",
     selection=dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users"),

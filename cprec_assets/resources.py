@@ -28,6 +28,7 @@ class CPRecConfig(dg.ConfigurableResource):
     profile: str = "demo"
     config_file: str = ""
     data_dir: str = ""
+    num_processes: int = 1  # training processes per machine (accelerate launch)
 
     def load(self) -> Profile:
         profile = load_config_file(self.config_file) if self.config_file else load_profile(self.profile)
@@ -55,4 +56,5 @@ def get_env() -> dict[str, str]:
 
 def build_resources(**env: str) -> dict:
     """The resource map for one environment (defaults: the process environment)."""
-    return {"cprec": CPRecConfig(**(env or get_env()))}
+    return {"cprec": CPRecConfig(**(env or get_env())),
+            "pipes_subprocess_client": dg.PipesSubprocessClient()}

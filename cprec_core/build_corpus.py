@@ -15,7 +15,7 @@ import time
 import duckdb
 
 from cprec_core.config import ConfigError, load_config_file, load_profile
-from cprec_core.corpus import build_cpt_corpus, corpus_leaks, corpus_texts
+from cprec_core.corpus import build_cpt_corpus, corpus_leaks, corpus_texts, export_snapshot
 from cprec_core.interactions import DataError, build_interactions, leaks
 from cprec_core.models.tokenizer import ModelLoadError, load_tokenizer
 from cprec_core.raw import load_raw_interactions
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             tok = load_tokenizer(profile.model.name, profile.cache_dir, texts,
                                  profile.model.trust_remote_code)
             build_cpt_corpus(con, profile.corpus, tok, profile.model.name)
+            export_snapshot(con, profile.corpus_dir, tok)
             found = corpus_leaks(con)
             if any(found.values()):
                 raise DataError(f"leakage into the CPT corpus: {found}")

@@ -121,6 +121,60 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
+LLARA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CPT_VARIANTS = ("wsa", "ds_only", "ds_mix_shuffled", "shuffled_control")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA through peft; defaults are LLaRA's (method.md section 2)."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = LLARA_TARGETS
+
+
+@dataclass(frozen=True)
+class CPTConfig:
+    """Continual pre-training (method.md section 1.4).
+
+    One epoch over the corpus (or ``max_tokens`` of it, drawn proportionally from both kinds).
+    Steps hold ``blocks_per_step`` packed blocks of ``block_size`` tokens, run as micro-batches
+    of ``micro_batch`` blocks. Under ``wsa`` the annealing phase is as long as it takes to see
+    every mixed sequence once, unless ``anneal_ratio`` (share of steps) is set.
+    """
+
+    variants: tuple[str, ...] = ("wsa",)
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.05
+    anneal_ratio: float = 0.0
+    block_size: int = 512
+    blocks_per_step: int = 8
+    micro_batch: int = 4
+    max_tokens: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    checkpoint_every: int = 20
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in CPT_VARIANTS]
+        if unknown:
+            raise ConfigError(f"cpt.variants {unknown} not in {CPT_VARIANTS}")
+        if self.blocks_per_step % self.micro_batch:
+            raise ConfigError("cpt.blocks_per_step must be a multiple of cpt.micro_batch")
+        if not 0 <= self.anneal_ratio < 1 or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("cpt.anneal_ratio and cpt.warmup_ratio must be in [0, 1)")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"cpt.dtype {self.dtype!r} is not auto, bf16 or fp32")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str = "demo"
@@ -129,6 +183,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    cpt: CPTConfig = field(default_factory=CPTConfig)
 
     @property
     def root(self) -> Path:
@@ -143,6 +198,16 @@ class Profile:
     @property
     def database(self) -> Path:
         return self.root / "cprec.duckdb"
+
+    @property
+    def corpus_dir(self) -> Path:
+        """The corpus snapshot training reads (Parquet + tokenizer), outside the database."""
+        return self.root / "corpus"
+
+    def cpt_dir(self, variant: str) -> Path:
+        if variant not in CPT_VARIANTS:
+            raise ConfigError(f"unknown CPT variant {variant!r}; known: {CPT_VARIANTS}")
+        return self.root / "cpt" / variant
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +230,9 @@ _ML100K_DEMO = {
 
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
-    "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO},
+    # The CPT token budget keeps `make demo` within minutes on 2 cores.
+    "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
+             "cpt": {"max_tokens": 60_000, "checkpoint_every": 10}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",
@@ -179,6 +246,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "target_domains": ["Crime", "Sci-Fi", "Horror"],
             "min_target_users": 500,
         },
+        "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024, "blocks_per_step": 32,
+                "micro_batch": 8, "checkpoint_every": 100},
     },
 }
 

@@ -6,7 +6,10 @@ where packed training blocks may start a new document.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -30,7 +33,7 @@ class CorpusReport:
 
 
 def corpus_texts(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> list[tuple]:
-    """(kind, seq_id, user_idx, domains, n_items, text) for every sequence, domain-specific first."""
+    """(kind, seq_id, user_idx, domains, item_idxs, text) per sequence, domain-specific first."""
     titles = dict(con.execute("SELECT item_idx, title FROM items").fetchall())
     rows = []
     for kind, query in (
@@ -39,7 +42,7 @@ def corpus_texts(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> list[tupl
     ):
         for seq_id, user_idx, domains, item_idxs in con.execute(query).fetchall():
             text = render_unified([titles[i] for i in item_idxs], cfg)
-            rows.append((kind, seq_id, user_idx, domains, len(item_idxs), text))
+            rows.append((kind, seq_id, user_idx, domains, item_idxs, text))
     return rows
 
 
@@ -62,7 +65,8 @@ def build_cpt_corpus(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig, tokenize
         "seq_id": pa.array([r[1] for r in rows], pa.int32()),
         "user_idx": pa.array([r[2] for r in rows], pa.int32()),
         "domains": [list(r[3]) for r in rows],
-        "n_items": pa.array([r[4] for r in rows], pa.int32()),
+        "item_idxs": pa.array([r[4] for r in rows], pa.list_(pa.int32())),
+        "n_items": pa.array([len(r[4]) for r in rows], pa.int32()),
         "text": texts,
         "input_ids": pa.array(ids, pa.list_(pa.int32())),
         "n_tokens": pa.array([len(x) for x in ids], pa.int32()),
@@ -104,3 +108,23 @@ def corpus_leaks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     ).fetchall()[0]
     return {"non_source_items": target_items, "heldout_interactions": heldout,
             "non_source_documents": target_text}
+
+
+def export_snapshot(con: duckdb.DuckDBPyConnection, folder: Path, tokenizer) -> dict:
+    """What training reads, outside the database: the corpus and item titles as Parquet and
+    the tokenizer, so a training process (or a cluster job) never holds the DuckDB lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, query in (
+        ("cpt_corpus", "SELECT doc_id, kind, domains, item_idxs, input_ids, n_tokens"
+                       " FROM cpt_corpus ORDER BY doc_id"),
+        ("items", "SELECT item_idx, domain, title FROM items ORDER BY item_idx"),
+    ):
+        tmp = folder / f".{table}.parquet.tmp"
+        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
+        tmp.rename(folder / f"{table}.parquet")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    digest = hashlib.sha256((folder / "cpt_corpus.parquet").read_bytes()).hexdigest()[:16]
+    info = {"snapshot_sha256": digest, "tokenizer": con.execute(
+        "SELECT tokenizer FROM cpt_corpus_info").fetchall()[0][0]}
+    (folder / "corpus_info.json").write_text(json.dumps(info, indent=2))
+    return info

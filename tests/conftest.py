@@ -82,7 +82,9 @@ def fixture_config(tmp_path: Path, movielens_dir: Path) -> Path:
     data = dict(FIXTURE_DATA)
     data["sources"] = [dict(FIXTURE_DATA["sources"][0], path=str(movielens_dir))]
     config = {"profile": "demo", "name": "fixture", "data": data,
-              "corpus": {"max_items": 10}, "model": {"name": "tiny-random"}}
+              "corpus": {"max_items": 10}, "model": {"name": "tiny-random"},
+              "cpt": {"block_size": 128, "blocks_per_step": 4, "micro_batch": 2,
+                      "checkpoint_every": 3, "lr": 1e-3, "max_tokens": 0, "dtype": "fp32"}}
     path = tmp_path / "fixture.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

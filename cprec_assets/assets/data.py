@@ -9,7 +9,7 @@ import dagster as dg
 
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
-from cprec_core.corpus import build_cpt_corpus, corpus_texts
+from cprec_core.corpus import build_cpt_corpus, corpus_texts, export_snapshot
 from cprec_core.domain_data import build_domain_users
 from cprec_core.interactions import build_interactions
 from cprec_core.models.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -126,6 +126,7 @@ def cpt_corpus(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Mate
         tokenizer = load_tokenizer(profile.model.name, profile.cache_dir, texts,
                                    profile.model.trust_remote_code)
         report = build_cpt_corpus(con, profile.corpus, tokenizer, profile.model.name)
+        snapshot = export_snapshot(con, profile.corpus_dir, tokenizer)
         summary = corpus_summary(con)
         sample = con.execute("SELECT kind, text FROM cpt_corpus WHERE doc_id IN "
                              "(0, (SELECT min(doc_id) FROM cpt_corpus WHERE kind = 'mixed'))"
@@ -141,6 +142,8 @@ def cpt_corpus(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Mate
         "max_document_tokens": report.max_tokens,
         "tokenizer": profile.model.name,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "snapshot": dg.MetadataValue.path(str(profile.corpus_dir)),
+        "snapshot_sha256": snapshot["snapshot_sha256"],
         "summary": dg.MetadataValue.md(summary),
         "sample_documents": dg.MetadataValue.md(md_table(["kind", "text"], sample, max_cell=2000)),
     })

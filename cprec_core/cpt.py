@@ -1,0 +1,380 @@
+"""Continual pre-training with LoRA under the Warmup-Stable-Annealing schedule.
+
+    accelerate launch -m cprec_core.cpt --profile demo --variant wsa
+    python -m cprec_core.cpt --config my.yaml --variant ds_only        # same, one process
+
+One epoch of next-token prediction over the corpus snapshot, in the order of the plan
+(cprec_core.cpt_data): domain-specific blocks in warmup and stable, mixed blocks in
+annealing. The LR is ``transformers.get_wsd_schedule`` (linear warmup, constant, cosine to
+``min_lr_ratio``). Checkpoints every ``checkpoint_every`` steps hold the adapter,
+optimiser, scheduler, RNG states and the step; a killed run started again resumes from the
+last one and ends with the same adapter as an uninterrupted run. Checkpoints of another plan
+(the corpus, the config or the model changed) are discarded and training starts over; an
+unchanged plan that already finished resumes at its end and re-emits its adapter.
+
+Outputs in ``<profile root>/cpt/<variant>/``: ``adapter/`` (peft, safetensors),
+``manifest.json`` (base model, corpus fingerprint, config, final loss, git revision),
+``train_log.jsonl`` (one line per optimiser step) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, get_wsd_schedule
+
+from cprec_core.config import Profile, load_config_file, load_profile
+from cprec_core.cpt_data import Plan, build_plan, read_corpus, shuffled_control, subsample
+from cprec_core.models.causal_lm import PackedCausalLM
+from cprec_core.models.loader import load_base_model, resolve_dtype
+from cprec_core.progress import Reporter, open_reporter
+
+ADAPTER_DIR = "adapter"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng_state.pt"
+STATE_FILE = "trainer_state.json"
+KEEP_CHECKPOINTS = 2
+
+
+class CPTError(RuntimeError):
+    """Training cannot start: bad corpus, model, memory or a checkpoint from another run."""
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def estimate_memory(model, cfg, dtype: torch.dtype) -> int:
+    """Weights + LoRA optimiser state + activations kept for backward of one micro-batch
+    (about 16 d + 4 d_ff values per token and layer for a Llama block, plus LoRA dropout
+    copies) + one chunk of logits. Deliberately rough: it catches the obvious misfit."""
+    config = model.config
+    nbytes = torch.finfo(dtype).bits // 8
+    weights = sum(p.numel() for p in model.parameters()) * nbytes
+    d, ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tokens = cfg.micro_batch * cfg.block_size
+    per_layer = tokens * (16 * d + 4 * ff) * nbytes
+    if cfg.gradient_checkpointing:
+        per_layer = tokens * d * nbytes
+    logits = 3 * 1024 * config.vocab_size * 4
+    return int(weights * 1.1 + layers * per_layer + logits)
+
+
+class CPTTrainer:
+    """setup() builds tokenizer, plan, model and optimiser; train() is the one loop."""
+
+    def __init__(self, profile: Profile, variant: str, reporter: Reporter | None = None):
+        self.profile = profile
+        self.cfg = profile.cpt
+        self.variant = variant
+        self.out = profile.cpt_dir(variant)
+        self.reporter = reporter or Reporter()
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        device = self.profile.device
+        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.device = self.accelerator.device
+        self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
+        torch.manual_seed(self.cfg.seed)
+        self.tokenizer = self._setup_tokenizer()
+        self.plan = self._setup_plan()
+        self.model = self._setup_model()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr,
+            weight_decay=self.cfg.weight_decay)
+        self.scheduler = get_wsd_schedule(
+            self.optimizer, num_warmup_steps=self.plan.warmup_steps,
+            num_decay_steps=self.plan.anneal_steps, num_stable_steps=self.plan.stable_steps,
+            decay_type="cosine", min_lr_ratio=self.cfg.min_lr_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.start_step = self.load_checkpoint()
+
+    def _setup_tokenizer(self):
+        folder = self.profile.corpus_dir / "tokenizer"
+        if not (folder / "tokenizer_config.json").is_file():
+            raise CPTError(f"{folder}: corpus tokenizer not found; materialise cpt_corpus first")
+        return AutoTokenizer.from_pretrained(folder)
+
+    def _setup_plan(self) -> Plan:
+        folder = self.profile.corpus_dir
+        corpus = read_corpus(folder / "cpt_corpus.parquet")
+        if self.variant == "shuffled_control":
+            import pyarrow.parquet as pq
+
+            items = pq.read_table(folder / "items.parquet").to_pydict()
+            titles = dict(zip(items["item_idx"], items["title"]))
+            corpus = shuffled_control(corpus, titles, self.profile.corpus, self.tokenizer,
+                                      self.cfg.seed)
+        self.corpus = subsample(corpus, self.cfg.max_tokens, self.cfg.seed)
+        plan = build_plan(self.corpus, self.cfg, self.variant, self.tokenizer.eos_token_id)
+        if plan.total_steps == 0:
+            raise CPTError("the training plan has no steps: the corpus is empty")
+        self.plan_fingerprint = hashlib.sha256(json.dumps(
+            [self.corpus.fingerprint, dataclasses.asdict(self.cfg), self.variant,
+             self.profile.model.name], sort_keys=True).encode()).hexdigest()[:16]
+        return plan
+
+    def _setup_model(self) -> PackedCausalLM:
+        base = load_base_model(self.profile.model.name, self.profile.cache_dir, self.dtype,
+                               self.tokenizer, self.profile.model.trust_remote_code)
+        need = estimate_memory(base, self.cfg, self.dtype)
+        have = available_memory(self.device)
+        if need > 0.9 * have:
+            raise CPTError(
+                f"training needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is"
+                f" available on {self.device}: lower cpt.micro_batch or cpt.block_size, or set"
+                " cpt.gradient_checkpointing: true")
+        self.memory_estimate = need
+        if self.cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = self.cfg.lora
+        torch.manual_seed(self.cfg.seed)  # LoRA init must not depend on what loading consumed
+        model = get_peft_model(base, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        for p in model.parameters():  # LoRA weights in fp32: master copies for AdamW
+            if p.requires_grad:
+                p.data = p.data.float()
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        wrapped = PackedCausalLM(model)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    @property
+    def peft_model(self):
+        model = self.accelerator.unwrap_model(self.model)
+        return getattr(model, "_orig_mod", model).model
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self, stop_after: int | None = None) -> dict:
+        """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
+        plan, acc = self.plan, self.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        blocks = plan.blocks
+        log_path = self.out / "train_log.jsonl"
+        self._truncate_log(log_path, self.start_step)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                    if self.dtype == torch.bfloat16 else nullcontext())
+        self.model.train()
+        started = time.perf_counter()
+        end = plan.total_steps if stop_after is None else min(plan.total_steps,
+                                                               self.start_step + stop_after)
+        for step in range(self.start_step, end):
+            t0 = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]
+            ids = plan.steps[step]
+            n_targets = int((blocks.targets[ids] != -100).sum())  # all ranks' blocks
+            mine = ids[rank::world]
+            micro = [mine[i:i + self.cfg.micro_batch]
+                     for i in range(0, len(mine), self.cfg.micro_batch)]
+            loss_sum = torch.zeros((), device=self.device)
+            for k, part in enumerate(micro):
+                sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+                with sync, autocast:
+                    loss, _ = self.model(*(torch.from_numpy(x[part]).to(self.device) for x in
+                                           (blocks.input_ids, blocks.position_ids, blocks.targets)))
+                acc.backward(loss * world / n_targets)
+                loss_sum += loss.detach().float()
+            if not micro:  # more ranks than blocks in this step: join the all-reduce
+                acc.backward(sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad))
+            if self.cfg.grad_clip:
+                acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            last_loss = float(acc.reduce(loss_sum, reduction="sum")) / n_targets
+            row = {"step": step + 1, "phase": plan.phase(step), "data": plan.data[step],
+                   "lr": lr, "loss": round(last_loss, 5), "tokens": plan.tokens(step),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            if acc.is_main_process:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                self.reporter.log(
+                    f"step {row['step']}/{plan.total_steps} {row['phase']:>6} {row['data']:<12}"
+                    f" lr {lr:.2e} loss {last_loss:.4f} {row['tokens'] / row['seconds']:.0f} tok/s")
+            if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == plan.total_steps:
+                self.save_checkpoint(step + 1)
+        result = {"finished": end == plan.total_steps, "steps_run": end - self.start_step,
+                  "seconds": time.perf_counter() - started}
+        if result["finished"]:
+            result.update(self.save_final(log_path))
+        return result
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        root = self.out / "checkpoints"
+        tmp = root / f".step-{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.peft_model.save_pretrained(tmp / ADAPTER_DIR)
+        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        torch.save(self.scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        np_state = np.random.get_state()
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
+                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                              *np_state[2:]]}, tmp / RNG_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(
+            {"step": step, "plan": self.plan_fingerprint, "total_steps": self.plan.total_steps}))
+        final = root / f"step-{step:06d}"
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self) -> int:
+        """The step to start from: 0, or the step of the newest complete checkpoint."""
+        checkpoints = sorted((self.out / "checkpoints").glob("step-*"))
+        if not checkpoints:
+            return 0
+        last = checkpoints[-1]
+        state = json.loads((last / STATE_FILE).read_text())
+        if state["plan"] != self.plan_fingerprint:  # corpus, config or model changed
+            self.reporter.log(f"checkpoints in {last.parent} are from another plan"
+                              f" ({state['plan']} != {self.plan_fingerprint}): starting over")
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                shutil.rmtree(last.parent)
+            return 0
+        weights = load_file(last / ADAPTER_DIR / "adapter_model.safetensors")
+        set_peft_model_state_dict(self.peft_model, weights)
+        for p in self.peft_model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        self.optimizer.load_state_dict(torch.load(last / OPTIMIZER_FILE, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(last / SCHEDULER_FILE, weights_only=True))
+        rng = torch.load(last / RNG_FILE, weights_only=True)
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        kind, keys, *rest = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+        self.reporter.log(f"resumed from {last} (step {state['step']})")
+        return state["step"]
+
+    def save_final(self, log_path: Path) -> dict:
+        self.accelerator.wait_for_everyone()
+        rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+        tokens = sum(r["tokens"] for r in rows)
+        seconds = sum(r["seconds"] for r in rows)
+        manifest = {
+            "variant": self.variant,
+            "base_model": self.profile.model.name,
+            "corpus_fingerprint": self.corpus.fingerprint,
+            "plan_fingerprint": self.plan_fingerprint,
+            "profile": self.profile.name,
+            "config": dataclasses.asdict(self.cfg),
+            "steps": self.plan.total_steps,
+            "phase_steps": {"warmup": self.plan.warmup_steps, "stable": self.plan.stable_steps,
+                            "anneal": self.plan.anneal_steps},
+            "documents": len(self.corpus),
+            "tokens": tokens,
+            "block_fill": round(self.plan.blocks.fill, 4),
+            "final_loss": rows[-1]["loss"] if rows else None,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "train_seconds": round(seconds, 1),
+            "trainable_parameters": self.trainable,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "processes": self.accelerator.num_processes,
+            "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+            "git_revision": git_revision(),
+            "torch": torch.__version__,
+        }
+        if self.accelerator.is_main_process:
+            tmp = self.out / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.peft_model.save_pretrained(tmp)
+            shutil.rmtree(self.out / ADAPTER_DIR, ignore_errors=True)
+            tmp.rename(self.out / ADAPTER_DIR)
+            (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
+
+    @staticmethod
+    def _truncate_log(path: Path, step: int) -> None:
+        if not path.exists():
+            return
+        rows = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def run(profile: Profile, variant: str, reporter: Reporter | None = None,
+        stop_after: int | None = None, restart: bool = False) -> dict:
+    out = profile.cpt_dir(variant)
+    if restart:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = CPTTrainer(profile, variant, reporter)
+    trainer.setup()
+    plan = trainer.plan
+    trainer.reporter.log(
+        f"CPT {variant}: {len(trainer.corpus)} documents, {plan.blocks.tokens.sum()} tokens in"
+        f" {len(plan.blocks)} blocks of {profile.cpt.block_size} (fill {plan.blocks.fill:.1%}),"
+        f" {plan.total_steps} steps (warmup {plan.warmup_steps}, stable {plan.stable_steps},"
+        f" anneal {plan.anneal_steps}), {trainer.dtype}, {trainer.accelerator.num_processes}"
+        f" process(es) on {trainer.device}, starting at step {trainer.start_step}")
+    return trainer.train(stop_after=stop_after)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Continual pre-training (CPRec)")
+    parser.add_argument("--profile", default="demo")
+    parser.add_argument("--config", help="YAML file of overrides (docs/CONFIG.md)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--variant", default="wsa")
+    parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
+    parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    args = parser.parse_args(argv)
+    profile = load_config_file(args.config) if args.config else load_profile(args.profile)
+    if args.data_dir:
+        profile = dataclasses.replace(profile, data_dir=args.data_dir)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with open_reporter(is_main) as reporter:
+        try:
+            result = run(profile, args.variant, reporter, args.stop_after, args.restart)
+        except CPTError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if result.get("finished"):
+            reporter.done({k: v for k, v in result.items()
+                           if isinstance(v, (int, float, str)) and v is not None})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

