@@ -28,6 +28,7 @@ ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopba
 
 bench: install
 	$(PY) benchmarks/bench_corpus.py
+	$(PY) benchmarks/bench_cpt.py
 
 clean-data:  ## remove databases and runs (keeps the download cache in data/cache)
 	rm -rf data/demo data/full

@@ -12,17 +12,14 @@ the budget in proportion to its share of the corpus tokens and contributes its f
 documents by ``doc_id`` (domain-specific documents come first in the snapshot, so "the first
 N documents" overall would hold no mixed ones).
 
-* ``ours``: the training-step path of ``cprec_core.cpt.CPTTrainer``, rebuilt in the child from
-  the core functions (the class itself reads the whole corpus, subsamples it at random and
-  writes logs/checkpoints into the profile's output folder): ``build_plan`` over the slice
-  (``--variant``, default ``ds_mix_shuffled``; ``block_size`` 512, 8 blocks per step,
-  micro-batches of 4 blocks), ``load_base_model`` in ``resolve_dtype('auto', 'cpu')`` (bf16
-  on AMX / AVX512-BF16 CPUs, else fp32), LoRA as in ``CPTTrainer._setup_model`` (LoRA
-  weights cast to fp32), ``PackedCausalLM`` (chunked cross-entropy), ``Accelerator(cpu=True)``,
-  AdamW + the WSD schedule, and the loop body of ``CPTTrainer.train``: bf16 autocast,
-  backward of ``loss / n_targets`` per micro-batch, ``clip_grad_norm_``, optimiser and
-  scheduler step. Each optimiser step is one step of the plan; when the slice has fewer plan
-  steps than ``1 + --steps``, the plan is reused from its start.
+* ``ours``: the real trainer, ``cprec_core.cpt.CPTTrainer``: ``setup(corpus=<the slice>,
+  resume=False)`` into a scratch output folder, then ``train_step`` per optimiser step (the
+  method ``CPTTrainer.train`` calls): the plan over the slice (``--variant``, default
+  ``ds_mix_shuffled``; ``block_size`` 512, 8 blocks per step, micro-batches of 4 blocks),
+  bf16 base weights where the CPU has AMX / AVX512-BF16, fp32 LoRA weights under bf16
+  autocast, LoRA dropout as configured (``cprec_core.models.lora``), chunked cross-entropy,
+  AdamW + the WSD schedule. When the slice has fewer plan steps than ``1 + --steps``, the
+  plan is reused from its start.
 * ``baseline``: ``transformers.Trainer`` with fp32 weights, LoRA via ``peft`` with the same
   settings, one row per document, padded to the longest document of its batch (labels -100
   on padding; the model shifts them), ``--baseline-batch`` documents per micro-batch
@@ -37,9 +34,9 @@ N documents" overall would hold no mixed ones).
 
 Timing. Every implementation runs ``1 + --steps`` optimiser steps; the first one (kernel
 set-up, allocator warm-up) is not timed. ``ours``: wall time of each step (perf_counter
-around the loop body, as ``CPTTrainer.train`` logs it). ``baseline``: a ``TrainerCallback``
-timestamps ``on_step_end``; the timed span runs from the end of step 1 to the end of the last
-step (so data loading and collation are included, as they are for ours). Tokens are real
+around ``train_step``, as ``CPTTrainer.train`` logs it). ``baseline``: a ``TrainerCallback``
+timestamps ``on_step_end``; the timed span runs from the end of the warm-up step to the end
+of the last step (so data loading and collation are included, as they are for ours). Tokens are real
 tokens only (no padding, no block tail): the tokens of the documents in those steps, counted
 from the plan's blocks (ours) and from the attention masks a ``Trainer.training_step``
 override sees (baseline). ``fill`` is real tokens / positions computed: the block fill of the
@@ -83,8 +80,14 @@ Run (from the repository root)::
                                              [--model smollm2-135m] [--threads <cores>]
 
 A fresh checkout first builds the demo corpus snapshot (``python -m cprec_core.build_corpus``,
-about 10 s) and dequantises the model (``load_base_model``, about 15 s). Prints one JSON
-line per implementation (prefixed ``BENCH``) and a side-by-side table.
+about 10 s) and dequantises the model (``load_base_model``, about 15 s). ``--model`` must
+share the tokenizer the snapshot was built with (the demo profile's: SmolLM2). Prints one
+JSON line per implementation (prefixed ``BENCH``) and a side-by-side table.
+
+Use a quiet machine: when another process keeps a core busy, ``--threads`` equal to the core
+count makes torch's OpenMP threads wait on each other and every figure drops several-fold
+(``--threads 1`` is the robust choice on a shared machine). The matmul peak is measured in
+the same conditions, so a contended peak is low and the MFU high.
 """
 
 from __future__ import annotations
@@ -237,77 +240,23 @@ def model_structure(peft_model) -> dict:
 # Worker "ours": the CPTTrainer step path.
 
 def run_ours(args: argparse.Namespace, info: dict) -> dict:
-    from contextlib import nullcontext
+    """The real trainer: CPTTrainer.setup on the slice, then CPTTrainer.train_step."""
+    import tempfile
 
     import torch
-    from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, get_wsd_schedule
 
-    from cprec_core.cpt_data import build_plan
-    from cprec_core.models.causal_lm import PackedCausalLM
-    from cprec_core.models.loader import load_base_model, resolve_dtype
+    from cprec_core.cpt import CPTTrainer
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args)
     cfg = profile.cpt
-    # CPTTrainer.setup
-    acc = Accelerator(cpu=profile.device == "cpu")
-    device = acc.device
-    dtype = resolve_dtype(cfg.dtype, str(device))
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
     corpus = read_slice(profile.corpus_dir / "cpt_corpus.parquet", info["doc_ids"])
-    plan = build_plan(corpus, cfg, args.variant, tokenizer.eos_token_id)
-    # CPTTrainer._setup_model (without the memory check)
-    base = load_base_model(profile.model.name, profile.cache_dir, dtype, tokenizer,
-                           profile.model.trust_remote_code)
-    if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = cfg.lora
-    peft_model = get_peft_model(base, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    for p in peft_model.parameters():  # LoRA weights in fp32: master copies for AdamW
-        if p.requires_grad:
-            p.data = p.data.float()
-    structure = model_structure(peft_model)
-    model = PackedCausalLM(peft_model)
-    if cfg.compile:
-        model = torch.compile(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_wsd_schedule(
-        optimizer, num_warmup_steps=plan.warmup_steps, num_decay_steps=plan.anneal_steps,
-        num_stable_steps=plan.stable_steps, decay_type="cosine", min_lr_ratio=cfg.min_lr_ratio)
-    model, optimizer = acc.prepare(model, optimizer)
-
-    # CPTTrainer.train, loop body (no log file, no checkpoints)
-    rank, world = acc.process_index, acc.num_processes
-    blocks = plan.blocks
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                if dtype == torch.bfloat16 else nullcontext())
-    model.train()
-
-    def train_step(step: int) -> float:
-        ids = plan.steps[step]
-        n_targets = int((blocks.targets[ids] != -100).sum())
-        mine = ids[rank::world]
-        micro = [mine[i:i + cfg.micro_batch] for i in range(0, len(mine), cfg.micro_batch)]
-        loss_sum = torch.zeros((), device=device)
-        for k, part in enumerate(micro):
-            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(model)
-            with sync, autocast:
-                loss, _ = model(*(torch.from_numpy(x[part]).to(device) for x in
-                                  (blocks.input_ids, blocks.position_ids, blocks.targets)))
-            acc.backward(loss * world / n_targets)
-            loss_sum += loss.detach().float()
-        if cfg.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(loss_sum, reduction="sum")) / n_targets
+    trainer = CPTTrainer(profile, args.variant, out=Path(tempfile.mkdtemp(prefix="bench-cpt-")))
+    trainer.setup(corpus=corpus, resume=False)
+    plan, blocks, dtype = trainer.plan, trainer.plan.blocks, trainer.dtype
+    structure = model_structure(trainer.peft_model)
+    trainer.model.train()
+    train_step = trainer.train_step
 
     rss_before = self_peak_rss_mb()
     steps = []
@@ -334,6 +283,7 @@ def run_ours(args: argparse.Namespace, info: dict) -> dict:
         "fill": round(blocks.fill, 4),
         "timed_fill": round(tokens / sum(s["positions"] for s in timed), 4),
         "first_step_s": round(steps[0]["seconds"], 3),
+        "step_seconds": [round(s["seconds"], 3) for s in timed],
         "first_loss": round(steps[0]["loss"], 4),
         "last_loss": round(steps[-1]["loss"], 4),
         "rss_before_train_mb": rss_before,
@@ -358,6 +308,9 @@ def run_baseline(args: argparse.Namespace, info: dict) -> dict:
     corpus = read_slice(profile.corpus_dir / "cpt_corpus.parquet", info["doc_ids"])
     pad_id = info["pad_id"]
     dataset = [{"input_ids": x.tolist()} for x in corpus.input_ids]
+    if len(dataset) < args.baseline_batch:
+        raise SystemExit(f"the slice has {len(dataset)} documents, fewer than --baseline-batch"
+                         f" {args.baseline_batch}: raise --tokens")
 
     def collate(rows: list[dict]) -> dict:
         width = max(len(r["input_ids"]) for r in rows)
@@ -419,6 +372,7 @@ def run_baseline(args: argparse.Namespace, info: dict) -> dict:
         logging_strategy="no",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_drop_last=True,  # every micro-batch holds --baseline-batch documents
         remove_unused_columns=False,
     )
     trainer = CountingTrainer(model=model, args=training_args, train_dataset=dataset,
@@ -438,6 +392,7 @@ def run_baseline(args: argparse.Namespace, info: dict) -> dict:
         "tokens_per_step": round(tokens / timed_steps, 1),
         "fill": round(tokens / (last["positions"] - first["positions"]), 4),
         "first_step_s": round(first["t"] - marks[0]["t"], 3),
+        "step_seconds": [round(b["t"] - a["t"], 3) for a, b in zip(marks[1:], marks[2:])],
         "first_loss": round(first["loss"], 4),
         "last_loss": round(last["loss"], 4),
         "rss_before_train_mb": rss_before,

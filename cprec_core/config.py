@@ -133,6 +133,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: tuple[str, ...] = LLARA_TARGETS
+    shared_dropout: bool = True  # one mask per input tensor (see cprec_core/models/lora.py)
 
 
 @dataclass(frozen=True)
