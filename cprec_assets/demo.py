@@ -7,6 +7,7 @@ the summary. Runs are recorded like UI runs, so `make ui` shows them with their 
 import json
 import sys
 import time
+import warnings
 
 import dagster as dg
 
@@ -36,6 +37,8 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
     cprec = defs.resources["cprec"]
     profile = cprec.load()

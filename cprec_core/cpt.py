@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, get_wsd_schedule
+from transformers.utils import logging as transformers_logging
 
 from cprec_core.config import Profile, load_config_file, load_profile
 from cprec_core.cpt_data import Corpus, Plan, build_plan, read_corpus, shuffled_control, subsample
@@ -374,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         profile = dataclasses.replace(profile, data_dir=args.data_dir)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
+    transformers_logging.set_verbosity_error()  # progress goes through the reporter
+    transformers_logging.disable_progress_bar()
     is_main = int(os.environ.get("RANK", "0")) == 0
     with open_reporter(is_main) as reporter:
         try:
