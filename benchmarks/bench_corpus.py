@@ -60,11 +60,13 @@ import importlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from childproc import run_child, self_peak_rss_mb  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -107,14 +109,6 @@ class BenchPaths:
         return self.bench_dir / "runs" / f"{self.dataset}-{implementation}-t{threads}"
 
 
-def mb_from_kb(kb: int) -> float:
-    return round(kb / 1024, 1)
-
-
-def self_peak_rss_mb() -> float:
-    import resource
-
-    return mb_from_kb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,18 +287,10 @@ class RunResult:
 def spawn_worker(paths: BenchPaths, worker: str, threads: int) -> tuple[dict, float]:
     """Run this script as `--worker`; returns (its JSON result, its peak RSS in MB)."""
     result_file = paths.bench_dir / f".result-{worker}-{os.getpid()}.json"
-    result_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker,
            "--worker-threads", str(threads), "--dataset", paths.dataset,
            "--data-dir", str(paths.data_dir), "--result", str(result_file)]
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode != 0 or not result_file.is_file():
-        sys.exit(f"worker {worker!r} (threads={threads}) failed with exit code {proc.returncode}")
-    result = json.loads(result_file.read_text())
-    result_file.unlink()
-    return result, mb_from_kb(usage.ru_maxrss)
+    return run_child(cmd, result_file, f"{worker!r} (threads={threads})")
 
 
 def measure(paths: BenchPaths, implementation: str, threads: int, run: int) -> RunResult:

@@ -101,6 +101,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from childproc import run_child, self_peak_rss_mb  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # cprec_core is not installed: import it from the tree
@@ -110,14 +113,6 @@ KINDS = ("domain", "mixed")
 MATMUL_SIZES = (2048, 4096)
 
 
-def mb_from_kb(kb: int) -> float:
-    return round(kb / 1024, 1)
-
-
-def self_peak_rss_mb() -> float:
-    import resource
-
-    return mb_from_kb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def bench_profile(args: argparse.Namespace):
@@ -448,21 +443,13 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def spawn_worker(args: argparse.Namespace, worker: str) -> tuple[dict, float]:
     result_file = bench_dir(args) / f".result-cpt-{worker}-{os.getpid()}.json"
-    result_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker,
            "--result", str(result_file), "--data-dir", str(args.data_dir),
            "--tokens", str(args.tokens), "--steps", str(args.steps), "--model", args.model,
            "--threads", str(args.threads), "--variant", args.variant,
            "--baseline-batch", str(args.baseline_batch),
            "--baseline-accum", str(args.baseline_accum)]
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    if proc.returncode != 0 or not result_file.is_file():
-        sys.exit(f"worker {worker!r} failed with exit code {proc.returncode}")
-    result = json.loads(result_file.read_text())
-    result_file.unlink()
-    return result, mb_from_kb(usage.ru_maxrss)
+    return run_child(cmd, result_file, repr(worker))
 
 
 def flops_per_token(structure: dict, lengths: list[int]) -> dict:

@@ -5,7 +5,6 @@ import dataclasses
 import json
 from collections import Counter
 
-import duckdb
 import numpy as np
 import pytest
 import torch
@@ -15,7 +14,7 @@ from cprec_core.build_corpus import main as build_corpus
 from cprec_core.config import load_config_file
 from cprec_core.cpt import CPTError, CPTTrainer, run
 from cprec_core.cpt_data import CorpusError, Corpus, build_plan, read_corpus, shuffled_control
-from cprec_core.models.causal_lm import PackedCausalLM, chunked_cross_entropy_sum
+from cprec_core.models.causal_lm import chunked_cross_entropy_sum
 from cprec_core.models.loader import load_base_model
 from cprec_core.packing import IGNORE, assign_blocks, pack_documents
 
