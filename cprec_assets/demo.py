@@ -47,7 +47,7 @@ def main() -> None:
     for variant in profile.cpt.variants:
         run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
     for key in instance.get_dynamic_partitions(domain_partitions.name):
-        run(f"domain[{key}]", dg.AssetSelection.assets("domain_users"), instance, key)
+        run(f"domain[{key}]", dg.AssetSelection.assets("domain_users", "sasrec"), instance, key)
     with cprec.connect() as con:
         print()
         print(corpus_summary(con))
@@ -57,6 +57,15 @@ def main() -> None:
         rows.append((variant, m["base_model"], m["tokens"], m["steps"],
                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
                      m["final_loss"], m["tokens_per_second"], m["dtype"]))
+    print()
+    print("SASRec per target domain (full ranking over the domain's items, history excluded)")
+    sas = []
+    for key in instance.get_dynamic_partitions(domain_partitions.name):
+        m = json.loads((profile.domain_dir("sasrec", key) / "manifest.json").read_text())
+        sas.append((m["domain"], m["users"], m["shape"]["n_items"], m["epochs"],
+                    m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
+    print(md_table(["domain", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
+                    "test NDCG@10"], sas))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

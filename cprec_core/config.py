@@ -8,6 +8,7 @@ unknown keys are rejected so a typo fails at load time, not in the middle of a r
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,24 @@ class CPTConfig:
 
 
 @dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec per target domain (cprec_core.collab.sasrec): RecBole's shape (d=64, 2 blocks,
+    2 heads), full-softmax cross-entropy, Adam, early stopping on validation NDCG@10."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "demo"
     data_dir: str = "data"
@@ -185,6 +204,7 @@ class Profile:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cpt: CPTConfig = field(default_factory=CPTConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
     @property
     def root(self) -> Path:
@@ -204,6 +224,12 @@ class Profile:
     def corpus_dir(self) -> Path:
         """The corpus snapshot training reads (Parquet + tokenizer), outside the database."""
         return self.root / "corpus"
+
+    def domain_dir(self, kind: str, slug: str) -> Path:
+        """``<root>/<kind>/<slug>``, the slug checked so a partition key cannot escape it."""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", slug):
+            raise ConfigError(f"{slug!r} is not a domain partition key")
+        return self.root / kind / slug
 
     def cpt_dir(self, variant: str) -> Path:
         if variant not in CPT_VARIANTS:

@@ -21,6 +21,29 @@ CREATE TABLE IF NOT EXISTS domain_users (
 
 
 @dataclass(frozen=True)
+class DomainData:
+    """One target domain's users: histories (global item ids), validation and test items."""
+
+    domain: str
+    items: list[int]  # every item of the domain (global ids)
+    histories: list[list[int]]
+    valid: list[int | None]
+    test: list[int | None]
+
+
+def load_domain_data(con: duckdb.DuckDBPyConnection, slug: str) -> DomainData:
+    domain, _ = domain_for_slug(con, slug)
+    rows = con.execute("SELECT history, valid_item, test_item FROM domain_users WHERE domain = ?"
+                       " ORDER BY user_idx", [domain]).fetchall()
+    if not rows:
+        raise DataError(f"no users for domain {domain!r}: materialise domain_users[{slug}] first")
+    items = [r[0] for r in con.execute(
+        "SELECT item_idx FROM items WHERE domain = ? ORDER BY item_idx", [domain]).fetchall()]
+    return DomainData(domain, items, [list(r[0]) for r in rows], [r[1] for r in rows],
+                      [r[2] for r in rows])
+
+
+@dataclass(frozen=True)
 class DomainDataReport:
     domain: str
     users: int

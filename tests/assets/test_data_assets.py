@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cprec_assets import checks
-from cprec_assets.assets import data
+from cprec_assets.assets import collab, data
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
@@ -19,7 +19,7 @@ def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"raw_interactions", "interactions", "domain_sequences", "mixed_sequences",
-            "cpt_corpus", "domain_users"} <= keys
+            "cpt_corpus", "domain_users", "sasrec", "cpt_adapter"} <= keys
 
 
 def test_whole_stage_materialises(tmp_path, fixture_config):
@@ -46,9 +46,12 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         # the interactions asset filled the domain partitions with the target domains
         keys = instance.get_dynamic_partitions(domain_partitions.name)
         assert sorted(keys) == ["crime", "horror"]
-        per_domain = dg.materialize([data.domain_users], resources={"cprec": cprec},
+        per_domain = dg.materialize([data.domain_users, collab.sasrec], resources={"cprec": cprec},
                                     instance=instance, partition_key="crime")
         assert per_domain.success
+        sas = per_domain.asset_materializations_for_node("sasrec")[0].metadata
+        assert sas["users"].value == 40 and 0 <= sas["test_hr@10"].value <= 1
+        assert (cprec.load().domain_dir("sasrec", "crime") / "model.safetensors").is_file()
 
     database = cprec.load().database
     con = duckdb.connect(str(database), read_only=True)

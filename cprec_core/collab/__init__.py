@@ -1,0 +1,1 @@
+"""Collaborative (ID-based) recommenders: the classic baselines and LLaRA's item encoders."""
