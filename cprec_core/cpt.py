@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -32,14 +31,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from peft import set_peft_model_state_dict
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, get_wsd_schedule
 from transformers.utils import logging as transformers_logging
 
+from cprec_core import checkpointing
 from cprec_core.config import Profile, load_config_file, load_profile
 from cprec_core.cpt_data import Corpus, Plan, build_plan, read_corpus, shuffled_control, subsample
 from cprec_core.models.causal_lm import PackedCausalLM
@@ -47,12 +45,6 @@ from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter, open_reporter
 
-ADAPTER_DIR = "adapter"
-OPTIMIZER_FILE = "optimizer.pt"
-SCHEDULER_FILE = "scheduler.pt"
-RNG_FILE = "rng_state.pt"
-STATE_FILE = "trainer_state.json"
-KEEP_CHECKPOINTS = 2
 
 
 class CPTError(RuntimeError):
@@ -248,34 +240,17 @@ class CPTTrainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
-        root = self.out / "checkpoints"
-        tmp = root / f".step-{step:06d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.peft_model.save_pretrained(tmp / ADAPTER_DIR)
-        torch.save(self.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save(self.scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        np_state = np.random.get_state()
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
-                    "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                              *np_state[2:]]}, tmp / RNG_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(
-            {"step": step, "plan": self.plan_fingerprint, "total_steps": self.plan.total_steps}))
-        final = root / f"step-{step:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.accelerator.is_main_process:
+            checkpointing.save(self.out / "checkpoints", step,
+                               {"plan": self.plan_fingerprint, "total_steps": self.plan.total_steps},
+                               self.peft_model, self.optimizer, self.scheduler)
 
     def load_checkpoint(self) -> int:
         """The step to start from: 0, or the step of the newest complete checkpoint."""
-        checkpoints = sorted((self.out / "checkpoints").glob("step-*"))
-        if not checkpoints:
+        found = checkpointing.latest(self.out / "checkpoints")
+        if found is None:
             return 0
-        last = checkpoints[-1]
-        state = json.loads((last / STATE_FILE).read_text())
+        last, state = found
         if state["plan"] != self.plan_fingerprint:  # corpus, config or model changed
             self.reporter.log(f"checkpoints in {last.parent} are from another plan"
                               f" ({state['plan']} != {self.plan_fingerprint}): starting over")
@@ -283,18 +258,8 @@ class CPTTrainer:
             if self.accelerator.is_main_process:
                 shutil.rmtree(last.parent)
             return 0
-        weights = load_file(last / ADAPTER_DIR / "adapter_model.safetensors")
-        set_peft_model_state_dict(self.peft_model, weights)
-        for p in self.peft_model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-        self.optimizer.load_state_dict(torch.load(last / OPTIMIZER_FILE, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(last / SCHEDULER_FILE, weights_only=True))
-        rng = torch.load(last / RNG_FILE, weights_only=True)
-        random.setstate(rng["python"])
-        torch.set_rng_state(rng["torch"])
-        kind, keys, *rest = rng["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+        set_peft_model_state_dict(self.peft_model, checkpointing.adapter_weights(last))
+        checkpointing.restore(last, self.optimizer, self.scheduler)
         self.reporter.log(f"resumed from {last} (step {state['step']})")
         return state["step"]
 
@@ -331,8 +296,8 @@ class CPTTrainer:
             tmp = self.out / ".adapter.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             self.peft_model.save_pretrained(tmp)
-            shutil.rmtree(self.out / ADAPTER_DIR, ignore_errors=True)
-            tmp.rename(self.out / ADAPTER_DIR)
+            shutil.rmtree(self.out / checkpointing.ADAPTER_DIR, ignore_errors=True)
+            tmp.rename(self.out / checkpointing.ADAPTER_DIR)
             (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return manifest
 
