@@ -11,7 +11,7 @@ import warnings
 
 import dagster as dg
 
-from cprec_assets.assets.train import cpt_asset_name
+from cprec_assets.assets.train import cpt_asset_name, sft_asset_name
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.reporting import corpus_summary, md_table
@@ -48,6 +48,9 @@ def main() -> None:
         run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
     for key in instance.get_dynamic_partitions(domain_partitions.name):
         run(f"domain[{key}]", dg.AssetSelection.assets("domain_users", "sasrec"), instance, key)
+        for system in profile.sft.systems:
+            run(f"{sft_asset_name(system)}[{key}]",
+                dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
     with cprec.connect() as con:
         print()
         print(corpus_summary(con))
@@ -66,6 +69,18 @@ def main() -> None:
                     m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
     print(md_table(["domain", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
                     "test NDCG@10"], sas))
+    print()
+    print("SFT adapters (LLaRA recipe; hybrid = steps with the hybrid prompt)")
+    sft = []
+    for key in instance.get_dynamic_partitions(domain_partitions.name):
+        for system in profile.sft.systems:
+            m = json.loads((profile.root / "sft" / system / key / "manifest.json").read_text())
+            sft.append((m["domain"], system, m["samples"], m["steps"], m["hybrid_steps"],
+                        m["final_loss"], m["tokens_per_second"],
+                        "CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0]
+                        if m["init_adapter"] else "none"))
+    print(md_table(["domain", "system", "samples", "steps", "hybrid", "final loss", "tokens/s",
+                    "LoRA init"], sft))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

@@ -42,7 +42,7 @@ def save(root: Path, step: int, state: dict, peft_model, optimizer, scheduler,
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    peft_model.save_pretrained(tmp / ADAPTER_DIR)
+    peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),

@@ -196,6 +196,37 @@ class SASRecConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """Per-domain SFT with LLaRA's recipe (method.md section 2). ``systems`` lists which
+    adapters the profile trains: ``llara`` (fresh LoRA) and ``cprec`` (LoRA initialised from
+    the WSA CPT adapter); ``cprec_<variant>`` starts from that CPT variant's adapter."""
+
+    systems: tuple[str, ...] = ("llara", "cprec")
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.01
+    warmup_ratio: float = 0.05
+    epochs: int = 1
+    max_samples: int = 0  # per domain; 0 = all sliding-window samples
+    batch_size: int = 8  # samples per optimiser step (LLaRA: 128)
+    micro_batch: int = 4
+    history: int = 10
+    min_history: int = 3
+    negatives: int = 19
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "auto"
+    checkpoint_every: int = 20
+
+    def __post_init__(self) -> None:
+        for system in self.systems:
+            variant = system.removeprefix("cprec_") if system.startswith("cprec_") else None
+            if system not in ("llara", "cprec") and variant not in CPT_VARIANTS:
+                raise ConfigError(f"sft.systems: {system!r} is not llara, cprec or cprec_<variant>")
+        if self.batch_size % self.micro_batch:
+            raise ConfigError("sft.batch_size must be a multiple of sft.micro_batch")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "demo"
     data_dir: str = "data"
@@ -205,6 +236,7 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     @property
     def root(self) -> Path:
@@ -259,7 +291,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
     "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
-             "cpt": {"max_tokens": 60_000, "checkpoint_every": 10}},
+             "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
+             "sft": {"max_samples": 48, "checkpoint_every": 3}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",
@@ -275,6 +308,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 8, "checkpoint_every": 100},
+        "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                            "cprec_shuffled_control"], "batch_size": 128, "micro_batch": 8,
+                "epochs": 5, "checkpoint_every": 50},
     },
 }
 

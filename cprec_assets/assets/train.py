@@ -9,9 +9,12 @@ import sys
 
 import dagster as dg
 
+from cprec_assets.assets.collab import sasrec
 from cprec_assets.assets.data import cpt_corpus
+from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.config import CPT_VARIANTS
+from cprec_core.sft import cpt_variant
 from cprec_core.plots import training_curves
 from cprec_core.reporting import md_table
 
@@ -91,3 +94,45 @@ def _cpt_check(variant: str) -> dg.AssetChecksDefinition:
 
 
 cpt_checks = [_cpt_check(v) for v in CPT_VARIANTS]
+
+
+SFT_SYSTEMS = ("llara", "cprec", *(f"cprec_{v}" for v in CPT_VARIANTS if v != "wsa"))
+
+
+def sft_asset_name(system: str) -> str:
+    if system == "llara":
+        return "llara_adapter"
+    return "sft_adapter" if system == "cprec" else f"sft_adapter_{system.removeprefix('cprec_')}"
+
+
+def build_sft_asset(system: str) -> dg.AssetsDefinition:
+    variant = cpt_variant(system)
+    deps = [sasrec] + ([cpt_asset_name(variant)] if variant else [])
+    source = f"initialised from the CPT adapter `{variant}`" if variant else "fresh LoRA (no CPT)"
+
+    @dg.asset(name=sft_asset_name(system), group_name="sft", deps=deps, pool=TRAIN_POOL,
+              partitions_def=domain_partitions, kinds={"pytorch"}, tags={"system": system},
+              description=f"Per-domain SFT with LLaRA's hybrid prompt, {source} (cprec_core.sft).")
+    def _sft(context: dg.AssetExecutionContext, cprec: CPRecConfig,
+             pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        profile = cprec.load()
+        command = accelerate_command(cprec, "cprec_core.sft", "--domain", context.partition_key,
+                                     "--system", system)
+        invocation = pipes_subprocess_client.run(context=context, command=command)
+        reported = invocation.get_materialize_result().metadata or {}
+        out = profile.root / "sft" / system / context.partition_key
+        rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+        return dg.MaterializeResult(metadata={
+            **reported,
+            "adapter": dg.MetadataValue.path(str(out / "adapter")),
+            "projector": dg.MetadataValue.path(str(out / "projector.safetensors")),
+            "train_log": dg.MetadataValue.md(md_table(
+                ["step", "prompt", "p_hybrid", "lr", "loss", "tokens"],
+                [(r["step"], r["prompt"], r["p_hybrid"], f"{r['lr']:.2e}", r["loss"], r["tokens"])
+                 for r in rows[-20:]])),
+        })
+
+    return _sft
+
+
+sft_assets = [build_sft_asset(s) for s in SFT_SYSTEMS]

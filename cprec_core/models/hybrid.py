@@ -25,14 +25,19 @@ class Projector(nn.Module):
 
 def add_placeholder_token(tokenizer, model) -> int:
     """Adds ``[emb]`` as a special token (one id, never split) and grows the embedding
-    matrix by one row. The row is never read as an input (it is always replaced); with tied
-    embeddings it is also an output logit, mean-initialised so it is not favoured."""
+    matrix by one row, set to the mean of the other rows. The row is never read as an input
+    (it is always replaced); with tied embeddings it is also an output logit. It is not
+    trained, so adapters are saved without the embedding matrix."""
     if PLACEHOLDER not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [PLACEHOLDER]})
     placeholder_id = tokenizer.convert_tokens_to_ids(PLACEHOLDER)
     embeddings = model.get_input_embeddings()
     if embeddings.num_embeddings <= placeholder_id:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        old = embeddings.num_embeddings
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():  # deterministic: the mean of the existing rows
+            weight = model.get_input_embeddings().weight
+            weight[old:] = weight[:old].float().mean(0).to(weight.dtype)
     return placeholder_id
 
 

@@ -6,7 +6,8 @@ import dagster as dg
 
 from cprec_assets import checks
 from cprec_assets.assets import data
-from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks
+from cprec_assets.assets import collab
+from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks, sft_assets
 from cprec_assets.resources import CPRecConfig
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
@@ -18,12 +19,19 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     resources = {"cprec": cprec, "pipes_subprocess_client": dg.PipesSubprocessClient()}
     command = accelerate_command(cprec, "cprec_core.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
+    everything = [*STAGE, data.domain_users, collab.sasrec, *cpt_assets, *sft_assets,
+                  *checks.data_checks, *cpt_checks]
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*STAGE, *cpt_assets, *checks.data_checks, *cpt_checks],
-                                selection=[a.key for a in STAGE] + [cpt_assets[0].key],
+        result = dg.materialize(everything, selection=[a.key for a in STAGE] + [cpt_assets[0].key],
                                 resources=resources, instance=instance)
         assert result.success
         meta = result.asset_materializations_for_node("cpt_adapter")[0].metadata
+        per_domain = dg.materialize(
+            everything, selection=["domain_users", "sasrec", "sft_adapter", "llara_adapter"],
+            partition_key="crime", resources=resources, instance=instance)
+        assert per_domain.success
+        sft = per_domain.asset_materializations_for_node("sft_adapter")[0].metadata
+        llara = per_domain.asset_materializations_for_node("llara_adapter")[0].metadata
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"
     assert meta["tokens"].value > 0 and meta["tokens_per_second"].value > 0
@@ -36,3 +44,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     out = cprec.load().cpt_dir("wsa")
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in rows} == {"warmup", "stable", "anneal"}
+    # SFT through Pipes: CPRec starts from the CPT adapter, LLaRA from scratch
+    assert sft["finished"].value is True and sft["init_adapter"].value.endswith("cpt/wsa/adapter")
+    assert "init_adapter" not in llara and llara["finished"].value is True
+    assert "| step | prompt | p_hybrid |" in sft["train_log"].value
