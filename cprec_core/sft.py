@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import duckdb
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, get_wsd_schedule
@@ -44,8 +44,7 @@ from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile, load_config_file, load_profile
 from cprec_core.cpt import available_memory, estimate_memory, git_revision
 from cprec_core.domain_data import load_domain_data
-from cprec_core.models.causal_lm import chunked_cross_entropy_sum
-from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
+from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter, open_reporter
@@ -73,7 +72,9 @@ class SFTTrainer:
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
-        self.accelerator = Accelerator(cpu=self.profile.device == "cpu")
+        # text-only steps leave the projector out of the graph: DDP must allow that
+        self.accelerator = Accelerator(cpu=self.profile.device == "cpu", kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
         self.tokenizer = AutoTokenizer.from_pretrained(self.profile.corpus_dir / "tokenizer")
@@ -101,8 +102,8 @@ class SFTTrainer:
                 raise SFTError(f"{self.init_adapter}: unexpected keys {result.unexpected_keys[:3]}")
         self.projector = Projector(self.item_table.shape[1],
                                    base.get_input_embeddings().embedding_dim)
-        params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        params += list(self.projector.parameters())
+        self.model = HybridLM(self.peft_model, self.projector, self.item_table, self.placeholder_id)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in params)
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.0)
         warmup = max(1, round(self.cfg.warmup_ratio * self.total_steps))
@@ -110,8 +111,7 @@ class SFTTrainer:
             self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
             num_decay_steps=self.total_steps - warmup, decay_type="cosine",
             min_lr_ratio=self.cfg.min_lr_ratio)
-        self.peft_model, self.projector, self.optimizer = self.accelerator.prepare(
-            self.peft_model, self.projector, self.optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.curriculum = np.random.default_rng(self.cfg.seed + 1)
         self.start_step = self.load_checkpoint()
 
@@ -191,18 +191,6 @@ class SFTTrainer:
         return (input_ids.to(self.device), labels.to(self.device), mask.to(self.device),
                 torch.tensor(slots, dtype=torch.long, device=self.device))
 
-    def loss(self, input_ids, labels, mask, slots, hybrid: bool):
-        model = self.accelerator.unwrap_model(self.peft_model)
-        base = model.get_base_model()
-        embeds = hybrid_embeds(base, self.projector, self.item_table.to(self.device), input_ids,
-                               slots, self.placeholder_id, hybrid)
-        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
-                                    use_cache=False).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != -100
-        return chunked_cross_entropy_sum(hidden[:, :-1][keep],
-                                         base.get_output_embeddings().weight, targets[keep])
-
     def train_step(self, step: int) -> tuple[float, bool]:
         acc = self.accelerator
         hybrid = choose_hybrid(step, self.total_steps, self.curriculum)
@@ -213,11 +201,15 @@ class SFTTrainer:
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                     if self.dtype == torch.bfloat16 else nullcontext())
         total = torch.zeros((), device=self.device)
-        for part in micro:
-            with autocast:
-                loss = self.loss(*self.batch(part, hybrid), hybrid)
+        for k, part in enumerate(micro):
+            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+            with sync, autocast:
+                loss = self.model(*self.batch(part, hybrid), hybrid)
             acc.backward(loss * acc.num_processes / n_targets)
             total += loss.detach().float()
+        if not hybrid:  # the projector is frozen for text-only steps (no AdamW update either)
+            for p in self.projector.parameters():
+                p.grad = None
         if self.cfg.grad_clip:
             acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                 self.cfg.grad_clip)
@@ -232,8 +224,7 @@ class SFTTrainer:
             keep = [x for x in log_path.read_text().splitlines()
                     if x and json.loads(x)["step"] <= self.start_step]
             log_path.write_text("".join(x + "\n" for x in keep))
-        self.peft_model.train()
-        self.projector.train()
+        self.model.train()
         end = self.total_steps if stop_after is None else min(self.total_steps,
                                                                self.start_step + stop_after)
         for step in range(self.start_step, end):
@@ -260,13 +251,13 @@ class SFTTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _projector_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in self.accelerator.unwrap_model(self.projector).state_dict().items()}
+        return {k: v.float() for k, v in self.projector.state_dict().items()}
 
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             checkpointing.save(self.out / "checkpoints", step, {"plan": self.fingerprint},
-                               self.accelerator.unwrap_model(self.peft_model), self.optimizer,
+                               self.peft_model, self.optimizer,
                                self.scheduler, extra=self._projector_state(),
                                generators={"curriculum": self.curriculum})
 
@@ -280,11 +271,10 @@ class SFTTrainer:
             if self.accelerator.is_main_process:
                 shutil.rmtree(last.parent)
             return 0
-        model = self.accelerator.unwrap_model(self.peft_model)
-        set_peft_model_state_dict(model, checkpointing.adapter_weights(last))
+        set_peft_model_state_dict(self.peft_model, checkpointing.adapter_weights(last))
         extra = checkpointing.restore(last, self.optimizer, self.scheduler,
                                       {"curriculum": self.curriculum})
-        self.accelerator.unwrap_model(self.projector).load_state_dict(extra)
+        self.projector.load_state_dict(extra)
         self.reporter.log(f"resumed from {last} (step {state['step']})")
         return state["step"]
 
@@ -309,7 +299,7 @@ class SFTTrainer:
         if self.accelerator.is_main_process:
             tmp = self.out / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.accelerator.unwrap_model(self.peft_model).save_pretrained(
+            self.peft_model.save_pretrained(
                 tmp / "adapter", save_embedding_layers=False)
             save_file(self._projector_state(), tmp / "projector.safetensors")
             for name in ("adapter", "projector.safetensors"):

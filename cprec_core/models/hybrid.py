@@ -62,3 +62,30 @@ def hybrid_embeds(model, projector: Projector, item_table: torch.Tensor,
     if not hybrid:
         return embeds
     return inject(embeds, input_ids, placeholder_id, projector(item_table[slot_items]))
+
+
+class HybridLM(nn.Module):
+    """The SFT model as one module (so DDP sees every parameter): the peft LLM, the
+    projector and the frozen SASRec item table. ``forward`` returns the summed loss over the
+    answer tokens (labels != -100, next-token aligned)."""
+
+    def __init__(self, peft_model: nn.Module, projector: Projector, item_table: torch.Tensor,
+                 placeholder_id: int):
+        super().__init__()
+        self.model = peft_model
+        self.projector = projector
+        self.register_buffer("item_table", item_table, persistent=False)
+        self.placeholder_id = placeholder_id
+
+    def forward(self, input_ids, labels, attention_mask, slot_items, hybrid: bool):
+        from cprec_core.models.causal_lm import chunked_cross_entropy_sum
+
+        base = self.model.get_base_model()
+        embeds = hybrid_embeds(base, self.projector, self.item_table, input_ids, slot_items,
+                               self.placeholder_id, hybrid)
+        hidden = base.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        return chunked_cross_entropy_sum(hidden[:, :-1][keep],
+                                         base.get_output_embeddings().weight, targets[keep])

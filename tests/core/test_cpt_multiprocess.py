@@ -40,3 +40,45 @@ def test_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     assert [r["tokens"] for r in one] == [r["tokens"] for r in two]
     for a, b in zip(one, two):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+
+
+def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
+    """SFT under DDP: text-only steps leave the projector unused, which DDP must accept."""
+    import duckdb
+
+    from cprec_core.collab.train_sasrec import train_sasrec
+    from cprec_core.config import SASRecConfig, load_config_file
+    from cprec_core.domain_data import build_domain_users, load_domain_data
+
+    config = yaml.safe_load(fixture_config.read_text())
+    config["cpt"]["lora"] = {"dropout": 0.0}
+    config["sft"].update({"batch_size": 2, "micro_batch": 1})
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    data_dir = tmp_path / "data"
+    assert build_corpus(["--config", str(path), "--data-dir", str(data_dir)]) == 0
+    profile = load_config_file(path)
+    database = data_dir / profile.name / "cprec.duckdb"
+    with duckdb.connect(str(database)) as con:
+        build_domain_users(con, "crime")
+        data = load_domain_data(con, "crime")
+    train_sasrec(data, SASRecConfig(max_epochs=2, max_len=10),
+                 data_dir / profile.name / "sasrec" / "crime", log=lambda *_: None)
+    logs = {}
+    for processes in (1, 2):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+                   "--num_processes", str(processes), "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--num_cpu_threads_per_process", "1", "-m", "cprec_core.sft",
+                   "--config", str(path), "--data-dir", str(data_dir), "--domain", "crime",
+                   "--system", "llara"]
+        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = data_dir / profile.name / "sft" / "llara" / "crime"
+        logs[processes] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+        import shutil
+        shutil.rmtree(out)
+    assert [r["prompt"] for r in logs[1]] == [r["prompt"] for r in logs[2]]
+    for a, b in zip(logs[1], logs[2]):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
