@@ -14,7 +14,7 @@ import dagster as dg
 from cprec_assets.assets.train import cpt_asset_name, sft_asset_name
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
-from cprec_core.reporting import corpus_summary, md_table
+from cprec_core.reporting import corpus_summary, md_table, query_table
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
@@ -47,7 +47,8 @@ def main() -> None:
     for variant in profile.cpt.variants:
         run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
     for key in instance.get_dynamic_partitions(domain_partitions.name):
-        run(f"domain[{key}]", dg.AssetSelection.assets("domain_users", "sasrec"), instance, key)
+        run(f"domain[{key}]", dg.AssetSelection.assets(
+            "domain_users", "sasrec", "candidate_sets", "evaluation"), instance, key)
         for system in profile.sft.systems:
             run(f"{sft_asset_name(system)}[{key}]",
                 dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
@@ -81,6 +82,14 @@ def main() -> None:
                         if m["init_adapter"] else "none"))
     print(md_table(["domain", "system", "samples", "steps", "hybrid", "final loss", "tokens/s",
                     "LoRA init"], sft))
+    print()
+    print("Test HR@1 / NDCG@5 on the fixed 20-candidate sets (classic systems; LLM systems: issue 5)")
+    with cprec.connect() as con:
+        print(query_table(con, """
+            SELECT system, domain, cases, round("hr@1", 3) AS "HR@1", round("hr@5", 3) AS "HR@5",
+                   round("ndcg@5", 3) AS "NDCG@5"
+            FROM evaluation_results WHERE split = 'test' AND subset = 'all'
+            ORDER BY domain, "HR@1" DESC"""))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

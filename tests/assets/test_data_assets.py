@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cprec_assets import checks
-from cprec_assets.assets import collab, data
+from cprec_assets.assets import collab, data, evaluate
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
@@ -46,9 +46,14 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         # the interactions asset filled the domain partitions with the target domains
         keys = instance.get_dynamic_partitions(domain_partitions.name)
         assert sorted(keys) == ["crime", "horror"]
-        per_domain = dg.materialize([data.domain_users, collab.sasrec], resources={"cprec": cprec},
-                                    instance=instance, partition_key="crime")
+        per_domain = dg.materialize(
+            [data.domain_users, collab.sasrec, evaluate.candidate_sets, evaluate.evaluation,
+             evaluate.twenty_distinct_candidates_with_the_target_once],
+            resources={"cprec": cprec}, instance=instance, partition_key="crime")
         assert per_domain.success
+        assert all(e.passed for e in per_domain.get_asset_check_evaluations())
+        results = per_domain.asset_materializations_for_node("evaluation")[0].metadata["results"]
+        assert "| sasrec | test |" in results.value and "| popularity | test |" in results.value
         sas = per_domain.asset_materializations_for_node("sasrec")[0].metadata
         assert sas["users"].value == 40 and 0 <= sas["test_hr@10"].value <= 1
         assert (cprec.load().domain_dir("sasrec", "crime") / "model.safetensors").is_file()

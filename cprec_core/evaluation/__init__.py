@@ -1,0 +1,1 @@
+"""Evaluation on fixed candidate sets (method.md section 3)."""

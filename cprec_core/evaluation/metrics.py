@@ -1,0 +1,30 @@
+"""Ranking metrics over candidate sets. Every function takes ``ranks``: the 0-based position
+of the target among its candidates after sorting by score (ties broken against the target,
+so a constant scorer does not look good)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ranks_from_scores(scores: np.ndarray, target_col: np.ndarray) -> np.ndarray:
+    """rank = number of candidates scoring at least as high as the target, minus itself."""
+    target = scores[np.arange(len(scores)), target_col][:, None]
+    return (scores >= target).sum(1) - 1
+
+
+def hit_ratio(ranks: np.ndarray, k: int) -> float:
+    """HR@k = mean(rank < k)."""
+    return float(np.mean(ranks < k)) if len(ranks) else float("nan")
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item = mean(1 / log2(rank + 2) if rank < k else 0)."""
+    if not len(ranks):
+        return float("nan")
+    return float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
+
+
+def ranking_report(ranks: np.ndarray) -> dict[str, float]:
+    return {"hr@1": hit_ratio(ranks, 1), "hr@3": hit_ratio(ranks, 3), "hr@5": hit_ratio(ranks, 5),
+            "ndcg@3": ndcg(ranks, 3), "ndcg@5": ndcg(ranks, 5)}
