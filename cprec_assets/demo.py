@@ -48,10 +48,11 @@ def main() -> None:
         run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
     for key in instance.get_dynamic_partitions(domain_partitions.name):
         run(f"domain[{key}]", dg.AssetSelection.assets(
-            "domain_users", "sasrec", "candidate_sets", "evaluation"), instance, key)
+            "domain_users", "sasrec", "candidate_sets"), instance, key)
         for system in profile.sft.systems:
             run(f"{sft_asset_name(system)}[{key}]",
                 dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
+        run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
     with cprec.connect() as con:
         print()
         print(corpus_summary(con))
@@ -83,13 +84,14 @@ def main() -> None:
     print(md_table(["domain", "system", "samples", "steps", "hybrid", "final loss", "tokens/s",
                     "LoRA init"], sft))
     print()
-    print("Test HR@1 / NDCG@5 on the fixed 20-candidate sets (classic systems; LLM systems: issue 5)")
+    print("Test cases on the fixed 20-candidate sets (LLM systems ranked by likelihood;"
+          " generation and the leaderboard: issue 5)")
     with cprec.connect() as con:
         print(query_table(con, """
-            SELECT system, domain, cases, round("hr@1", 3) AS "HR@1", round("hr@5", 3) AS "HR@5",
-                   round("ndcg@5", 3) AS "NDCG@5"
+            SELECT domain, system, family, cases, round("hr@1", 3) AS "HR@1",
+                   round("hr@5", 3) AS "HR@5", round("ndcg@5", 3) AS "NDCG@5"
             FROM evaluation_results WHERE split = 'test' AND subset = 'all'
-            ORDER BY domain, "HR@1" DESC"""))
+            ORDER BY domain, "HR@1" DESC, system"""))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

@@ -227,6 +227,15 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """``max_cases``: evaluate every system on the same seeded sample of this many cases per
+    domain and split (0 = all cases)."""
+
+    max_cases: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "demo"
     data_dir: str = "data"
@@ -237,6 +246,7 @@ class Profile:
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def root(self) -> Path:
@@ -292,7 +302,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
     "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
-             "sft": {"max_samples": 48, "checkpoint_every": 3}},
+             "sft": {"max_samples": 48, "checkpoint_every": 3},
+             "evaluation": {"max_cases": 50}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",

@@ -7,7 +7,7 @@ from cprec_assets.assets.data import domain_users
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import evaluate_classic
+from cprec_core.evaluation.evaluate import evaluate_domain
 from cprec_core.reporting import query_table
 
 
@@ -30,16 +30,18 @@ def twenty_distinct_candidates_with_the_target_once(cprec: CPRecConfig) -> dg.As
     return dg.AssetCheckResult(passed=bad == 0, metadata={"bad_rows": bad})
 
 
-@dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[candidate_sets, sasrec],
+@dg.asset(group_name="evaluation", kinds={"duckdb"},
+          deps=[candidate_sets, sasrec, "llara_adapter", "sft_adapter"],
           pool=DUCKDB_POOL, partitions_def=domain_partitions)
 def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.MaterializeResult:
     """HR@1/3/5 and NDCG@3/5 of every system on the same candidate sets, per user subset."""
     profile = cprec.load()
     with cprec.connect() as con:
-        rows = evaluate_classic(con, profile, context.partition_key)
+        rows = evaluate_domain(con, profile, context.partition_key, log=context.log.info)
         table = query_table(con, """
-            SELECT system, split, cases, round("hr@1", 4) AS "HR@1", round("hr@3", 4) AS "HR@3",
-                   round("hr@5", 4) AS "HR@5", round("ndcg@5", 4) AS "NDCG@5"
+            SELECT system, family, split, cases, round("hr@1", 4) AS "HR@1",
+                   round("hr@3", 4) AS "HR@3", round("hr@5", 4) AS "HR@5",
+                   round("ndcg@5", 4) AS "NDCG@5"
             FROM evaluation_results WHERE domain = ? AND subset = 'all'
             ORDER BY split DESC, "HR@1" DESC""", [rows[0][0]])
     return dg.MaterializeResult(metadata={"dagster/row_count": len(rows),

@@ -32,13 +32,19 @@ class Cases:
         return np.argmax(self.candidates == self.targets[:, None], axis=1)
 
 
-def load_cases(con: duckdb.DuckDBPyConnection, domain: str, split: str) -> Cases:
+def load_cases(con: duckdb.DuckDBPyConnection, domain: str, split: str, max_cases: int = 0,
+               seed: int = 0) -> Cases:
+    """The domain's cases of ``split``; with ``max_cases``, the same seeded sample for every
+    system."""
     rows = con.execute(
         """SELECT c.user_idx, c.target, c.candidates, c.activity, u.history, u.valid_item
            FROM candidate_sets c JOIN domain_users u USING (domain, user_idx)
            WHERE c.domain = ? AND c.split = ? ORDER BY c.user_idx""", [domain, split]).fetchall()
     if not rows:
         raise ValueError(f"no {split} candidate sets for {domain!r}: materialise candidate_sets")
+    if max_cases and len(rows) > max_cases:
+        pick = np.random.default_rng(seed).choice(len(rows), max_cases, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
     users = [r[0] for r in rows]
     others = dict(con.execute(
         """SELECT user_idx, list(item_idx ORDER BY ts) FROM interactions

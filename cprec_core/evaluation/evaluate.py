@@ -1,6 +1,7 @@
 """Score systems on a domain's fixed candidate sets and store one row per (split, system,
-user subset) in ``evaluation_results``. This module covers the classic scorers; the LLM
-systems (generation with ValidRatio, likelihood ranking) are issue 5's next step."""
+family, user subset) in ``evaluation_results``: the classic scorers and, for every SFT
+adapter on disk, likelihood ranking (summed and length-normalised). Generation with
+ValidRatio is issue 5's next step."""
 
 from __future__ import annotations
 
@@ -39,21 +40,52 @@ def classic_scores(con, profile: Profile, slug: str, cases) -> dict[str, np.ndar
     return scores
 
 
-def evaluate_classic(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str) -> list[tuple]:
+def llm_scores(con, profile: Profile, slug: str, cases, log=print) -> dict[tuple[str, str], np.ndarray]:
+    """Likelihood scores of every SFT system of the profile whose adapter exists."""
+    from cprec_core.evaluation.llm import LLMScorer
+    from cprec_core.sft_data import SFTSample
+
+    titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
+                              [cases.domain]).fetchall())
+    out = {}
+    for system in profile.sft.systems:
+        if not (profile.root / "sft" / system / slug / "adapter").is_dir():
+            log(f"{system}: no SFT adapter for {slug}, skipped")
+            continue
+        scorer = LLMScorer.load(profile, slug, system)
+        summed, mean = [], []
+        for user, history, candidates, target in zip(cases.users, cases.histories,
+                                                     cases.candidates, cases.targets):
+            sample = SFTSample(int(user), history[-profile.sft.history:],
+                               [int(c) for c in candidates], int(target))
+            s, m = scorer.candidate_logprobs(sample, titles)
+            summed.append(s)
+            mean.append(m)
+        out[(system, "likelihood (sum)")] = np.asarray(summed)
+        out[(system, "likelihood (mean)")] = np.asarray(mean)
+    return out
+
+
+def evaluate_domain(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
+                    with_llm: bool = True, log=print) -> list[tuple]:
     domain, _ = domain_for_slug(con, slug)
     con.execute(SCHEMA)
     rows = []
+    cfg = profile.evaluation
     for split in ("valid", "test"):
-        cases = load_cases(con, domain, split)
+        cases = load_cases(con, domain, split, cfg.max_cases, cfg.seed)
         activity = np.asarray(cases.activity)
-        for system, scores in classic_scores(con, profile, slug, cases).items():
+        scored = {(s, "ranking"): v for s, v in classic_scores(con, profile, slug, cases).items()}
+        if with_llm and split == "test":
+            scored.update(llm_scores(con, profile, slug, cases, log))
+        for (system, family), scores in scored.items():
             ranks = ranks_from_scores(scores, cases.target_col)
             for subset in SUBSETS:
                 keep = np.ones(len(ranks), bool) if subset == "all" else activity == subset
                 if not keep.any():
                     continue
                 m = ranking_report(ranks[keep])
-                rows.append((domain, split, system, "ranking", subset, int(keep.sum()), 1.0,
+                rows.append((domain, split, system, family, subset, int(keep.sum()), 1.0,
                              m["hr@1"], m["hr@3"], m["hr@5"], m["ndcg@3"], m["ndcg@5"]))
     systems = sorted({r[2] for r in rows})
     con.execute("DELETE FROM evaluation_results WHERE domain = ? AND system IN (SELECT unnest(?))",

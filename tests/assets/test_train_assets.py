@@ -6,7 +6,7 @@ import dagster as dg
 
 from cprec_assets import checks
 from cprec_assets.assets import data
-from cprec_assets.assets import collab
+from cprec_assets.assets import collab, evaluate
 from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks, sft_assets
 from cprec_assets.resources import CPRecConfig
 
@@ -20,7 +20,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     command = accelerate_command(cprec, "cprec_core.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, *cpt_assets, *sft_assets,
-                  *checks.data_checks, *cpt_checks]
+                  evaluate.candidate_sets, evaluate.evaluation, *checks.data_checks, *cpt_checks]
     with dg.instance_for_test() as instance:
         result = dg.materialize(everything, selection=[a.key for a in STAGE] + [cpt_assets[0].key],
                                 resources=resources, instance=instance)
@@ -32,6 +32,14 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         assert per_domain.success
         sft = per_domain.asset_materializations_for_node("sft_adapter")[0].metadata
         llara = per_domain.asset_materializations_for_node("llara_adapter")[0].metadata
+        scored = dg.materialize(everything, selection=["candidate_sets", "evaluation"],
+                                partition_key="crime", resources=resources, instance=instance)
+        assert scored.success
+        results = scored.asset_materializations_for_node("evaluation")[0].metadata["results"].value
+    # the LLM systems are ranked by likelihood on the same candidate sets
+    for system in ("cprec", "llara"):
+        assert f"| {system} | likelihood (mean) | test |" in results
+        assert f"| {system} | likelihood (sum) | test |" in results
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"
     assert meta["tokens"].value > 0 and meta["tokens_per_second"].value > 0

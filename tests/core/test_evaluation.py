@@ -9,7 +9,7 @@ from cprec_core.config import load_config_file
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import evaluate_classic
+from cprec_core.evaluation.evaluate import evaluate_domain
 from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
 from cprec_core.interactions import build_interactions
 from tests.conftest import data_config, load_rows
@@ -75,7 +75,7 @@ def test_item_knn_and_popularity_on_a_hand_example():
 def test_classic_systems_are_scored_on_the_same_rows(con):
     con, profile = con
     build_candidate_sets(con, "crime", negatives=2)
-    rows = evaluate_classic(con, profile, "crime")
+    rows = evaluate_domain(con, profile, "crime", with_llm=False)
     systems = {r[2] for r in rows}
     assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= systems
     cases = {(r[1], r[2]): r[5] for r in rows if r[4] == "all"}
