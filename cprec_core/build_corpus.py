@@ -8,13 +8,13 @@ Same functions as the Dagster assets, in the same order, printing the summary at
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
 import duckdb
 
-from cprec_core.config import ConfigError, load_config_file, load_profile
+from cprec_core.cli import add_profile_arguments, profile_from_args
+from cprec_core.config import ConfigError
 from cprec_core.corpus import build_cpt_corpus, corpus_leaks, corpus_texts, export_snapshot
 from cprec_core.interactions import DataError, build_interactions, leaks
 from cprec_core.models.tokenizer import ModelLoadError, load_tokenizer
@@ -25,15 +25,10 @@ from cprec_core.sources import SourceError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--config", help="YAML file of overrides (see docs/CONFIG.md)")
-    parser.add_argument("--data-dir", help="where databases and caches go (default: data)")
+    parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
-        profile = load_config_file(args.config) if args.config else load_profile(args.profile)
-        if args.data_dir:
-            profile = dataclasses.replace(profile, data_dir=args.data_dir)
+        profile = profile_from_args(args)
         profile.root.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(profile.database)) as con:
             started = time.perf_counter()

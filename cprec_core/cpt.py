@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,15 +34,16 @@ import torch
 from accelerate import Accelerator
 from peft import set_peft_model_state_dict
 from transformers import AutoTokenizer, get_wsd_schedule
-from transformers.utils import logging as transformers_logging
 
 from cprec_core import checkpointing
-from cprec_core.config import Profile, load_config_file, load_profile
-from cprec_core.cpt_data import Corpus, Plan, build_plan, read_corpus, shuffled_control, subsample
+from cprec_core.cli import add_profile_arguments, profile_from_args, run_trainer
+from cprec_core.config import Profile
+from cprec_core.cpt_data import (Corpus, CorpusError, Plan, build_plan, read_corpus,
+                                  shuffled_control, subsample)
 from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
-from cprec_core.progress import Reporter, open_reporter
+from cprec_core.progress import Reporter
 
 
 
@@ -328,31 +328,14 @@ def run(profile: Profile, variant: str, reporter: Reporter | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Continual pre-training (CPRec)")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--config", help="YAML file of overrides (docs/CONFIG.md)")
-    parser.add_argument("--data-dir")
+    parser = add_profile_arguments(argparse.ArgumentParser(description="Continual pre-training (CPRec)"))
     parser.add_argument("--variant", default="wsa")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     args = parser.parse_args(argv)
-    profile = load_config_file(args.config) if args.config else load_profile(args.profile)
-    if args.data_dir:
-        profile = dataclasses.replace(profile, data_dir=args.data_dir)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
-    transformers_logging.set_verbosity_error()  # progress goes through the reporter
-    transformers_logging.disable_progress_bar()
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    with open_reporter(is_main) as reporter:
-        try:
-            result = run(profile, args.variant, reporter, args.stop_after, args.restart)
-        except CPTError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if result.get("finished"):
-            reporter.done({k: v for k, v in result.items()
-                           if isinstance(v, (int, float, str)) and v is not None})
-    return 0
+    profile = profile_from_args(args)
+    return run_trainer(lambda reporter: run(profile, args.variant, reporter, args.stop_after,
+                                            args.restart), (CPTError, CorpusError))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,17 +36,17 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, get_wsd_schedule
-from transformers.utils import logging as transformers_logging
 
 from cprec_core import checkpointing
 from cprec_core.collab.train_sasrec import load_sasrec
-from cprec_core.config import Profile, load_config_file, load_profile
+from cprec_core.cli import add_profile_arguments, profile_from_args, run_trainer
+from cprec_core.config import Profile
 from cprec_core.cpt import available_memory, estimate_memory, git_revision
 from cprec_core.domain_data import load_domain_data
 from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
-from cprec_core.progress import Reporter, open_reporter
+from cprec_core.progress import Reporter
 from cprec_core.sft_data import build_samples, choose_hybrid, hybrid_probability, tokenize
 
 
@@ -324,30 +323,15 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--config")
-    parser.add_argument("--data-dir")
+    parser = add_profile_arguments(
+        argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     parser.add_argument("--system", default="cprec", help="llara, cprec or cprec_<variant>")
-    parser.add_argument("--stop-after", type=int)
+    parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     args = parser.parse_args(argv)
-    profile = load_config_file(args.config) if args.config else load_profile(args.profile)
-    if args.data_dir:
-        profile = dataclasses.replace(profile, data_dir=args.data_dir)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1))))
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    with open_reporter(int(os.environ.get("RANK", "0")) == 0) as reporter:
-        try:
-            result = run(profile, args.domain, args.system, reporter, args.stop_after)
-        except SFTError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if result.get("finished"):
-            reporter.done({k: v for k, v in result.items()
-                           if isinstance(v, (int, float, str)) and v is not None})
-    return 0
+    profile = profile_from_args(args)
+    return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
+                                            args.stop_after), (SFTError,))
 
 
 if __name__ == "__main__":

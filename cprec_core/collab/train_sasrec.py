@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cprec_core.collab.sasrec import SASRec, SASRecShape, left_pad
-from cprec_core.config import SASRecConfig, load_config_file, load_profile
+from cprec_core.config import SASRecConfig
 from cprec_core.domain_data import DomainData, load_domain_data
 
 
@@ -130,15 +130,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
-    parser = argparse.ArgumentParser(description="Train SASRec for one target domain")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("--config")
-    parser.add_argument("--data-dir")
+    from cprec_core.cli import add_profile_arguments, profile_from_args
+
+    parser = add_profile_arguments(argparse.ArgumentParser(description="SASRec for one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     args = parser.parse_args(argv)
-    profile = load_config_file(args.config) if args.config else load_profile(args.profile)
-    if args.data_dir:
-        profile = dataclasses.replace(profile, data_dir=args.data_dir)
+    profile = profile_from_args(args)
     out = profile.domain_dir("sasrec", args.domain)
     with duckdb.connect(str(profile.database), read_only=True) as con:
         data = load_domain_data(con, args.domain)

@@ -1,0 +1,49 @@
+"""What every ``python -m cprec_core.<tool>`` command shares: the profile arguments and, for
+trainers, the process set-up (threads per process, quiet transformers, the reporter)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+from cprec_core.config import Profile, load_config_file, load_profile
+from cprec_core.progress import Reporter, open_reporter
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--profile", default="demo", help="named profile (demo, full)")
+    parser.add_argument("--config", help="YAML file of overrides (docs/CONFIG.md)")
+    parser.add_argument("--data-dir", help="where databases and caches go (default: data)")
+    return parser
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    profile = load_config_file(args.config) if args.config else load_profile(args.profile)
+    if args.data_dir:
+        profile = dataclasses.replace(profile, data_dir=args.data_dir)
+    return profile
+
+
+def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception], ...]) -> int:
+    """Threads split between the processes of ``accelerate launch``, progress through the
+    reporter (Pipes under Dagster), known errors as one line and exit status 2."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    with open_reporter(int(os.environ.get("RANK", "0")) == 0) as reporter:
+        try:
+            result = work(reporter)
+        except errors as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if result.get("finished"):
+            reporter.done({k: v for k, v in result.items()
+                           if isinstance(v, (int, float, str)) and v is not None})
+    return 0
