@@ -27,7 +27,14 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     return profile
 
 
-def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception], ...]) -> int:
+def add_reporter_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--reporter", help="module:function returning a reporter context"
+                        " (default: stdout); the Dagster assets pass their Pipes reporter")
+    return parser
+
+
+def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception], ...],
+                reporter: str | None = None) -> int:
     """Threads split between the processes of ``accelerate launch``, progress through the
     reporter (Pipes under Dagster), known errors as one line and exit status 2."""
     import torch
@@ -37,13 +44,13 @@ def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception],
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    with open_reporter(int(os.environ.get("RANK", "0")) == 0) as reporter:
+    with open_reporter(int(os.environ.get("RANK", "0")) == 0, reporter) as progress:
         try:
-            result = work(reporter)
+            result = work(progress)
         except errors as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if result.get("finished"):
-            reporter.done({k: v for k, v in result.items()
+            progress.done({k: v for k, v in result.items()
                            if isinstance(v, (int, float, str)) and v is not None})
     return 0

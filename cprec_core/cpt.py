@@ -36,7 +36,8 @@ from peft import set_peft_model_state_dict
 from transformers import AutoTokenizer, get_wsd_schedule
 
 from cprec_core import checkpointing
-from cprec_core.cli import add_profile_arguments, profile_from_args, run_trainer
+from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
+                            run_trainer)
 from cprec_core.config import Profile
 from cprec_core.cpt_data import (Corpus, CorpusError, Plan, build_plan, read_corpus,
                                   shuffled_control, subsample)
@@ -328,14 +329,15 @@ def run(profile: Profile, variant: str, reporter: Reporter | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_profile_arguments(argparse.ArgumentParser(description="Continual pre-training (CPRec)"))
+    parser = add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Continual pre-training (CPRec)")))
     parser.add_argument("--variant", default="wsa")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     return run_trainer(lambda reporter: run(profile, args.variant, reporter, args.stop_after,
-                                            args.restart), (CPTError, CorpusError))
+                                            args.restart), (CPTError, CorpusError), args.reporter)
 
 
 if __name__ == "__main__":

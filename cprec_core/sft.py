@@ -39,7 +39,8 @@ from transformers import AutoTokenizer, get_wsd_schedule
 
 from cprec_core import checkpointing
 from cprec_core.collab.train_sasrec import load_sasrec
-from cprec_core.cli import add_profile_arguments, profile_from_args, run_trainer
+from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
+                            run_trainer)
 from cprec_core.config import Profile
 from cprec_core.cpt import available_memory, estimate_memory, git_revision
 from cprec_core.domain_data import load_domain_data
@@ -323,15 +324,15 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_profile_arguments(
-        argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt"))
+    parser = add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt")))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     parser.add_argument("--system", default="cprec", help="llara, cprec or cprec_<variant>")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
-                                            args.stop_after), (SFTError,))
+                                            args.stop_after), (SFTError,), args.reporter)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from cprec_core.plots import training_curves
 from cprec_core.reporting import md_table
 
 TRAIN_POOL = "train"
+PIPES_REPORTER = "cprec_assets.pipes_reporter:open_pipes_reporter"
 
 
 def cpt_asset_name(variant: str) -> str:
@@ -34,7 +35,8 @@ def accelerate_command(cprec: CPRecConfig, module: str, *args: str) -> list[str]
     if profile.device == "cpu":
         launch.append("--cpu")
     source = ["--config", cprec.config_file] if cprec.config_file else ["--profile", cprec.profile]
-    return [*launch, "-m", module, *source, "--data-dir", profile.data_dir, *args]
+    return [*launch, "-m", module, *source, "--data-dir", profile.data_dir,
+            "--reporter", PIPES_REPORTER, *args]
 
 
 def png_markdown(path) -> dg.MetadataValue:
