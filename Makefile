@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test ui bench clean-data
+.PHONY: install demo test ui bench results study clean-data
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -29,6 +29,15 @@ ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopba
 bench: install
 	$(PY) benchmarks/bench_corpus.py
 	$(PY) benchmarks/bench_cpt.py
+	$(PY) benchmarks/bench_eval.py
+
+RESULTS_PROFILE ?= study
+results: install  ## docs/RESULTS.md from the leaderboard of RESULTS_PROFILE (default: study)
+	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out docs/RESULTS.md
+
+study: install  ## the evaluation study (about two hours on 2 cores), then `make results`
+	CPREC_PROFILE=study $(PY) -m cprec_assets.demo
+	$(MAKE) results RESULTS_PROFILE=study
 
 clean-data:  ## remove databases and runs (keeps the download cache in data/cache)
 	rm -rf data/demo data/full

@@ -14,7 +14,8 @@ import dagster as dg
 from cprec_assets.assets.train import cpt_asset_name, sft_asset_name
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
-from cprec_core.reporting import corpus_summary, md_table, query_table
+from cprec_core.evaluation.leaderboard import leaderboard_markdown
+from cprec_core.reporting import corpus_summary, md_table
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
@@ -29,11 +30,15 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         sys.exit(f"{label} failed at {failed}; see `make ui` -> Runs -> {result.run_id}")
     checks = result.get_asset_check_evaluations()
-    failed_checks = [c.check_name for c in checks if not c.passed]
+    failed = [c for c in checks if not c.passed]
     print(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]},"
-          f" {len(checks) - len(failed_checks)}/{len(checks)} checks passed)", flush=True)
-    if failed_checks:
-        sys.exit(f"{label}: checks failed: {failed_checks}")
+          f" {len(checks) - len(failed)}/{len(checks)} checks passed)", flush=True)
+    for check in failed:
+        if check.severity == dg.AssetCheckSeverity.WARN:
+            print(f"  warning: check {check.check_name} did not pass; see `make ui`", flush=True)
+    errors = [c.check_name for c in failed if c.severity != dg.AssetCheckSeverity.WARN]
+    if errors:
+        sys.exit(f"{label}: checks failed: {errors}")
 
 
 def main() -> None:
@@ -53,6 +58,7 @@ def main() -> None:
             run(f"{sft_asset_name(system)}[{key}]",
                 dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
         run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
+    run("leaderboard", dg.AssetSelection.assets("leaderboard"), instance)
     with cprec.connect() as con:
         print()
         print(corpus_summary(con))
@@ -76,26 +82,26 @@ def main() -> None:
     sft = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
         for system in profile.sft.systems:
-            m = json.loads((profile.root / "sft" / system / key / "manifest.json").read_text())
-            sft.append((m["domain"], system, m["samples"], m["steps"], m["hybrid_steps"],
-                        m["final_loss"], m["tokens_per_second"],
-                        "CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0]
-                        if m["init_adapter"] else "none"))
-    print(md_table(["domain", "system", "samples", "steps", "hybrid", "final loss", "tokens/s",
-                    "LoRA init"], sft))
-    print()
-    print("Test cases on the fixed 20-candidate sets (LLM systems ranked by likelihood;"
-          " generation and the leaderboard: issue 5)")
-    with cprec.connect() as con:
-        print(query_table(con, """
-            SELECT domain, system, family, cases, round("hr@1", 3) AS "HR@1",
-                   round("hr@5", 3) AS "HR@5", round("ndcg@5", 3) AS "NDCG@5"
-            FROM evaluation_results WHERE split = 'test' AND subset = 'all'
-            ORDER BY domain, "HR@1" DESC, system"""))
+            for seed in profile.sft.seeds_for(system):
+                m = json.loads((profile.sft_dir(system, key, seed) / "manifest.json").read_text())
+                sft.append((m["domain"], system, seed, m["samples"], m["steps"], m["hybrid_steps"],
+                            m["final_loss"], m["tokens_per_second"],
+                            "CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0]
+                            if m["init_adapter"] else "none"))
+    print(md_table(["domain", "system", "seed", "samples", "steps", "hybrid", "final loss",
+                    "tokens/s", "LoRA init"], sft))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",
                     "final loss", "tokens/s", "dtype"], rows))
+    print()
+    print("Leaderboard: test cases on the fixed 20-candidate sets. HR@1 ranking = scores"
+          " (classic) or likelihood per token (LLM); generation = greedy answer (ValidRatio,"
+          " HR@1 over valid answers and over all cases).")
+    with cprec.connect() as con:
+        print(leaderboard_markdown(con))
+    print("\nAt this demo scale the simple baselines are expected to win (method.md section 3);"
+          " `make results` writes these tables to docs/RESULTS.md.")
 
 
 if __name__ == "__main__":

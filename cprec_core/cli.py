@@ -14,7 +14,7 @@ from cprec_core.progress import Reporter, open_reporter
 
 
 def add_profile_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--profile", default="demo", help="named profile (demo, full)")
+    parser.add_argument("--profile", default="demo", help="named profile (demo, study, full)")
     parser.add_argument("--config", help="YAML file of overrides (docs/CONFIG.md)")
     parser.add_argument("--data-dir", help="where databases and caches go (default: data)")
     return parser

@@ -213,11 +213,18 @@ class SFTConfig:
     min_history: int = 3
     negatives: int = 19
     grad_clip: float = 1.0
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # llara and cprec train one adapter per seed
     dtype: str = "auto"
     checkpoint_every: int = 20
 
+    def seeds_for(self, system: str) -> tuple[int, ...]:
+        """LLaRA and CPRec get every seed (mean and spread in the leaderboard); the ablation
+        systems ``cprec_<variant>`` the first seed only."""
+        return self.seeds if system in ("llara", "cprec") else self.seeds[:1]
+
     def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ConfigError(f"sft.seeds must be distinct non-negative integers, got {self.seeds}")
         for system in self.systems:
             variant = system.removeprefix("cprec_") if system.startswith("cprec_") else None
             if system not in ("llara", "cprec") and variant not in CPT_VARIANTS:
@@ -229,10 +236,20 @@ class SFTConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """``max_cases``: evaluate every system on the same seeded sample of this many cases per
-    domain and split (0 = all cases)."""
+    domain and split (0 = all cases). ``zero_shot``: also score the base model and the WSA CPT
+    adapter without SFT (text prompt). ``generation``: greedy answers for ValidRatio and HR@1
+    as in the paper, at most ``max_new_tokens`` tokens. A ValidRatio under
+    ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
+    leaderboard's 95 % intervals."""
 
     max_cases: int = 0
     seed: int = 0
+    zero_shot: bool = True
+    generation: bool = True
+    max_new_tokens: int = 32
+    batch_size: int = 8  # cases per forward of an LLM system
+    valid_ratio_floor: float = 0.5
+    bootstrap: int = 1000
 
 
 @dataclass(frozen=True)
@@ -273,6 +290,10 @@ class Profile:
             raise ConfigError(f"{slug!r} is not a domain partition key")
         return self.root / kind / slug
 
+    def sft_dir(self, system: str, slug: str, seed: int) -> Path:
+        """``<root>/sft/<system>/<slug>/seed-<seed>``: one adapter per system, domain and seed."""
+        return self.domain_dir(f"sft/{system}", slug) / f"seed-{int(seed)}"
+
     def cpt_dir(self, variant: str) -> Path:
         if variant not in CPT_VARIANTS:
             raise ConfigError(f"unknown CPT variant {variant!r}; known: {CPT_VARIANTS}")
@@ -303,7 +324,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
              "sft": {"max_samples": 48, "checkpoint_every": 3},
-             "evaluation": {"max_cases": 50}},
+             "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
+    # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
+    # and CPRec over three seeds, sized so the whole graph runs in about two hours on 2 cores.
+    "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
+              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
+                      "checkpoint_every": 10},
+              "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                                  "cprec_shuffled_control"], "seeds": [0, 1, 2],
+                      "max_samples": 160, "checkpoint_every": 5},
+              "evaluation": {"max_cases": 150, "max_new_tokens": 24}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",

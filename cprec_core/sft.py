@@ -29,7 +29,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
-import duckdb
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -42,6 +41,7 @@ from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
+from cprec_core.db import connect
 from cprec_core.cpt import available_memory, estimate_memory, git_revision
 from cprec_core.domain_data import load_domain_data
 from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
@@ -63,11 +63,11 @@ def cpt_variant(system: str) -> str | None:
 
 class SFTTrainer:
     def __init__(self, profile: Profile, domain: str, system: str,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, seed: int | None = None):
         self.profile, self.cfg = profile, profile.sft
         self.slug, self.system = domain, system
-        self.out = profile.root / "sft" / system / domain
-        profile.domain_dir("sft", domain)  # validates the partition key
+        self.seed = self.cfg.seeds[0] if seed is None else seed
+        self.out = profile.sft_dir(system, domain, self.seed)  # validates the partition key
         self.reporter = reporter or Reporter()
 
     # -- setup -----------------------------------------------------------------------------
@@ -92,7 +92,7 @@ class SFTTrainer:
             raise SFTError(f"micro-batches of {self.cfg.micro_batch} x {longest} tokens need about"
                            f" {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available:"
                            " lower sft.micro_batch")
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(self.seed)
         lora = self._lora_settings()
         self.peft_model = apply_lora(base, lora)
         if self.init_adapter is not None:
@@ -112,7 +112,7 @@ class SFTTrainer:
             num_decay_steps=self.total_steps - warmup, decay_type="cosine",
             min_lr_ratio=self.cfg.min_lr_ratio)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.curriculum = np.random.default_rng(self.cfg.seed + 1)
+        self.curriculum = np.random.default_rng(self.seed + 1)
         self.start_step = self.load_checkpoint()
 
     def _lora_settings(self):
@@ -138,27 +138,28 @@ class SFTTrainer:
         self.local = {item: j + 1 for j, item in enumerate(index)}
 
     def _setup_data(self) -> None:
-        with duckdb.connect(str(self.profile.database), read_only=True) as con:
+        with connect(self.profile.database, read_only=True) as con:  # waits for a writer
             data = load_domain_data(con, self.slug)
             self.titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                            [data.domain]).fetchall())
         self.domain = data.domain
+        self.data_version = data.data_version
         seen = [set(h) | {v for v in (valid, test) if v is not None}
                 for h, valid, test in zip(data.histories, data.valid, data.test)]
         try:
             samples = build_samples(data.histories, data.items, seen, self.cfg.history,
-                                    self.cfg.min_history, self.cfg.negatives, self.cfg.seed)
+                                    self.cfg.min_history, self.cfg.negatives, self.seed)
         except ValueError as exc:
             raise SFTError(f"domain {data.domain!r}: {exc}") from exc
         if self.cfg.max_samples and len(samples) > self.cfg.max_samples:
-            pick = np.random.default_rng(self.cfg.seed).choice(len(samples), self.cfg.max_samples,
+            pick = np.random.default_rng(self.seed).choice(len(samples), self.cfg.max_samples,
                                                                replace=False)
             samples = [samples[i] for i in sorted(pick)]
         if not samples:
             raise SFTError(f"domain {data.domain!r} has no SFT sample (users need >= "
                            f"{self.cfg.min_history + 1} train items)")
         self.samples = samples
-        order = np.concatenate([np.random.default_rng(self.cfg.seed + e).permutation(len(samples))
+        order = np.concatenate([np.random.default_rng(self.seed + e).permutation(len(samples))
                                 for e in range(self.cfg.epochs)])
         self.steps = [order[i:i + self.cfg.batch_size]
                       for i in range(0, len(order), self.cfg.batch_size)]
@@ -244,7 +245,8 @@ class SFTTrainer:
                                   f" {row['tokens'] / row['seconds']:.0f} tok/s")
             if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total_steps:
                 self.save_checkpoint(step + 1)
-        result = {"finished": end == self.total_steps, "steps_run": end - self.start_step}
+        result = {"finished": end == self.total_steps, "steps_run": end - self.start_step,
+                  "seed": self.seed}
         if result["finished"]:
             result.update(self.save_final(log_path))
         return result
@@ -284,6 +286,7 @@ class SFTTrainer:
         tokens = sum(r["tokens"] for r in rows)
         manifest = {
             "system": self.system, "domain": self.domain, "partition": self.slug,
+            "data_version": self.data_version, "seed": self.seed,
             "base_model": self.profile.model.name,
             "init_adapter": str(self.init_adapter) if self.init_adapter else None,
             "init_manifest": (json.loads((self.init_adapter.parent / "manifest.json").read_text())
@@ -312,15 +315,28 @@ class SFTTrainer:
 
 
 def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = None,
-        stop_after: int | None = None) -> dict:
-    trainer = SFTTrainer(profile, domain, system, reporter)
-    trainer.out.mkdir(parents=True, exist_ok=True)
-    trainer.setup()
-    trainer.reporter.log(
-        f"SFT {system} on {trainer.domain}: {len(trainer.samples)} samples, {trainer.total_steps}"
-        f" steps, {trainer.dtype}, LoRA from {trainer.init_adapter or 'scratch'},"
-        f" starting at step {trainer.start_step}")
-    return trainer.train(stop_after)
+        stop_after: int | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+    """Train one adapter per seed (``sft.seeds_for(system)`` by default), one after another;
+    the result is the first seed's manifest plus every seed's final loss."""
+    results = []
+    for seed in seeds if seeds is not None else profile.sft.seeds_for(system):
+        trainer = SFTTrainer(profile, domain, system, reporter, seed)
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        trainer.setup()
+        trainer.reporter.log(
+            f"SFT {system} seed {seed} on {trainer.domain}: {len(trainer.samples)} samples,"
+            f" {trainer.total_steps} steps, {trainer.dtype}, LoRA from"
+            f" {trainer.init_adapter or 'scratch'}, starting at step {trainer.start_step}")
+        results.append(trainer.train(stop_after))
+        if not results[-1]["finished"]:
+            break
+    result = dict(results[0])
+    result["finished"] = all(r["finished"] for r in results)
+    result["seeds"] = ",".join(str(r["seed"]) for r in results)
+    for r in results[1:]:
+        if r["finished"]:
+            result[f"final_loss_seed_{r['seed']}"] = r["final_loss"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt")))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     parser.add_argument("--system", default="cprec", help="llara, cprec or cprec_<variant>")
+    parser.add_argument("--seed", type=int, action="append",
+                        help="train this seed only (repeatable); default: sft.seeds")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
+    seeds = tuple(args.seed) if args.seed else None
     return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
-                                            args.stop_after), (SFTError,), args.reporter)
+                                            args.stop_after, seeds), (SFTError,), args.reporter)
 
 
 if __name__ == "__main__":

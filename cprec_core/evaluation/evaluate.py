@@ -1,31 +1,63 @@
-"""Score systems on a domain's fixed candidate sets and store one row per (split, system,
-family, user subset) in ``evaluation_results``: the classic scorers and, for every SFT
-adapter on disk, likelihood ranking (summed and length-normalised). Generation with
-ValidRatio is issue 5's next step."""
+"""Score every system of a profile on a domain's fixed candidate sets.
+
+Two tables in the profile's database:
+
+* ``evaluation_cases``: one row per (split, system, seed, family, case): the target's rank
+  among the 20 candidates (ranking families), or whether the greedy answer was valid and hit
+  (``generation``), with a hash of the candidate list the system saw. The leaderboard's
+  intervals and paired tests are computed from these rows, and the evaluation check compares
+  the hashes with ``candidate_sets``.
+* ``evaluation_results``: the aggregates per (split, system, seed, family, user subset):
+  ``valid_ratio``, ``hr@1`` over all cases, ``hr@1 (valid)`` over valid answers (LLaRA's
+  and CPRec's definition; equal to ``hr@1`` for ranking), HR@3/5 and NDCG@3/5.
+
+Systems: random, popularity, item-kNN (domain and all domains), SASRec (validation and
+test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot`` (text prompt,
+when ``evaluation.zero_shot``) and every SFT adapter of ``sft.systems`` for each of its seeds,
+each by likelihood (sum and mean per token) and, with ``evaluation.generation``, greedy
+generation.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import time
 
 import duckdb
+import numpy as np
 
 from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile
 from cprec_core.domain_data import domain_for_slug
-from cprec_core.evaluation.baselines import item_knn, load_cases, popularity, sasrec_scores
+from cprec_core.evaluation.baselines import Cases, item_knn, load_cases, popularity, sasrec_scores
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
     domain VARCHAR NOT NULL, split VARCHAR NOT NULL, system VARCHAR NOT NULL,
-    family VARCHAR NOT NULL, subset VARCHAR NOT NULL, cases INTEGER NOT NULL,
-    valid_ratio DOUBLE, "hr@1" DOUBLE, "hr@3" DOUBLE, "hr@5" DOUBLE, "ndcg@3" DOUBLE,
-    "ndcg@5" DOUBLE, evaluated_at TIMESTAMP DEFAULT current_timestamp)
+    seed INTEGER NOT NULL, family VARCHAR NOT NULL, subset VARCHAR NOT NULL,
+    cases INTEGER NOT NULL, valid_ratio DOUBLE, "hr@1" DOUBLE, "hr@1 (valid)" DOUBLE,
+    "hr@3" DOUBLE, "hr@5" DOUBLE, "ndcg@3" DOUBLE, "ndcg@5" DOUBLE,
+    evaluated_at TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE IF NOT EXISTS evaluation_cases (
+    domain VARCHAR NOT NULL, split VARCHAR NOT NULL, system VARCHAR NOT NULL,
+    seed INTEGER NOT NULL, family VARCHAR NOT NULL, user_idx BIGINT NOT NULL,
+    candidates_hash VARCHAR NOT NULL, rank INTEGER, valid BOOLEAN NOT NULL,
+    hit BOOLEAN NOT NULL, answer VARCHAR);
 """
 SUBSETS = ("all", "sparse", "medium", "dense")
+RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "cases",
+                  "valid_ratio", "hr@1", "hr@1 (valid)", "hr@3", "hr@5", "ndcg@3", "ndcg@5")
+CASE_COLUMNS = ("domain", "split", "system", "seed", "family", "user_idx", "candidates_hash",
+                "rank", "valid", "hit", "answer")
 
 
-def classic_scores(con, profile: Profile, slug: str, cases) -> dict[str, np.ndarray]:
+def candidates_hash(candidates) -> str:
+    """What the check compares: the candidate list in its stored order."""
+    return hashlib.sha1(",".join(str(int(c)) for c in candidates).encode()).hexdigest()[:16]
+
+
+def classic_scores(con, profile: Profile, slug: str, cases: Cases) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     scores = {
         "random": rng.random(cases.candidates.shape),
@@ -40,58 +72,157 @@ def classic_scores(con, profile: Profile, slug: str, cases) -> dict[str, np.ndar
     return scores
 
 
-def llm_scores(con, profile: Profile, slug: str, cases, log=print) -> dict[tuple[str, str], np.ndarray]:
-    """Likelihood scores of every SFT system of the profile whose adapter exists."""
+def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]:
+    """(system, seed) of every LLM system whose weights exist; missing ones are logged."""
+    systems = []
+    if profile.evaluation.zero_shot:
+        systems.append(("base", 0))
+        if (profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors").is_file():
+            systems.append(("cprec_zero_shot", 0))
+        else:
+            log("cprec_zero_shot: no WSA CPT adapter, skipped")
+    for system in profile.sft.systems:
+        for seed in profile.sft.seeds_for(system):
+            if (profile.sft_dir(system, slug, seed) / "adapter").is_dir():
+                systems.append((system, seed))
+            else:
+                log(f"{system} seed {seed}: no SFT adapter for {slug}, skipped")
+    return systems
+
+
+def llm_results(con, profile: Profile, slug: str, cases: Cases, log=print):
+    """{(system, seed): [CaseResult per case]} for every LLM system."""
+    import torch
+
     from cprec_core.evaluation.llm import LLMScorer
     from cprec_core.sft_data import SFTSample
 
     titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                               [cases.domain]).fetchall())
-    out = {}
-    for system in profile.sft.systems:
-        if not (profile.root / "sft" / system / slug / "adapter").is_dir():
-            log(f"{system}: no SFT adapter for {slug}, skipped")
-            continue
-        scorer = LLMScorer.load(profile, slug, system)
-        summed, mean = [], []
-        for user, history, candidates, target in zip(cases.users, cases.histories,
-                                                     cases.candidates, cases.targets):
-            sample = SFTSample(int(user), history[-profile.sft.history:],
-                               [int(c) for c in candidates], int(target))
-            s, m = scorer.candidate_logprobs(sample, titles)
-            summed.append(s)
-            mean.append(m)
-        out[(system, "likelihood (sum)")] = np.asarray(summed)
-        out[(system, "likelihood (mean)")] = np.asarray(mean)
+    samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
+               for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
+                                        cases.targets)]
+    cfg, out = profile.evaluation, {}
+    for system, seed in llm_systems(profile, slug, log):
+        torch.manual_seed(0)
+        scorer = LLMScorer.load(profile, slug, system, seed)
+        started, last = time.perf_counter(), [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] > 30 or done == total:
+                last[0] = now
+                log(f"{system} seed {seed}: {done}/{total} cases,"
+                    f" {(now - started) / done:.2f} s/case")
+
+        out[(system, seed)] = scorer.evaluate(samples, titles, cfg.batch_size, cfg.generation,
+                                              cfg.max_new_tokens, progress)
+        del scorer
     return out
+
+
+def _case_rows(domain, split, system, seed, family, cases: Cases, ranks=None, chosen=None,
+               answers=None) -> list[tuple]:
+    rows = []
+    for i, user in enumerate(cases.users):
+        h = candidates_hash(cases.candidates[i])
+        if ranks is not None:
+            rows.append((domain, split, system, seed, family, int(user), h, int(ranks[i]), True,
+                         bool(ranks[i] == 0), None))
+        else:
+            valid = chosen[i] is not None
+            rows.append((domain, split, system, seed, family, int(user), h, None, valid,
+                         valid and chosen[i] == int(cases.targets[i]), answers[i]))
+    return rows
+
+
+def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=None,
+               hits=None) -> list[tuple]:
+    rows = []
+    for subset in SUBSETS:
+        keep = np.ones(len(activity), bool) if subset == "all" else activity == subset
+        if not keep.any():
+            continue
+        n = int(keep.sum())
+        if ranks is not None:
+            m = ranking_report(ranks[keep])
+            rows.append((domain, split, system, seed, family, subset, n, 1.0, m["hr@1"],
+                         m["hr@1"], m["hr@3"], m["hr@5"], m["ndcg@3"], m["ndcg@5"]))
+        else:
+            v, h = valid[keep], hits[keep]
+            rows.append((domain, split, system, seed, family, subset, n, float(v.mean()),
+                         float(h.mean()), float(h.sum() / v.sum()) if v.any() else None,
+                         None, None, None, None))
+    return rows
 
 
 def evaluate_domain(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
                     with_llm: bool = True, log=print) -> list[tuple]:
+    """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows."""
     domain, _ = domain_for_slug(con, slug)
-    con.execute(SCHEMA)
-    rows = []
+    create_tables(con)
+    results, case_rows = [], []
     cfg = profile.evaluation
     for split in ("valid", "test"):
         cases = load_cases(con, domain, split, cfg.max_cases, cfg.seed)
         activity = np.asarray(cases.activity)
-        scored = {(s, "ranking"): v for s, v in classic_scores(con, profile, slug, cases).items()}
-        if with_llm and split == "test":
-            scored.update(llm_scores(con, profile, slug, cases, log))
-        for (system, family), scores in scored.items():
-            ranks = ranks_from_scores(scores, cases.target_col)
-            for subset in SUBSETS:
-                keep = np.ones(len(ranks), bool) if subset == "all" else activity == subset
-                if not keep.any():
-                    continue
-                m = ranking_report(ranks[keep])
-                rows.append((domain, split, system, family, subset, int(keep.sum()), 1.0,
-                             m["hr@1"], m["hr@3"], m["hr@5"], m["ndcg@3"], m["ndcg@5"]))
-    systems = sorted({r[2] for r in rows})
-    con.execute("DELETE FROM evaluation_results WHERE domain = ? AND system IN (SELECT unnest(?))",
-                [domain, systems])
-    con.executemany(
-        "INSERT INTO evaluation_results (domain, split, system, family, subset, cases, valid_ratio,"
-        ' "hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-        rows)
-    return rows
+        target_col = cases.target_col
+        for system, scores in classic_scores(con, profile, slug, cases).items():
+            ranks = ranks_from_scores(scores, target_col)
+            results += _aggregate(domain, split, system, 0, "ranking", activity, ranks)
+            case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
+        if not (with_llm and split == "test"):
+            continue
+        for (system, seed), scored in llm_results(con, profile, slug, cases, log).items():
+            for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
+                ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
+                results += _aggregate(domain, split, system, seed, family, activity, ranks)
+                case_rows += _case_rows(domain, split, system, seed, family, cases, ranks)
+            if cfg.generation:
+                chosen = [r.chosen for r in scored]
+                valid = np.array([c is not None for c in chosen])
+                hits = np.array([c == int(t) for c, t in zip(chosen, cases.targets)])
+                results += _aggregate(domain, split, system, seed, "generation", activity,
+                                      valid=valid, hits=hits)
+                case_rows += _case_rows(domain, split, system, seed, "generation", cases,
+                                        chosen=chosen, answers=[r.answer for r in scored])
+    con.execute("BEGIN")
+    for table in ("evaluation_results", "evaluation_cases"):
+        con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+    con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
+                    f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
+    con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
+                    f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+    con.execute("COMMIT")
+    return results
+
+
+def create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The evaluation tables; a table of an older layout (derived data) is rebuilt."""
+    found = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'evaluation_results'"
+    ).fetchall()}
+    if found and "hr@1 (valid)" not in found:
+        con.execute("DROP TABLE evaluation_results")
+    con.execute(SCHEMA)
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def mismatched_candidates(con: duckdb.DuckDBPyConnection) -> int:
+    """Scored cases whose candidate list differs from the stored candidate set (or whose set
+    is gone): every system must be scored on exactly the same rows."""
+    rows = con.execute("""
+        SELECT e.domain, e.split, e.user_idx, e.candidates_hash, c.candidates
+        FROM evaluation_cases e LEFT JOIN candidate_sets c USING (domain, split, user_idx)""").fetchall()
+    return sum(cand is None or candidates_hash(cand) != h for _, _, _, h, cand in rows)
+
+
+def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:
+    """(domain, system, seed, valid_ratio) of generation results under ``floor``."""
+    return con.execute("""
+        SELECT domain, system, seed, round(valid_ratio, 3) FROM evaluation_results
+        WHERE family = 'generation' AND subset = 'all' AND valid_ratio < ?
+        ORDER BY domain, system, seed""", [floor]).fetchall()

@@ -75,7 +75,7 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
         done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        out = data_dir / profile.name / "sft" / "llara" / "crime"
+        out = data_dir / profile.name / "sft" / "llara" / "crime" / "seed-0"
         logs[processes] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         import shutil
         shutil.rmtree(out)

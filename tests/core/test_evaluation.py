@@ -9,7 +9,10 @@ from cprec_core.config import load_config_file
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import evaluate_domain
+from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, create_tables, evaluate_domain,
+                                             mismatched_candidates)
+from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
+                                               leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
 from cprec_core.interactions import build_interactions
 from tests.conftest import data_config, load_rows
@@ -75,9 +78,69 @@ def test_item_knn_and_popularity_on_a_hand_example():
 def test_classic_systems_are_scored_on_the_same_rows(con):
     con, profile = con
     build_candidate_sets(con, "crime", negatives=2)
-    rows = evaluate_domain(con, profile, "crime", with_llm=False)
-    systems = {r[2] for r in rows}
-    assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= systems
-    cases = {(r[1], r[2]): r[5] for r in rows if r[4] == "all"}
-    assert len({n for (split, _), n in cases.items() if split == "test"}) == 1  # same cases
-    assert all(0 <= r[7] <= r[8] <= r[9] <= 1 for r in rows)  # HR@1 <= HR@3 <= HR@5
+    rows = [dict(zip(RESULT_COLUMNS, r)) for r in evaluate_domain(con, profile, "crime", with_llm=False)]
+    assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {r["system"] for r in rows}
+    test_all = [r for r in rows if r["subset"] == "all" and r["split"] == "test"]
+    assert len({r["cases"] for r in test_all}) == 1  # same cases for every system
+    assert all(0 <= r["hr@1"] <= r["hr@3"] <= r["hr@5"] <= 1 for r in rows)
+    assert all(r["hr@1 (valid)"] == r["hr@1"] and r["valid_ratio"] == 1 for r in rows)
+    # per-case rows agree with the aggregates
+    for r in test_all:
+        hits = con.execute("""SELECT avg(hit::INT) FROM evaluation_cases WHERE domain = 'Crime'
+                              AND split = 'test' AND system = ?""", [r["system"]]).fetchall()[0][0]
+        assert hits == pytest.approx(r["hr@1"])
+    # every scored case saw the stored candidate list; changing a stored set is detected
+    assert mismatched_candidates(con) == 0
+    con.execute("""UPDATE candidate_sets SET candidates = list_reverse(candidates)
+                   WHERE user_idx = (SELECT min(user_idx) FROM candidate_sets) AND split = 'test'""")
+    assert mismatched_candidates(con) == len(test_all)
+    # a second evaluation replaces the domain's rows instead of adding to them
+    before = con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0]
+    evaluate_domain(con, profile, "crime", with_llm=False)
+    assert con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0] == before
+
+
+def test_paired_test_and_bootstrap_on_known_hits():
+    a = np.zeros((100, 3), bool)
+    b = np.zeros((100, 3), bool)
+    a[:60] = True  # a hits 60 % of cases in every seed, b 30 %, b's hits inside a's
+    b[:30] = True
+    t = paired_test(a, b, resamples=500)
+    assert (t.pairs, t.a_only, t.b_only) == (300, 90, 0)
+    assert t.diff == pytest.approx(0.3) and t.low < 0.3 < t.high and t.p_value < 1e-20
+    same = paired_test(a, a, resamples=200)
+    assert same.p_value == 1.0 and same.diff == 0
+    low, high = bootstrap_interval(np.r_[np.ones(50), np.zeros(50)], 2000)
+    assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # ~ 0.5 +- 1.96 * 0.05
+
+
+def test_leaderboard_tables_from_evaluation_cases(tmp_path):
+    """Hand-made per-case rows: two domains, LLaRA and CPRec over two seeds, a baseline."""
+    con = duckdb.connect()
+    create_tables(con)
+    rng = np.random.default_rng(0)
+    rows = []
+    for domain in ("Crime", "Sci-Fi"):
+        for system, seeds, family, rate in (("popularity", [0], "ranking", 0.3),
+                                            ("llara", [0, 1], "likelihood (mean)", 0.1),
+                                            ("cprec", [0, 1], "likelihood (mean)", 0.5),
+                                            ("cprec", [0, 1], "generation", 0.4)):
+            for seed in seeds:
+                for user in range(200):
+                    hit = bool(rng.random() < rate)
+                    rows.append((domain, "test", system, seed, family, user, "h", 0 if hit else 5,
+                                 True, hit, None))
+    con.executemany("INSERT INTO evaluation_cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    counts = build_leaderboard(con, resamples=200)
+    assert counts == {"domains": 2, "rows": 6, "tests": 2}  # no LLaRA generation: one test each
+    board = {(d, s): (seeds, hr, sd, lo, hi) for d, s, seeds, _, hr, sd, lo, hi, *_ in
+             con.execute("SELECT * FROM leaderboard").fetchall()}
+    seeds, hr, sd, lo, hi = board[("Crime", "cprec")]
+    assert seeds == 2 and sd is not None and lo < hr < hi and abs(hr - 0.5) < 0.06
+    assert board[("Crime", "popularity")][2] is None  # one seed: no spread
+    text = leaderboard_markdown(con)
+    assert "### Crime (test cases: 200)" in text and "popularity **best baseline**" in text
+    assert "CPRec beats it" in text
+    assert "| Crime | likelihood (mean) | 400 |" in text  # 200 cases x 2 seeds pooled
+    png = leaderboard_chart(con, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

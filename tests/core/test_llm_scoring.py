@@ -1,10 +1,11 @@
-"""Shared-prefix likelihood ranking equals scoring each candidate with a full forward."""
+"""LLM scoring: the tree-masked single forward equals a full forward per candidate, greedy
+decoding from the cut cache equals uncached decoding, answer parsing, zero-shot prompt."""
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cprec_core.config import LoraSettings
-from cprec_core.evaluation.llm import LLMScorer
+from cprec_core.config import CorpusConfig, LoraSettings
+from cprec_core.evaluation.llm import LLMScorer, parse_answer, render_zero_shot
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import TINY
 from cprec_core.models.lora import apply_lora
@@ -30,19 +31,79 @@ def scorer():
     return LLMScorer(model, tok, projector, table, {i: i for i in ITEMS}, ph, torch.float32), sample
 
 
-def test_shared_prefix_scores_equal_full_forwards():
+def full_forward_logprob(s, prompt_ids, slots, cont):
+    ids = torch.tensor([prompt_ids + cont])
+    with torch.no_grad():
+        embeds = hybrid_embeds(s.model.get_base_model(), s.projector, s.item_table, ids,
+                               torch.tensor(slots), s.placeholder_id, hybrid=True)
+        logits = s.model(inputs_embeds=embeds, use_cache=False).logits[0].float()
+    lp = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1)
+    return lp.gather(1, torch.tensor(cont)[:, None]).sum().item()
+
+
+def two_cases(sample):
+    """The fixture case and a shorter one, so the batch needs padding."""
+    return [sample, SFTSample(1, [2], [5, 4, 8, 7, 6], 7)]
+
+
+def test_tree_masked_batch_scores_equal_full_forwards():
     s, sample = scorer()
-    summed, mean = s.candidate_logprobs(sample, TITLES)
-    prompt, slots = render(sample, TITLES, hybrid=True)
-    prompt_ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    for k, c in enumerate(sample.candidates):
-        cont = s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
-        ids = torch.tensor([prompt_ids + cont])
+    cases = two_cases(sample)
+    results = s.score(cases, TITLES)
+    assert [r.answer for r in results] == [None, None]
+    for case, result in zip(cases, results):
+        naive = s.score_naive(case, TITLES)
+        prompt, slots = render(case, TITLES, hybrid=True)
+        prompt_ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for k, c in enumerate(case.candidates):
+            cont = s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
+            expected = full_forward_logprob(s, prompt_ids, slots, cont)
+            assert abs(result.summed[k] - expected) < 1e-3, (k, result.summed[k], expected)
+            assert abs(result.mean[k] - expected / len(cont)) < 1e-3
+            assert abs(naive.summed[k] - expected) < 1e-3
+
+
+def greedy_reference(s, case, steps):
+    """A full forward per generated token, no cache, no padding."""
+    prompt, slots = render(case, TITLES, hybrid=True)
+    ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    generated = []
+    for _ in range(steps):
         with torch.no_grad():
-            embeds = hybrid_embeds(s.model.get_base_model(), s.projector, s.item_table, ids,
-                                   torch.tensor(slots), s.placeholder_id, hybrid=True)
-            logits = s.model(inputs_embeds=embeds, use_cache=False).logits[0].float()
-        lp = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1)
-        expected = lp.gather(1, torch.tensor(cont)[:, None]).sum().item()
-        assert abs(summed[k] - expected) < 1e-3, (k, summed[k], expected)
-        assert abs(mean[k] - expected / len(cont)) < 1e-3
+            embeds = hybrid_embeds(s.model.get_base_model(), s.projector, s.item_table,
+                                   torch.tensor([ids + generated]), torch.tensor(slots),
+                                   s.placeholder_id, hybrid=True)
+            token = int(s.model(inputs_embeds=embeds, use_cache=False).logits[0, -1].argmax())
+        if token == s.tokenizer.eos_token_id:
+            break
+        generated.append(token)
+    return s.tokenizer.decode(generated, skip_special_tokens=True).lstrip(" ").split("\n", 1)[0]
+
+
+def test_batched_greedy_answers_equal_uncached_unpadded_decoding():
+    s, sample = scorer()
+    cases = two_cases(sample)
+    answers = [r.answer for r in s.score(cases, TITLES, generate=True, max_new_tokens=6)]
+    assert answers == [greedy_reference(s, c, 6) for c in cases]
+    assert all(answers)  # the random model does not stop at once: the test compares tokens
+    results = s.evaluate(cases, TITLES, batch_size=1, generate=True, max_new_tokens=6)
+    assert [r.answer for r in results] == answers
+    assert [r.chosen for r in results] == [parse_answer(a, c, TITLES) for a, c in zip(answers, cases)]
+
+
+def test_an_answer_is_valid_only_when_it_names_exactly_one_candidate():
+    sample = SFTSample(0, [1], [4, 5, 6], 5)
+    titles = {1: "Heat (1995)", 4: "Alien (1979)", 5: "Aliens (1986)", 6: "Fargo (1996)"}
+    assert parse_answer(" Aliens (1986)", sample, titles) == 5
+    assert parse_answer("Fargo (1996)\nAlien (1979)", sample, titles) == 6  # first line only
+    assert parse_answer("Fargo (1996), Alien (1979)", sample, titles) is None
+    assert parse_answer("Heat (1995)", sample, titles) is None  # not a candidate
+    assert parse_answer("", sample, titles) is None
+
+
+def test_zero_shot_prompt_lists_candidates_then_the_cpt_template():
+    sample = SFTSample(0, [1, 2], [4, 5], 4)
+    text = render_zero_shot(sample, TITLES, CorpusConfig())
+    assert text.startswith(f"Given the following 2 items: {TITLES[4]}, {TITLES[5]}.")
+    assert text.endswith("Please predict the next item this user will buy.")
+    assert f"bought {TITLES[1]}, {TITLES[2]} in the previous" in text

@@ -52,7 +52,7 @@ def test_cprec_starts_from_the_cpt_adapter_and_llara_from_scratch(profile):
 
 def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
     result = run(profile, "crime", "cprec")
-    out = profile.root / "sft" / "cprec" / "crime"
+    out = profile.sft_dir("cprec", "crime", 0)
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     total = result["steps"]
     assert result["finished"] and len(rows) == total >= 4
@@ -69,7 +69,7 @@ def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
 
 def test_killed_sft_resumes_to_the_same_weights(profile):
     total = run(profile, "crime", "llara")["steps"]
-    out = profile.root / "sft" / "llara" / "crime"
+    out = profile.sft_dir("llara", "crime", 0)
     reference = {**load_file(out / "adapter" / "adapter_model.safetensors"),
                  **load_file(out / "projector.safetensors")}
     shutil.rmtree(out)
@@ -80,6 +80,20 @@ def test_killed_sft_resumes_to_the_same_weights(profile):
     assert resumed.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], atol=0, rtol=0)
+
+
+def test_every_seed_gets_its_own_adapter(profile):
+    """sft.seeds: LLaRA trains one adapter per seed (different LoRA init and order), the
+    ablation systems only the first seed."""
+    seeded = dataclasses.replace(profile, sft=dataclasses.replace(profile.sft, seeds=(0, 1)))
+    result = run(seeded, "crime", "llara")
+    assert result["finished"] and result["seeds"] == "0,1" and "final_loss_seed_1" in result
+    a, b = (load_file(seeded.sft_dir("llara", "crime", s) / "adapter" / "adapter_model.safetensors")
+            for s in (0, 1))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((seeded.sft_dir("llara", "crime", 1) / "manifest.json").read_text())["seed"] == 1
+    assert seeded.sft.seeds_for("cprec_ds_only") == (0,)
 
 
 def test_missing_inputs_are_clear_errors(profile):

@@ -1,0 +1,222 @@
+"""The leaderboard: every target domain side by side, from ``evaluation_cases`` (test split).
+
+Per domain and system:
+
+* ``HR@1`` of the ranking (classic systems: their scores; LLM systems: likelihood, mean per
+  token), the mean over seeds, the spread over seeds (sd, for systems with several seeds)
+  and a 95 % bootstrap interval (cases resampled with replacement, each case's hit averaged
+  over the seeds first), plus NDCG@5.
+* Generation (LLM systems; the paper's protocol): ValidRatio, HR@1 over valid answers and
+  HR@1 over all cases, means over seeds.
+* CPRec against the best system that is not a CPRec variant (relative improvement of HR@1;
+  negative when CPRec loses).
+
+Paired test, CPRec vs LLaRA, on the same test cases: the (case, seed) pairs of both systems,
+pooled over seeds; exact McNemar test on the discordant pairs (two-sided binomial), and a 95 %
+bootstrap interval of the HR@1 difference resampling cases. For the likelihood ranking and
+for generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+from scipy.stats import binomtest
+
+RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
+CPREC_FAMILY = ("cprec", "cprec_zero_shot")  # and every cprec_<variant>
+ORDER = ("random", "popularity", "item-knn (domain)", "item-knn (all domains)", "sasrec",
+         "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+         "cprec_shuffled_control")
+
+SCHEMA = """
+CREATE OR REPLACE TABLE leaderboard (
+    domain VARCHAR, system VARCHAR, seeds INTEGER, cases INTEGER, "hr@1" DOUBLE,
+    "hr@1 sd" DOUBLE, "hr@1 low" DOUBLE, "hr@1 high" DOUBLE, "ndcg@5" DOUBLE,
+    valid_ratio DOUBLE, "gen hr@1 (valid)" DOUBLE, "gen hr@1" DOUBLE);
+CREATE OR REPLACE TABLE leaderboard_tests (
+    domain VARCHAR, family VARCHAR, system_a VARCHAR, system_b VARCHAR, pairs INTEGER,
+    "a_hr@1" DOUBLE, "b_hr@1" DOUBLE, a_only INTEGER, b_only INTEGER, diff DOUBLE,
+    diff_low DOUBLE, diff_high DOUBLE, p_value DOUBLE);
+"""
+
+
+def is_cprec(system: str) -> bool:
+    return system in CPREC_FAMILY or system.startswith("cprec_")
+
+
+def bootstrap_interval(per_case: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean of ``per_case`` (cases resampled)."""
+    if len(per_case) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(per_case), size=(resamples, len(per_case)))
+    means = per_case[picks].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    pairs: int
+    a_rate: float
+    b_rate: float
+    a_only: int
+    b_only: int
+    diff: float
+    low: float
+    high: float
+    p_value: float
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, resamples: int, seed: int = 0) -> PairedTest:
+    """``a``, ``b``: (cases, seeds) hits of two systems on the same cases, seed k paired with
+    seed k. McNemar's exact test over all pooled pairs; bootstrap over cases."""
+    a_only = int(np.sum(a & ~b))
+    b_only = int(np.sum(b & ~a))
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    low, high = bootstrap_interval((a.astype(float) - b).mean(1), resamples, seed)
+    return PairedTest(a.size, float(a.mean()), float(b.mean()), a_only, b_only,
+                      float(a.mean() - b.mean()), low, high, float(p))
+
+
+def _hits(con, domain: str, system: str, family: str) -> tuple[np.ndarray, list[int]]:
+    """(cases, seeds) boolean hits, cases ordered by user."""
+    rows = con.execute("""
+        SELECT seed, list(hit ORDER BY user_idx) FROM evaluation_cases
+        WHERE domain = ? AND split = 'test' AND system = ? AND family = ?
+        GROUP BY seed ORDER BY seed""", [domain, system, family]).fetchall()
+    if not rows:
+        return np.zeros((0, 0), bool), []
+    return np.asarray([r[1] for r in rows], bool).T, [r[0] for r in rows]
+
+
+def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> dict:
+    """Compute both tables from ``evaluation_cases`` / ``evaluation_results`` and store them."""
+    con.execute(SCHEMA)
+    systems = con.execute("""
+        SELECT DISTINCT domain, system, family FROM evaluation_cases WHERE split = 'test'
+        ORDER BY domain""").fetchall()
+    by_domain: dict[str, dict[str, set[str]]] = {}
+    for domain, system, family in systems:
+        by_domain.setdefault(domain, {}).setdefault(system, set()).add(family)
+    rows, tests = [], []
+    for domain, found in by_domain.items():
+        for system, families in found.items():
+            family = RANKING_FAMILY["classic" if "ranking" in families else "llm"]
+            if family not in families:
+                continue
+            hits, seeds = _hits(con, domain, system, family)
+            per_seed = hits.mean(0)
+            low, high = bootstrap_interval(hits.mean(1), resamples)
+            ndcg = con.execute("""
+                SELECT avg("ndcg@5") FROM evaluation_results WHERE domain = ? AND split = 'test'
+                AND system = ? AND family = ? AND subset = 'all'""", [domain, system, family]).fetchall()[0][0]
+            gen = con.execute("""
+                SELECT avg(valid_ratio), avg("hr@1 (valid)"), avg("hr@1") FROM evaluation_results
+                WHERE domain = ? AND split = 'test' AND system = ? AND family = 'generation'
+                AND subset = 'all'""", [domain, system]).fetchall()[0]
+            rows.append((domain, system, len(seeds), hits.shape[0], float(per_seed.mean()),
+                         float(per_seed.std(ddof=1)) if len(seeds) > 1 else None, low, high,
+                         ndcg, *gen))
+        for family in ("likelihood (mean)", "generation"):
+            a, _ = _hits(con, domain, "cprec", family)
+            b, _ = _hits(con, domain, "llara", family)
+            if a.size and a.shape == b.shape:
+                t = paired_test(a, b, resamples)
+                tests.append((domain, family, "cprec", "llara", t.pairs, t.a_rate, t.b_rate,
+                              t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
+    if rows:
+        con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 12)})", rows)
+    if tests:
+        con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})", tests)
+    return {"domains": len(by_domain), "rows": len(rows), "tests": len(tests)}
+
+
+def _rank(system: str) -> int:
+    return ORDER.index(system) if system in ORDER else len(ORDER)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
+    """The leaderboard as markdown: one table per domain, the CPRec verdicts, the tests."""
+    out = []
+    domains = [r[0] for r in con.execute("SELECT DISTINCT domain FROM leaderboard ORDER BY 1").fetchall()]
+    for domain in domains:
+        rows = con.execute("""SELECT system, seeds, cases, "hr@1", "hr@1 sd", "hr@1 low",
+                              "hr@1 high", "ndcg@5", valid_ratio, "gen hr@1 (valid)", "gen hr@1"
+                              FROM leaderboard WHERE domain = ?""", [domain]).fetchall()
+        rows.sort(key=lambda r: _rank(r[0]))
+        best = max((r for r in rows if not is_cprec(r[0])), key=lambda r: r[3], default=None)
+        out.append(f"### {domain} (test cases: {rows[0][2]})\n")
+        out.append("| system | seeds | HR@1 ranking | 95 % CI | NDCG@5 | ValidRatio |"
+                   " HR@1 gen (valid) | HR@1 gen (all) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for s, seeds, _, hr, sd, lo, hi, ndcg, vr, hv, ha in rows:
+            mark = " **best baseline**" if best and s == best[0] else ""
+            hr_text = _fmt(hr) + (f" ± {_fmt(sd)}" if sd is not None else "")
+            out.append(f"| {s}{mark} | {seeds} | {hr_text} | {_fmt(lo)}-{_fmt(hi)} | {_fmt(ndcg)} |"
+                       f" {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
+        cprec = next((r for r in rows if r[0] == "cprec"), None)
+        if cprec and best:
+            rel = (cprec[3] - best[3]) / best[3] if best[3] else float("nan")
+            verdict = "beats" if cprec[5] > best[6] else "loses to" if cprec[6] < best[5] else \
+                "is not distinguishable from"
+            out.append(f"\nCPRec HR@1 {_fmt(cprec[3])} vs the best baseline ({best[0]})"
+                       f" {_fmt(best[3])}: {rel:+.1%} relative; CPRec {verdict} it"
+                       " (95 % intervals).")
+        out.append("")
+    tests = con.execute("""SELECT domain, family, pairs, "a_hr@1", "b_hr@1", a_only, b_only,
+                           diff, diff_low, diff_high, p_value FROM leaderboard_tests
+                           ORDER BY domain, family""").fetchall()
+    if tests:
+        out.append("### Paired test: CPRec vs LLaRA (same test cases, seeds pooled)\n")
+        out.append("| domain | family | pairs | CPRec HR@1 | LLaRA HR@1 | only CPRec hits |"
+                   " only LLaRA hits | difference (95 % CI) | McNemar p |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for d, fam, n, a, b, ao, bo, diff, lo, hi, p in tests:
+            out.append(f"| {d} | {fam} | {n} | {_fmt(a)} | {_fmt(b)} | {ao} | {bo} |"
+                       f" {diff:+.3f} ({lo:+.3f} to {hi:+.3f}) | {p:.3g} |")
+    return "\n".join(out)
+
+
+def leaderboard_chart(con: duckdb.DuckDBPyConnection, png_path: Path) -> Path:
+    """HR@1 per system and domain with the 95 % intervals, as a grouped bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = con.execute("""SELECT domain, system, "hr@1", "hr@1 low", "hr@1 high" FROM leaderboard
+                          ORDER BY domain""").fetchall()
+    domains = sorted({r[0] for r in rows})
+    systems = sorted({r[1] for r in rows}, key=_rank)
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 + 0.35 * len(systems) * len(domains)), 4))
+    cmap = plt.get_cmap("tab20")
+    for k, system in enumerate(systems):
+        xs, ys, err = [], [], [[], []]
+        for i, domain in enumerate(domains):
+            found = [r for r in rows if r[0] == domain and r[1] == system]
+            if found:
+                _, _, hr, lo, hi = found[0]
+                xs.append(i + (k - (len(systems) - 1) / 2) * width)
+                ys.append(hr)
+                err[0].append(max(0.0, hr - lo))
+                err[1].append(max(0.0, hi - hr))
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=system, color=cmap(k % 20),
+               edgecolor="black" if is_cprec(system) else None)
+    ax.set_xticks(range(len(domains)), domains)
+    ax.set_ylabel("HR@1 (test, 20 candidates)")
+    ax.set_title("Leaderboard: HR@1 with 95 % bootstrap intervals")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

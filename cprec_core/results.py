@@ -1,0 +1,139 @@
+"""Write docs/RESULTS.md from a profile's leaderboard (``make results``). Never hand-edit the
+output: it states the data, model, profile, sizes, hardware and the command that made it.
+
+    python -m cprec_core.results --profile study --out docs/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from cprec_core.cpt import git_revision
+from cprec_core.cli import add_profile_arguments, profile_from_args
+from cprec_core.config import Profile
+from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
+from cprec_core.reporting import corpus_summary, md_table
+
+
+def _manifests(pattern_root: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(pattern_root.glob(pattern))]
+
+
+def _dirty() -> str:
+    import subprocess
+
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return " (plus uncommitted changes)" if changed else ""
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"{os.cpu_count()} CPU cores ({cpu}), GPU: {gpu}, torch {torch.__version__}"
+
+
+def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None) -> str:
+    cpt = _manifests(profile.root / "cpt", "*/manifest.json")
+    sft = _manifests(profile.root / "sft", "*/*/seed-*/manifest.json")
+    cases = con.execute("""SELECT domain, count(DISTINCT user_idx), count(DISTINCT system || seed)
+                           FROM evaluation_cases WHERE split = 'test' GROUP BY domain
+                           ORDER BY domain""").fetchall()
+    lines = [
+        "# Results",
+        "",
+        "Written by `make results` (`python -m cprec_core.results`) from the leaderboard in the"
+        " profile's DuckDB database. Do not edit by hand: rerun the command.",
+        "",
+        f"- **Command:** `{command}`",
+        f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty()};"
+        f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- **Hardware:** {hardware()}",
+        f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"
+        f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",
+        f"- **Evaluation:** {profile.sft.negatives + 1} fixed candidates per test case (target +"
+        f" {profile.sft.negatives} never-touched items);"
+        f" test cases per domain: {', '.join(f'{d} {n}' for d, n, _ in cases)}"
+        f" ({'all' if not profile.evaluation.max_cases else f'a seeded sample of at most {profile.evaluation.max_cases}'});"
+        f" greedy generation capped at {profile.evaluation.max_new_tokens} tokens;"
+        f" {profile.evaluation.bootstrap} bootstrap resamples.",
+        "",
+        "## Data",
+        "",
+        corpus_summary(con),
+        "",
+        "## Training sizes",
+        "",
+        md_table(["CPT variant", "tokens", "steps", "warmup/stable/anneal", "final loss", "tokens/s",
+                  "hours"],
+                 [(m["variant"], m["tokens"], m["steps"],
+                   "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
+                   m["final_loss"], m["tokens_per_second"],
+                   round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt]) if cpt else "(no CPT)",
+        "",
+        md_table(["domain", "SFT system", "seed", "samples", "steps", "final loss", "LoRA init"],
+                 [(m["domain"], m["system"], m.get("seed", 0), m["samples"], m["steps"],
+                   m["final_loss"],
+                   ("CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0])
+                   if m["init_adapter"] else "none") for m in sft]) if sft else "(no SFT)",
+        "",
+        "## Leaderboard (test split)",
+        "",
+        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood (mean log-"
+        "probability per token of each candidate title). Generation: greedy answer, valid iff it"
+        " names exactly one candidate (the paper's ValidRatio and HR@1 over valid answers).",
+        "",
+        leaderboard_markdown(con),
+    ]
+    if chart is not None:
+        lines += ["", f"![HR@1 per system and domain]({chart.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--out", default="docs/RESULTS.md")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+    if not profile.database.is_file():
+        print(f"error: {profile.database} does not exist: materialise the profile first",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    with duckdb.connect(str(profile.database)) as con:
+        tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+        if "evaluation_cases" not in tables:
+            print(f"error: {profile.database} has no evaluation: materialise `evaluation`",
+                  file=sys.stderr)
+            return 2
+        build_leaderboard(con, profile.evaluation.bootstrap)
+        chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
+        command = "python -m cprec_core.results " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+        out.write_text(render(con, profile, command, chart))
+    print(f"wrote {out} and {chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
