@@ -2,16 +2,20 @@
 
 import dagster as dg
 
-from cprec_assets.assets import collab, data, evaluate
+from cprec_assets.assets import collab, data, evaluate, landing
 from cprec_assets.assets.train import cpt_assets, cpt_checks, sft_assets
+from cprec_assets.automation import automation_sensor
 from cprec_assets.checks import data_checks
 from cprec_assets.jobs import corpus_job, cpt_job, domain_job
 from cprec_assets.resources import build_resources
+from cprec_assets.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([data, collab, evaluate]), *cpt_assets, *sft_assets],
-    asset_checks=[*data_checks, *cpt_checks,
+    assets=[*dg.load_assets_from_modules([landing, data, collab, evaluate]), *cpt_assets,
+            *sft_assets],
+    asset_checks=[*landing.landing_checks, *data_checks, *cpt_checks,
                   evaluate.twenty_distinct_candidates_with_the_target_once],
     jobs=[corpus_job, cpt_job, domain_job],
+    sensors=[landing_sensor, automation_sensor],
     resources=build_resources(),
 )

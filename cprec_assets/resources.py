@@ -1,8 +1,10 @@
 """Resources and the one place that reads the environment.
 
-``CPREC_PROFILE`` (demo | full), ``CPREC_CONFIG`` (a YAML file of overrides, see
+``CPREC_PROFILE`` (demo | study | full), ``CPREC_CONFIG`` (a YAML file of overrides, see
 docs/CONFIG.md) and ``CPREC_DATA_DIR`` (default: ``data/`` in this repository) pick the
-profile when the code location loads; the launchpad can override the same fields per run.
+profile when the code location loads; ``CPREC_LANDING_DIR`` (default: ``<data dir>/landing``)
+is the folder the landing sensor watches for new files (docs/OPERATIONS.md). The launchpad
+can override the same fields per run.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Iterator
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from cprec_core.config import Profile, load_config_file, load_profile
+from cprec_core.db import connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,6 +31,8 @@ class CPRecConfig(dg.ConfigurableResource):
     config_file: str = ""
     data_dir: str = ""
     num_processes: int = 1  # training processes per machine (accelerate launch)
+    landing_dir: str = ""  # default: <data_dir>/landing
+    settle_seconds: float = 60.0  # a landed file without a .done marker: unchanged this long
 
     def load(self) -> Profile:
         profile = load_config_file(self.config_file) if self.config_file else load_profile(self.profile)
@@ -39,11 +43,25 @@ class CPRecConfig(dg.ConfigurableResource):
         profile.root.mkdir(parents=True, exist_ok=True)
         return profile
 
+    def landing_root(self) -> Path:
+        """The landing folder (created if missing)."""
+        if self.landing_dir:
+            root = Path(self.landing_dir)
+            root = root if root.is_absolute() else REPO_ROOT / root
+        else:
+            root = Path(self.load().data_dir) / "landing"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to the profile's database (dagster-duckdb retries on a held lock)."""
-        with DuckDBResource(database=str(self.load().database)).get_connection() as con:
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the profile's database; waits while another process holds the
+        file's lock (cprec_core.db), so concurrent steps queue instead of failing."""
+        con = connect(self.load().database, read_only=read_only)
+        try:
             yield con
+        finally:
+            con.close()
 
 
 def get_env() -> dict[str, str]:
@@ -51,6 +69,7 @@ def get_env() -> dict[str, str]:
         "profile": os.environ.get("CPREC_PROFILE", "demo"),
         "config_file": os.environ.get("CPREC_CONFIG", ""),
         "data_dir": os.environ.get("CPREC_DATA_DIR", ""),
+        "landing_dir": os.environ.get("CPREC_LANDING_DIR", ""),
     }
 
 

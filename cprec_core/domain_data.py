@@ -6,6 +6,7 @@ and evaluation read this table; it is rebuilt one domain (one partition) at a ti
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import duckdb
@@ -29,6 +30,7 @@ class DomainData:
     histories: list[list[int]]
     valid: list[int | None]
     test: list[int | None]
+    data_version: str = ""  # domain_data_version() of the rows read: which data a model saw
 
 
 def load_domain_data(con: duckdb.DuckDBPyConnection, slug: str) -> DomainData:
@@ -40,7 +42,25 @@ def load_domain_data(con: duckdb.DuckDBPyConnection, slug: str) -> DomainData:
     items = [r[0] for r in con.execute(
         "SELECT item_idx FROM items WHERE domain = ? ORDER BY item_idx", [domain]).fetchall()]
     return DomainData(domain, items, [list(r[0]) for r in rows], [r[1] for r in rows],
-                      [r[2] for r in rows])
+                      [r[2] for r in rows], domain_data_version(con, domain))
+
+
+def domain_data_version(con: duckdb.DuckDBPyConnection, domain: str) -> str:
+    """A fingerprint of one domain's ``domain_users`` rows and item titles: what SASRec and
+    the SFT adapters of that domain train and are evaluated on. It changes when new data
+    changes the domain, so a re-trained model is told apart from the old one (manifests,
+    Dagster data versions)."""
+    (users, items) = con.execute(
+        """
+        SELECT (SELECT md5(coalesce(string_agg(concat_ws('|', user_idx, history::VARCHAR,
+                                                          valid_item, test_item), ';'
+                                               ORDER BY user_idx), ''))
+                FROM domain_users WHERE domain = $1),
+               (SELECT md5(coalesce(string_agg(concat_ws('|', item_idx, item_id, title), ';'
+                                               ORDER BY item_idx), ''))
+                FROM items WHERE domain = $1)
+        """, [domain]).fetchall()[0]
+    return hashlib.sha256(f"{users}:{items}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

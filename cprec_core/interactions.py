@@ -10,17 +10,24 @@ Order of operations, each recorded:
      (a user with fewer than 3 interactions in a domain keeps all of them in train).
 Every dropped row goes to ``filtered_interactions`` with its reason, so
 ``raw_interactions = interactions + filtered_interactions`` row for row.
+
+Domain roles: the profile names its source and target domains. A domain that only files
+from the landing folder bring (cprec_core.landing), and that the profile does not name, is a
+*new target*: it never enters the CPT corpus, and it becomes a target (a ``domain``
+partition) once it has ``min_target_items`` items and ``min_target_users`` test users after
+filtering; until then its role is ``unused`` and the report says which limit it misses.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 
 from cprec_core.config import DataConfig
+from cprec_core.landing import landed_only_domains
 from cprec_core.titles import normalise_title
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -46,6 +53,7 @@ class InteractionsReport:
     users: int
     items: int
     kcore_rounds: int
+    landed_domains: dict[str, str] = field(default_factory=dict)  # new domain -> its role and why
 
     @property
     def reconciled(self) -> bool:
@@ -83,21 +91,43 @@ def _kcore(con: duckdb.DuckDBPyConnection, user_core: int, item_core: int) -> in
             return rounds
 
 
-def _roles(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:
+def _roles(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> set[str]:
+    """The ``_roles`` table; returns the new domains of landed files (tentative targets)."""
     present = {r[0] for r in con.execute("SELECT DISTINCT domain FROM raw_interactions").fetchall()}
     missing = [d for d in (*cfg.source_domains, *cfg.target_domains) if d not in present]
     if missing:
         raise DataError(f"configured domain(s) {missing} not in the data; present: {sorted(present)}")
-    sources = set(cfg.source_domains) or (present - set(cfg.target_domains))
+    landed = landed_only_domains(con) - set(cfg.source_domains) - set(cfg.target_domains)
+    sources = set(cfg.source_domains) or (present - set(cfg.target_domains) - landed)
     rows = []
     for d in sorted(present):
-        role = "target" if d in cfg.target_domains else "source" if d in sources else "unused"
+        role = ("target" if d in cfg.target_domains or d in landed
+                else "source" if d in sources else "unused")
         rows.append((d, domain_slug(d), role))
     slugs = [r[1] for r in rows]
     if len(set(slugs)) != len(slugs):
         raise DataError(f"two domains map to the same partition key: {sorted(slugs)}")
     con.execute("CREATE OR REPLACE TEMP TABLE _roles (domain VARCHAR, slug VARCHAR, role VARCHAR)")
     con.executemany("INSERT INTO _roles VALUES (?, ?, ?)", rows)
+    return landed
+
+
+def _settle_landed(con: duckdb.DuckDBPyConnection, cfg: DataConfig, landed: set[str]) -> dict[str, str]:
+    """New landed domains too small to be targets become ``unused`` (for now)."""
+    out = {}
+    for domain, items, test in con.execute(
+            "SELECT domain, items, test FROM domains WHERE role = 'target' ORDER BY domain").fetchall():
+        if domain not in landed:
+            continue
+        short = [f"{items} items < min_target_items={cfg.min_target_items}"] * (items < cfg.min_target_items)
+        short += [f"{test} test users < min_target_users={cfg.min_target_users}"] * (test < cfg.min_target_users)
+        if short:
+            con.execute("UPDATE domains SET role = 'unused' WHERE domain = ?", [domain])
+            con.execute("UPDATE interactions SET role = 'unused' WHERE domain = ?", [domain])
+            out[domain] = "unused until it qualifies: " + "; ".join(short)
+        else:
+            out[domain] = "target (new domain from landed files)"
+    return out
 
 
 def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> InteractionsReport:
@@ -105,7 +135,7 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
     if raw_rows == 0:
         raise DataError("raw_interactions is empty: every input row was rejected or no file was read"
                         " (see rejected_rows and source_files)")
-    _roles(con, cfg)
+    landed = _roles(con, cfg)
     _titles(con, cfg.max_title_chars)
     con.execute(
         """
@@ -163,6 +193,7 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
         GROUP BY ALL ORDER BY interactions DESC, domain;
         """
     )
+    landed_roles = _settle_landed(con, cfg, landed)
     _check_targets(con, cfg)
     filtered = dict(con.execute(
         "SELECT reason, count(*) FROM filtered_interactions GROUP BY ALL ORDER BY 2 DESC"
@@ -170,7 +201,7 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
     (kept,) = con.execute("SELECT count(*) FROM interactions").fetchall()[0]
     (users,) = con.execute("SELECT count(*) FROM users").fetchall()[0]
     (items,) = con.execute("SELECT count(*) FROM items").fetchall()[0]
-    return InteractionsReport(raw_rows, kept, filtered, users, items, rounds)
+    return InteractionsReport(raw_rows, kept, filtered, users, items, rounds, landed_roles)
 
 
 def _check_targets(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:

@@ -4,10 +4,14 @@ Tables (one DuckDB file per profile):
   raw_interactions(source_file, line, user_id, item_id, title, ts, domain, rating)
   rejected_rows(source_file, line, field, reason, raw)
   source_files(source_file, role, format, sha256, rows_read, rows_loaded, rows_rejected, loaded_at)
+Rows of files delivered to the landing folder (cprec_core.landing) are appended after the
+configured sources, with ``source_file`` = ``landing:<path in the folder>#<sha256[:12]>``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -66,11 +70,17 @@ def reason_group(reason: str) -> str:
     return re.sub(r"'[^']*'", "'…'", reason)
 
 
-class _Writer:
-    """Buffers records and appends them to DuckDB as Arrow batches."""
+RAW_TABLES = ("raw_interactions", "rejected_rows", "source_files")
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+
+class Writer:
+    """Buffers records and appends them to DuckDB as Arrow batches, into ``tables`` =
+    (interactions, rejected rows, file ledger): the raw tables, or the landing tables
+    (cprec_core.landing) which have the same columns."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, tables: tuple[str, str, str] = RAW_TABLES):
         self.con = con
+        self.tables = tables
         self.accepted: list[Accepted] = []
         self.rejected: list[Rejected] = []
         self.per_file: Counter = Counter()
@@ -99,7 +109,7 @@ class _Writer:
                        rows_rejected=rejected)
             self.files.append(row)
             self.con.execute(
-                "INSERT INTO source_files (source_file, role, format, sha256, rows_read,"
+                f"INSERT INTO {self.tables[2]} (source_file, role, format, sha256, rows_read,"
                 " rows_loaded, rows_rejected) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [record.source_file, record.role, record.format, record.sha256,
                  record.rows_read, loaded, rejected],
@@ -110,7 +120,7 @@ class _Writer:
             batch = pa.Table.from_pylist([r._asdict() for r in self.accepted], schema=_ACCEPTED)
             self.con.register("_accepted_batch", batch)
             self.con.execute(
-                "INSERT INTO raw_interactions SELECT source_file, line, user_id, item_id, title,"
+                f"INSERT INTO {self.tables[0]} SELECT source_file, line, user_id, item_id, title,"
                 " make_timestamp(ts_ms * 1000), domain, rating FROM _accepted_batch"
             )
             self.con.unregister("_accepted_batch")
@@ -118,28 +128,44 @@ class _Writer:
         if self.rejected:
             batch = pa.Table.from_pylist([r._asdict() for r in self.rejected], schema=_REJECTED)
             self.con.register("_rejected_batch", batch)
-            self.con.execute("INSERT INTO rejected_rows SELECT * FROM _rejected_batch")
+            self.con.execute(f"INSERT INTO {self.tables[1]} SELECT * FROM _rejected_batch")
             self.con.unregister("_rejected_batch")
             self.rejected.clear()
 
 
-def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record]) -> RawLoadReport:
-    """(Re)create the raw tables and fill them from ``records``."""
+def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
+                 with_landed: bool = False) -> RawLoadReport:
+    """(Re)create the raw tables and fill them from ``records``; with ``with_landed``, the
+    rows of every file loaded from the landing folder follow (cprec_core.landing)."""
     con.execute(SCHEMA)
-    writer = _Writer(con)
+    writer = Writer(con)
     for record in records:
         writer.add(record)
     writer.flush()
-    return RawLoadReport(files=writer.files, reasons=dict(writer.reasons.most_common()))
+    files, reasons = writer.files, writer.reasons
+    if with_landed:
+        from cprec_core.landing import append_landed
+
+        landed_files, landed_reasons = append_landed(con)
+        files = files + landed_files
+        reasons = reasons + landed_reasons
+    return RawLoadReport(files=files, reasons=dict(reasons.most_common()))
 
 
 def load_raw_interactions(con: duckdb.DuckDBPyConnection, sources: Iterable[SourceConfig],
                           cache_dir: str | Path) -> RawLoadReport:
+    """The configured sources, then every landed file (they survive a rebuild)."""
     def records():
         for source in sources:
             yield from read_source(source, cache_dir)
 
-    return load_records(con, records())
+    return load_records(con, records(), with_landed=True)
+
+
+def raw_data_version(con: duckdb.DuckDBPyConnection) -> str:
+    """A fingerprint of the input files (names and SHA-256) behind ``raw_interactions``."""
+    rows = con.execute("SELECT source_file, sha256 FROM source_files ORDER BY ALL").fetchall()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def reconcile(con: duckdb.DuckDBPyConnection) -> list[tuple]:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from cprec_assets.assets.data import domain_users
+from cprec_assets.automation import TRAIN
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.collab.train_sasrec import train_sasrec
@@ -11,17 +12,19 @@ from cprec_core.reporting import md_table
 
 
 @dg.asset(group_name="collab", kinds={"pytorch"}, deps=[domain_users],
-          partitions_def=domain_partitions, pool="train")
+          partitions_def=domain_partitions, pool="train", code_version="1",
+          automation_condition=TRAIN)
 def sasrec(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.MaterializeResult:
     """SASRec trained on the domain's train split, early-stopped on validation NDCG@10."""
     profile = cprec.load()
-    with cprec.connect() as con:
+    with cprec.connect(read_only=True) as con:  # in pool `train`: waits for a writer
         data = load_domain_data(con, context.partition_key)
     out = profile.domain_dir("sasrec", context.partition_key)
     m = train_sasrec(data, profile.sasrec, out, log=context.log.info)
     curve = [(r["epoch"], r["loss"], r["hr@10"], r["ndcg@10"]) for r in m["history"]]
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=dg.DataVersion(m["data_version"]), metadata={
         "domain": m["domain"],
+        "data_version": m["data_version"],  # of domain_users[domain]: the data it saw
         "users": m["users"],
         "items": m["shape"]["n_items"],
         "epochs": m["epochs"],

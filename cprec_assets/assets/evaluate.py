@@ -4,6 +4,7 @@ import dagster as dg
 
 from cprec_assets.assets.collab import sasrec
 from cprec_assets.assets.data import domain_users
+from cprec_assets.automation import DATA, EVALUATE
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
@@ -12,7 +13,7 @@ from cprec_core.reporting import query_table
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[domain_users], pool=DUCKDB_POOL,
-          partitions_def=domain_partitions)
+          partitions_def=domain_partitions, automation_condition=DATA)
 def candidate_sets(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.MaterializeResult:
     """Target + 19 never-touched items per test and validation case, drawn once (fixed seed)."""
     negatives = cprec.load().sft.negatives  # the same 1 + 19 candidates SFT trains on
@@ -32,7 +33,7 @@ def twenty_distinct_candidates_with_the_target_once(cprec: CPRecConfig) -> dg.As
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"},
           deps=[candidate_sets, sasrec, "llara_adapter", "sft_adapter"],
-          pool=DUCKDB_POOL, partitions_def=domain_partitions)
+          pool=DUCKDB_POOL, partitions_def=domain_partitions, automation_condition=EVALUATE)
 def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.MaterializeResult:
     """HR@1/3/5 and NDCG@3/5 of every system on the same candidate sets, per user subset."""
     profile = cprec.load()

@@ -3,6 +3,7 @@
 moves to a cluster by swapping the Pipes client (see docs/SCALING.md)."""
 
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ import dagster as dg
 
 from cprec_assets.assets.collab import sasrec
 from cprec_assets.assets.data import cpt_corpus
+from cprec_assets.automation import TRAIN
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.config import CPT_VARIANTS
@@ -46,7 +48,8 @@ def png_markdown(path) -> dg.MetadataValue:
 
 def build_cpt_asset(variant: str) -> dg.AssetsDefinition:
     @dg.asset(name=cpt_asset_name(variant), group_name="cpt", deps=[cpt_corpus],
-              pool=TRAIN_POOL, kinds={"pytorch"}, tags={"variant": variant},
+              pool=TRAIN_POOL, kinds={"pytorch"}, tags={"variant": variant}, code_version="1",
+              automation_condition=TRAIN if variant == "wsa" else None,  # ablations: by hand
               description=f"CPT LoRA adapter, schedule variant `{variant}` (cprec_core.cpt).")
     def _cpt(context: dg.AssetExecutionContext, cprec: CPRecConfig,
              pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -59,8 +62,10 @@ def build_cpt_asset(variant: str) -> dg.AssetsDefinition:
         manifest = json.loads((out / "manifest.json").read_text())
         png = training_curves(out / "train_log.jsonl", out / "curves.png",
                               f"CPT {variant}: {manifest['tokens']:,} tokens")
-        return dg.MaterializeResult(metadata={
+        # the plan fingerprint covers the corpus snapshot, the config and the base model
+        return dg.MaterializeResult(data_version=dg.DataVersion(manifest["plan_fingerprint"]), metadata={
             **reported,
+            "corpus_fingerprint": manifest["corpus_fingerprint"],  # the data it saw
             "adapter": dg.MetadataValue.path(str(out / "adapter")),
             "train_log": dg.MetadataValue.path(str(out / "train_log.jsonl")),
             "curves": png_markdown(png),
@@ -114,6 +119,7 @@ def build_sft_asset(system: str) -> dg.AssetsDefinition:
 
     @dg.asset(name=sft_asset_name(system), group_name="sft", deps=deps, pool=TRAIN_POOL,
               partitions_def=domain_partitions, kinds={"pytorch"}, tags={"system": system},
+              code_version="1", automation_condition=TRAIN if system in ("cprec", "llara") else None,
               description=f"Per-domain SFT with LLaRA's hybrid prompt, {source} (cprec_core.sft).")
     def _sft(context: dg.AssetExecutionContext, cprec: CPRecConfig,
              pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -124,8 +130,13 @@ def build_sft_asset(system: str) -> dg.AssetsDefinition:
         reported = invocation.get_materialize_result().metadata or {}
         out = profile.root / "sft" / system / context.partition_key
         rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-        return dg.MaterializeResult(metadata={
+        manifest = json.loads((out / "manifest.json").read_text())
+        seen = {"data_version": manifest["data_version"],  # of domain_users[domain]
+                "init_corpus_fingerprint": manifest["init_manifest"] or "(fresh LoRA)"}
+        version = hashlib.sha256(json.dumps([manifest["fingerprint"], seen]).encode()).hexdigest()
+        return dg.MaterializeResult(data_version=dg.DataVersion(version[:16]), metadata={
             **reported,
+            **seen,
             "adapter": dg.MetadataValue.path(str(out / "adapter")),
             "projector": dg.MetadataValue.path(str(out / "projector.safetensors")),
             "train_log": dg.MetadataValue.md(md_table(

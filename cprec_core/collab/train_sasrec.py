@@ -101,7 +101,8 @@ def train_sasrec(data: DomainData, cfg: SASRecConfig, out: Path, log=print) -> d
     model.load_state_dict(best_state)
     best_epoch = max(history, key=lambda r: r["ndcg@10"])["epoch"]
     manifest = {
-        "domain": data.domain, "shape": dataclasses.asdict(shape),
+        "domain": data.domain, "data_version": data.data_version,
+        "shape": dataclasses.asdict(shape),
         "config": dataclasses.asdict(cfg), "users": len(hist), "train_sequences": len(train),
         "epochs": len(history), "best_epoch": best_epoch,
         "valid": evaluate(model, valid_hist, valid_target, cfg.max_len),
@@ -128,16 +129,15 @@ def load_sasrec(folder: Path) -> tuple[SASRec, list[int]]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    import duckdb
-
     from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.db import connect
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="SASRec for one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     out = profile.domain_dir("sasrec", args.domain)
-    with duckdb.connect(str(profile.database), read_only=True) as con:
+    with connect(profile.database, read_only=True) as con:
         data = load_domain_data(con, args.domain)
     train_sasrec(data, profile.sasrec, out)
     return 0

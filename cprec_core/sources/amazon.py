@@ -142,34 +142,39 @@ def _timestamp(obj: dict, layout: Layout) -> int:
     raise RowProblem(layout.time_keys[0], "missing timestamp")
 
 
+def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout) -> Iterator[Record]:
+    """One category: its meta file (item titles), then its review file."""
+    items, meta_records = _read_meta(meta_path, layout)
+    yield from meta_records
+    source = str(reviews_path)
+    rows = 0
+    for number, text, raw in iter_lines(reviews_path):
+        if text is not None and not text.strip():
+            continue
+        rows += 1
+        try:
+            if text is None:
+                raise RowProblem("line", "not valid UTF-8")
+            obj = parse_json_line(text)
+            user_id = require_text(obj, layout.user_key)
+            key = layout.item_key if obj.get(layout.item_key) else "asin"
+            item_id = require_text(obj, key, layout.item_key)
+            ts_ms = _timestamp(obj, layout)
+            rating = parse_rating(obj.get(layout.rating_key))
+            if item_id not in items:
+                raise RowProblem(key, f"item {item_id!r} not in {meta_path.name}")
+            title, meta_line = items[item_id]
+            if title is None:
+                raise RowProblem("title", f"item without title ({meta_path.name} line {meta_line})")
+            yield Accepted(source, number, user_id, item_id, title, ts_ms, category, rating)
+        except RowProblem as p:
+            yield Rejected(source, number, p.field, p.reason, raw_text(raw))
+    yield FileRead(source, "interactions", layout.version, rows, file_sha256(reviews_path))
+
+
 def read_amazon(path: str | Path, cfg: SourceConfig, layout: Layout) -> Iterator[Record]:
     for category, reviews_path, meta_path in find_pairs(Path(path), layout, cfg.categories):
-        items, meta_records = _read_meta(meta_path, layout)
-        yield from meta_records
-        source = str(reviews_path)
-        rows = 0
-        for number, text, raw in iter_lines(reviews_path):
-            if text is not None and not text.strip():
-                continue
-            rows += 1
-            try:
-                if text is None:
-                    raise RowProblem("line", "not valid UTF-8")
-                obj = parse_json_line(text)
-                user_id = require_text(obj, layout.user_key)
-                key = layout.item_key if obj.get(layout.item_key) else "asin"
-                item_id = require_text(obj, key, layout.item_key)
-                ts_ms = _timestamp(obj, layout)
-                rating = parse_rating(obj.get(layout.rating_key))
-                if item_id not in items:
-                    raise RowProblem(key, f"item {item_id!r} not in {meta_path.name}")
-                title, meta_line = items[item_id]
-                if title is None:
-                    raise RowProblem("title", f"item without title ({meta_path.name} line {meta_line})")
-                yield Accepted(source, number, user_id, item_id, title, ts_ms, category, rating)
-            except RowProblem as p:
-                yield Rejected(source, number, p.field, p.reason, raw_text(raw))
-        yield FileRead(source, "interactions", layout.version, rows, file_sha256(reviews_path))
+        yield from read_pair(category, reviews_path, meta_path, layout)
 
 
 def read_amazon2018(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:

@@ -1,7 +1,11 @@
-"""Generic logs: Parquet or CSV with columns user_id, item_id, title, timestamp, domain
-(rating optional). ``timestamp``: epoch seconds or milliseconds (``timestamp_unit``) or
-ISO-8601 text. For CSV, ``line`` is the physical line where the record starts; for Parquet,
-it is the 1-based row number.
+"""Generic logs: Parquet, CSV or JSON lines with columns user_id, item_id, title, timestamp,
+domain (rating optional). ``timestamp``: epoch seconds or milliseconds (``timestamp_unit``) or
+ISO-8601 text. For CSV and JSON lines, ``line`` is the physical line where the record starts;
+for Parquet, it is the 1-based row number.
+
+``read_table_file(path, unit, default_domain)`` reads one file; with ``default_domain`` (files
+dropped into ``landing/<domain>/``, see cprec_core.landing) the ``domain`` column may be absent
+or empty and the folder's domain is used.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from cprec_core.sources.base import (
     RowProblem,
     SourceError,
     file_sha256,
+    iter_lines,
     open_binary,
+    parse_json_line,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
 )
 
 REQUIRED = ("user_id", "item_id", "title", "timestamp", "domain")
-SUFFIXES = (".parquet", ".csv", ".csv.gz")
-EXPECTED = f"Parquet or CSV ({', '.join(SUFFIXES)}) with columns {', '.join(REQUIRED)}"
+SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
+EXPECTED = ("Parquet or CSV (.parquet, .csv, .csv.gz) or JSON lines (.jsonl, .jsonl.gz) with"
+            f" columns {', '.join(REQUIRED)}")
 
 
 def table_files(path: Path) -> list[Path]:
@@ -47,16 +54,18 @@ def table_files(path: Path) -> list[Path]:
     raise SourceError(f"{path}: not found; expected {EXPECTED}")
 
 
-def _check_columns(path: Path, columns: list[str]) -> None:
-    missing = [c for c in REQUIRED if c not in columns]
+def _check_columns(path: Path, columns: list[str], default_domain: str | None = None) -> None:
+    missing = [c for c in REQUIRED if c not in columns and not (c == "domain" and default_domain)]
     if missing:
         raise SourceError(f"{path}: missing column(s) {missing}; found {columns}; expected {EXPECTED}")
 
 
-def _row(source: str, line: int, row: dict, unit: str) -> Accepted:
+def _row(source: str, line: int, row: dict, unit: str, default_domain: str | None = None) -> Accepted:
     values = {}
     for key in ("user_id", "item_id", "title", "domain"):
         value = row.get(key)
+        if key == "domain" and default_domain and (value is None or not str(value).strip()):
+            value = default_domain
         text = "" if value is None else str(value).strip()
         if not text:
             what = "item without title" if key == "title" else f"missing {key}"
@@ -68,7 +77,7 @@ def _row(source: str, line: int, row: dict, unit: str) -> Accepted:
                     values["domain"], rating)
 
 
-def _read_csv(path: Path, unit: str) -> Iterator[Record]:
+def _read_csv(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
     source = str(path)
     rows = 0
     try:
@@ -79,7 +88,7 @@ def _read_csv(path: Path, unit: str) -> Iterator[Record]:
             if header is None:
                 raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
             header = [h.strip().lstrip("\ufeff") for h in header]
-            _check_columns(path, header)
+            _check_columns(path, header, default_domain)
             start = reader.line_num + 1
             while True:
                 try:
@@ -100,7 +109,7 @@ def _read_csv(path: Path, unit: str) -> Iterator[Record]:
                         raise RowProblem("line", "not valid UTF-8")
                     if len(cols) != len(header):
                         raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
-                    yield _row(source, line, dict(zip(header, cols)), unit)
+                    yield _row(source, line, dict(zip(header, cols)), unit, default_domain)
                 except RowProblem as p:
                     yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -108,27 +117,56 @@ def _read_csv(path: Path, unit: str) -> Iterator[Record]:
     yield FileRead(source, "interactions", "csv", rows, file_sha256(path))
 
 
-def _read_parquet(path: Path, unit: str) -> Iterator[Record]:
+def _read_parquet(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
     source = str(path)
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
-    _check_columns(path, parquet.schema_arrow.names)
+    _check_columns(path, parquet.schema_arrow.names, default_domain)
     rows = 0
     for batch in parquet.iter_batches(batch_size=65_536):
         for row in batch.to_pylist():
             rows += 1
             try:
-                yield _row(source, rows, row, unit)
+                yield _row(source, rows, row, unit, default_domain)
             except RowProblem as p:
                 yield Rejected(source, rows, p.field, p.reason, raw_text(repr(row)))
     yield FileRead(source, "interactions", "parquet", rows, file_sha256(path))
 
 
+def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
+    """One JSON object per line; a line missing a required key is rejected with that key."""
+    source = str(path)
+    rows = 0
+    for number, text, raw in iter_lines(path):
+        if text is not None and not text.strip():
+            continue  # blank lines are not rows
+        rows += 1
+        try:
+            if text is None:
+                raise RowProblem("line", "not valid UTF-8")
+            obj = parse_json_line(text)
+            for key in REQUIRED:
+                if key not in obj and not (key == "domain" and default_domain):
+                    raise RowProblem(key, f"missing {key}")
+            yield _row(source, number, obj, unit, default_domain)
+        except RowProblem as p:
+            yield Rejected(source, number, p.field, p.reason, raw_text(raw))
+    yield FileRead(source, "interactions", "jsonl", rows, file_sha256(path))
+
+
+def read_table_file(path: Path, unit: str = "auto", default_domain: str | None = None) -> Iterator[Record]:
+    """All records of one table file, by suffix (see ``SUFFIXES``)."""
+    if path.name.endswith(".parquet"):
+        return _read_parquet(path, unit, default_domain)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return _read_jsonl(path, unit, default_domain)
+    if path.name.endswith((".csv", ".csv.gz")):
+        return _read_csv(path, unit, default_domain)
+    raise SourceError(f"{path}: unknown format; expected {EXPECTED}")
+
+
 def read_table(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
     for file in table_files(Path(path)):
-        if file.name.endswith(".parquet"):
-            yield from _read_parquet(file, cfg.timestamp_unit)
-        else:
-            yield from _read_csv(file, cfg.timestamp_unit)
+        yield from read_table_file(file, cfg.timestamp_unit)
