@@ -33,6 +33,15 @@ def add_reporter_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def threads_per_process() -> int:
+    """``CPREC_NUM_THREADS`` if set (a machine shared with other work: one thread per process
+    avoids OpenMP stalls when a core is taken away), else the cores split between the
+    processes of ``accelerate launch``."""
+    if os.environ.get("CPREC_NUM_THREADS"):
+        return max(1, int(os.environ["CPREC_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1)))
+
+
 def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception], ...],
                 reporter: str | None = None) -> int:
     """Threads split between the processes of ``accelerate launch``, progress through the
@@ -40,8 +49,7 @@ def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception],
     import torch
     from transformers.utils import logging as transformers_logging
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads_per_process())
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     with open_reporter(int(os.environ.get("RANK", "0")) == 0, reporter) as progress:

@@ -41,9 +41,9 @@ def accelerate_command(cprec: CPRecConfig, module: str, *args: str) -> list[str]
             "--reporter", PIPES_REPORTER, *args]
 
 
-def png_markdown(path) -> dg.MetadataValue:
+def png_markdown(path, alt: str = "training curves") -> dg.MetadataValue:
     data = base64.b64encode(path.read_bytes()).decode()
-    return dg.MetadataValue.md(f"![training curves](data:image/png;base64,{data})")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
 
 
 def build_cpt_asset(variant: str) -> dg.AssetsDefinition:
@@ -128,7 +128,8 @@ def build_sft_asset(system: str) -> dg.AssetsDefinition:
                                      "--system", system)
         invocation = pipes_subprocess_client.run(context=context, command=command)
         reported = invocation.get_materialize_result().metadata or {}
-        out = profile.root / "sft" / system / context.partition_key
+        seeds = profile.sft.seeds_for(system)
+        out = profile.sft_dir(system, context.partition_key, seeds[0])
         rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
         manifest = json.loads((out / "manifest.json").read_text())
         seen = {"data_version": manifest["data_version"],  # of domain_users[domain]
@@ -137,6 +138,7 @@ def build_sft_asset(system: str) -> dg.AssetsDefinition:
         return dg.MaterializeResult(data_version=dg.DataVersion(version[:16]), metadata={
             **reported,
             **seen,
+            "seeds": ",".join(map(str, seeds)),
             "adapter": dg.MetadataValue.path(str(out / "adapter")),
             "projector": dg.MetadataValue.path(str(out / "projector.safetensors")),
             "train_log": dg.MetadataValue.md(md_table(

@@ -20,7 +20,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     command = accelerate_command(cprec, "cprec_core.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, *cpt_assets, *sft_assets,
-                  evaluate.candidate_sets, evaluate.evaluation, *checks.data_checks, *cpt_checks]
+                  evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
+                  evaluate.every_system_saw_the_stored_candidate_sets,
+                  evaluate.valid_ratio_above_floor, *checks.data_checks, *cpt_checks]
     with dg.instance_for_test() as instance:
         result = dg.materialize(everything, selection=[a.key for a in STAGE] + [cpt_assets[0].key],
                                 resources=resources, instance=instance)
@@ -36,10 +38,29 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
         results = scored.asset_materializations_for_node("evaluation")[0].metadata["results"].value
-    # the LLM systems are ranked by likelihood on the same candidate sets
-    for system in ("cprec", "llara"):
-        assert f"| {system} | likelihood (mean) | test |" in results
-        assert f"| {system} | likelihood (sum) | test |" in results
+        board = dg.materialize(everything, selection=["leaderboard"], resources=resources,
+                               instance=instance)
+        assert board.success
+        board_meta = board.asset_materializations_for_node("leaderboard")[0].metadata
+    # every LLM system is ranked by likelihood and answers by generation, same candidate sets
+    for system in ("cprec", "llara", "base", "cprec_zero_shot"):
+        for family in ("likelihood (mean)", "likelihood (sum)", "generation"):
+            assert f"| {system} | {family} |" in results, (system, family)
+    checks_run = {e.check_name: e for e in scored.get_asset_check_evaluations()}
+    assert checks_run["every_system_saw_the_stored_candidate_sets"].passed
+    assert "valid_ratio_above_floor" in checks_run  # a warning (random weights rarely answer)
+    assert "### Crime (test cases:" in board_meta["leaderboard"].value
+    assert "Paired test: CPRec vs LLaRA" in board_meta["leaderboard"].value
+    assert board_meta["chart"].value.startswith("![leaderboard](data:image/png;base64,")
+    # `make results` renders the same leaderboard into a markdown file with its provenance
+    from cprec_core.results import main as write_results
+    out = tmp_path / "RESULTS.md"
+    assert write_results(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data"),
+                          "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "- **Command:** `python -m cprec_core.results --config" in text
+    assert "### Crime (test cases:" in text and "| llara | 0 |" in text
+    assert (tmp_path / "results_fixture.png").is_file()
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"
     assert meta["tokens"].value > 0 and meta["tokens_per_second"].value > 0
