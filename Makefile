@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test ui bench results study clean-data
+.PHONY: install demo test test-ui ui bench results study clean-data
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -22,6 +22,12 @@ demo: install  ## materialise the whole asset graph (profile: $$CPREC_PROFILE, d
 
 test: install
 	$(PY) -m pytest
+
+test-ui: install  ## the browser test: Debian's chromium (apt) + playwright (pip, extra `ui`); no browser download
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| { echo "install Debian's chromium first: sudo apt-get install chromium"; exit 1; }
+	$(PIP) install -e '.[dev,ui]'
+	$(PY) -m pytest tests/ui -p no:cacheprovider -v
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopback)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

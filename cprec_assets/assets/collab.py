@@ -1,5 +1,8 @@
 """Per-domain collaborative models: SASRec, the classic baseline and LLaRA's item encoder."""
 
+import hashlib
+import json
+
 import dagster as dg
 
 from cprec_assets.assets.data import domain_users
@@ -22,7 +25,8 @@ def sasrec(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Material
     out = profile.domain_dir("sasrec", context.partition_key)
     m = train_sasrec(data, profile.sasrec, out, log=context.log.info)
     curve = [(r["epoch"], r["loss"], r["hr@10"], r["ndcg@10"]) for r in m["history"]]
-    return dg.MaterializeResult(data_version=dg.DataVersion(m["data_version"]), metadata={
+    version = hashlib.sha256(json.dumps([m["data_version"], m["config"], m["shape"]]).encode())
+    return dg.MaterializeResult(data_version=dg.DataVersion(version.hexdigest()[:16]), metadata={
         "domain": m["domain"],
         "data_version": m["data_version"],  # of domain_users[domain]: the data it saw
         "users": m["users"],
