@@ -53,8 +53,9 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         assert per_domain.success
         assert all(e.passed for e in per_domain.get_asset_check_evaluations())
         results = per_domain.asset_materializations_for_node("evaluation")[0].metadata["results"]
-        assert "| sasrec | ranking | test |" in results.value
-        assert "| popularity | ranking | test |" in results.value
+        assert "| sasrec | ranking | 1 |" in results.value  # system, family, seeds
+        assert "| popularity | ranking | 1 |" in results.value
+        assert "| base | generation | 1 |" in results.value  # the base model, zero-shot
         sas = per_domain.asset_materializations_for_node("sasrec")[0].metadata
         assert sas["users"].value == 40 and 0 <= sas["test_hr@10"].value <= 1
         assert (cprec.load().domain_dir("sasrec", "crime") / "model.safetensors").is_file()
