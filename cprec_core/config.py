@@ -332,8 +332,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                       "checkpoint_every": 10},
               "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                      "max_samples": 128, "checkpoint_every": 4},
-              "evaluation": {"max_cases": 100, "max_new_tokens": 24}},
+                      "max_samples": 96, "checkpoint_every": 4},
+              "evaluation": {"max_cases": 80, "max_new_tokens": 24}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",
