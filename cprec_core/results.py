@@ -69,6 +69,8 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f"- **Command:** `{command}`",
         f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty()};"
         f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- **Trained at git revisions** (from the CPT and SFT manifests):"
+        f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
         f"- **Hardware:** {hardware()}",
         f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"
         f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",
