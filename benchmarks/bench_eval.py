@@ -24,6 +24,7 @@ they rank the same candidate first).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import resource
 import sys
@@ -54,7 +55,6 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    import dataclasses
     profile = dataclasses.replace(load_profile(args.profile),
                                   data_dir=str(Path(args.data_dir).resolve()))
     with duckdb.connect(str(profile.database), read_only=True) as con:

@@ -251,6 +251,16 @@ class EvalConfig:
     valid_ratio_floor: float = 0.5
     bootstrap: int = 1000
 
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluation.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_cases < 0:
+            raise ConfigError(f"evaluation.max_cases must be 0 (all) or more, got {self.max_cases}")
+        if not 0 <= self.valid_ratio_floor <= 1:
+            raise ConfigError("evaluation.valid_ratio_floor must be between 0 and 1,"
+                              f" got {self.valid_ratio_floor}")
+
 
 @dataclass(frozen=True)
 class Profile:

@@ -186,13 +186,17 @@ def evaluate_domain(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
                                       valid=valid, hits=hits)
                 case_rows += _case_rows(domain, split, system, seed, "generation", cases,
                                         chosen=chosen, answers=[r.answer for r in scored])
-    con.execute("BEGIN")
-    for table in ("evaluation_results", "evaluation_cases"):
-        con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-    con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
-                    f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
-    con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
-                    f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+    con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
+    try:
+        for table in ("evaluation_results", "evaluation_cases"):
+            con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+        con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
+                        f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
+        con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
+                        f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     con.execute("COMMIT")
     return results
 

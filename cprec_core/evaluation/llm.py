@@ -25,9 +25,7 @@ merged into the weights for inference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -271,7 +269,3 @@ class LLMScorer:
             summed[k] = float(lp.gather(1, torch.tensor(c)[:, None]).sum())
         return CaseResult(summed, summed / np.asarray([len(c) for c in conts], dtype=float))
 
-
-def write_scores(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -29,8 +29,7 @@ from cprec_core.sources.base import (
     category_from_filename,
     check_ms_range,
     file_sha256,
-    iter_lines,
-    parse_json_line,
+    json_rows,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
@@ -100,14 +99,11 @@ def _read_meta(path: Path, layout: Layout) -> tuple[dict, list[Record]]:
     items: dict[str, tuple[str | None, int]] = {}
     records: list[Record] = []
     rows = 0
-    for number, text, raw in iter_lines(path):
-        if text is not None and not text.strip():
-            continue  # blank lines are not rows
+    for number, raw, obj in json_rows(path):
         rows += 1
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
-            obj = parse_json_line(text)
+            if isinstance(obj, RowProblem):
+                raise obj
             key = layout.item_key if layout.item_key in obj else "asin"
             item_id = require_text(obj, key, f"{layout.item_key}")
             title = obj.get("title")
@@ -148,14 +144,11 @@ def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout
     yield from meta_records
     source = str(reviews_path)
     rows = 0
-    for number, text, raw in iter_lines(reviews_path):
-        if text is not None and not text.strip():
-            continue
+    for number, raw, obj in json_rows(reviews_path):
         rows += 1
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
-            obj = parse_json_line(text)
+            if isinstance(obj, RowProblem):
+                raise obj
             user_id = require_text(obj, layout.user_key)
             key = layout.item_key if obj.get(layout.item_key) else "asin"
             item_id = require_text(obj, key, layout.item_key)

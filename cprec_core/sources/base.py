@@ -109,6 +109,21 @@ def raw_text(raw: bytes | str) -> str:
     return raw[:RAW_TEXT_LIMIT]
 
 
+def json_rows(path: Path) -> Iterator[tuple[int, bytes, dict | RowProblem]]:
+    """The rows of a JSON-lines file: (line number, raw bytes, the object, or the RowProblem
+    that makes the line unusable: not UTF-8, not a JSON object). Blank lines are not rows."""
+    for number, text, raw in iter_lines(path):
+        if text is not None and not text.strip():
+            continue
+        try:
+            if text is None:
+                raise RowProblem("line", "not valid UTF-8")
+            parsed: dict | RowProblem = parse_json_line(text)
+        except RowProblem as problem:
+            parsed = problem
+        yield number, raw, parsed
+
+
 def parse_json_line(text: str) -> dict:
     """One JSON object per line. Falls back to a Python literal (the 2014-era Amazon dumps
     wrote ``dict`` reprs); ``ast.literal_eval`` evaluates literals only, never code."""

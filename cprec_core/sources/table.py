@@ -27,9 +27,8 @@ from cprec_core.sources.base import (
     RowProblem,
     SourceError,
     file_sha256,
-    iter_lines,
+    json_rows,
     open_binary,
-    parse_json_line,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
@@ -139,14 +138,11 @@ def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Ite
     """One JSON object per line; a line missing a required key is rejected with that key."""
     source = str(path)
     rows = 0
-    for number, text, raw in iter_lines(path):
-        if text is not None and not text.strip():
-            continue  # blank lines are not rows
+    for number, raw, obj in json_rows(path):
         rows += 1
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
-            obj = parse_json_line(text)
+            if isinstance(obj, RowProblem):
+                raise obj
             for key in REQUIRED:
                 if key not in obj and not (key == "domain" and default_domain):
                     raise RowProblem(key, f"missing {key}")
