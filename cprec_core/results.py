@@ -28,11 +28,15 @@ def _manifests(pattern_root: Path, pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(pattern_root.glob(pattern))]
 
 
-def _dirty() -> str:
+def _dirty(outputs: tuple[Path, ...] = ()) -> str:
+    """The suffix " (plus uncommitted changes)" when tracked files other than this command's own
+    outputs (the markdown file and the chart it rewrites) differ from the commit."""
     import subprocess
 
+    exclude = [f":(exclude){p.resolve()}" for p in outputs]
     try:
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                  ".", *exclude],
                                  capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -54,7 +58,8 @@ def hardware() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), GPU: {gpu}, torch {torch.__version__}"
 
 
-def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None) -> str:
+def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
+           outputs: tuple[Path, ...] = ()) -> str:
     cpt = _manifests(profile.root / "cpt", "*/manifest.json")
     sft = _manifests(profile.root / "sft", "*/*/seed-*/manifest.json")
     cases = con.execute("""SELECT domain, count(DISTINCT user_idx), count(DISTINCT system || seed)
@@ -67,7 +72,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         " profile's DuckDB database. Do not edit by hand: rerun the command.",
         "",
         f"- **Command:** `{command}`",
-        f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty()};"
+        f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty(outputs)};"
         f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- **Trained at git revisions** (from the CPT and SFT manifests):"
         f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         build_leaderboard(con, profile.evaluation.bootstrap)
         chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
         command = "python -m cprec_core.results " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-        out.write_text(render(con, profile, command, chart))
+        out.write_text(render(con, profile, command, chart, (out, chart)))
     print(f"wrote {out} and {chart}")
     return 0
 
