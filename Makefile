@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui bench results study clean-data
+.PHONY: install demo test test-ui ui bench results study study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -38,12 +38,16 @@ bench: install
 	$(PY) benchmarks/bench_eval.py
 
 RESULTS_PROFILE ?= study
-results: install  ## docs/RESULTS.md from the leaderboard of RESULTS_PROFILE (default: study)
-	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out docs/RESULTS.md
+RESULTS_OUT ?= docs/RESULTS.md
+results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
+	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
 study: install  ## the evaluation study (about two hours on 2 cores), then `make results`
 	CPREC_PROFILE=study $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=study
+
+study-gpu: install  ## the same study scaled up on one CUDA GPU; raise the pools first (scripts/study_gpu.sh)
+	PY=$(PY) CPREC_PROFILE=study-gpu RESULTS_OUT=docs/RESULTS-gpu.md scripts/study_gpu.sh
 
 clean-data:  ## remove databases and runs (keeps the download cache in data/cache)
 	rm -rf data/demo data/full

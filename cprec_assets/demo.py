@@ -2,8 +2,17 @@
 the summary. Runs are recorded like UI runs, so `make ui` shows them with their metadata.
 
     python -m cprec_assets.demo            # profile from CPREC_PROFILE / CPREC_CONFIG
+
+Stages can run on their own, so a machine with room for several trainings (a GPU) can run
+the CPT variants, then the domains, side by side (pools permitting, see dagster_home/):
+
+    python -m cprec_assets.demo --stage corpus
+    python -m cprec_assets.demo --stage cpt --variant wsa &   # one process per variant
+    python -m cprec_assets.demo --stage domain --domain crime &   # one per domain
+    python -m cprec_assets.demo --stage summary
 """
 
+import argparse
 import json
 import sys
 import time
@@ -41,23 +50,45 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label}: checks failed: {errors}")
 
 
-def main() -> None:
+STAGES = ("all", "corpus", "cpt", "domain", "summary")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", choices=STAGES, default="all")
+    parser.add_argument("--variant", action="append", help="CPT variant(s) of --stage cpt")
+    parser.add_argument("--domain", action="append", help="domain partition(s) of --stage domain")
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
     cprec = defs.resources["cprec"]
     profile = cprec.load()
-    corpus = dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users")
-    run("corpus", corpus, instance)
-    for variant in profile.cpt.variants:
-        run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
-    for key in instance.get_dynamic_partitions(domain_partitions.name):
-        run(f"domain[{key}]", dg.AssetSelection.assets(
-            "domain_users", "sasrec", "candidate_sets"), instance, key)
-        for system in profile.sft.systems:
-            run(f"{sft_asset_name(system)}[{key}]",
-                dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
-        run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
+    stage = args.stage
+    if stage in ("all", "corpus"):
+        corpus = dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users")
+        run("corpus", corpus, instance)
+    if stage in ("all", "cpt"):
+        unknown = set(args.variant or ()) - set(profile.cpt.variants)
+        if unknown:
+            sys.exit(f"--variant {sorted(unknown)}: not in this profile's cpt.variants"
+                     f" {list(profile.cpt.variants)}")
+        for variant in args.variant or profile.cpt.variants:
+            run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
+    if stage in ("all", "domain"):
+        keys = instance.get_dynamic_partitions(domain_partitions.name)
+        unknown = set(args.domain or ()) - set(keys)
+        if unknown:
+            sys.exit(f"--domain {sorted(unknown)}: not a domain partition {keys}; run --stage corpus")
+        for key in args.domain or keys:
+            run(f"domain[{key}]", dg.AssetSelection.assets(
+                "domain_users", "sasrec", "candidate_sets"), instance, key)
+            for system in profile.sft.systems:
+                run(f"{sft_asset_name(system)}[{key}]",
+                    dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
+            run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
+    if stage not in ("all", "summary"):
+        return
     run("leaderboard", dg.AssetSelection.assets("leaderboard"), instance)
     with cprec.connect() as con:
         print()

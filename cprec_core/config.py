@@ -344,6 +344,16 @@ PROFILES: dict[str, dict[str, Any]] = {
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
                       "max_samples": 96, "checkpoint_every": 4},
               "evaluation": {"max_cases": 80, "max_new_tokens": 24}},
+    # The same study on one GPU, scaled up (docs/RESULTS-gpu.md): every test user, one epoch
+    # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.
+    "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
+                  "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024,
+                          "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
+                  "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                                      "cprec_shuffled_control"], "seeds": [0, 1, 2],
+                          "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
+                          "checkpoint_every": 32},
+                  "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 64}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",

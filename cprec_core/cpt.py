@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,10 @@ class CPTError(RuntimeError):
 
 
 def git_revision() -> str:
+    """The short commit of the code; ``CPREC_GIT_REVISION`` where the tree travels without
+    its .git (a copied checkout on a GPU machine)."""
+    if os.environ.get("CPREC_GIT_REVISION"):
+        return os.environ["CPREC_GIT_REVISION"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, cwd=Path(__file__).parent, timeout=5)

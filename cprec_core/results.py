@@ -33,7 +33,8 @@ def _dirty(outputs: tuple[Path, ...] = ()) -> str:
     outputs (the markdown file and the chart it rewrites) differ from the commit."""
     import subprocess
 
-    exclude = [f":(exclude){p.resolve()}" for p in outputs]
+    root = Path(__file__).resolve().parents[1]
+    exclude = [f":(exclude){p.resolve()}" for p in outputs if p.resolve().is_relative_to(root)]
     try:
         changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
                                   ".", *exclude],

@@ -41,9 +41,9 @@ def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Mate
     (zero-shot, LLaRA, CPRec and the ablations, every seed) likelihood ranking and greedy
     generation (ValidRatio, HR@1), per user subset."""
     profile = cprec.load()
+    rows = evaluate_domain(cprec.connect, profile, context.partition_key, log=context.log.info)
+    domain = rows[0][0]
     with cprec.connect() as con:
-        rows = evaluate_domain(con, profile, context.partition_key, log=context.log.info)
-        domain = rows[0][0]
         table = query_table(con, """
             SELECT system, family, count(*) AS seeds, max(cases) AS cases,
                    round(avg(valid_ratio), 3) AS ValidRatio, round(avg("hr@1"), 4) AS "HR@1",

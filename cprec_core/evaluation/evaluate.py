@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Callable, ContextManager
 
 import duckdb
 import numpy as np
@@ -90,15 +91,13 @@ def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]
     return systems
 
 
-def llm_results(con, profile: Profile, slug: str, cases: Cases, log=print):
+def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases, log=print):
     """{(system, seed): [CaseResult per case]} for every LLM system."""
     import torch
 
     from cprec_core.evaluation.llm import LLMScorer
     from cprec_core.sft_data import SFTSample
 
-    titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
-                              [cases.domain]).fetchall())
     samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                         cases.targets)]
@@ -156,24 +155,34 @@ def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=
     return rows
 
 
-def evaluate_domain(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
-                    with_llm: bool = True, log=print) -> list[tuple]:
-    """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows."""
-    domain, _ = domain_for_slug(con, slug)
-    create_tables(con)
-    results, case_rows = [], []
+def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
+                    profile: Profile, slug: str, with_llm: bool = True, log=print) -> list[tuple]:
+    """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows.
+
+    ``connect()`` opens the profile's database. The connection is closed while the LLM
+    systems are scored (minutes to hours), so other domains' runs can use the file meanwhile.
+    """
     cfg = profile.evaluation
-    for split in ("valid", "test"):
-        cases = load_cases(con, domain, split, cfg.max_cases, cfg.seed)
+    with connect() as con:
+        domain, _ = domain_for_slug(con, slug)
+        create_tables(con)
+        splits = {split: load_cases(con, domain, split, cfg.max_cases, cfg.seed)
+                  for split in ("valid", "test")}
+        classic = {split: classic_scores(con, profile, slug, cases)
+                   for split, cases in splits.items()}
+        titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
+                                  [domain]).fetchall())
+    results, case_rows = [], []
+    for split, cases in splits.items():
         activity = np.asarray(cases.activity)
         target_col = cases.target_col
-        for system, scores in classic_scores(con, profile, slug, cases).items():
+        for system, scores in classic[split].items():
             ranks = ranks_from_scores(scores, target_col)
             results += _aggregate(domain, split, system, 0, "ranking", activity, ranks)
             case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
         if not (with_llm and split == "test"):
             continue
-        for (system, seed), scored in llm_results(con, profile, slug, cases, log).items():
+        for (system, seed), scored in llm_results(titles, profile, slug, cases, log).items():
             for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
                 ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
                 results += _aggregate(domain, split, system, seed, family, activity, ranks)
@@ -186,18 +195,19 @@ def evaluate_domain(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
                                       valid=valid, hits=hits)
                 case_rows += _case_rows(domain, split, system, seed, "generation", cases,
                                         chosen=chosen, answers=[r.answer for r in scored])
-    con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
-    try:
-        for table in ("evaluation_results", "evaluation_cases"):
-            con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-        con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
-                        f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
-        con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
-                        f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
+    with connect() as con:
+        con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
+        try:
+            for table in ("evaluation_results", "evaluation_cases"):
+                con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+            con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
+                            f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
+            con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
+                            f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
     return results
 
 

