@@ -4,11 +4,14 @@ the summary. Runs are recorded like UI runs, so `make ui` shows them with their 
     python -m cprec_assets.demo            # profile from CPREC_PROFILE / CPREC_CONFIG
 
 Stages can run on their own, so a machine with room for several trainings (a GPU) can run
-the CPT variants, then the domains, side by side (pools permitting, see dagster_home/):
+them side by side (pools permitting, see dagster_home/; scripts/study_gpu.sh does this):
 
     python -m cprec_assets.demo --stage corpus
-    python -m cprec_assets.demo --stage cpt --variant wsa &   # one process per variant
-    python -m cprec_assets.demo --stage domain --domain crime &   # one per domain
+    python -m cprec_assets.demo --stage cpt --variant wsa &        # one process per variant
+    python -m cprec_assets.demo --stage domain --domain crime &    # all of one domain, or:
+    python -m cprec_assets.demo --stage sasrec --domain crime      #   its data and SASRec,
+    python -m cprec_assets.demo --stage sft --domain crime --system llara &  # each SFT system,
+    python -m cprec_assets.demo --stage evaluation --domain crime  #   then its evaluation
     python -m cprec_assets.demo --stage summary
 """
 
@@ -50,14 +53,24 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label}: checks failed: {errors}")
 
 
-STAGES = ("all", "corpus", "cpt", "domain", "summary")
+STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "evaluation", "summary")
+
+
+def _chosen(flag: str, given: list[str] | None, known) -> list[str]:
+    """``given`` (all of ``known`` when absent), every name checked against ``known``."""
+    unknown = sorted(set(given or ()) - set(known))
+    if unknown:
+        sys.exit(f"{flag} {unknown}: not one of {list(known)}")
+    return list(given or known)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", choices=STAGES, default="all")
+    parser.add_argument("--stage", choices=STAGES, default="all",
+                        help="domain = sasrec + sft + evaluation of each domain in turn")
     parser.add_argument("--variant", action="append", help="CPT variant(s) of --stage cpt")
-    parser.add_argument("--domain", action="append", help="domain partition(s) of --stage domain")
+    parser.add_argument("--domain", action="append", help="domain partition(s) of the domain stages")
+    parser.add_argument("--system", action="append", help="SFT system(s) of --stage sft")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -69,24 +82,24 @@ def main(argv: list[str] | None = None) -> None:
         corpus = dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users")
         run("corpus", corpus, instance)
     if stage in ("all", "cpt"):
-        unknown = set(args.variant or ()) - set(profile.cpt.variants)
-        if unknown:
-            sys.exit(f"--variant {sorted(unknown)}: not in this profile's cpt.variants"
-                     f" {list(profile.cpt.variants)}")
-        for variant in args.variant or profile.cpt.variants:
+        for variant in _chosen("--variant", args.variant, profile.cpt.variants):
             run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
-    if stage in ("all", "domain"):
+    parts = ("sasrec", "sft", "evaluation") if stage in ("all", "domain") else (stage,)
+    if set(parts) & {"sasrec", "sft", "evaluation"}:
         keys = instance.get_dynamic_partitions(domain_partitions.name)
-        unknown = set(args.domain or ()) - set(keys)
-        if unknown:
-            sys.exit(f"--domain {sorted(unknown)}: not a domain partition {keys}; run --stage corpus")
-        for key in args.domain or keys:
-            run(f"domain[{key}]", dg.AssetSelection.assets(
-                "domain_users", "sasrec", "candidate_sets"), instance, key)
-            for system in profile.sft.systems:
-                run(f"{sft_asset_name(system)}[{key}]",
-                    dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
-            run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
+        if not keys:
+            sys.exit("no domain partitions yet: run --stage corpus first")
+        systems = _chosen("--system", args.system, profile.sft.systems)
+        for key in _chosen("--domain", args.domain, keys):
+            if "sasrec" in parts:
+                run(f"domain[{key}]", dg.AssetSelection.assets(
+                    "domain_users", "sasrec", "candidate_sets"), instance, key)
+            if "sft" in parts:
+                for system in systems:
+                    run(f"{sft_asset_name(system)}[{key}]",
+                        dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
+            if "evaluation" in parts:
+                run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
     if stage not in ("all", "summary"):
         return
     run("leaderboard", dg.AssetSelection.assets("leaderboard"), instance)

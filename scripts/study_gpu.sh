@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The study on one CUDA machine (`make study-gpu`): the profile's stages through the Dagster
-# graph, with the CPT variants side by side and then the target domains side by side. With a
-# 135M model one training leaves a large GPU mostly idle, so process start-up, not FLOPs,
-# sets the wall time. The instance must let trainings overlap: in $DAGSTER_HOME/dagster.yaml
-# set concurrency.pools.default_limit to 4 or more (one machine, one GPU, enough memory).
+# graph, each stage's jobs side by side: the CPT variants, then each domain's data and SASRec,
+# then every (domain, SFT system), then each domain's evaluation. With a 135M model one
+# training leaves a large GPU mostly idle, so process start-up, not FLOPs, sets the wall
+# time. The instance must let these overlap: in $DAGSTER_HOME/dagster.yaml set
+# concurrency.pools.default_limit to 10 or more (one machine, one GPU with room for them).
 #
 #   CPREC_PROFILE=study-gpu RESULTS_OUT=docs/RESULTS-gpu.md scripts/study_gpu.sh
 set -euo pipefail
@@ -13,19 +14,21 @@ RESULTS_OUT=${RESULTS_OUT:-docs/RESULTS-gpu.md}
 LOGS=${LOGS:-data/logs/$CPREC_PROFILE}
 mkdir -p "$LOGS"
 
-# every stage in the background, its log in $LOGS; fails if any of them failed
+# side_by_side STAGE JOB...: `demo --stage STAGE JOB` for every JOB at once (a JOB is its
+# flags, e.g. "--domain=crime --system=llara"), a log each; fails if any of them failed
 side_by_side() {
-    local stage=$1 flag=$2; shift 2
-    local pids=() name
-    for name in "$@"; do
-        "$PY" -m cprec_assets.demo --stage "$stage" "$flag" "$name" >"$LOGS/$stage-$name.log" 2>&1 &
+    local stage=$1; shift
+    local pids=() logs=() job log i failed=0
+    for job in "$@"; do
+        log="$LOGS/$stage$(echo "$job" | sed 's/--\([a-z]*\)=/-/g; s/ //g').log"  # sft-crime-llara.log
+        # shellcheck disable=SC2086  # a job is several flags
+        "$PY" -m cprec_assets.demo --stage "$stage" $job >"$log" 2>&1 &
         pids+=($!)
+        logs+=("$log")
     done
-    local failed=0 i=0
-    for name in "$@"; do
-        if wait "${pids[$i]}"; then grep -h " ok in " "$LOGS/$stage-$name.log" || true
-        else echo "$stage $name FAILED: see $LOGS/$stage-$name.log"; tail -20 "$LOGS/$stage-$name.log"; failed=1; fi
-        i=$((i + 1))
+    for i in "${!pids[@]}"; do
+        if wait "${pids[$i]}"; then grep -h " ok in " "${logs[$i]}" || true
+        else echo "FAILED: ${logs[$i]}"; tail -20 "${logs[$i]}"; failed=1; fi
     done
     return $failed
 }
@@ -33,17 +36,23 @@ side_by_side() {
 started=$(date +%s)
 "$PY" -m cprec_assets.demo --stage corpus
 # the base model's cached checkpoint once, before the trainers start side by side
-variants=$("$PY" -c 'from cprec_assets.definitions import defs
+read -r -a variants <<<"$("$PY" -c 'from cprec_assets.definitions import defs
 from cprec_core.models.loader import model_path
 profile = defs.resources["cprec"].load()
 if profile.model.name != "tiny-random":
     model_path(profile.model.name, profile.cache_dir)
-print(" ".join(profile.cpt.variants))')
-side_by_side cpt --variant $variants
-domains=$("$PY" -c 'import dagster as dg
+print(" ".join(profile.cpt.variants))')"
+read -r -a systems <<<"$("$PY" -c 'from cprec_assets.definitions import defs
+print(" ".join(defs.resources["cprec"].load().sft.systems))')"
+read -r -a domains <<<"$("$PY" -c 'import dagster as dg
 from cprec_assets.partitions import domain_partitions
-print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')
-side_by_side domain --domain $domains
+print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')"
+side_by_side cpt "${variants[@]/#/--variant=}"
+side_by_side sasrec "${domains[@]/#/--domain=}"
+pairs=()
+for d in "${domains[@]}"; do for s in "${systems[@]}"; do pairs+=("--domain=$d --system=$s"); done; done
+side_by_side sft "${pairs[@]}"
+side_by_side evaluation "${domains[@]/#/--domain=}"
 "$PY" -m cprec_assets.demo --stage summary
 echo "study: $(( $(date +%s) - started )) s wall"
 if [ -n "${CPREC_CONFIG:-}" ]; then source=(--config "$CPREC_CONFIG"); else source=(--profile "$CPREC_PROFILE"); fi

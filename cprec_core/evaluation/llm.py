@@ -262,13 +262,22 @@ class LLMScorer:
 
     def evaluate(self, samples: list[SFTSample], titles: dict[int, str], batch_size: int = 8,
                  generate: bool = True, max_new_tokens: int = 32, progress=None) -> list[CaseResult]:
-        """Likelihood (and greedy answers) for every case, ``batch_size`` cases at a time."""
-        results = []
+        """Likelihood (and greedy answers) for every case, ``batch_size`` cases at a time,
+        in the order given. Batches are formed from cases of similar length (prompt plus
+        candidate titles), so fewer columns of each forward are padding."""
+        def length(sample: SFTSample) -> int:
+            return len(render(sample, titles, hybrid=True)[0]) + sum(
+                len(titles[c]) for c in sample.candidates)
+
+        order = sorted(range(len(samples)), key=lambda i: length(samples[i]))
+        results: list[CaseResult | None] = [None] * len(samples)
         for start in range(0, len(samples), batch_size):
-            results += self.score(samples[start:start + batch_size], titles, generate,
-                                  max_new_tokens)
+            batch = order[start:start + batch_size]
+            for i, result in zip(batch, self.score([samples[i] for i in batch], titles,
+                                                   generate, max_new_tokens)):
+                results[i] = result
             if progress:
-                progress(len(results), len(samples))
+                progress(min(start + batch_size, len(samples)), len(samples))
         return results
 
     @torch.no_grad()

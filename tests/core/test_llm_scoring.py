@@ -107,3 +107,14 @@ def test_zero_shot_prompt_lists_candidates_then_the_cpt_template():
     assert text.startswith(f"Given the following 2 items: {TITLES[4]}, {TITLES[5]}.")
     assert text.endswith("Please predict the next item this user will buy.")
     assert f"bought {TITLES[1]}, {TITLES[2]} in the previous" in text
+
+
+def test_evaluate_batches_by_length_and_returns_the_given_order():
+    s, sample = scorer()
+    cases = [SFTSample(1, [2], [5, 4, 8, 7, 6], 7), sample, SFTSample(2, [3], [8, 7, 6, 5, 4], 4),
+             SFTSample(3, [1, 2, 3, 4], [6, 5, 4, 8, 7], 8)]
+    one_by_one = [s.score([c], TITLES, generate=True, max_new_tokens=4)[0] for c in cases]
+    batched = s.evaluate(cases, TITLES, batch_size=3, generate=True, max_new_tokens=4)
+    for single, many in zip(one_by_one, batched):
+        assert abs(single.summed - many.summed).max() < 1e-3
+        assert single.answer == many.answer
