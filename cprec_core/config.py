@@ -336,14 +336,15 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
-    # and CPRec over three seeds, sized so the whole graph runs in about two hours on 2 cores.
+    # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
+    # minutes and the evaluation about 100 (11 LLM system runs x 1,207 cases x ~0.45 s).
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
               "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
                       "checkpoint_every": 10},
               "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
                       "max_samples": 96, "checkpoint_every": 4},
-              "evaluation": {"max_cases": 80, "max_new_tokens": 24}},
+              "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
     # The same study on one GPU, scaled up (docs/RESULTS-gpu.md): every test user, one epoch
     # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.
     "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
