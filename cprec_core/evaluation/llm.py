@@ -184,9 +184,9 @@ class LLMScorer:
         mask = torch.eye(width, dtype=torch.bool).repeat(len(cases), 1, 1, 1)
         positions = torch.zeros(len(cases), width, dtype=torch.long)
         prompt_columns = torch.zeros(len(cases), w, dtype=torch.long)
-        # kept rows: per case first the prompt's last position (it predicts every
-        # continuation's first token), then each continuation token but the last
-        firsts, rows, cols, targets = [], [], [], []
+        # LM head rows: the prompt's last position (it predicts every continuation's first
+        # token, column w - 1 in every row), then each continuation token but the last
+        rows, cols, targets = [], [], []
         for b, (prompt_embeds, conts) in enumerate(cases):
             p, lengths = len(prompt_embeds), [len(c) for c in conts]
             flat = torch.tensor([t for c in conts for t in c])
@@ -201,7 +201,6 @@ class LLMScorer:
                 embeds[b, w:hi] = self.model.get_input_embeddings()(flat.to(dev))
             positions[b, lo:hi] = torch.cat([torch.arange(p)] + [torch.arange(p, p + k) for k in lengths])
             prompt_columns[b, lo:] = 1
-            firsts.append(w - 1)
             starts = np.cumsum([0, *lengths[:-1]])
             for s, c in zip(starts, conts):
                 rows += [b] * (len(c) - 1)
