@@ -63,9 +63,14 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
            outputs: tuple[Path, ...] = ()) -> str:
     cpt = _manifests(profile.root / "cpt", "*/manifest.json")
     sft = _manifests(profile.root / "sft", "*/*/seed-*/manifest.json")
-    cases = con.execute("""SELECT domain, count(DISTINCT user_idx), count(DISTINCT system || seed)
-                           FROM evaluation_cases WHERE split = 'test' GROUP BY domain
-                           ORDER BY domain""").fetchall()
+    # what each domain's evaluation actually scored, against the test users it has (an
+    # evaluation kept from an earlier run of the profile may cover fewer)
+    cases = con.execute("""SELECT e.domain, count(DISTINCT e.user_idx), any_value(c.users)
+                           FROM evaluation_cases e JOIN (
+                               SELECT domain, count(*) AS users FROM candidate_sets
+                               WHERE split = 'test' GROUP BY domain) c USING (domain)
+                           WHERE e.split = 'test' GROUP BY e.domain
+                           ORDER BY e.domain""").fetchall()
     lines = [
         "# Results",
         "",
@@ -82,8 +87,8 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",
         f"- **Evaluation:** {profile.sft.negatives + 1} fixed candidates per test case (target +"
         f" {profile.sft.negatives} never-touched items);"
-        f" test cases per domain: {', '.join(f'{d} {n}' for d, n, _ in cases)}"
-        f" ({'all' if not profile.evaluation.max_cases else f'a seeded sample of at most {profile.evaluation.max_cases}'});"
+        f" test cases per domain: {', '.join(f'{d} {n} of {total}' for d, n, total in cases)}"
+        f" ({'all' if all(n == total for _, n, total in cases) else 'fewer than all: a seeded sample'});"
         f" greedy generation capped at {profile.evaluation.max_new_tokens} tokens;"
         f" {profile.evaluation.bootstrap} bootstrap resamples.",
         "",
