@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cprec_core.config import CorpusConfig, LoraSettings
-from cprec_core.evaluation.llm import LLMScorer, parse_answer, render_zero_shot
+from cprec_core.evaluation.llm import LLMScorer, greedy_walk, parse_answer, render_zero_shot
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import TINY
 from cprec_core.models.lora import apply_lora
@@ -89,6 +89,57 @@ def test_batched_greedy_answers_equal_uncached_unpadded_decoding():
     results = s.evaluate(cases, TITLES, batch_size=1, generate=True, max_new_tokens=6)
     assert [r.answer for r in results] == answers
     assert [r.chosen for r in results] == [parse_answer(a, c, TITLES) for a, c in zip(answers, cases)]
+
+
+def teach_answer(s, case, title, steps=100):
+    """Overfit the tiny model to answer ``case`` with ``title`` (then EOS)."""
+    prompt, slots = render(case, TITLES, hybrid=True)
+    ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer = s.tokenizer(" " + title, add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
+    params = list(s.model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(steps):
+        embeds = hybrid_embeds(s.model.get_base_model(), s.projector, s.item_table,
+                               torch.tensor([ids + answer[:-1]]), torch.tensor(slots),
+                               s.placeholder_id, hybrid=True)
+        logits = s.model(inputs_embeds=embeds, use_cache=False).logits[0, len(ids) - 1:]
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(answer))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    s.model.eval()
+
+
+def test_answers_read_off_the_tree_equal_decoding():
+    """A model that answers with a candidate title needs no decoding step for that case:
+    the greedy answer is read off the tree forward. Cases whose answer leaves the titles are
+    decoded from their rows of the cache, and both equal uncached decoding."""
+    s, sample = scorer()
+    teach_answer(s, sample, TITLES[6])
+    cases = [sample, SFTSample(2, [1], [4, 5, 7, 8, 3], 4)]  # the second lacks the taught title
+    decoded_rows = []
+    greedy = s._greedy
+    s._greedy = lambda cache, first, *args: decoded_rows.append(len(first)) or greedy(cache, first, *args)
+    results = s.score(cases, TITLES, generate=True, max_new_tokens=12)
+    assert results[0].answer == TITLES[6] and results[0].chosen == 6
+    assert decoded_rows == [1]  # only the second case was decoded
+    assert [r.answer for r in results] == [greedy_reference(s, c, 12) for c in cases]
+    assert results[1].chosen is None  # it names no candidate
+
+
+def test_greedy_walk_follows_titles_and_stops_like_decoding():
+    conts = [[5, 6, 0], [5, 7, 8, 0]]  # two titles sharing their first token; EOS is 0
+    newline = lambda t: t == 3  # noqa: E731
+    # argmax[k][j]: after candidate k's first j + 1 tokens
+    assert greedy_walk(5, conts, [[7, 0], [7, 8, 0]], 0, newline, 8) == [5, 7, 8]
+    assert greedy_walk(5, conts, [[6, 0], [6, 8, 0]], 0, newline, 8) == [5, 6]
+    assert greedy_walk(5, conts, [[6, 3], [6, 8, 0]], 0, newline, 8) == [5, 6, 3]  # newline kept
+    assert greedy_walk(5, conts, [[6, 9], [6, 8, 0]], 0, newline, 8) is None  # leaves the titles
+    assert greedy_walk(9, conts, [[6, 0], [6, 8, 0]], 0, newline, 8) is None
+    assert greedy_walk(0, conts, [[6, 0], [6, 8, 0]], 0, newline, 8) == []  # EOS at once
+    assert greedy_walk(5, conts, [[7, 0], [7, 8, 0]], 0, newline, 2) == [5, 7]  # length cap
 
 
 def test_an_answer_is_valid_only_when_it_names_exactly_one_candidate():
