@@ -3,13 +3,14 @@
 * ``naive``: one full forward of prompt + candidate per candidate (20 forwards per case, the
   prompt recomputed each time): ``LLMScorer.score_naive``.
 * ``likelihood``: our likelihood ranking: the prompt and all 20 continuations in one forward
-  with a tree attention mask, LM head only where a continuation token is predicted
-  (``LLMScorer.score``).
+  (plain causal attention over the prompt, a tree mask only on the continuation rows), LM
+  head only where a continuation token is predicted (``LLMScorer.score``).
   Once a case at a time, and ``--batch-size`` cases per forward (padded, each under its own
   tree mask).
-* ``likelihood + generation``: the same plus greedy answers for the paper's ValidRatio / HR@1
-  (``LLMScorer.generate``: Hugging Face ``generate`` on the left-padded batch of prompts), at
-  most ``--max-new-tokens`` tokens: what the evaluation asset runs per case.
+* ``likelihood + generation``: the same plus greedy answers for the paper's ValidRatio / HR@1,
+  at most ``--max-new-tokens`` tokens: read off the tree forward where the answer follows a
+  candidate title, decoded from the forward's KV cache otherwise: what the evaluation asset
+  runs per case.
 
 Cases: the first ``--cases`` test cases of ``--domain`` from the profile's ``candidate_sets``
 (materialise the demo first: ``make demo``). Model: the SFT adapter ``--system`` (default

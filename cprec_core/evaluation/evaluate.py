@@ -116,6 +116,9 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 
         out[(system, seed)] = scorer.evaluate(samples, titles, cfg.batch_size, cfg.generation,
                                               cfg.max_new_tokens, progress)
+        if cfg.generation:
+            log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
+                f" likelihood forward, {scorer.answers_decoded} decoded")
         del scorer
     return out
 

@@ -163,6 +163,8 @@ class LLMScorer:
     dtype: torch.dtype
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    answers_read_off: int = 0  # greedy answers taken from the tree forward, no decoding
+    answers_decoded: int = 0
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -337,6 +339,8 @@ class LLMScorer:
         tokens = [greedy_walk(f, cs, ts, eos, self._ends_line, max_new_tokens)
                   for f, cs, ts in zip(first, conts, tops)]
         pending = [b for b, t in enumerate(tokens) if t is None]
+        self.answers_read_off += len(tokens) - len(pending)
+        self.answers_decoded += len(pending)
         if pending:
             cache.crop(w - cache.get_seq_length())  # negative: keep the first w columns
             if len(pending) < len(tokens):

@@ -125,6 +125,7 @@ def test_answers_read_off_the_tree_equal_decoding():
     results = s.score(cases, TITLES, generate=True, max_new_tokens=12)
     assert results[0].answer == TITLES[6] and results[0].chosen == 6
     assert decoded_rows == [1]  # only the second case was decoded
+    assert (s.answers_read_off, s.answers_decoded) == (1, 1)
     assert [r.answer for r in results] == [greedy_reference(s, c, 12) for c in cases]
     assert results[1].chosen is None  # it names no candidate
 
