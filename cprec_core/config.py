@@ -342,7 +342,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
     # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
-    # minutes and the evaluation about 100 (11 LLM system runs x 1,207 cases x ~0.45 s).
+    # minutes and the evaluation about 82 (11 LLM system runs x 1,207 cases x ~0.37 s).
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
               "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
                       "checkpoint_every": 10},
