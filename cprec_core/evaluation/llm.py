@@ -110,10 +110,12 @@ def greedy_walk(first: int, continuations: list[list[int]], argmax: list[list[in
 def _fp32_matmul_in_bf16(enabled: bool):
     """fp32 matmuls computed by oneDNN in bf16 with fp32 accumulation. Exact for the LM head
     of a bf16 model (both operands are bf16 values) and about 2x faster than IEEE fp32."""
+    if not enabled:  # CUDA or fp32 models: the setting is not touched at all
+        yield
+        return
     backend = torch.backends.mkldnn.matmul
     before = backend.fp32_precision
-    if enabled:
-        backend.fp32_precision = "bf16"
+    backend.fp32_precision = "bf16"
     try:
         yield
     finally:

@@ -5,7 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cprec_core.config import CorpusConfig, LoraSettings
-from cprec_core.evaluation.llm import LLMScorer, greedy_walk, parse_answer, render_zero_shot
+from cprec_core.evaluation.llm import (LLMScorer, _fp32_matmul_in_bf16, greedy_walk, parse_answer,
+                                      render_zero_shot)
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import TINY
 from cprec_core.models.lora import apply_lora
@@ -141,6 +142,18 @@ def test_greedy_walk_follows_titles_and_stops_like_decoding():
     assert greedy_walk(9, conts, [[6, 0], [6, 8, 0]], 0, newline, 8) is None
     assert greedy_walk(0, conts, [[6, 0], [6, 8, 0]], 0, newline, 8) == []  # EOS at once
     assert greedy_walk(5, conts, [[7, 0], [7, 8, 0]], 0, newline, 2) == [5, 7]  # length cap
+
+
+def test_head_matmul_in_bf16_compute_is_exact_for_bf16_operands_and_restores_the_setting():
+    torch.manual_seed(0)
+    hidden = torch.randn(32, 576).bfloat16().float()  # bf16 values, as the LM head sees them
+    weight = torch.randn(2048, 576).bfloat16().float()
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with _fp32_matmul_in_bf16(True):
+        fast = hidden @ weight.T
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    exact = hidden.double() @ weight.double().T
+    assert (fast.double() - exact).abs().max() < 1e-3  # fp32 accumulation order only
 
 
 def test_an_answer_is_valid_only_when_it_names_exactly_one_candidate():
