@@ -71,6 +71,13 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                                WHERE split = 'test' GROUP BY domain) c USING (domain)
                            WHERE e.split = 'test' GROUP BY e.domain
                            ORDER BY e.domain""").fetchall()
+    has_revision = con.execute("""SELECT count(*) FROM information_schema.columns WHERE
+                                  table_name = 'evaluation_results'
+                                  AND column_name = 'git_revision'""").fetchall()[0][0]
+    revision = "coalesce(git_revision, 'not recorded')" if has_revision else "'not recorded'"
+    scored_at = con.execute(f"""SELECT domain, string_agg(DISTINCT {revision}, ', ')
+                                FROM evaluation_results WHERE split = 'test'
+                                GROUP BY domain ORDER BY domain""").fetchall()
     lines = [
         "# Results",
         "",
@@ -82,6 +89,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- **Trained at git revisions** (from the CPT and SFT manifests):"
         f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
+        f"- **Evaluated at git revisions:** {', '.join(f'{d} {r}' for d, r in scored_at)}",
         f"- **Hardware:** {hardware()}",
         f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"
         f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",

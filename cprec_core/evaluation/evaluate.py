@@ -29,6 +29,7 @@ import numpy as np
 
 from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile
+from cprec_core.cpt import git_revision
 from cprec_core.domain_data import domain_for_slug
 from cprec_core.evaluation.baselines import Cases, item_knn, load_cases, popularity, sasrec_scores
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
     seed INTEGER NOT NULL, family VARCHAR NOT NULL, subset VARCHAR NOT NULL,
     cases INTEGER NOT NULL, valid_ratio DOUBLE, "hr@1" DOUBLE, "hr@1 (valid)" DOUBLE,
     "hr@3" DOUBLE, "hr@5" DOUBLE, "ndcg@3" DOUBLE, "ndcg@5" DOUBLE,
-    evaluated_at TIMESTAMP DEFAULT current_timestamp);
+    evaluated_at TIMESTAMP DEFAULT current_timestamp, git_revision VARCHAR);
 CREATE TABLE IF NOT EXISTS evaluation_cases (
     domain VARCHAR NOT NULL, split VARCHAR NOT NULL, system VARCHAR NOT NULL,
     seed INTEGER NOT NULL, family VARCHAR NOT NULL, user_idx BIGINT NOT NULL,
@@ -203,8 +204,10 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         try:
             for table in ("evaluation_results", "evaluation_cases"):
                 con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-            con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, RESULT_COLUMNS))})"
-                            f" VALUES ({', '.join('?' * len(RESULT_COLUMNS))})", results)
+            columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
+            con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
+                            f" VALUES ({', '.join('?' * len(columns))})",
+                            [(*row, git_revision()) for row in results])
             con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
                             f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
         except BaseException:
@@ -222,6 +225,8 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
     if found and "hr@1 (valid)" not in found:
         con.execute("DROP TABLE evaluation_results")
     con.execute(SCHEMA)
+    # added later: kept results get NULL (not recorded) instead of being dropped
+    con.execute("ALTER TABLE evaluation_results ADD COLUMN IF NOT EXISTS git_revision VARCHAR")
 
 
 def _q(name: str) -> str:

@@ -62,6 +62,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert "- **Command:** `python -m cprec_core.results --config" in text
     assert "### Crime (test cases:" in text and "| llara | 0 |" in text
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
+    assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"

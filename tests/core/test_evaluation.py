@@ -7,11 +7,12 @@ import pytest
 
 from cprec_core.build_corpus import main as build_corpus
 from cprec_core.config import load_config_file
+from cprec_core.cpt import git_revision
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, create_tables, evaluate_domain,
-                                             mismatched_candidates)
+from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, create_tables,
+                                             evaluate_domain, mismatched_candidates)
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
@@ -100,6 +101,18 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     before = con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0]
     evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
     assert con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0] == before
+    # every result row names the code that scored it
+    assert con.execute("SELECT DISTINCT git_revision FROM evaluation_results").fetchall() == [
+        (git_revision(),)]
+
+
+def test_results_of_the_layout_before_git_revision_are_kept():
+    con = duckdb.connect()
+    con.execute(SCHEMA.replace(", git_revision VARCHAR", ""))
+    con.execute("""INSERT INTO evaluation_results (domain, split, system, seed, family, subset,
+                   cases, "hr@1") VALUES ('Crime', 'test', 'cprec', 0, 'generation', 'all', 5, 0.2)""")
+    create_tables(con)
+    assert con.execute('SELECT "hr@1", git_revision FROM evaluation_results').fetchall() == [(0.2, None)]
 
 
 def test_paired_test_and_bootstrap_on_known_hits():
