@@ -2,19 +2,22 @@
 forward per batch of cases.
 
 Likelihood ranking (ours): each case's prompt and its 20 candidate continuations
-(`` Title`` + EOS) go through the model as one row with a tree attention mask: every
-continuation sees the prompt and its own earlier tokens, nothing of the other candidates, and
-its positions start where the prompt ends. So the prompt is computed once, no KV cache is
-copied, and the LM head (in fp32) runs only on the positions that predict a continuation
-token. Several cases share a forward (``evaluation.batch_size``; rows padded, padding seen by
-nothing). Each candidate gets its summed log-probability and the mean per token
-(length-normalised); ranking by either gives HR@1/3/5 and NDCG@3/5 with ValidRatio 1.
+(`` Title`` + EOS) go through the model as one row: every continuation sees the prompt and
+its own earlier tokens, nothing of the other candidates, and its positions start where the
+prompt ends. The prompt columns take plain causal attention; only the continuation rows
+carry the tree mask (``_tree_attention``). So the prompt is computed once, no KV cache is
+copied, and the LM head (fp32 logits) runs only on the positions that predict a
+continuation token; the final EOS is a target, never an input. Several cases share a
+forward (``evaluation.batch_size``; rows padded, padding seen by nothing). Each candidate
+gets its summed log-probability and the mean per token (length-normalised); ranking by
+either gives HR@1/3/5 and NDCG@3/5 with ValidRatio 1.
 
-Generation (the paper's protocol): the prompts are left-aligned to end in the same column,
-so the same forward's KV cache, cut back to that column, is a left-padded prompt cache;
-greedy decoding continues from it without a second prefill (at most ``max_new_tokens``,
-a row stops at EOS or a newline). The first line is valid iff exactly one candidate title
-occurs in it; HitRatio@1 counts valid answers that name the target.
+Generation (the paper's protocol): greedy, at most ``max_new_tokens``, a row stops at EOS or
+a newline. While the greedy tokens follow a candidate title the tree forward already holds
+every next argmax, so such answers need no decoding step (``greedy_walk``); the other rows
+decode from the same forward's KV cache cut back to the (right-padded) prompts, without a
+second prefill. The first line is valid iff exactly one candidate title occurs in it;
+HitRatio@1 counts valid answers that name the target.
 
 Systems: SFT adapters (``llara``, ``cprec``, ``cprec_<variant>``) read LLaRA's hybrid
 prompt, with projected SASRec embeddings at the ``[emb]`` slots. The zero-shot systems
