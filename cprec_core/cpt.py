@@ -23,9 +23,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -46,24 +44,12 @@ from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter
+from cprec_core.provenance import git_revision
 
 
 
 class CPTError(RuntimeError):
     """Training cannot start: bad corpus, model, memory or a checkpoint from another run."""
-
-
-def git_revision() -> str:
-    """The short commit of the code; ``CPREC_GIT_REVISION`` where the tree travels without
-    its .git (a copied checkout on a GPU machine)."""
-    if os.environ.get("CPREC_GIT_REVISION"):
-        return os.environ["CPREC_GIT_REVISION"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def available_memory(device: torch.device) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from cprec_core.cpt import git_revision
+from cprec_core.provenance import git_revision
 from cprec_core.cli import add_profile_arguments, profile_from_args
 from cprec_core.config import Profile
 from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
@@ -75,7 +75,8 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                                   table_name = 'evaluation_results'
                                   AND column_name = 'git_revision'""").fetchall()[0][0]
     revision = "coalesce(git_revision, 'not recorded')" if has_revision else "'not recorded'"
-    scored_at = con.execute(f"""SELECT domain, string_agg(DISTINCT {revision}, ', ')
+    scored_at = con.execute(f"""SELECT domain, string_agg(DISTINCT {revision}, ', '
+                                                          ORDER BY {revision})
                                 FROM evaluation_results WHERE split = 'test'
                                 GROUP BY domain ORDER BY domain""").fetchall()
     lines = [

@@ -42,12 +42,13 @@ from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profil
                             run_trainer)
 from cprec_core.config import Profile
 from cprec_core.db import connect
-from cprec_core.cpt import available_memory, estimate_memory, git_revision
+from cprec_core.cpt import available_memory, estimate_memory
 from cprec_core.domain_data import load_domain_data
 from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter
+from cprec_core.provenance import git_revision
 from cprec_core.sft_data import build_samples, choose_hybrid, hybrid_probability, tokenize
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile
-from cprec_core.cpt import git_revision
+from cprec_core.provenance import git_revision
 from cprec_core.domain_data import domain_for_slug
 from cprec_core.evaluation.baselines import Cases, item_knn, load_cases, popularity, sasrec_scores
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores

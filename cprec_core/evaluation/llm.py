@@ -276,6 +276,10 @@ class LLMScorer:
             with self._autocast():
                 prompts.append(self.prompt(sample, titles)[1][0])
             conts.append(self.continuations(sample, titles))
+        if len({len(s.candidates) for s in samples}) > 1:
+            counts = ", ".join(f"user {s.user}: {len(s.candidates)}" for s in samples)
+            raise ValueError(f"cases scored together need the same number of candidates ({counts});"
+                             " check candidate_sets")
         inputs = [[c[:-1] for c in cs] for cs in conts]
         lengths = torch.tensor([len(p) for p in prompts])
         w = int(lengths.max())

@@ -7,7 +7,7 @@ import pytest
 
 from cprec_core.build_corpus import main as build_corpus
 from cprec_core.config import load_config_file
-from cprec_core.cpt import git_revision
+from cprec_core.provenance import git_revision
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
