@@ -11,6 +11,9 @@
   at most ``--max-new-tokens`` tokens: read off the tree forward where the answer follows a
   candidate title, decoded from the forward's KV cache otherwise: what the evaluation asset
   runs per case.
+* the batched likelihood mode once more, timed first, with glibc's default heap: before
+  ``keep_freed_heap`` (``cprec_core/allocator.py``), which every other mode runs with.
+  The page-fault column shows what it saves.
 
 Cases: the first ``--cases`` test cases of ``--domain`` from the profile's ``candidate_sets``
 (materialise the demo first: ``make demo``). Model: the SFT adapter ``--system`` (default
@@ -38,6 +41,7 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cprec_core.allocator import keep_freed_heap  # noqa: E402
 from cprec_core.config import load_profile  # noqa: E402
 from cprec_core.domain_data import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
@@ -58,6 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     profile = dataclasses.replace(load_profile(args.profile),
                                   data_dir=str(Path(args.data_dir).resolve()))
+    # the scorer starts on glibc's default heap, for the first (baseline) mode
+    profile = dataclasses.replace(profile, evaluation=dataclasses.replace(
+        profile.evaluation, keep_freed_heap=False))
     with duckdb.connect(str(profile.database), read_only=True) as con:
         domain, _ = domain_for_slug(con, args.domain)
         cases = load_cases(con, domain, "test")
@@ -68,7 +75,9 @@ def main() -> None:
                                         cases.targets)][:args.cases + 2]
     scorer = LLMScorer.load(profile, args.domain, args.system, profile.sft.seeds[0])
     batch = args.batch_size
-    modes = {
+    default_heap = f"likelihood (tree mask, batch {batch}), glibc's default heap"
+    modes = {  # in this order: the default heap first, then keep_freed_heap for the rest
+        default_heap: lambda ss: scorer.evaluate(ss, titles, batch, generate=False),
         "naive (20 forwards)": lambda ss: [scorer.score_naive(s, titles) for s in ss],
         "likelihood (tree mask, batch 1)": lambda ss: [r for s in ss for r in scorer.score([s], titles)],
         f"likelihood (tree mask, batch {batch})": lambda ss: scorer.evaluate(
@@ -76,12 +85,16 @@ def main() -> None:
         f"likelihood + generation (batch {batch})": lambda ss: scorer.evaluate(
             ss, titles, batch, generate=True, max_new_tokens=args.max_new_tokens),
     }
-    timings, results = {}, {}
+    timings, faults, results = {}, {}, {}
     for name, fn in modes.items():
+        if name == "naive (20 forwards)" and not keep_freed_heap():
+            print("keep_freed_heap: not glibc here, so every mode runs on the default heap")
         fn(samples[:2])  # warm-up
-        started = time.perf_counter()
+        started, faulted = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         results[name] = fn(samples[2:])
         timings[name] = (time.perf_counter() - started) / (len(samples) - 2)
+        faults[name] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted) / (
+            len(samples) - 2)
     naive = np.stack([r.summed for r in results["naive (20 forwards)"]])
     tree = np.stack([r.summed for r in results[f"likelihood (tree mask, batch {batch})"]])
     same_top = float(np.mean(naive.argmax(1) == tree.argmax(1)))
@@ -90,8 +103,9 @@ def main() -> None:
     base = timings["naive (20 forwards)"]
     print(f"{args.system} on {domain}, {len(samples) - 2} timed test cases, {scorer.dtype},"
           f" {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(md_table(["mode", "s / case", "cases / s", "speed-up vs naive"],
-                   [(n, f"{t:.3f}", f"{1 / t:.2f}", f"{base / t:.2f}x") for n, t in timings.items()]))
+    print(md_table(["mode", "s / case", "cases / s", "speed-up vs naive", "page faults / case"],
+                   [(n, f"{t:.3f}", f"{1 / t:.2f}", f"{base / t:.2f}x", f"{faults[n]:,.0f}")
+                    for n, t in timings.items()]))
     print(f"\nnaive vs tree scores: mean |diff| {np.abs(naive - tree).mean():.4f},"
           f" max {np.abs(naive - tree).max():.4f} nats,"
           f" same top candidate in {same_top:.0%} of cases (bf16 rounding differs)")

@@ -240,7 +240,9 @@ class EvalConfig:
     adapter without SFT (text prompt). ``generation``: greedy answers for ValidRatio and HR@1
     as in the paper, at most ``max_new_tokens`` tokens. A ValidRatio under
     ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
-    leaderboard's 95 % intervals."""
+    leaderboard's 95 % intervals. ``keep_freed_heap``: the scoring process keeps freed
+    memory for reuse (``cprec_core/allocator.py``: a third less scoring time on this CPU;
+    RSS stays at its peak); switch off where memory is tight."""
 
     max_cases: int = 0
     seed: int = 0
@@ -250,6 +252,7 @@ class EvalConfig:
     batch_size: int = 8  # cases per forward of an LLM system
     valid_ratio_floor: float = 0.5
     bootstrap: int = 1000
+    keep_freed_heap: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "bootstrap"):

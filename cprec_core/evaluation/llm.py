@@ -40,6 +40,7 @@ from transformers import AttentionInterface, AttentionMaskInterface, AutoTokeniz
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from cprec_core.allocator import keep_freed_heap
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
@@ -181,6 +182,8 @@ class LLMScorer:
     @classmethod
     def load(cls, profile: Profile, slug: str, system: str, seed: int = 0) -> "LLMScorer":
         """An SFT system (hybrid prompt) or a zero-shot system (text prompt)."""
+        if profile.evaluation.keep_freed_heap:
+            keep_freed_heap()
         device = resolve_device(profile.device)
         dtype = resolve_dtype(profile.sft.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
