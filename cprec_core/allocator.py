@@ -4,9 +4,12 @@ PyTorch's CPU allocator gives every tensor back to ``malloc`` when it is freed. 
 blocks above its mmap threshold with fresh ``mmap`` calls and trims the top of the heap
 after frees. A forward over a large batch then faults in new pages for nearly every
 activation: scoring took ~64k page faults per 20-candidate case, and 0.398 s/case against
-0.273 s/case with this (benchmarks/README.md, ``bench_eval.py``). With both thresholds raised, freed blocks stay in the heap and are
-reused. The cost is that the process keeps its peak memory (RSS does not shrink
-after a batch).
+0.273 s/case with this (``benchmarks/bench_eval.py``, benchmarks/README.md). With both
+thresholds raised, freed blocks stay in the heap and are reused. The cost: the process
+keeps its peak memory (RSS does not shrink after a batch), and the heap may hold up to
+about twice the largest working set while its layout settles. ``release_freed_heap`` gives
+the free memory back (the evaluation calls it after each system, so one process scoring
+eleven models in turn stays at the peak of one).
 
 glibc only: elsewhere (macOS, musl) it does nothing and returns False.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import platform
 
 # mallopt(3) parameters, from glibc's malloc.h
@@ -41,3 +45,12 @@ def keep_freed_heap() -> bool:
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         (M_TOP_PAD, TOP_PAD)))
     return _applied
+
+
+def release_freed_heap() -> bool:
+    """Give the heap's free memory back to the system (``malloc_trim``); True where glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    gc.collect()  # tensors held only by reference cycles are freed first
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    return True

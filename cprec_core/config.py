@@ -241,8 +241,9 @@ class EvalConfig:
     as in the paper, at most ``max_new_tokens`` tokens. A ValidRatio under
     ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
     leaderboard's 95 % intervals. ``keep_freed_heap``: the scoring process keeps freed
-    memory for reuse (``cprec_core/allocator.py``: a third less scoring time on this CPU;
-    RSS stays at its peak); switch off where memory is tight."""
+    memory for reuse while it scores a system (``cprec_core/allocator.py``: 10-30 % less
+    scoring time on this CPU; RSS stays at the peak until the next system); switch off
+    where memory is tight."""
 
     max_cases: int = 0
     seed: int = 0
@@ -336,18 +337,6 @@ _ML100K_DEMO = {
     },
 }
 
-
-def _study(cpt_tokens: int, sft_samples: int, name: str = "study") -> dict[str, Any]:
-    """The CPU study: every CPT variant and SFT system, three seeds, every test user."""
-    return {"name": name, "device": "cpu", **_ML100K_DEMO,
-            "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": cpt_tokens,
-                    "checkpoint_every": 10},
-            "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                                "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                    "max_samples": sft_samples, "checkpoint_every": 4},
-            "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}}
-
-
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
@@ -355,13 +344,18 @@ PROFILES: dict[str, dict[str, Any]] = {
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
-    # The evaluation study on CPU (docs/RESULTS.md), sized to finish end to end in two hours
-    # on 2 cores: every CPT variant and SFT system, LLaRA and CPRec over three seeds, every
-    # test user. Scoring takes ~82 minutes (11 LLM system runs x 1,207 cases), so training
-    # gets what is left: 56k CPT tokens per variant and 40 SFT samples per adapter.
-    "study": _study(cpt_tokens=56_000, sft_samples=40),
-    # The earlier, larger study (docs/RESULTS-study-long.md): about 2.5 hours on 2 cores.
-    "study-long": _study(cpt_tokens=150_000, sft_samples=96, name="study-long"),
+    # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
+    # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
+    # minutes and the evaluation 80-100 (11 LLM system runs x 1,207 cases; the machine's speed
+    # varies). Smaller sizes do not bring it under two hours: at 56k tokens / 40 samples the
+    # weaker adapters' answers leave the titles and are decoded to the cap, so scoring slows.
+    "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
+              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
+                      "checkpoint_every": 10},
+              "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                                  "cprec_shuffled_control"], "seeds": [0, 1, 2],
+                      "max_samples": 96, "checkpoint_every": 4},
+              "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; not
     # run to the end yet, see docs/SCALING.md section 1b): every test user, one epoch
     # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.

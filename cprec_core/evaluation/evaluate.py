@@ -96,6 +96,7 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
     """{(system, seed): [CaseResult per case]} for every LLM system."""
     import torch
 
+    from cprec_core.allocator import release_freed_heap
     from cprec_core.evaluation.llm import LLMScorer
     from cprec_core.sft_data import SFTSample
 
@@ -121,6 +122,8 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
             log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
                 f" likelihood forward, {scorer.answers_decoded} decoded")
         del scorer
+        if cfg.keep_freed_heap:  # the next model starts from a small heap, not this one's peak
+            release_freed_heap()
     return out
 
 
