@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import platform
 
@@ -33,24 +34,30 @@ TOP_PAD = 64 << 20  # grow the heap 64 MiB at a time
 _applied = False
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (``mallopt`` and ``malloc_trim`` exist), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def keep_freed_heap() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once); True where applied."""
     global _applied
-    if _applied:
-        return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    _applied = all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-        (M_TOP_PAD, TOP_PAD)))
+    libc = _glibc()
+    if not _applied and libc is not None:
+        _applied = all(libc.mallopt(param, value) == 1 for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (M_TOP_PAD, TOP_PAD)))
     return _applied
 
 
 def release_freed_heap() -> bool:
     """Give the heap's free memory back to the system (``malloc_trim``); True where glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
     gc.collect()  # tensors held only by reference cycles are freed first
-    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    libc.malloc_trim(0)
     return True

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import duckdb
 
-from cprec_core.provenance import git_revision
 from cprec_core.cli import add_profile_arguments, profile_from_args
 from cprec_core.config import Profile
 from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
+from cprec_core.provenance import git_revision
 from cprec_core.reporting import corpus_summary, md_table
 
 

@@ -29,10 +29,10 @@ import numpy as np
 
 from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile
-from cprec_core.provenance import git_revision
 from cprec_core.domain_data import domain_for_slug
 from cprec_core.evaluation.baselines import Cases, item_knn, load_cases, popularity, sasrec_scores
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
+from cprec_core.provenance import git_revision
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
@@ -208,9 +208,10 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             for table in ("evaluation_results", "evaluation_cases"):
                 con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
             columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
+            revision = git_revision()
             con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
                             f" VALUES ({', '.join('?' * len(columns))})",
-                            [(*row, git_revision()) for row in results])
+                            [(*row, revision) for row in results])
             con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
                             f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
         except BaseException:

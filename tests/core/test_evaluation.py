@@ -7,7 +7,6 @@ import pytest
 
 from cprec_core.build_corpus import main as build_corpus
 from cprec_core.config import load_config_file
-from cprec_core.provenance import git_revision
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
@@ -17,6 +16,7 @@ from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderb
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
 from cprec_core.interactions import build_interactions
+from cprec_core.provenance import git_revision
 from tests.conftest import data_config, load_rows
 
 
