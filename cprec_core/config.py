@@ -364,7 +364,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                           "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
                   "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
                                       "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                          "max_samples": 2048, "batch_size": 32, "micro_batch": 32,
+                          "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
                           "checkpoint_every": 32},
                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 128}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
