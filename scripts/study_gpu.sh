@@ -7,6 +7,7 @@
 # concurrency.pools.default_limit to 10 or more (one machine, one GPU with room for them).
 #
 #   CPREC_PROFILE=study-gpu RESULTS_OUT=docs/RESULTS-gpu.md scripts/study_gpu.sh
+#   STUDY_PART=train scripts/study_gpu.sh; STUDY_PART=evaluate scripts/study_gpu.sh  # two calls
 set -euo pipefail
 PY=${PY:-python3}
 export CPREC_PROFILE=${CPREC_PROFILE:-study-gpu}
@@ -37,25 +38,33 @@ side_by_side() {
     return $failed
 }
 
+# STUDY_PART=train (corpus, CPT, SASRec, SFT) or evaluate (evaluation, leaderboard, results):
+# one part per call where a call's time is capped (a lent GPU machine); default: both
+PART=${STUDY_PART:-all}
+case $PART in all|train|evaluate) ;; *) echo "STUDY_PART must be all, train or evaluate"; exit 2;; esac
 started=$(date +%s)
-"$PY" -m cprec_assets.demo --stage corpus
-# the base model's cached checkpoint once, before the trainers start side by side
-read -r -a variants <<<"$("$PY" -c 'from cprec_assets.definitions import defs
+if [ "$PART" != evaluate ]; then "$PY" -m cprec_assets.demo --stage corpus; fi
+# one look-up process (each costs seconds of imports): the CPT variants, SFT systems and
+# domains, and the base model's cached checkpoint, built once before trainers start side by side
+{ read -r -a variants; read -r -a systems; read -r -a domains; } < <("$PY" -c 'import dagster as dg
+from cprec_assets.definitions import defs
+from cprec_assets.partitions import domain_partitions
 from cprec_core.models.loader import model_path
 profile = defs.resources["cprec"].load()
 if profile.model.name != "tiny-random":
     model_path(profile.model.name, profile.cache_dir)
-print(" ".join(profile.cpt.variants))')"
-read -r -a systems <<<"$("$PY" -c 'from cprec_assets.definitions import defs
-print(" ".join(defs.resources["cprec"].load().sft.systems))')"
-read -r -a domains <<<"$("$PY" -c 'import dagster as dg
-from cprec_assets.partitions import domain_partitions
-print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')"
-side_by_side cpt "${variants[@]/#/--variant=}"
-side_by_side sasrec "${domains[@]/#/--domain=}"
-pairs=()
-for d in "${domains[@]}"; do for s in "${systems[@]}"; do pairs+=("--domain=$d --system=$s"); done; done
-side_by_side sft "${pairs[@]}"
+print(" ".join(profile.cpt.variants))
+print(" ".join(profile.sft.systems))
+print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')
+if [ ${#domains[@]} -eq 0 ]; then echo "no domains found: run the corpus stage first"; exit 1; fi
+if [ "$PART" != evaluate ]; then
+    side_by_side cpt "${variants[@]/#/--variant=}"
+    side_by_side sasrec "${domains[@]/#/--domain=}"
+    pairs=()
+    for d in "${domains[@]}"; do for s in "${systems[@]}"; do pairs+=("--domain=$d --system=$s"); done; done
+    side_by_side sft "${pairs[@]}"
+fi
+if [ "$PART" = train ]; then echo "study training: $(( $(date +%s) - started )) s wall"; exit 0; fi
 side_by_side evaluation "${domains[@]/#/--domain=}"
 "$PY" -m cprec_assets.demo --stage summary
 echo "study: $(( $(date +%s) - started )) s wall"
