@@ -4,7 +4,7 @@
   ``raw_interactions``) re-materialises them, and a new ``domain`` partition is filled as soon
   as it appears; never while an upstream asset is missing or running, nor after a failed
   blocking check upstream.
-* Training assets (``TRAIN``: ``cpt_adapter``, ``sasrec``, ``sft_adapter``, ``llara_adapter``)
+* Training assets (``TRAIN``: ``cpt_adapter``, ``sasrec``, ``gru4rec``, ``sft_adapter``, ``llara_adapter``)
   and ``evaluation`` (``EVALUATE``): re-trained on the cron schedule ``RETRAIN_CRON``, once
   every upstream asset has been updated since the last cron tick (new data arrived), so a
   busy landing folder does not re-train on every file; a partition that is missing (a new

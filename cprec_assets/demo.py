@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in _chosen("--domain", args.domain, keys):
             if "sasrec" in parts:
                 run(f"domain[{key}]", dg.AssetSelection.assets(
-                    "domain_users", "sasrec", "candidate_sets"), instance, key)
+                    "domain_users", "sasrec", "gru4rec", "candidate_sets"), instance, key)
             if "sft" in parts:
                 for system in systems:
                     run(f"{sft_asset_name(system)}[{key}]",
@@ -113,13 +113,17 @@ def main(argv: list[str] | None = None) -> None:
                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
                      m["final_loss"], m["tokens_per_second"], m["dtype"]))
     print()
-    print("SASRec per target domain (full ranking over the domain's items, history excluded)")
+    print("SASRec and GRU4Rec per target domain (full ranking over the domain's items,"
+          " history excluded)")
     sas = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
-        m = json.loads((profile.domain_dir("sasrec", key) / "manifest.json").read_text())
-        sas.append((m["domain"], m["users"], m["shape"]["n_items"], m["epochs"],
-                    m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
-    print(md_table(["domain", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
+        for kind in ("sasrec", "gru4rec"):
+            path = profile.domain_dir(kind, key) / "manifest.json"
+            if path.is_file():
+                m = json.loads(path.read_text())
+                sas.append((m["domain"], kind, m["users"], m["shape"]["n_items"], m["epochs"],
+                            m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
+    print(md_table(["domain", "model", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
                     "test NDCG@10"], sas))
     print()
     print("SFT adapters (LLaRA recipe; hybrid = steps with the hybrid prompt)")

@@ -196,6 +196,25 @@ class SASRecConfig:
 
 
 @dataclass(frozen=True)
+class GRU4RecConfig:
+    """GRU4Rec per target domain (cprec_core.collab.gru4rec), the recurrent classic baseline:
+    RecBole's shape (item embeddings 64, one GRU layer of 128, dropout 0.3), trained like
+    SASRec (full-softmax cross-entropy, Adam, early stopping on validation NDCG@10)."""
+
+    hidden: int = 64
+    gru_hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.3
+    max_len: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     """Per-domain SFT with LLaRA's recipe (method.md section 2). ``systems`` lists which
     adapters the profile trains: ``llara`` (fresh LoRA) and ``cprec`` (LoRA initialised from
@@ -276,6 +295,7 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    gru4rec: GRU4RecConfig = field(default_factory=GRU4RecConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 

@@ -86,6 +86,7 @@ def fixture_config(tmp_path: Path, movielens_dir: Path) -> Path:
               "cpt": {"block_size": 128, "blocks_per_step": 4, "micro_batch": 2,
                       "checkpoint_every": 3, "lr": 1e-3, "max_tokens": 0, "dtype": "fp32"},
               "sasrec": {"max_epochs": 3, "max_len": 10},
+              "gru4rec": {"max_epochs": 3, "max_len": 10},
               # 8 items per target domain: 2 negatives instead of 19
               "sft": {"negatives": 2, "batch_size": 2, "micro_batch": 1, "max_samples": 8,
                       "checkpoint_every": 2, "dtype": "fp32"}}

@@ -3,7 +3,7 @@ and across domains (``leaderboard``)."""
 
 import dagster as dg
 
-from cprec_assets.assets.collab import sasrec
+from cprec_assets.assets.collab import gru4rec, sasrec
 from cprec_assets.assets.data import domain_users
 from cprec_assets.automation import DATA, EVALUATE
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
@@ -34,7 +34,7 @@ def twenty_distinct_candidates_with_the_target_once(cprec: CPRecConfig) -> dg.As
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"},
-          deps=[candidate_sets, sasrec, "llara_adapter", "sft_adapter", "cpt_adapter"],
+          deps=[candidate_sets, sasrec, gru4rec, "llara_adapter", "sft_adapter", "cpt_adapter"],
           pool=DUCKDB_POOL, partitions_def=domain_partitions, automation_condition=EVALUATE)
 def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.MaterializeResult:
     """Every system on the same candidate sets: classic rankings, and for the LLM systems

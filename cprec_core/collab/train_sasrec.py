@@ -1,13 +1,15 @@
-"""Train one SASRec per domain on its train split, early-stopped on the validation items.
+"""Train one SASRec (or GRU4Rec) per domain on its train split, early-stopped on the
+validation items.
 
-    python -m cprec_core.collab.train_sasrec --profile demo --domain crime
+    python -m cprec_core.collab.train_sasrec --profile demo --domain crime [--model gru4rec]
 
 Inputs are the rows of ``domain_users`` (history of global item ids, valid item, test item).
 Items are re-indexed per domain (1..N, 0 = padding); ``item_index.json`` maps them back.
 Training sequences are each user's train history (last ``max_len`` items), predicting every
 next item. Model selection: NDCG@10 of the validation item ranked among all the domain's
 items not in the history. Output folder: ``model.safetensors``, ``item_index.json``,
-``manifest.json`` (shape, config, metrics per epoch and of the best epoch).
+``manifest.json`` (model, shape, config, metrics per epoch and of the best epoch). SASRec
+and GRU4Rec share all of this; only the sequence encoder differs.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from cprec_core.collab.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.collab.sasrec import SASRec, SASRecShape, left_pad
-from cprec_core.config import SASRecConfig
+from cprec_core.config import GRU4RecConfig, SASRecConfig
 from cprec_core.domain_data import DomainData, load_domain_data
 
 
@@ -37,7 +40,7 @@ def rank_metrics(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> dic
     return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(ndcg.mean())}
 
 
-def evaluate(model: SASRec, histories: list[list[int]], targets: list[int], max_len: int,
+def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int], max_len: int,
              batch_size: int = 512) -> dict[str, float]:
     """Full ranking over the domain's items, history items excluded."""
     model.eval()
@@ -55,10 +58,27 @@ def evaluate(model: SASRec, histories: list[list[int]], targets: list[int], max_
     return {key: round(value / max(len(histories), 1), 4) for key, value in totals.items()}
 
 
-def train_sasrec(data: DomainData, cfg: SASRecConfig, out: Path, log=print) -> dict:
+MODELS = {"sasrec": (SASRec, SASRecShape), "gru4rec": (GRU4Rec, GRU4RecShape)}
+NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
+
+
+def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig) -> SASRec | GRU4Rec:
+    """A fresh model of ``kind`` whose shape fields come from ``cfg``."""
+    cls, shape_cls = MODELS[kind]
+    fields = {f.name for f in dataclasses.fields(shape_cls)} - {"n_items"}
+    return cls(shape_cls(n_items=n_items, **{k: getattr(cfg, k) for k in fields}))
+
+
+def train_gru4rec(data: DomainData, cfg: GRU4RecConfig, out: Path, log=print) -> dict:
+    return train_sasrec(data, cfg, out, log, kind="gru4rec")
+
+
+def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path, log=print,
+                 kind: str = "sasrec") -> dict:
+    name = NAMES[kind]
     if len(data.items) < 2 or not data.histories:
         raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
-                         f" {len(data.histories)} users: too little to train SASRec")
+                         f" {len(data.histories)} users: too little to train {name}")
     torch.manual_seed(cfg.seed)
     local = {item: i + 1 for i, item in enumerate(sorted(data.items))}
     hist = [[local[i] for i in h] for h in data.histories]
@@ -71,9 +91,7 @@ def train_sasrec(data: DomainData, cfg: SASRecConfig, out: Path, log=print) -> d
     test_hist = [hist[u] + [local[data.valid[u]]] for u in test_keep]
     test_target = [local[data.test[u]] for u in test_keep]
 
-    shape = SASRecShape(n_items=len(local), hidden=cfg.hidden, layers=cfg.layers,
-                        heads=cfg.heads, dropout=cfg.dropout, max_len=cfg.max_len)
-    model = SASRec(shape)
+    model = build_model(kind, len(local), cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_state, history, waited = -1.0, None, [], 0
@@ -101,8 +119,8 @@ def train_sasrec(data: DomainData, cfg: SASRecConfig, out: Path, log=print) -> d
     model.load_state_dict(best_state)
     best_epoch = max(history, key=lambda r: r["ndcg@10"])["epoch"]
     manifest = {
-        "domain": data.domain, "data_version": data.data_version,
-        "shape": dataclasses.asdict(shape),
+        "model": kind, "domain": data.domain, "data_version": data.data_version,
+        "shape": dataclasses.asdict(model.shape),
         "config": dataclasses.asdict(cfg), "users": len(hist), "train_sequences": len(train),
         "epochs": len(history), "best_epoch": best_epoch,
         "valid": evaluate(model, valid_hist, valid_target, cfg.max_len),
@@ -113,15 +131,17 @@ def train_sasrec(data: DomainData, cfg: SASRecConfig, out: Path, log=print) -> d
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     (out / "item_index.json").write_text(json.dumps(sorted(data.items)))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log(f"SASRec {data.domain}: {manifest['epochs']} epochs (best {best_epoch}),"
+    log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}),"
         f" valid {manifest['valid']}, test {manifest['test']}")
     return manifest
 
 
-def load_sasrec(folder: Path) -> tuple[SASRec, list[int]]:
-    """The trained model and its item index (position j holds the global id of item j + 1)."""
+def load_sasrec(folder: Path) -> tuple[SASRec | GRU4Rec, list[int]]:
+    """The trained model (SASRec, or GRU4Rec as its manifest says) and its item index
+    (position j holds the global id of item j + 1)."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    model = SASRec(SASRecShape(**manifest["shape"]))
+    cls, shape_cls = MODELS[manifest.get("model", "sasrec")]  # older manifests: SASRec
+    model = cls(shape_cls(**manifest["shape"]))
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.eval(), json.loads((folder / "item_index.json").read_text())
 
@@ -132,14 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     from cprec_core.cli import add_profile_arguments, profile_from_args
     from cprec_core.db import connect
 
-    parser = add_profile_arguments(argparse.ArgumentParser(description="SASRec for one domain"))
+    parser = add_profile_arguments(argparse.ArgumentParser(description="SASRec or GRU4Rec for one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    parser.add_argument("--model", choices=sorted(MODELS), default="sasrec")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
-    out = profile.domain_dir("sasrec", args.domain)
+    out = profile.domain_dir(args.model, args.domain)
     with connect(profile.database, read_only=True) as con:
         data = load_domain_data(con, args.domain)
-    train_sasrec(data, profile.sasrec, out)
+    train_sasrec(data, getattr(profile, args.model), out, kind=args.model)
     return 0
 
 

@@ -87,7 +87,9 @@ def item_knn(con: duckdb.DuckDBPyConnection, cases: Cases, all_domains: bool) ->
     return scores / norm[cases.candidates]
 
 
-def sasrec_scores(model, index: list[int], cases: Cases, max_len: int) -> np.ndarray:
+def sequential_scores(model, index: list[int], cases: Cases, max_len: int) -> np.ndarray:
+    """SASRec's or GRU4Rec's logits (the same interface) for each case's candidates, from
+    its history re-indexed to the model's item ids (``index``)."""
     from cprec_core.collab.sasrec import left_pad
 
     local = {item: j + 1 for j, item in enumerate(index)}

@@ -11,11 +11,11 @@ Two tables in the profile's database:
   ``valid_ratio``, ``hr@1`` over all cases, ``hr@1 (valid)`` over valid answers (LLaRA's
   and CPRec's definition; equal to ``hr@1`` for ranking), HR@3/5 and NDCG@3/5.
 
-Systems: random, popularity, item-kNN (domain and all domains), SASRec (validation and
-test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot`` (text prompt,
-when ``evaluation.zero_shot``) and every SFT adapter of ``sft.systems`` for each of its seeds,
-each by likelihood (sum and mean per token) and, with ``evaluation.generation``, greedy
-generation.
+Systems: random, popularity, item-kNN (domain and all domains), SASRec and GRU4Rec
+(validation and test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot``
+(text prompt, when ``evaluation.zero_shot``) and every SFT adapter of ``sft.systems`` for
+each of its seeds, each by likelihood (sum and mean per token) and, with
+``evaluation.generation``, greedy generation.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 from cprec_core.collab.train_sasrec import load_sasrec
 from cprec_core.config import Profile
 from cprec_core.domain_data import domain_for_slug
-from cprec_core.evaluation.baselines import Cases, item_knn, load_cases, popularity, sasrec_scores
+from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popularity,
+                                             sequential_scores)
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
 from cprec_core.provenance import git_revision
 
@@ -67,10 +68,11 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases) -> dict[str, 
         "item-knn (domain)": item_knn(con, cases, all_domains=False),
         "item-knn (all domains)": item_knn(con, cases, all_domains=True),
     }
-    folder = profile.domain_dir("sasrec", slug)
-    if (folder / "model.safetensors").is_file():
-        model, index = load_sasrec(folder)
-        scores["sasrec"] = sasrec_scores(model, index, cases, model.shape.max_len)
+    for kind in ("sasrec", "gru4rec"):  # each when its model is trained
+        folder = profile.domain_dir(kind, slug)
+        if (folder / "model.safetensors").is_file():
+            model, index = load_sasrec(folder)
+            scores[kind] = sequential_scores(model, index, cases, model.shape.max_len)
     return scores
 
 
@@ -165,6 +167,9 @@ def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=
 def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
                     profile: Profile, slug: str, with_llm: bool = True, log=print) -> list[tuple]:
     """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows.
+    Without ``with_llm`` only the classic systems are scored, and only their rows are
+    replaced: the LLM systems' rows stay (adding a classic baseline to an evaluation whose
+    LLM systems took hours to score).
 
     ``connect()`` opens the profile's database. The connection is closed while the LLM
     systems are scored (minutes to hours), so other domains' runs can use the file meanwhile.
@@ -205,8 +210,13 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     with connect() as con:
         con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
         try:
+            classic_systems = sorted({r[2] for r in results})  # every split's classic rows
             for table in ("evaluation_results", "evaluation_cases"):
-                con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+                if with_llm:
+                    con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+                else:
+                    con.execute(f"DELETE FROM {table} WHERE domain = ? AND list_contains(?, system)",
+                                [domain, classic_systems])
             columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
             revision = git_revision()
             con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
@@ -252,3 +262,29 @@ def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple
         SELECT domain, system, seed, round(valid_ratio, 3) FROM evaluation_results
         WHERE family = 'generation' AND subset = 'all' AND valid_ratio < ?
         ORDER BY domain, system, seed""", [floor]).fetchall()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cprec_core.evaluation.evaluate --profile study --domain crime
+    [--classic-only]``: the evaluation asset's work without Dagster; ``--classic-only``
+    re-scores the classic systems and keeps the LLM systems' rows. Rebuild the leaderboard
+    afterwards (the ``leaderboard`` asset, or ``python -m cprec_core.evaluation.leaderboard``)."""
+    import argparse
+
+    from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.db import connect
+
+    parser = add_profile_arguments(argparse.ArgumentParser(description="evaluate one domain"))
+    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    parser.add_argument("--classic-only", action="store_true",
+                        help="score the classic systems only and keep the LLM systems' rows")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+    rows = evaluate_domain(lambda: connect(profile.database), profile, args.domain,
+                           with_llm=not args.classic_only)
+    print(f"{args.domain}: {len(rows)} result rows written to {profile.database}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

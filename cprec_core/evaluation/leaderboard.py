@@ -29,7 +29,7 @@ from scipy.stats import binomtest
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
 CPREC_FAMILY = ("cprec", "cprec_zero_shot")  # and every cprec_<variant>
 ORDER = ("random", "popularity", "item-knn (domain)", "item-knn (all domains)", "sasrec",
-         "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+         "gru4rec", "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
          "cprec_shuffled_control")
 
 SCHEMA = """
@@ -220,3 +220,25 @@ def leaderboard_chart(con: duckdb.DuckDBPyConnection, png_path: Path) -> Path:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cprec_core.evaluation.leaderboard --profile study``: the leaderboard
+    asset's tables and chart rebuilt from the evaluation rows, without Dagster."""
+    import argparse
+
+    from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.db import connect
+
+    parser = add_profile_arguments(argparse.ArgumentParser(description="rebuild the leaderboard"))
+    profile = profile_from_args(parser.parse_args(argv))
+    with connect(profile.database) as con:
+        counts = build_leaderboard(con, profile.evaluation.bootstrap)
+        png = leaderboard_chart(con, profile.root / "leaderboard.png")
+        print(leaderboard_markdown(con))
+    print(f"leaderboard: {counts}; chart {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ from cprec_assets.assets import data
 from cprec_assets.assets import collab, evaluate
 from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks, sft_assets
 from cprec_assets.resources import CPRecConfig
+from cprec_core.evaluation.evaluate import evaluate_domain
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
          data.cpt_corpus]
@@ -20,7 +21,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     resources = {"cprec": cprec, "pipes_subprocess_client": dg.PipesSubprocessClient()}
     command = accelerate_command(cprec, "cprec_core.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
-    everything = [*STAGE, data.domain_users, collab.sasrec, *cpt_assets, *sft_assets,
+    everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
                   evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
                   evaluate.every_system_saw_the_stored_candidate_sets,
                   evaluate.valid_ratio_above_floor, *checks.data_checks, *cpt_checks]
@@ -30,7 +31,8 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         assert result.success
         meta = result.asset_materializations_for_node("cpt_adapter")[0].metadata
         per_domain = dg.materialize(
-            everything, selection=["domain_users", "sasrec", "sft_adapter", "llara_adapter"],
+            everything, selection=["domain_users", "sasrec", "gru4rec", "sft_adapter",
+                                   "llara_adapter"],
             partition_key="crime", resources=resources, instance=instance)
         assert per_domain.success
         sft = per_domain.asset_materializations_for_node("sft_adapter")[0].metadata
@@ -39,10 +41,22 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
         results = scored.asset_materializations_for_node("evaluation")[0].metadata["results"].value
+        # re-scoring the classic systems alone keeps the LLM systems' rows as they were
+        count = "SELECT system, count(*) FROM evaluation_cases GROUP BY ALL ORDER BY ALL"
+        with cprec.connect() as con:
+            before = con.execute(count).fetchall()
+        evaluate_domain(cprec.connect, cprec.load(), "crime", with_llm=False)
+        with cprec.connect() as con:
+            assert con.execute(count).fetchall() == before
+            assert {"llara", "gru4rec"} <= {r[0] for r in before}
         board = dg.materialize(everything, selection=["leaderboard"], resources=resources,
                                instance=instance)
         assert board.success
         board_meta = board.asset_materializations_for_node("leaderboard")[0].metadata
+    # the classic systems rank the same candidate sets: GRU4Rec beside SASRec
+    for system in ("popularity", "item-knn (all domains)", "sasrec", "gru4rec"):
+        assert f"| {system} | ranking |" in results, system
+    assert per_domain.asset_materializations_for_node("gru4rec")[0].metadata["epochs"].value >= 1
     # every LLM system is ranked by likelihood and answers by generation, same candidate sets
     for system in ("cprec", "llara", "base", "cprec_zero_shot"):
         for family in ("likelihood (mean)", "likelihood (sum)", "generation"):
@@ -64,6 +78,12 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
     assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()
+    # the same without Dagster: classic systems re-scored alone, then the leaderboard rebuilt
+    from cprec_core.evaluation.evaluate import main as evaluate_cli
+    from cprec_core.evaluation.leaderboard import main as leaderboard_cli
+    args = ["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]
+    assert evaluate_cli([*args, "--domain", "crime", "--classic-only"]) == 0
+    assert leaderboard_cli(args) == 0
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"
     assert meta["tokens"].value > 0 and meta["tokens_per_second"].value > 0
