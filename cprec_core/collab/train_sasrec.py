@@ -40,8 +40,8 @@ def rank_metrics(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> dic
     return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(ndcg.mean())}
 
 
-def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int], max_len: int,
-             batch_size: int = 512) -> dict[str, float]:
+def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int],
+             max_len: int, batch_size: int = 512) -> dict[str, float]:
     """Full ranking over the domain's items, history items excluded."""
     model.eval()
     totals = {"hr@10": 0.0, "ndcg@10": 0.0}
@@ -70,11 +70,14 @@ def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig) -> S
 
 
 def train_gru4rec(data: DomainData, cfg: GRU4RecConfig, out: Path, log=print) -> dict:
-    return train_sasrec(data, cfg, out, log, kind="gru4rec")
+    return train_sasrec(data, cfg, out, log)
 
 
-def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path, log=print,
-                 kind: str = "sasrec") -> dict:
+def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path,
+                 log=print) -> dict:
+    """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
+    and saved to ``out``; returns its manifest."""
+    kind = "gru4rec" if isinstance(cfg, GRU4RecConfig) else "sasrec"
     name = NAMES[kind]
     if len(data.items) < 2 or not data.histories:
         raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     out = profile.domain_dir(args.model, args.domain)
     with connect(profile.database, read_only=True) as con:
         data = load_domain_data(con, args.domain)
-    train_sasrec(data, getattr(profile, args.model), out, kind=args.model)
+    train_sasrec(data, getattr(profile, args.model), out)
     return 0
 
 

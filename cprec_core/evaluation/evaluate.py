@@ -210,13 +210,13 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     with connect() as con:
         con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
         try:
-            classic_systems = sorted({r[2] for r in results})  # every split's classic rows
             for table in ("evaluation_results", "evaluation_cases"):
                 if with_llm:
                     con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-                else:
-                    con.execute(f"DELETE FROM {table} WHERE domain = ? AND list_contains(?, system)",
-                                [domain, classic_systems])
+                else:  # the rows of the classic systems just scored, every split
+                    con.execute(f"DELETE FROM {table} WHERE domain = ?"
+                                " AND list_contains(?, system)",
+                                [domain, sorted({r[2] for r in results})])
             columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
             revision = git_revision()
             con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
