@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from cprec_core.collab.next_item import NextItemModel
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class GRU4RecShape:
     max_len: int = 50
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(NextItemModel):
     def __init__(self, shape: GRU4RecShape):
         super().__init__()
         self.shape = shape
@@ -59,22 +60,5 @@ class GRU4Rec(nn.Module):
         states, _ = self.gru(packed)
         states = pad_packed_sequence(states, batch_first=True, total_length=n)[0]
         states = states * (cols < lengths[:, None])[..., None]  # an empty row stays zero
-        back = states.gather(1, ((cols - pad[:, None]) % n)[..., None].expand(-1, -1, states.shape[-1]))
-        return self.out(back) * (seq != 0)[..., None]
-
-    def loss(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-item cross-entropy at every non-padding position (targets 0 are ignored)."""
-        logits = self(seq) @ self.items.weight[1:].t()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1) - 1,
-                               ignore_index=-1)
-
-    def scores(self, seq: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of the next item after each history: all items (batch, n_items), column j
-        for item j + 1, or the given candidates (batch, k)."""
-        last = self(seq)[:, -1]
-        if candidates is None:
-            return last @ self.items.weight[1:].t()
-        return torch.einsum("bh,bkh->bk", last, self.items(candidates))
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.items.weight.detach()
+        back = ((cols - pad[:, None]) % n)[..., None].expand(-1, -1, states.shape[-1])
+        return self.out(states.gather(1, back)) * (seq != 0)[..., None]  # left-padded again

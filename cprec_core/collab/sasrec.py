@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cprec_core.collab.next_item import NextItemModel
+
 
 @dataclass(frozen=True)
 class SASRecShape:
@@ -51,7 +53,7 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
-class SASRec(nn.Module):
+class SASRec(NextItemModel):
     def __init__(self, shape: SASRecShape):
         super().__init__()
         self.shape = shape
@@ -80,23 +82,6 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)
-
-    def loss(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-item cross-entropy at every non-padding position (targets 0 are ignored)."""
-        logits = self(seq) @ self.items.weight[1:].t()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1) - 1,
-                               ignore_index=-1)
-
-    def scores(self, seq: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of the next item after each history: all items (batch, n_items), column j
-        for item j + 1, or the given candidates (batch, k)."""
-        last = self(seq)[:, -1]
-        if candidates is None:
-            return last @ self.items.weight[1:].t()
-        return torch.einsum("bh,bkh->bk", last, self.items(candidates))
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.items.weight.detach()
 
 
 def left_pad(histories: list[list[int]], max_len: int) -> torch.Tensor:
