@@ -10,7 +10,9 @@
 * ``likelihood + generation``: the same plus greedy answers for the paper's ValidRatio / HR@1,
   at most ``--max-new-tokens`` tokens: read off the tree forward where the answer follows a
   candidate title, decoded from the forward's KV cache otherwise: what the evaluation asset
-  runs per case.
+  runs per case. The answers to decode are gathered over batches and decoded
+  ``LLMScorer.decode_rows`` (64) rows at a time; once more before it, timed in the same run,
+  with each batch's answers decoded on their own (at most ``--batch-size`` rows per step).
 * the batched likelihood mode once more, timed first, with glibc's default heap: before
   ``keep_freed_heap`` (``cprec_core/allocator.py``), which every other mode runs with.
   The page-fault column shows what it saves.
@@ -76,14 +78,21 @@ def main() -> None:
     scorer = LLMScorer.load(profile, args.domain, args.system, profile.sft.seeds[0])
     batch = args.batch_size
     default_heap = f"likelihood (tree mask, batch {batch}), glibc's default heap"
+
+    def generate(ss, decode_rows: int):
+        scorer.decode_rows = decode_rows
+        return scorer.evaluate(ss, titles, batch, generate=True, max_new_tokens=args.max_new_tokens)
+
     modes = {  # in this order: the default heap first, then keep_freed_heap for the rest
         default_heap: lambda ss: scorer.evaluate(ss, titles, batch, generate=False),
         "naive (20 forwards)": lambda ss: [scorer.score_naive(s, titles) for s in ss],
         "likelihood (tree mask, batch 1)": lambda ss: [r for s in ss for r in scorer.score([s], titles)],
         f"likelihood (tree mask, batch {batch})": lambda ss: scorer.evaluate(
             ss, titles, batch, generate=False),
-        f"likelihood + generation (batch {batch})": lambda ss: scorer.evaluate(
-            ss, titles, batch, generate=True, max_new_tokens=args.max_new_tokens),
+        f"likelihood + generation (batch {batch}), each batch's answers decoded alone":
+            lambda ss: generate(ss, decode_rows=1),
+        f"likelihood + generation (batch {batch})": lambda ss: generate(
+            ss, decode_rows=LLMScorer.decode_rows),
     }
     timings, faults, results = {}, {}, {}
     for name, fn in modes.items():
@@ -100,6 +109,8 @@ def main() -> None:
     same_top = float(np.mean(naive.argmax(1) == tree.argmax(1)))
     gen = results[f"likelihood + generation (batch {batch})"]
     valid = float(np.mean([r.chosen is not None for r in gen]))
+    alone = results[f"likelihood + generation (batch {batch}), each batch's answers decoded alone"]
+    same_answers = float(np.mean([a.answer == b.answer for a, b in zip(gen, alone)]))
     base = timings["naive (20 forwards)"]
     print(f"{args.system} on {domain}, {len(samples) - 2} timed test cases, {scorer.dtype},"
           f" {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
@@ -109,7 +120,8 @@ def main() -> None:
     print(f"\nnaive vs tree scores: mean |diff| {np.abs(naive - tree).mean():.4f},"
           f" max {np.abs(naive - tree).max():.4f} nats,"
           f" same top candidate in {same_top:.0%} of cases (bf16 rounding differs)")
-    print(f"generation: ValidRatio {valid:.2f}; first answer {gen[0].answer!r}")
+    print(f"generation: ValidRatio {valid:.2f}; first answer {gen[0].answer!r}; the same"
+          f" answer decoded alone and with other batches' rows in {same_answers:.0%} of cases")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -16,8 +16,12 @@ Generation (the paper's protocol): greedy, at most ``max_new_tokens``, a row sto
 a newline. While the greedy tokens follow a candidate title the tree forward already holds
 every next argmax, so such answers need no decoding step (``greedy_walk``); the other rows
 decode from the same forward's KV cache cut back to the (right-padded) prompts, without a
-second prefill. The first line is valid iff exactly one candidate title occurs in it;
-HitRatio@1 counts valid answers that name the target.
+second prefill. ``evaluate`` gathers those rows over batches and decodes up to
+``decode_rows`` (64) of them together: a decoding step reads all the weights whatever its
+number of rows (benchmarks/README.md), so this takes 10 % off generation when most answers
+are decoded. As with any batching in bf16, which rows share a step can change an answer
+whose top two tokens are close. The first line is valid iff exactly one candidate title
+occurs in it; HitRatio@1 counts valid answers that name the target.
 
 Systems: SFT adapters (``llara``, ``cprec``, ``cprec_<variant>``) read LLaRA's hybrid
 prompt, with projected SASRec embeddings at the ``[emb]`` slots. The zero-shot systems
@@ -36,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AttentionInterface, AttentionMaskInterface, AutoTokenizer
+from transformers import AttentionInterface, AttentionMaskInterface, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -149,6 +153,23 @@ AttentionMaskInterface.register("cprec_tree", sdpa_mask)
 
 
 @dataclass
+class _Pending:
+    """Rows of one tree forward whose greedy answers still need decoding."""
+
+    cache: DynamicCache  # their rows, cut to the prompt columns
+    width: int  # prompt columns (right-padded)
+    lengths: torch.Tensor  # each row's prompt length (CPU)
+    first: list[int]  # each row's first answer token
+    rows: list  # (CaseResult, SFTSample) to fill in
+
+    def compact(self) -> None:
+        """Own copies of the prompt columns, so the forward's whole cache (continuation
+        columns too) is freed while this job waits for other batches' rows."""
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()
+
+
+@dataclass
 class CaseResult:
     summed: np.ndarray  # (n_candidates,) summed log-probability of each continuation
     mean: np.ndarray  # per token
@@ -171,6 +192,7 @@ class LLMScorer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     answers_read_off: int = 0  # greedy answers taken from the tree forward, no decoding
     answers_decoded: int = 0
+    decode_rows: int = 64  # pending answers of several batches decoded together (evaluate)
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -263,7 +285,17 @@ class LLMScorer:
     def score(self, samples: list[SFTSample], titles: dict[int, str], generate: bool = False,
               max_new_tokens: int = 32) -> list[CaseResult]:
         """Likelihood of every candidate of every case, and with ``generate`` the greedy
-        answer, from one forward per batch of cases.
+        answer, from one forward of the batch (``_tree``) and, for the answers that leave
+        the candidate titles, decoding from its prompt cache (``_decode``)."""
+        results, pending = self._tree(samples, titles, generate, max_new_tokens)
+        if pending:
+            self._decode([pending], titles, max_new_tokens)
+        return results
+
+    def _tree(self, samples: list[SFTSample], titles: dict[int, str], generate: bool,
+              max_new_tokens: int) -> tuple[list[CaseResult], _Pending | None]:
+        """Likelihoods and, with ``generate``, the greedy answers that the forward already
+        holds; the other rows come back as a ``_Pending`` decoding job.
 
         Row b of the batch: the prompt, right padding to the widest prompt (``w`` columns),
         then the 20 continuations' input tokens (each title without its final EOS, which is
@@ -332,38 +364,67 @@ class LLMScorer:
             tops.append(top)
             results.append(CaseResult(summed, summed / np.asarray([len(c) for c in conts[b]],
                                                                   float)))
+        pending = None
         if generate:
-            answers = self._answers(out.cache, w, lengths, first_top.tolist(), conts, tops,
-                                    max_new_tokens)
-            for result, sample, answer in zip(results, samples, answers):
-                result.answer, result.chosen = answer, parse_answer(answer, sample, titles)
-        return results
+            pending = self._read_off(out.cache, w, lengths, first_top.tolist(), conts, tops,
+                                     results, samples, titles, max_new_tokens)
+        return results, pending
 
     def _ends_line(self, token: int) -> bool:
         return "\n" in self.tokenizer.decode([token])
 
-    def _answers(self, cache, w: int, lengths: torch.Tensor, first: list[int],
-                 conts: list[list[list[int]]], tops: list[list[list[int]]],
-                 max_new_tokens: int) -> list[str]:
-        """Greedy answers: read off the tree forward where they follow a candidate title
-        (``greedy_walk``), decoded from the prompt cache for the rest of the rows."""
+    def _set_answer(self, result: CaseResult, sample: SFTSample, tokens: list[int],
+                    titles: dict[int, str]) -> None:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        result.answer = text.lstrip(" ").split("\n", 1)[0]
+        result.chosen = parse_answer(result.answer, sample, titles)
+
+    def _read_off(self, cache, w: int, lengths: torch.Tensor, first: list[int],
+                  conts: list[list[list[int]]], tops: list[list[list[int]]],
+                  results: list[CaseResult], samples: list[SFTSample], titles: dict[int, str],
+                  max_new_tokens: int) -> _Pending | None:
+        """Greedy answers read off the tree forward where they follow a candidate title
+        (``greedy_walk``); the rest of the rows, with their prompt columns of the cache, as
+        a job for ``_decode``."""
         eos = self.tokenizer.eos_token_id
         tokens = [greedy_walk(f, cs, ts, eos, self._ends_line, max_new_tokens)
                   for f, cs, ts in zip(first, conts, tops)]
         pending = [b for b, t in enumerate(tokens) if t is None]
         self.answers_read_off += len(tokens) - len(pending)
         self.answers_decoded += len(pending)
-        if pending:
-            cache.crop(w - cache.get_seq_length())  # negative: keep the first w columns
-            if len(pending) < len(tokens):
-                cache.batch_select_indices(torch.tensor(pending, device=self.device))
-            attention = (torch.arange(w)[None, :] < lengths[pending, None]).long()
-            decoded = self._greedy(cache, [first[b] for b in pending], attention.to(self.device),
-                                   lengths[pending].to(self.device), max_new_tokens)
-            for b, t in zip(pending, decoded):
-                tokens[b] = t
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-        return [t.lstrip(" ").split("\n", 1)[0] for t in texts]
+        for b, t in enumerate(tokens):
+            if t is not None:
+                self._set_answer(results[b], samples[b], t, titles)
+        if not pending:
+            return None
+        cache.crop(w - cache.get_seq_length())  # negative: keep the first w columns
+        if len(pending) < len(tokens):
+            cache.batch_select_indices(torch.tensor(pending, device=self.device))
+        return _Pending(cache, w, lengths[pending], [first[b] for b in pending],
+                        [(results[b], samples[b]) for b in pending])
+
+    def _decode(self, jobs: list[_Pending], titles: dict[int, str], max_new_tokens: int) -> None:
+        """Greedy decoding of the pending rows of one or more tree forwards at once: a
+        decoding step reads every weight of the model whatever its number of rows, so more
+        rows per step cost little more (benchmarks/README.md). The jobs' prompt caches are
+        right-padded to the widest and stacked."""
+        width = max(j.width for j in jobs)
+        if len(jobs) == 1:
+            cache = jobs[0].cache
+        else:
+            cache = DynamicCache(config=self.model.config)
+            for i, layer in enumerate(jobs[0].cache.layers):
+                keys = [F.pad(j.cache.layers[i].keys, (0, 0, 0, width - j.width)) for j in jobs]
+                values = [F.pad(j.cache.layers[i].values, (0, 0, 0, width - j.width))
+                          for j in jobs]
+                cache.update(torch.cat(keys), torch.cat(values), i)
+        lengths = torch.cat([j.lengths for j in jobs])
+        attention = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        decoded = self._greedy(cache, [t for j in jobs for t in j.first],
+                               attention.to(self.device), lengths.to(self.device),
+                               max_new_tokens)
+        for (result, sample), tokens in zip([r for j in jobs for r in j.rows], decoded):
+            self._set_answer(result, sample, tokens, titles)
 
     def _greedy(self, cache, first: list[int], attention: torch.Tensor,
                 positions: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
@@ -405,13 +466,23 @@ class LLMScorer:
 
         order = sorted(range(len(samples)), key=lambda i: length(samples[i]))
         results: list[CaseResult | None] = [None] * len(samples)
-        for start in range(0, len(samples), batch_size):
-            batch = order[start:start + batch_size]
-            for i, result in zip(batch, self.score([samples[i] for i in batch], titles,
-                                                   generate, max_new_tokens)):
-                results[i] = result
-            if progress:
-                progress(min(start + batch_size, len(samples)), len(samples))
+        jobs: list[_Pending] = []
+        with torch.no_grad():
+            for start in range(0, len(samples), batch_size):
+                batch = order[start:start + batch_size]
+                scored, pending = self._tree([samples[i] for i in batch], titles, generate,
+                                             max_new_tokens)
+                for i, result in zip(batch, scored):
+                    results[i] = result
+                jobs += [pending] if pending else []
+                last = start + batch_size >= len(samples)
+                if jobs and (last or sum(len(j.first) for j in jobs) >= self.decode_rows):
+                    self._decode(jobs, titles, max_new_tokens)
+                    jobs = []
+                elif pending:
+                    pending.compact()
+                if progress:
+                    progress(min(start + batch_size, len(samples)), len(samples))
         return results
 
     @torch.no_grad()

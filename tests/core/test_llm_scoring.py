@@ -87,8 +87,17 @@ def test_batched_greedy_answers_equal_uncached_unpadded_decoding():
     answers = [r.answer for r in s.score(cases, TITLES, generate=True, max_new_tokens=6)]
     assert answers == [greedy_reference(s, c, 6) for c in cases]
     assert all(answers)  # the random model does not stop at once: the test compares tokens
+    # one case per forward; the two prompt caches (of different widths) decoded together
+    decoded_rows = []
+    greedy = s._greedy
+    s._greedy = lambda cache, first, *args: decoded_rows.append(len(first)) or greedy(cache, first, *args)
     results = s.evaluate(cases, TITLES, batch_size=1, generate=True, max_new_tokens=6)
+    assert decoded_rows == [2]
     assert [r.answer for r in results] == answers
+    s.decode_rows = 1  # each forward's rows decoded on their own: the same answers
+    decoded_rows.clear()
+    assert [r.answer for r in s.evaluate(cases, TITLES, 1, True, 6)] == answers
+    assert decoded_rows == [1, 1]
     assert [r.chosen for r in results] == [parse_answer(a, c, TITLES) for a, c in zip(answers, cases)]
 
 
