@@ -160,7 +160,7 @@ class _Pending:
     width: int  # prompt columns (right-padded)
     lengths: torch.Tensor  # each row's prompt length (CPU)
     first: list[int]  # each row's first answer token
-    rows: list  # (CaseResult, SFTSample) to fill in
+    rows: list[tuple[CaseResult, SFTSample]]  # to fill in
 
     def compact(self) -> None:
         """Own copies of the prompt columns, so the forward's whole cache (continuation
@@ -413,7 +413,7 @@ class LLMScorer:
             cache = jobs[0].cache
         else:
             cache = DynamicCache(config=self.model.config)
-            for i, layer in enumerate(jobs[0].cache.layers):
+            for i in range(len(jobs[0].cache.layers)):
                 keys = [F.pad(j.cache.layers[i].keys, (0, 0, 0, width - j.width)) for j in jobs]
                 values = [F.pad(j.cache.layers[i].values, (0, 0, 0, width - j.width))
                           for j in jobs]
