@@ -27,6 +27,26 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     return profile
 
 
+def run_tool(work: Callable[[], object], database) -> int:
+    """A ``python -m`` tool that reads the profile's database: a missing database, bad input
+    (``ValueError``: a partition key, a config value, too little data), a table not built
+    yet or a locked file end as one line and exit status 2, not a traceback."""
+    import duckdb
+
+    from cprec_core.db import DatabaseBusy
+
+    if not database.is_file():
+        print(f"error: {database} does not exist: materialise the profile first",
+              file=sys.stderr)
+        return 2
+    try:
+        work()
+    except (ValueError, duckdb.Error, DatabaseBusy) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_reporter_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--reporter", help="module:function returning a reporter context"
                         " (default: stdout); the Dagster assets pass their Pipes reporter")

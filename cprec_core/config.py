@@ -177,6 +177,18 @@ class CPTConfig:
             raise ConfigError(f"cpt.dtype {self.dtype!r} is not auto, bf16 or fp32")
 
 
+def _check_next_item(cfg, section: str) -> None:
+    """SASRec's and GRU4Rec's settings: sizes and counts at least 1, a dropout probability,
+    a positive learning rate."""
+    for name in ("hidden", "layers", "max_len", "batch_size", "max_epochs", "patience"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{section}.{name} must be at least 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"{section}.dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"{section}.lr must be positive, got {cfg.lr}")
+
+
 @dataclass(frozen=True)
 class SASRecConfig:
     """SASRec per target domain (cprec_core.collab.sasrec): RecBole's shape (d=64, 2 blocks,
@@ -193,6 +205,12 @@ class SASRecConfig:
     max_epochs: int = 200
     patience: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_next_item(self, "sasrec")
+        if self.heads < 1 or self.hidden % self.heads:
+            raise ConfigError(f"sasrec.heads must divide sasrec.hidden ({self.hidden}),"
+                              f" got {self.heads}")
 
 
 @dataclass(frozen=True)
@@ -212,6 +230,11 @@ class GRU4RecConfig:
     max_epochs: int = 200
     patience: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_next_item(self, "gru4rec")
+        if self.gru_hidden < 1:
+            raise ConfigError(f"gru4rec.gru_hidden must be at least 1, got {self.gru_hidden}")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import duckdb
 
-from cprec_core.cli import add_profile_arguments, profile_from_args
+from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
 from cprec_core.config import Profile
-from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
+from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
+                                               leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision
 from cprec_core.reporting import corpus_summary, md_table
 
@@ -138,23 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/RESULTS.md")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
-    if not profile.database.is_file():
-        print(f"error: {profile.database} does not exist: materialise the profile first",
-              file=sys.stderr)
-        return 2
     out = Path(args.out)
-    with duckdb.connect(str(profile.database)) as con:
-        tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
-        if "evaluation_cases" not in tables:
-            print(f"error: {profile.database} has no evaluation: materialise `evaluation`",
-                  file=sys.stderr)
-            return 2
-        build_leaderboard(con, profile.evaluation.bootstrap)
-        chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
-        command = "python -m cprec_core.results " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-        out.write_text(render(con, profile, command, chart, (out, chart)))
-    print(f"wrote {out} and {chart}")
-    return 0
+
+    def work() -> None:
+        with duckdb.connect(str(profile.database)) as con:
+            require_evaluation(con, profile.database)
+            build_leaderboard(con, profile.evaluation.bootstrap)
+            chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
+            command = "python -m cprec_core.results " + " ".join(
+                map(shlex.quote, argv or sys.argv[1:]))
+            out.write_text(render(con, profile, command, chart, (out, chart)))
+        print(f"wrote {out} and {chart}")
+
+    return run_tool(work, profile.database)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ case $PART in all|train|evaluate) ;; *) echo "STUDY_PART must be all, train or e
 started=$(date +%s)
 if [ "$PART" != evaluate ]; then "$PY" -m cprec_assets.demo --stage corpus; fi
 # one look-up process (each costs seconds of imports): the CPT variants, SFT systems and
-# domains, and the base model's cached checkpoint, built once before trainers start side by side
-{ read -r -a variants; read -r -a systems; read -r -a domains; } < <("$PY" -c 'import dagster as dg
+# domains, and the base model's cached checkpoint, built once before trainers start side by
+# side; a failing look-up (a bad config, say) stops the script here with its error (set -e)
+lookup=$("$PY" -c 'import dagster as dg
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.models.loader import model_path
@@ -56,6 +57,7 @@ if profile.model.name != "tiny-random":
 print(" ".join(profile.cpt.variants))
 print(" ".join(profile.sft.systems))
 print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')
+{ read -r -a variants; read -r -a systems; read -r -a domains; } <<<"$lookup"
 if [ ${#domains[@]} -eq 0 ]; then echo "no domains found: run the corpus stage first"; exit 1; fi
 if [ "$PART" != evaluate ]; then
     side_by_side cpt "${variants[@]/#/--variant=}"

@@ -152,19 +152,23 @@ def load_sasrec(folder: Path) -> tuple[SASRec | GRU4Rec, list[int]]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
     from cprec_core.db import connect
 
-    parser = add_profile_arguments(argparse.ArgumentParser(description="SASRec or GRU4Rec for one domain"))
+    parser = add_profile_arguments(
+        argparse.ArgumentParser(description="SASRec or GRU4Rec for one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
     parser.add_argument("--model", choices=sorted(MODELS), default="sasrec")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
-    out = profile.domain_dir(args.model, args.domain)
-    with connect(profile.database, read_only=True) as con:
-        data = load_domain_data(con, args.domain)
-    train_sasrec(data, getattr(profile, args.model), out)
-    return 0
+
+    def work() -> None:
+        out = profile.domain_dir(args.model, args.domain)
+        with connect(profile.database, read_only=True) as con:
+            data = load_domain_data(con, args.domain)
+        train_sasrec(data, getattr(profile, args.model), out)
+
+    return run_tool(work, profile.database)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     afterwards (the ``leaderboard`` asset, or ``python -m cprec_core.evaluation.leaderboard``)."""
     import argparse
 
-    from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
     from cprec_core.db import connect
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="evaluate one domain"))
@@ -280,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="score the classic systems only and keep the LLM systems' rows")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
-    rows = evaluate_domain(lambda: connect(profile.database), profile, args.domain,
-                           with_llm=not args.classic_only)
-    print(f"{args.domain}: {len(rows)} result rows written to {profile.database}")
-    return 0
+
+    def work() -> None:
+        rows = evaluate_domain(lambda: connect(profile.database), profile, args.domain,
+                               with_llm=not args.classic_only)
+        print(f"{args.domain}: {len(rows)} result rows written to {profile.database}")
+
+    return run_tool(work, profile.database)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from scipy.stats import binomtest
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
 CPREC_FAMILY = ("cprec", "cprec_zero_shot")  # and every cprec_<variant>
 ORDER = ("random", "popularity", "item-knn (domain)", "item-knn (all domains)", "sasrec",
-         "gru4rec", "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-         "cprec_shuffled_control")
+         "gru4rec", "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only",
+         "cprec_ds_mix_shuffled", "cprec_shuffled_control")
 
 SCHEMA = """
 CREATE OR REPLACE TABLE leaderboard (
@@ -91,6 +91,12 @@ def _hits(con, domain: str, system: str, family: str) -> tuple[np.ndarray, list[
     if not rows:
         return np.zeros((0, 0), bool), []
     return np.asarray([r[1] for r in rows], bool).T, [r[0] for r in rows]
+
+
+def require_evaluation(con: duckdb.DuckDBPyConnection, database) -> None:
+    """A clear error where the database holds no evaluation to rank yet."""
+    if "evaluation_cases" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        raise ValueError(f"{database} has no evaluation: materialise `evaluation`")
 
 
 def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> dict:
@@ -227,17 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     asset's tables and chart rebuilt from the evaluation rows, without Dagster."""
     import argparse
 
-    from cprec_core.cli import add_profile_arguments, profile_from_args
+    from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
     from cprec_core.db import connect
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="rebuild the leaderboard"))
     profile = profile_from_args(parser.parse_args(argv))
-    with connect(profile.database) as con:
-        counts = build_leaderboard(con, profile.evaluation.bootstrap)
-        png = leaderboard_chart(con, profile.root / "leaderboard.png")
-        print(leaderboard_markdown(con))
-    print(f"leaderboard: {counts}; chart {png}")
-    return 0
+
+    def work() -> None:
+        with connect(profile.database) as con:
+            require_evaluation(con, profile.database)
+            counts = build_leaderboard(con, profile.evaluation.bootstrap)
+            png = leaderboard_chart(con, profile.root / "leaderboard.png")
+            print(leaderboard_markdown(con))
+        print(f"leaderboard: {counts}; chart {png}")
+
+    return run_tool(work, profile.database)
 
 
 if __name__ == "__main__":

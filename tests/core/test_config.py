@@ -45,3 +45,14 @@ def test_evaluation_and_seed_settings_out_of_range_fail_at_load():
         load_profile("demo", {"evaluation": {"valid_ratio_floor": 1.5}})
     with pytest.raises(ConfigError, match="sft.seeds must be distinct"):
         load_profile("demo", {"sft": {"seeds": [0, 0]}})
+
+
+def test_next_item_model_settings_out_of_range_fail_at_load():
+    with pytest.raises(ConfigError, match="gru4rec.hidden must be at least 1"):
+        load_profile("demo", {"gru4rec": {"hidden": 0}})
+    with pytest.raises(ConfigError, match=r"sasrec.dropout must be in \[0, 1\)"):
+        load_profile("demo", {"sasrec": {"dropout": 1.0}})
+    with pytest.raises(ConfigError, match="gru4rec.lr must be positive"):
+        load_profile("demo", {"gru4rec": {"lr": 0}})
+    with pytest.raises(ConfigError, match=r"sasrec.heads must divide sasrec.hidden \(64\)"):
+        load_profile("demo", {"sasrec": {"heads": 3}})
