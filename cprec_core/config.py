@@ -388,16 +388,16 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
-    # and CPRec over three seeds, every test user (11 LLM system runs x 1,207 cases). Sized
-    # for two hours end to end on 2 cores: 100k CPT tokens per variant, 64 SFT samples per
-    # domain. Much smaller sizes do not save time: at 56k tokens / 40 samples the weaker
-    # adapters' answers leave the titles and are decoded to the cap, so scoring slows.
+    # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
+    # minutes and the evaluation 80-100 (11 LLM system runs x 1,207 cases; the machine's speed
+    # varies). Smaller sizes do not bring it under two hours: at 56k tokens / 40 samples the
+    # weaker adapters' answers leave the titles and are decoded to the cap, so scoring slows.
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
-              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 100_000,
+              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
                       "checkpoint_every": 10},
               "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                      "max_samples": 64, "checkpoint_every": 4},
+                      "max_samples": 96, "checkpoint_every": 4},
               "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; not
     # run to the end yet, see docs/SCALING.md section 1b): every test user, one epoch
