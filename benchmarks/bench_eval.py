@@ -12,7 +12,9 @@
   candidate title, decoded from the forward's KV cache otherwise: what the evaluation asset
   runs per case. The answers to decode are gathered over batches and decoded
   ``LLMScorer.decode_rows`` (64) rows at a time; once more before it, timed in the same run,
-  with each batch's answers decoded on their own (at most ``--batch-size`` rows per step).
+  with each batch's answers decoded on their own (at most ``--batch-size`` rows per step), and
+  once with finished rows kept in the decoding batch until its longest answer ends (before
+  ``LLMScorer.drop_finished``).
 * the batched likelihood mode once more, timed first, with glibc's default heap: before
   ``keep_freed_heap`` (``cprec_core/allocator.py``), which every other mode runs with.
   The page-fault column shows what it saves.
@@ -79,8 +81,8 @@ def main() -> None:
     batch = args.batch_size
     default_heap = f"likelihood (tree mask, batch {batch}), glibc's default heap"
 
-    def generate(ss, decode_rows: int):
-        scorer.decode_rows = decode_rows
+    def generate(ss, decode_rows: int, drop_finished: bool = True):
+        scorer.decode_rows, scorer.drop_finished = decode_rows, drop_finished
         return scorer.evaluate(ss, titles, batch, generate=True, max_new_tokens=args.max_new_tokens)
 
     modes = {  # in this order: the default heap first, then keep_freed_heap for the rest
@@ -91,6 +93,8 @@ def main() -> None:
             ss, titles, batch, generate=False),
         f"likelihood + generation (batch {batch}), each batch's answers decoded alone":
             lambda ss: generate(ss, decode_rows=1),
+        f"likelihood + generation (batch {batch}), finished rows kept to the end":
+            lambda ss: generate(ss, decode_rows=LLMScorer.decode_rows, drop_finished=False),
         f"likelihood + generation (batch {batch})": lambda ss: generate(
             ss, decode_rows=LLMScorer.decode_rows),
     }
@@ -111,6 +115,8 @@ def main() -> None:
     valid = float(np.mean([r.chosen is not None for r in gen]))
     alone = results[f"likelihood + generation (batch {batch}), each batch's answers decoded alone"]
     same_answers = float(np.mean([a.answer == b.answer for a, b in zip(gen, alone)]))
+    kept = results[f"likelihood + generation (batch {batch}), finished rows kept to the end"]
+    same_dropped = float(np.mean([a.answer == b.answer for a, b in zip(gen, kept)]))
     base = timings["naive (20 forwards)"]
     print(f"{args.system} on {domain}, {len(samples) - 2} timed test cases, {scorer.dtype},"
           f" {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
@@ -121,7 +127,8 @@ def main() -> None:
           f" max {np.abs(naive - tree).max():.4f} nats,"
           f" same top candidate in {same_top:.0%} of cases (bf16 rounding differs)")
     print(f"generation: ValidRatio {valid:.2f}; first answer {gen[0].answer!r}; the same"
-          f" answer decoded alone and with other batches' rows in {same_answers:.0%} of cases")
+          f" answer decoded alone and with other batches' rows in {same_answers:.0%} of cases,"
+          f" with finished rows dropped and kept in {same_dropped:.0%}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

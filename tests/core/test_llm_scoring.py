@@ -101,6 +101,33 @@ def test_batched_greedy_answers_equal_uncached_unpadded_decoding():
     assert [r.chosen for r in results] == [parse_answer(a, c, TITLES) for a, c in zip(answers, cases)]
 
 
+def test_finished_rows_leave_the_decoding_batch_with_the_same_answers():
+    """Rows whose answers end early are dropped from the decoding batch; the others'
+    answers are the same as with every row kept to the end."""
+    s, sample = scorer()
+    cases = [sample, *two_cases(sample)[1:], SFTSample(2, [3, 1], [6, 8, 4, 5, 7], 5),
+             SFTSample(3, [7, 2, 4, 1], [8, 6, 5, 3, 2], 3)]
+    torch.manual_seed(1)
+    for name, p in s.model.named_parameters():  # a larger adapter: answers vary by case
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    s._ends_line = lambda token: token % 7 == 0  # so they end at different steps
+    rows_per_step = []
+    s.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows_per_step.append(kwargs["input_ids"].shape[0])
+        if kwargs.get("input_ids") is not None else None, with_kwargs=True)
+    s.drop_finished = False
+    kept = [r.answer for r in s.evaluate(cases, TITLES, batch_size=4, max_new_tokens=10)]
+    assert len(set(rows_per_step)) == 1  # every row stepped until the last one ended
+    decoded = rows_per_step[0]
+    rows_per_step.clear()
+    s.drop_finished = True
+    dropped = [r.answer for r in s.evaluate(cases, TITLES, batch_size=4, max_new_tokens=10)]
+    assert dropped == kept
+    assert rows_per_step[0] == decoded and rows_per_step[-1] < decoded
+    assert rows_per_step == sorted(rows_per_step, reverse=True)
+
+
 def teach_answer(s, case, title, steps=100):
     """Overfit the tiny model to answer ``case`` with ``title`` (then EOS)."""
     prompt, slots = render(case, TITLES, hybrid=True)
