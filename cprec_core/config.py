@@ -390,8 +390,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
     # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
     # minutes and the evaluation 80-100 (11 LLM system runs x 1,207 cases; the machine's speed
-    # varies). Smaller sizes do not bring it under two hours: at 56k tokens / 40 samples the
-    # weaker adapters' answers leave the titles and are decoded to the cap, so scoring slows.
+    # varies). Smaller sizes do not bring it under two hours: scoring every test user takes
+    # 70-85 minutes whatever the training size (timed at 100k tokens / 64 samples too, whose
+    # adapters answer validly less often; benchmarks/README.md, "The study's time").
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
               "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
                       "checkpoint_every": 10},
