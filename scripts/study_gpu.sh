@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The study on one CUDA machine (`make study-gpu`): the profile's stages through the Dagster
-# graph, each stage's jobs side by side: the CPT variants, then each domain's data and SASRec,
-# then every (domain, SFT system), then each domain's evaluation. With a 135M model one
+# graph, each stage's jobs side by side: the CPT variants together with each domain's data and
+# SASRec, then every (domain, SFT system), then each domain's evaluation. With a 135M model one
 # training leaves a large GPU mostly idle, so process start-up, not FLOPs, sets the wall
 # time. The instance must let these overlap: in $DAGSTER_HOME/dagster.yaml set
 # concurrency.pools.default_limit to 10 or more (one machine, one GPU with room for them).
@@ -15,19 +15,18 @@ RESULTS_OUT=${RESULTS_OUT:-docs/RESULTS-gpu.md}
 LOGS=${LOGS:-data/logs/$CPREC_PROFILE}
 mkdir -p "$LOGS"
 
-# side_by_side STAGE JOB...: `demo --stage STAGE JOB` for every JOB at once (a JOB is its
-# flags, e.g. "--domain=crime --system=llara"), a log each; fails if any of them failed
+# side_by_side JOB...: `demo --stage JOB` for every JOB at once (a JOB is a stage and its
+# flags, e.g. "sft --domain=crime --system=llara"), a log each; fails if any of them failed
 side_by_side() {
-    local stage=$1; shift
     local pids=() logs=() job log i failed=0
     # the CPU cores split between the jobs: SASRec trains in the Dagster process, and two
     # processes of all-core OpenMP threads each ran it 10x slower than one (204 s, not 19 s)
     local threads=$(( $(nproc) / $# )); (( threads >= 1 )) || threads=1
     for job in "$@"; do
-        log="$LOGS/$stage$(echo "$job" | sed 's/--\([a-z]*\)=/-/g; s/ //g').log"  # sft-crime-llara.log
-        # shellcheck disable=SC2086  # a job is several flags
+        log="$LOGS/$(echo "$job" | sed 's/ --\([a-z]*\)=/-/g; s/ //g').log"  # sft-crime-llara.log
+        # shellcheck disable=SC2086  # a job is a stage and its flags
         OMP_NUM_THREADS=$threads CPREC_NUM_THREADS=$threads \
-            "$PY" -m cprec_assets.demo --stage "$stage" $job >"$log" 2>&1 &
+            "$PY" -m cprec_assets.demo --stage $job >"$log" 2>&1 &
         pids+=($!)
         logs+=("$log")
     done
@@ -60,14 +59,14 @@ print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions
 { read -r -a variants; read -r -a systems; read -r -a domains; } <<<"$lookup"
 if [ ${#domains[@]} -eq 0 ]; then echo "no domains found: run the corpus stage first"; exit 1; fi
 if [ "$PART" != evaluate ]; then
-    side_by_side cpt "${variants[@]/#/--variant=}"
-    side_by_side sasrec "${domains[@]/#/--domain=}"
+    # the CPT variants and each domain's data and SASRec (CPU) need nothing of each other
+    side_by_side "${variants[@]/#/cpt --variant=}" "${domains[@]/#/sasrec --domain=}"
     pairs=()
-    for d in "${domains[@]}"; do for s in "${systems[@]}"; do pairs+=("--domain=$d --system=$s"); done; done
-    side_by_side sft "${pairs[@]}"
+    for d in "${domains[@]}"; do for s in "${systems[@]}"; do pairs+=("sft --domain=$d --system=$s"); done; done
+    side_by_side "${pairs[@]}"
 fi
 if [ "$PART" = train ]; then echo "study training: $(( $(date +%s) - started )) s wall"; exit 0; fi
-side_by_side evaluation "${domains[@]/#/--domain=}"
+side_by_side "${domains[@]/#/evaluation --domain=}"
 "$PY" -m cprec_assets.demo --stage summary
 echo "study: $(( $(date +%s) - started )) s wall"
 if [ -n "${CPREC_CONFIG:-}" ]; then source=(--config "$CPREC_CONFIG"); else source=(--profile "$CPREC_PROFILE"); fi
