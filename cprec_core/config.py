@@ -400,8 +400,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
                       "max_samples": 96, "checkpoint_every": 4},
               "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
-    # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; not
-    # run to the end yet, see docs/SCALING.md section 1b): every test user, one epoch
+    # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; on
+    # one H200 it took 8.3 minutes, docs/SCALING.md section 1b): every test user, one epoch
     # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.
     "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
                   "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024,

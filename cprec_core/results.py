@@ -31,18 +31,22 @@ def _manifests(pattern_root: Path, pattern: str) -> list[dict]:
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
     """The suffix " (plus uncommitted changes)" when tracked files other than this command's own
-    outputs (the markdown file and the chart it rewrites) differ from the commit."""
+    outputs (the markdown file and the chart it rewrites) differ from the commit the code
+    names: ``CPREC_GIT_REVISION`` where set (a copied checkout whose .git may be older than
+    its files, as on a lent GPU machine), else HEAD."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
+    revision = os.environ.get("CPREC_GIT_REVISION") or "HEAD"
     exclude = [f":(exclude){p.resolve()}" for p in outputs if p.resolve().is_relative_to(root)]
     try:
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                  ".", *exclude],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        diff = subprocess.run(["git", "diff", "--name-only", revision, "--", ".", *exclude],
+                              capture_output=True, text=True, timeout=10, cwd=root)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return " (plus uncommitted changes)" if changed else ""
+    if diff.returncode != 0:  # no git, or a revision this .git does not hold
+        return " (tree not checked against git)" if revision != "HEAD" else ""
+    return " (plus uncommitted changes)" if diff.stdout.strip() else ""
 
 
 def hardware() -> str:
