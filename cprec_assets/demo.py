@@ -4,7 +4,7 @@ the summary. Runs are recorded like UI runs, so `make ui` shows them with their 
     python -m cprec_assets.demo            # profile from CPREC_PROFILE / CPREC_CONFIG
 
 Stages can run on their own, so a machine with room for several trainings (a GPU) can run
-them side by side (pools permitting, see dagster_home/; scripts/study_gpu.sh does this):
+them side by side (pools permitting, see dagster_home/; scripts/study_side_by_side.sh does this):
 
     python -m cprec_assets.demo --stage corpus
     python -m cprec_assets.demo --stage cpt --variant wsa &        # one process per variant
