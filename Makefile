@@ -42,10 +42,9 @@ RESULTS_OUT ?= docs/RESULTS.md
 results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
 	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
-STUDY_JOBS ?= 2
-study: install  ## the evaluation study on the CPU in STUDY_JOBS lanes (2.5 h in one lane; two not timed yet), writes docs/RESULTS.md
-	PY=$(PY) CPREC_PROFILE=study MAX_JOBS=$(STUDY_JOBS) POOL_LIMIT=$(STUDY_JOBS) \
-		RESULTS_OUT=docs/RESULTS.md scripts/study_side_by_side.sh
+study: install  ## the evaluation study (about two and a half hours on 2 cores), then `make results`
+	CPREC_PROFILE=study $(PY) -m cprec_assets.demo
+	$(MAKE) results RESULTS_PROFILE=study
 
 study-gpu: install  ## the same study scaled up on one CUDA GPU (8.3 min on an H200), writes docs/RESULTS-gpu.md
 	PY=$(PY) CPREC_PROFILE=study-gpu POOL_LIMIT=16 RESULTS_OUT=docs/RESULTS-gpu.md \

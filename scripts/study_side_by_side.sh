@@ -4,10 +4,10 @@
 # system), then each domain's evaluation; then the leaderboard and the results file.
 #
 # On one CUDA GPU (`make study-gpu`) all of a stage's jobs run at once: a 135M model leaves
-# the GPU mostly idle, so process start-up, not FLOPs, sets the wall time. On the 2-core CPU
-# (`make study`) two lanes of one thread each (MAX_JOBS=2): side by side, two 1-thread
-# processes trained and scored 1.2-1.5x faster than one 2-thread process in turn
-# (benchmarks/README.md, "Two lanes on 2 cores").
+# the GPU mostly idle, so process start-up, not FLOPs, sets the wall time. MAX_JOBS bounds
+# that where memory or cores are short; on the 2-core CPU two 1-thread lanes were no faster
+# than `make study`'s one process over a whole study (benchmarks/README.md, "Two lanes on 2
+# cores").
 #
 #   MAX_JOBS=N       at most N jobs at once (default: all of a stage); each gets cores/N threads
 #   POOL_LIMIT=N     the instance's `train` and `duckdb_write` pools raised to N for the run
