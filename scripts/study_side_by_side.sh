@@ -50,41 +50,43 @@ side_by_side() {
 }
 
 # pools LIMIT: set the instance's training and DuckDB pools to LIMIT and print what they
-# were ("pool=slots", or "pool=" where the pool had no limit set); pools_restore undoes it
+# were ("pool=slots", or "pool=" where the pool had no limit set); pools POOL=SLOTS...
+# (that output) puts them back
 pools() {
-    "$PY" - "$1" <<'PYEOF'
+    "$PY" - "$@" <<'PYEOF'
 import sys, warnings
 warnings.filterwarnings("ignore")
 import dagster as dg
 from cprec_assets.partitions import DUCKDB_POOL
 from cprec_assets.assets.train import TRAIN_POOL
 storage = dg.DagsterInstance.get().event_log_storage
-known = storage.get_concurrency_keys()
-for pool in (TRAIN_POOL, DUCKDB_POOL):
-    before = storage.get_concurrency_info(pool).slot_count if pool in known else ""
-    print(f"{pool}={before}", end=" ")
-    storage.set_concurrency_slots(pool, int(sys.argv[1]))
+if "=" in sys.argv[1]:  # restore
+    for item in sys.argv[1:]:
+        pool, _, slots = item.partition("=")
+        if slots:
+            storage.set_concurrency_slots(pool, int(slots))
+        else:
+            storage.delete_concurrency_limit(pool)
+else:
+    known = storage.get_concurrency_keys()
+    for pool in (TRAIN_POOL, DUCKDB_POOL):
+        before = storage.get_concurrency_info(pool).slot_count if pool in known else ""
+        print(f"{pool}={before}", end=" ")
+        storage.set_concurrency_slots(pool, int(sys.argv[1]))
 PYEOF
 }
-pools_restore() {
-    "$PY" - "$@" <<'PYEOF'
-import sys, warnings
-warnings.filterwarnings("ignore")
-import dagster as dg
-storage = dg.DagsterInstance.get().event_log_storage
-for item in sys.argv[1:]:
-    pool, _, slots = item.partition("=")
-    if slots:
-        storage.set_concurrency_slots(pool, int(slots))
-    else:
-        storage.delete_concurrency_limit(pool)
-PYEOF
-}
+for name in MAX_JOBS POOL_LIMIT; do
+    value=${!name:-}
+    if [ -n "$value" ] && ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
+        echo "$name must be a whole number of at least 1, got '$value'" >&2
+        exit 2
+    fi
+done
 if [ -n "${POOL_LIMIT:-}" ]; then
     before=$(pools "$POOL_LIMIT")
     echo "pools raised to $POOL_LIMIT for this run (were: $before)"
     # shellcheck disable=SC2086  # one word per pool
-    trap 'pools_restore $before && echo "pools restored: $before"' EXIT
+    trap 'pools $before && echo "pools restored: $before"' EXIT
 fi
 
 # STUDY_PART=train (corpus, CPT, SASRec, SFT) or evaluate (evaluation, leaderboard, results);
