@@ -19,6 +19,7 @@ import duckdb
 
 from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
 from cprec_core.config import Profile
+from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision
@@ -62,6 +63,31 @@ def hardware() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return f"{os.cpu_count()} CPU cores ({cpu}), GPU: {gpu}, torch {torch.__version__}"
+
+
+def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[dict]) -> str:
+    """Training time from the manifests and LLM scoring time from ``evaluation_costs``: what
+    the study cost, part by part (data, SASRec/GRU4Rec, classic scoring and run start-ups,
+    minutes in all, are not counted)."""
+    costs = scoring_costs(con)
+    train = {"CPT": sum(m.get("train_seconds", 0) for m in cpt) / 60,
+             "SFT": sum(m.get("train_seconds", 0) for m in sft) / 60}
+    scoring: dict[str, float] = {}
+    for row in costs:
+        scoring[row[0]] = scoring.get(row[0], 0.0) + row[5]
+    parts = [f"{name} {minutes:.0f} min" for name, minutes in train.items()]
+    parts += [f"LLM scoring {domain} {minutes:.0f} min" for domain, minutes in scoring.items()]
+    total = sum(train.values()) + sum(scoring.values())
+    lines = [f"Recorded: {', '.join(parts)}; {total / 60:.2f} hours in all."]
+    if costs:
+        lines += ["", "LLM scoring per system (s/case: scoring alone, mean over seeds; minutes:"
+                  " loading and scoring, all seeds; answers decoded: greedy answers that left"
+                  " the candidate titles and were decoded step by step, the rest were read off"
+                  " the likelihood forward)", "", md_table(COST_HEADER, costs)]
+    else:
+        lines += ["", "LLM scoring time per system: not recorded (evaluated before scoring"
+                  " times were stored; rerun the `evaluation` asset to record them)."]
+    return "\n".join(lines)
 
 
 def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
@@ -119,11 +145,17 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                    m["final_loss"], m["tokens_per_second"],
                    round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt]) if cpt else "(no CPT)",
         "",
-        md_table(["domain", "SFT system", "seed", "samples", "steps", "final loss", "LoRA init"],
+        md_table(["domain", "SFT system", "seed", "samples", "steps", "final loss", "LoRA init",
+                  "minutes"],
                  [(m["domain"], m["system"], m.get("seed", 0), m["samples"], m["steps"],
                    m["final_loss"],
                    ("CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0])
-                   if m["init_adapter"] else "none") for m in sft]) if sft else "(no SFT)",
+                   if m["init_adapter"] else "none",
+                   round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
+        "",
+        "## Compute",
+        "",
+        compute_summary(con, cpt, sft),
         "",
         "## Leaderboard (test split)",
         "",

@@ -9,7 +9,8 @@ from cprec_assets.automation import DATA, EVALUATE
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import evaluate_domain, low_valid_ratios, mismatched_candidates
+from cprec_core.evaluation.evaluate import (COST_HEADER, evaluate_domain, low_valid_ratios,
+                                             mismatched_candidates, scoring_costs)
 from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
 from cprec_core.reporting import md_table, query_table
 
@@ -60,11 +61,16 @@ def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Mate
             SELECT system, round("hr@1", 4) AS "HR@1", round("ndcg@5", 4) AS "NDCG@5"
             FROM evaluation_results WHERE domain = ? AND split = 'valid' AND subset = 'all'
             ORDER BY "HR@1" DESC""", [domain])
+        costs = scoring_costs(con, domain)
+        (seconds,) = con.execute("SELECT coalesce(sum(load_seconds + score_seconds), 0)"
+                                 " FROM evaluation_costs WHERE domain = ?", [domain]).fetchone()
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(rows),
         "results": dg.MetadataValue.md(table),
         "by_user_subset": dg.MetadataValue.md(subsets),
         "validation": dg.MetadataValue.md(valid),
+        "scoring_cost": dg.MetadataValue.md(md_table(COST_HEADER[1:], [c[1:] for c in costs])),
+        "llm_scoring_seconds": round(seconds, 1),
     })
 
 

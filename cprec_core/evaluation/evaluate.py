@@ -10,6 +10,10 @@ Two tables in the profile's database:
 * ``evaluation_results``: the aggregates per (split, system, seed, family, user subset):
   ``valid_ratio``, ``hr@1`` over all cases, ``hr@1 (valid)`` over valid answers (LLaRA's
   and CPRec's definition; equal to ``hr@1`` for ranking), HR@3/5 and NDCG@3/5.
+* ``evaluation_costs``: what scoring each LLM system run cost (seconds to load it and to
+  score the cases, greedy answers read off the likelihood forward or decoded, device and
+  threads): the cost side of the leaderboard, and what a study's time budget is planned
+  from (docs/RESULTS.md, "Compute").
 
 Systems: random, popularity, item-kNN (domain and all domains), SASRec and GRU4Rec
 (validation and test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot``
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import duckdb
@@ -47,12 +52,34 @@ CREATE TABLE IF NOT EXISTS evaluation_cases (
     seed INTEGER NOT NULL, family VARCHAR NOT NULL, user_idx BIGINT NOT NULL,
     candidates_hash VARCHAR NOT NULL, rank INTEGER, valid BOOLEAN NOT NULL,
     hit BOOLEAN NOT NULL, answer VARCHAR);
+CREATE TABLE IF NOT EXISTS evaluation_costs (
+    domain VARCHAR NOT NULL, split VARCHAR NOT NULL, system VARCHAR NOT NULL,
+    seed INTEGER NOT NULL, cases INTEGER NOT NULL, load_seconds DOUBLE NOT NULL,
+    score_seconds DOUBLE NOT NULL, answers_read_off INTEGER, answers_decoded INTEGER,
+    device VARCHAR, threads INTEGER, evaluated_at TIMESTAMP DEFAULT current_timestamp,
+    git_revision VARCHAR);
 """
 SUBSETS = ("all", "sparse", "medium", "dense")
 RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "cases",
                   "valid_ratio", "hr@1", "hr@1 (valid)", "hr@3", "hr@5", "ndcg@3", "ndcg@5")
 CASE_COLUMNS = ("domain", "split", "system", "seed", "family", "user_idx", "candidates_hash",
                 "rank", "valid", "hit", "answer")
+COST_COLUMNS = ("domain", "split", "system", "seed", "cases", "load_seconds", "score_seconds",
+                "answers_read_off", "answers_decoded", "device", "threads", "git_revision")
+
+
+@dataclass
+class LLMRun:
+    """One LLM system run (system, seed) on a domain's cases: the per-case results and what
+    they cost."""
+
+    cases: list  # CaseResult per case, in the order of the cases
+    load_seconds: float
+    score_seconds: float
+    answers_read_off: int | None  # None when generation is off
+    answers_decoded: int | None
+    device: str
+    threads: int
 
 
 def candidates_hash(candidates) -> str:
@@ -94,8 +121,9 @@ def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]
     return systems
 
 
-def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases, log=print):
-    """{(system, seed): [CaseResult per case]} for every LLM system."""
+def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases,
+                log=print) -> dict[tuple[str, int], LLMRun]:
+    """{(system, seed): LLMRun} for every LLM system, each timed (load and scoring apart)."""
     import torch
 
     from cprec_core.allocator import release_freed_heap
@@ -108,6 +136,7 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
     cfg, out = profile.evaluation, {}
     for system, seed in llm_systems(profile, slug, log):
         torch.manual_seed(0)
+        loading = time.perf_counter()
         scorer = LLMScorer.load(profile, slug, system, seed)
         started, last = time.perf_counter(), [0.0]
 
@@ -118,8 +147,13 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
                 log(f"{system} seed {seed}: {done}/{total} cases,"
                     f" {(now - started) / done:.2f} s/case")
 
-        out[(system, seed)] = scorer.evaluate(samples, titles, cfg.batch_size, cfg.generation,
-                                              cfg.max_new_tokens, progress)
+        scored = scorer.evaluate(samples, titles, cfg.batch_size, cfg.generation,
+                                 cfg.max_new_tokens, progress)
+        out[(system, seed)] = LLMRun(
+            scored, round(started - loading, 2), round(time.perf_counter() - started, 2),
+            scorer.answers_read_off if cfg.generation else None,
+            scorer.answers_decoded if cfg.generation else None,
+            scorer.device.type, torch.get_num_threads())
         if cfg.generation:
             log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
                 f" likelihood forward, {scorer.answers_decoded} decoded")
@@ -184,7 +218,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                    for split, cases in splits.items()}
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
-    results, case_rows = [], []
+    results, case_rows, costs = [], [], []
     for split, cases in splits.items():
         activity = np.asarray(cases.activity)
         target_col = cases.target_col
@@ -194,7 +228,11 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
         if not (with_llm and split == "test"):
             continue
-        for (system, seed), scored in llm_results(titles, profile, slug, cases, log).items():
+        for (system, seed), run in llm_results(titles, profile, slug, cases, log).items():
+            scored = run.cases
+            costs.append((domain, split, system, seed, len(scored), run.load_seconds,
+                          run.score_seconds, run.answers_read_off, run.answers_decoded,
+                          run.device, run.threads))
             for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
                 ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
                 results += _aggregate(domain, split, system, seed, family, activity, ranks)
@@ -210,10 +248,10 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     with connect() as con:
         con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
         try:
-            for table in ("evaluation_results", "evaluation_cases"):
+            for table in ("evaluation_results", "evaluation_cases", "evaluation_costs"):
                 if with_llm:
                     con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-                else:  # the rows of the classic systems just scored, every split
+                elif table != "evaluation_costs":  # the classic systems just scored
                     con.execute(f"DELETE FROM {table} WHERE domain = ?"
                                 " AND list_contains(?, system)",
                                 [domain, sorted({r[2] for r in results})])
@@ -224,6 +262,10 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                             [(*row, revision) for row in results])
             con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
                             f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+            if costs:  # none when only the classic systems were scored
+                con.executemany(f"INSERT INTO evaluation_costs ({', '.join(COST_COLUMNS)})"
+                                f" VALUES ({', '.join('?' * len(COST_COLUMNS))})",
+                                [(*row, revision) for row in costs])
         except BaseException:
             con.execute("ROLLBACK")
             raise
@@ -254,6 +296,30 @@ def mismatched_candidates(con: duckdb.DuckDBPyConnection) -> int:
         SELECT e.domain, e.split, e.user_idx, e.candidates_hash, c.candidates
         FROM evaluation_cases e LEFT JOIN candidate_sets c USING (domain, split, user_idx)""").fetchall()
     return sum(cand is None or candidates_hash(cand) != h for _, _, _, h, cand in rows)
+
+
+def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> list[tuple]:
+    """Per (domain, system): seeds, cases per seed, seconds per case (scoring only, mean over
+    seeds), minutes in all (loading and scoring, every seed), the share of greedy answers that
+    needed decoding, device and threads. Empty when no LLM scoring time is stored (a database
+    evaluated before ``evaluation_costs`` existed, or classic systems only)."""
+    if not con.execute("SELECT count(*) FROM information_schema.tables"
+                       " WHERE table_name = 'evaluation_costs'").fetchall()[0][0]:
+        return []
+    return con.execute("""
+        SELECT domain, system, count(*) AS seeds, max(cases) AS cases,
+               round(avg(score_seconds / cases), 3) AS "s/case",
+               round(sum(load_seconds + score_seconds) / 60, 1) AS minutes,
+               round(sum(answers_decoded) / nullif(sum(answers_decoded + answers_read_off), 0),
+                     2) AS "answers decoded",
+               string_agg(DISTINCT device || ' x' || threads, ', ') AS "device x threads"
+        FROM evaluation_costs WHERE split = 'test' AND (? IS NULL OR domain = ?)
+        GROUP BY domain, system ORDER BY domain, min(rowid)""",
+                       [domain, domain]).fetchall()
+
+
+COST_HEADER = ("domain", "system", "seeds", "cases", "s/case", "minutes", "answers decoded",
+               "device x threads")
 
 
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:

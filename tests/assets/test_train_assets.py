@@ -40,7 +40,11 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         scored = dg.materialize(everything, selection=["candidate_sets", "evaluation"],
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
-        results = scored.asset_materializations_for_node("evaluation")[0].metadata["results"].value
+        scored_meta = scored.asset_materializations_for_node("evaluation")[0].metadata
+        results = scored_meta["results"].value
+        # what each LLM system run cost, from the same evaluation
+        assert "| llara | 1 |" in scored_meta["scoring_cost"].value
+        assert scored_meta["llm_scoring_seconds"].value > 0
         # re-scoring the classic systems alone keeps the LLM systems' rows as they were
         count = "SELECT system, count(*) FROM evaluation_cases GROUP BY ALL ORDER BY ALL"
         with cprec.connect() as con:
@@ -75,6 +79,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     text = out.read_text()
     assert "- **Command:** `python -m cprec_core.results --config" in text
     assert "### Crime (test cases:" in text and "| llara | 0 |" in text
+    assert re.search(r"## Compute\n\nRecorded: CPT \d+ min, SFT \d+ min, LLM scoring Crime \d+ min;",
+                     text)
+    assert re.search(r"\| Crime \| llara \| 1 \| \d+ \| [\d.]+ \|", text)
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
     assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()

@@ -10,8 +10,11 @@ from cprec_core.config import load_config_file
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, create_tables,
-                                             evaluate_domain, mismatched_candidates)
+from cprec_core.evaluation import evaluate as evaluate_module
+from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
+                                             evaluate_domain, mismatched_candidates,
+                                             scoring_costs)
+from cprec_core.evaluation.llm import CaseResult
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
@@ -104,6 +107,45 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     # every result row names the code that scored it
     assert con.execute("SELECT DISTINCT git_revision FROM evaluation_results").fetchall() == [
         (git_revision(),)]
+
+
+def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
+    """What each LLM system run cost is stored with its results, replaced with them, kept by a
+    classic-only re-evaluation, and summed per system over seeds. The model is a stand-in:
+    what is tested is the bookkeeping, not the scorer (tests/core/test_llm_scoring.py)."""
+    con, profile = con
+    build_candidate_sets(con, "crime", negatives=2)
+    calls = []
+
+    def fake_llm_results(titles, profile, slug, cases, log=print):
+        calls.append(len(cases.users))
+        n = len(cases.users)
+        scored = [CaseResult(np.arange(3.0), np.arange(3.0), "x", int(c[0]))
+                  for c in cases.candidates]
+        return {("llara", 0): LLMRun(scored, 2.0, 0.5 * n, 1, n - 1, "cpu", 2),
+                ("llara", 1): LLMRun(scored, 4.0, 0.3 * n, n, 0, "cpu", 2),
+                ("base", 0): LLMRun(scored, 1.0, 0.1 * n, None, None, "cpu", 2)}
+
+    monkeypatch.setattr(evaluate_module, "llm_results", fake_llm_results)
+    evaluate_domain(lambda: nullcontext(con), profile, "crime")
+    n = calls[0]
+    rows = {r[1]: r for r in scoring_costs(con, "Crime")}
+    # (domain, system, seeds, cases, s/case, minutes, answers decoded, device x threads)
+    assert rows["llara"][2:5] == (2, n, pytest.approx(0.4))
+    assert rows["llara"][5] == pytest.approx(round((6.0 + 0.8 * n) / 60, 1))
+    assert rows["llara"][6] == pytest.approx(round((n - 1) / (2 * n), 2))
+    assert rows["base"][6] is None and rows["base"][7] == "cpu x2"
+    assert [r[1] for r in scoring_costs(con)] == ["llara", "base"]  # the order they were scored
+    # a second full evaluation replaces the domain's cost rows; a classic-only one keeps them
+    evaluate_domain(lambda: nullcontext(con), profile, "crime")
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
+    assert con.execute("SELECT count(*), count(DISTINCT git_revision) FROM evaluation_costs"
+                       ).fetchall() == [(3, 1)]
+    assert len(calls) == 2
+
+
+def test_scoring_costs_of_a_database_without_them_are_empty():
+    assert scoring_costs(duckdb.connect()) == []
 
 
 def test_results_of_the_layout_before_git_revision_are_kept():
