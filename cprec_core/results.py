@@ -66,27 +66,32 @@ def hardware() -> str:
 
 
 def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[dict]) -> str:
-    """Training time from the manifests and LLM scoring time from ``evaluation_costs``: what
-    the study cost, part by part (data, SASRec/GRU4Rec, classic scoring and run start-ups,
-    minutes in all, are not counted)."""
+    """What the study cost, part by part: training time from the CPT and SFT manifests, LLM
+    scoring time from ``evaluation_costs``, per domain whose LLM systems were scored. Not
+    counted: data, SASRec/GRU4Rec, classic scoring and run start-ups (minutes in all)."""
     costs = scoring_costs(con)
     train = {"CPT": sum(m.get("train_seconds", 0) for m in cpt) / 60,
              "SFT": sum(m.get("train_seconds", 0) for m in sft) / 60}
-    scoring: dict[str, float] = {}
-    for row in costs:
-        scoring[row[0]] = scoring.get(row[0], 0.0) + row[5]
+    evaluated = [d for (d,) in con.execute("SELECT DISTINCT domain FROM evaluation_results"
+                                           " WHERE split = 'test' AND family != 'ranking'"
+                                           " ORDER BY domain").fetchall()]
+    scoring = {domain: sum(row[5] for row in costs if row[0] == domain) for domain in evaluated
+               if any(row[0] == domain for row in costs)}
     parts = [f"{name} {minutes:.0f} min" for name, minutes in train.items()]
-    parts += [f"LLM scoring {domain} {minutes:.0f} min" for domain, minutes in scoring.items()]
+    parts += [f"LLM scoring {domain} " + (f"{scoring[domain]:.0f} min" if domain in scoring
+                                          else "not recorded") for domain in evaluated]
     total = sum(train.values()) + sum(scoring.values())
-    lines = [f"Recorded: {', '.join(parts)}; {total / 60:.2f} hours in all."]
+    missing = len(scoring) < len(evaluated)
+    lines = [f"Recorded: {', '.join(parts)}; {total / 60:.2f} hours"
+             f" {'without the scoring not recorded' if missing else 'in all'}."]
     if costs:
         lines += ["", "LLM scoring per system (s/case: scoring alone, mean over seeds; minutes:"
                   " loading and scoring, all seeds; answers decoded: greedy answers that left"
                   " the candidate titles and were decoded step by step, the rest were read off"
                   " the likelihood forward)", "", md_table(COST_HEADER, costs)]
-    else:
-        lines += ["", "LLM scoring time per system: not recorded (evaluated before scoring"
-                  " times were stored; rerun the `evaluation` asset to record them)."]
+    if missing:
+        lines += ["", "Not recorded: LLM scoring evaluated before scoring times were stored"
+                  " (rerun the domain's `evaluation` asset to record them)."]
     return "\n".join(lines)
 
 

@@ -148,6 +148,26 @@ def test_scoring_costs_of_a_database_without_them_are_empty():
     assert scoring_costs(duckdb.connect()) == []
 
 
+def test_compute_summary_says_which_scoring_was_not_recorded():
+    from cprec_core.results import compute_summary
+
+    con = duckdb.connect()
+    create_tables(con)
+    for domain in ("Crime", "Sci-Fi"):  # both domains' LLM systems were scored ...
+        con.execute("""INSERT INTO evaluation_results (domain, split, system, seed, family,
+                       subset, cases) VALUES (?, 'test', 'llara', 0, 'generation', 'all', 4)""",
+                    [domain])
+    con.execute("""INSERT INTO evaluation_costs (domain, split, system, seed, cases, load_seconds,
+                   score_seconds, answers_read_off, answers_decoded, device, threads)
+                   VALUES ('Crime', 'test', 'llara', 0, 4, 6, 1194, 1, 3, 'cpu', 2)""")
+    text = compute_summary(con, [{"train_seconds": 1800}], [{"train_seconds": 600}])
+    # ... but only Crime's cost was recorded: the total says it leaves Sci-Fi out
+    assert text.startswith("Recorded: CPT 30 min, SFT 10 min, LLM scoring Crime 20 min,"
+                           " LLM scoring Sci-Fi not recorded; 1.00 hours without the scoring"
+                           " not recorded.")
+    assert "| Crime | llara | 1 | 4 | 298.5 | 20 | 0.75 | cpu x2 |" in text
+
+
 def test_results_of_the_layout_before_git_revision_are_kept():
     con = duckdb.connect()
     con.execute(SCHEMA.replace(", git_revision VARCHAR", ""))
