@@ -42,7 +42,7 @@ RESULTS_OUT ?= docs/RESULTS.md
 results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
 	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
-study: install  ## the evaluation study (about two and a half hours on 2 cores), then `make results`
+study: install  ## the evaluation study (2.5-3 hours on 2 cores), then `make results`
 	CPREC_PROFILE=study $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=study
 

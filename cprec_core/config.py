@@ -388,11 +388,12 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
-    # and CPRec over three seeds, every test user. On 2 cores the training takes about 75
+    # and CPRec over three seeds, every test user. On 2 cores the training takes 75-90
     # minutes and the evaluation 70-100 (11 LLM system runs x 1,207 cases; the machine's speed
-    # varies). Smaller sizes do not bring it under two hours, as scoring does not shrink with
-    # training (timed at 100k tokens / 64 samples too, whose adapters answer validly less
-    # often; benchmarks/README.md, "The study's time on 2 cores").
+    # varies; recorded per system in RESULTS.md "Compute"). Scoring does not shrink with
+    # training, so two hours fit only about a third of these sizes (100k tokens / 64 samples,
+    # timed, did not fit, and its adapters answered validly less often; benchmarks/README.md,
+    # "The study's time on 2 cores").
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
               "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
                       "checkpoint_every": 10},
