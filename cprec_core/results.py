@@ -75,8 +75,9 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
     evaluated = [d for (d,) in con.execute("SELECT DISTINCT domain FROM evaluation_results"
                                            " WHERE split = 'test' AND family != 'ranking'"
                                            " ORDER BY domain").fetchall()]
-    scoring = {domain: sum(row[5] for row in costs if row[0] == domain) for domain in evaluated
-               if any(row[0] == domain for row in costs)}
+    scoring: dict[str, float] = {}  # minutes per domain with a recorded cost
+    for row in costs:
+        scoring[row[0]] = scoring.get(row[0], 0.0) + row[5]
     parts = [f"{name} {minutes:.0f} min" for name, minutes in train.items()]
     parts += [f"LLM scoring {domain} " + (f"{scoring[domain]:.0f} min" if domain in scoring
                                           else "not recorded") for domain in evaluated]

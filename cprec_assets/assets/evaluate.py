@@ -10,7 +10,8 @@ from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (COST_HEADER, evaluate_domain, low_valid_ratios,
-                                             mismatched_candidates, scoring_costs)
+                                             mismatched_candidates, scoring_costs,
+                                             scoring_seconds)
 from cprec_core.evaluation.leaderboard import build_leaderboard, leaderboard_chart, leaderboard_markdown
 from cprec_core.reporting import md_table, query_table
 
@@ -61,9 +62,7 @@ def evaluation(context: dg.AssetExecutionContext, cprec: CPRecConfig) -> dg.Mate
             SELECT system, round("hr@1", 4) AS "HR@1", round("ndcg@5", 4) AS "NDCG@5"
             FROM evaluation_results WHERE domain = ? AND split = 'valid' AND subset = 'all'
             ORDER BY "HR@1" DESC""", [domain])
-        costs = scoring_costs(con, domain)
-        (seconds,) = con.execute("SELECT coalesce(sum(load_seconds + score_seconds), 0)"
-                                 " FROM evaluation_costs WHERE domain = ?", [domain]).fetchone()
+        costs, seconds = scoring_costs(con, domain), scoring_seconds(con, domain)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(rows),
         "results": dg.MetadataValue.md(table),

@@ -66,6 +66,8 @@ CASE_COLUMNS = ("domain", "split", "system", "seed", "family", "user_idx", "cand
                 "rank", "valid", "hit", "answer")
 COST_COLUMNS = ("domain", "split", "system", "seed", "cases", "load_seconds", "score_seconds",
                 "answers_read_off", "answers_decoded", "device", "threads", "git_revision")
+COST_HEADER = ("domain", "system", "seeds", "cases", "s/case", "minutes", "answers decoded",
+               "device x threads")  # the columns of ``scoring_costs``
 
 
 @dataclass
@@ -318,8 +320,11 @@ def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> 
                        [domain, domain]).fetchall()
 
 
-COST_HEADER = ("domain", "system", "seeds", "cases", "s/case", "minutes", "answers decoded",
-               "device x threads")
+def scoring_seconds(con: duckdb.DuckDBPyConnection, domain: str) -> float:
+    """Seconds the domain's LLM system runs took in all, loading and scoring (0 if none)."""
+    return con.execute("SELECT coalesce(sum(load_seconds + score_seconds), 0)"
+                       " FROM evaluation_costs WHERE domain = ?", [domain]).fetchone()[0]
+
 
 
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:
