@@ -42,9 +42,10 @@ RESULTS_OUT ?= docs/RESULTS.md
 results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
 	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
-study: install  ## the evaluation study (2.5-3 hours on 2 cores), then `make results`
-	CPREC_PROFILE=study $(PY) -m cprec_assets.demo
-	$(MAKE) results RESULTS_PROFILE=study
+STUDY_PROFILE ?= study
+study: install  ## the evaluation study (about two hours on 2 cores), then `make results`; STUDY_PROFILE=study-150k RESULTS_OUT=docs/RESULTS-study-150k.md for the 2.86-hour one
+	CPREC_PROFILE=$(STUDY_PROFILE) $(PY) -m cprec_assets.demo
+	$(MAKE) results RESULTS_PROFILE=$(STUDY_PROFILE)
 
 study-gpu: install  ## the same study scaled up on one CUDA GPU (8.3 min on an H200), writes docs/RESULTS-gpu.md
 	PY=$(PY) CPREC_PROFILE=study-gpu POOL_LIMIT=16 RESULTS_OUT=docs/RESULTS-gpu.md \

@@ -1,6 +1,6 @@
 import pytest
 
-from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
+from cprec_core.config import PROFILES, ConfigError, Profile, load_config_file, load_profile
 
 
 def test_named_profiles_load():
@@ -10,6 +10,20 @@ def test_named_profiles_load():
     assert demo.data.target_domains == ("Crime", "Sci-Fi")
     assert demo.database.name == "cprec.duckdb" and demo.root.name == "demo"
     assert load_profile("full").device == "auto"
+
+
+def test_every_named_profile_loads_into_its_own_folder():
+    """A profile named after another would write into (and overwrite) the other's data."""
+    roots = {}
+    for name in PROFILES:
+        profile = load_profile(name)
+        assert profile.name == name and profile.root.name == name
+        roots[profile.root] = name
+    assert len(roots) == len(PROFILES)
+    study, longer = load_profile("study"), load_profile("study-150k")
+    assert study.cpt.max_tokens < longer.cpt.max_tokens
+    assert study.sft.max_samples < longer.sft.max_samples
+    assert study.sft.seeds == longer.sft.seeds == (0, 1, 2) and study.evaluation.max_cases == 0
 
 
 def test_unknown_keys_and_wrong_types_fail_at_load():
