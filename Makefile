@@ -43,7 +43,7 @@ results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (def
 	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
 STUDY_PROFILE ?= study
-study: install  ## the evaluation study (about two hours on 2 cores), then `make results`; STUDY_PROFILE=study-150k RESULTS_OUT=docs/RESULTS-study-150k.md for the 2.86-hour one
+study: install  ## the evaluation study (about 3 hours on 2 cores), then `make results`; STUDY_PROFILE=study-2h RESULTS_OUT=docs/RESULTS-2h.md for the two-hour sizes
 	CPREC_PROFILE=$(STUDY_PROFILE) $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=$(STUDY_PROFILE)
 

@@ -388,27 +388,28 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
-    # and CPRec over three seeds, every test user, everything in about two hours on 2 cores.
-    # Scoring every test user is 70-100 minutes whatever the training size (11 LLM system
-    # runs x 1,207 cases; recorded per system in RESULTS.md "Compute"), so the training that
-    # fits is small: 40k CPT tokens per variant, 32 SFT samples per domain
-    # (benchmarks/README.md, "The study's time on 2 cores").
+    # and CPRec over three seeds, every test user. 2.86 hours of recorded compute on 2 cores
+    # (CPT 54 min, SFT 36 min, scoring 82 min: RESULTS.md "Compute"); `study-2h` below is
+    # the same study at the sizes two hours leave for training.
     "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
-              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 40_000,
-                      "checkpoint_every": 4},
+              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
+                      "checkpoint_every": 10},
               "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
                                   "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                      "max_samples": 32, "checkpoint_every": 2},
+                      "max_samples": 96, "checkpoint_every": 4},
               "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
-    # The study with about three times the training (docs/RESULTS-study-150k.md): 2.86 hours
-    # of recorded compute on 2 cores, CPT 54 min, SFT 36 min, scoring 82 min.
-    "study-150k": {"name": "study-150k", "device": "cpu", **_ML100K_DEMO,
-                   "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
-                           "checkpoint_every": 10},
-                   "sft": {"systems": ["llara", "cprec", "cprec_ds_only",
-                                       "cprec_ds_mix_shuffled", "cprec_shuffled_control"],
-                           "seeds": [0, 1, 2], "max_samples": 96, "checkpoint_every": 4},
-                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
+    # The study within two hours on 2 cores: scoring every test user is 70-100 minutes on
+    # this machine's better days whatever the training size (11 LLM system runs x 1,207
+    # cases), so 40k CPT tokens per variant and 32 SFT samples per domain are what fits. On a
+    # slow day scoring alone took longer than two hours (benchmarks/README.md, "The study's
+    # time on 2 cores").
+    "study-2h": {"name": "study-2h", "device": "cpu", **_ML100K_DEMO,
+                 "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 40_000,
+                         "checkpoint_every": 4},
+                 "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                                     "cprec_shuffled_control"], "seeds": [0, 1, 2],
+                         "max_samples": 32, "checkpoint_every": 2},
+                 "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; on
     # one H200 it took 8.3 minutes, docs/SCALING.md section 1b): every test user, one epoch
     # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.

@@ -20,7 +20,7 @@ def test_every_named_profile_loads_into_its_own_folder():
         assert profile.name == name and profile.root.name == name
         roots[profile.root] = name
     assert len(roots) == len(PROFILES)
-    study, longer = load_profile("study"), load_profile("study-150k")
+    study, longer = load_profile("study-2h"), load_profile("study")
     assert study.cpt.max_tokens < longer.cpt.max_tokens
     assert study.sft.max_samples < longer.sft.max_samples
     assert study.sft.seeds == longer.sft.seeds == (0, 1, 2) and study.evaluation.max_cases == 0
