@@ -380,6 +380,22 @@ _ML100K_DEMO = {
     },
 }
 
+_ALL_SFT_SYSTEMS = ("llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
+                    "cprec_shuffled_control")
+
+
+def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
+               sft_every: int) -> dict[str, Any]:
+    """The CPU evaluation study at one training size: every CPT variant and SFT system, LLaRA
+    and CPRec over three seeds, every test user scored; only the training sizes differ."""
+    return {"name": name, "device": "cpu", **_ML100K_DEMO,
+            "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": cpt_tokens,
+                    "checkpoint_every": cpt_every},
+            "sft": {"systems": _ALL_SFT_SYSTEMS, "seeds": [0, 1, 2],
+                    "max_samples": sft_samples, "checkpoint_every": sft_every},
+            "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}}
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
@@ -391,33 +407,21 @@ PROFILES: dict[str, dict[str, Any]] = {
     # and CPRec over three seeds, every test user. 2.86 hours of recorded compute on 2 cores
     # (CPT 54 min, SFT 36 min, scoring 82 min: RESULTS.md "Compute"); `study-2h` below is
     # the same study at the sizes two hours leave for training.
-    "study": {"name": "study", "device": "cpu", **_ML100K_DEMO,
-              "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 150_000,
-                      "checkpoint_every": 10},
-              "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                                  "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                      "max_samples": 96, "checkpoint_every": 4},
-              "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
+    "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
     # The study within two hours on 2 cores: scoring every test user is 70-100 minutes on
     # this machine's better days whatever the training size (11 LLM system runs x 1,207
     # cases), so 40k CPT tokens per variant and 32 SFT samples per domain are what fits. On a
     # slow day scoring alone took longer than two hours (benchmarks/README.md, "The study's
     # time on 2 cores").
-    "study-2h": {"name": "study-2h", "device": "cpu", **_ML100K_DEMO,
-                 "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": 40_000,
-                         "checkpoint_every": 4},
-                 "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                                     "cprec_shuffled_control"], "seeds": [0, 1, 2],
-                         "max_samples": 32, "checkpoint_every": 2},
-                 "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}},
+    "study-2h": _cpu_study("study-2h", cpt_tokens=40_000, sft_samples=32, cpt_every=4,
+                           sft_every=2),
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; on
     # one H200 it took 8.3 minutes, docs/SCALING.md section 1b): every test user, one epoch
     # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.
     "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
                   "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024,
                           "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
-                  "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                                      "cprec_shuffled_control"], "seeds": [0, 1, 2],
+                  "sft": {"systems": _ALL_SFT_SYSTEMS, "seeds": [0, 1, 2],
                           "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
                           "checkpoint_every": 32},
                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 128}},
@@ -436,8 +440,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 8, "checkpoint_every": 100},
-        "sft": {"systems": ["llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                            "cprec_shuffled_control"], "batch_size": 128, "micro_batch": 8,
+        "sft": {"systems": _ALL_SFT_SYSTEMS, "batch_size": 128, "micro_batch": 8,
                 "epochs": 5, "checkpoint_every": 50},
     },
 }
