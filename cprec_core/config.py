@@ -409,10 +409,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the same study at the sizes two hours leave for training.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
     # The study within two hours on 2 cores: scoring every test user is 70-100 minutes on
-    # this machine's better days whatever the training size (11 LLM system runs x 1,207
-    # cases), so 40k CPT tokens per variant and 32 SFT samples per domain are what fits. On a
-    # slow day scoring alone took longer than two hours (benchmarks/README.md, "The study's
-    # time on 2 cores").
+    # the usual Intel Xeon with AMX whatever the training size (11 LLM system runs x 1,207
+    # cases), so 40k CPT tokens per variant and 32 SFT samples per domain are what fits. On
+    # an AMD EPYC without AMX scoring alone takes about 2.6 hours (benchmarks/README.md,
+    # "The study's time on 2 cores").
     "study-2h": _cpu_study("study-2h", cpt_tokens=40_000, sft_samples=32, cpt_every=4,
                            sft_every=2),
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; on

@@ -44,7 +44,7 @@ from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter
-from cprec_core.provenance import git_revision
+from cprec_core.provenance import git_revision, processor
 
 
 
@@ -279,6 +279,7 @@ class CPTTrainer:
             "trainable_parameters": self.trainable,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "processor": processor(str(self.device)),
             "processes": self.accelerator.num_processes,
             "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
             "git_revision": git_revision(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -18,3 +19,22 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def processor(device: str = "cpu") -> str:
+    """The chip that ran the work: the CUDA device's name, else the CPU's model name. Speed
+    figures are only comparable on the same chip: this project's 2-core CPU has been an
+    Intel Xeon with AMX on most days and an AMD EPYC without it on one, which scored about
+    2.5x slower (benchmarks/README.md, "The study's time on 2 cores")."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from cprec_core.config import Profile
 from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
-from cprec_core.provenance import git_revision
+from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import corpus_summary, md_table
 
 
@@ -53,16 +52,8 @@ def _dirty(outputs: tuple[Path, ...] = ()) -> str:
 def hardware() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"{os.cpu_count()} CPU cores ({cpu}), GPU: {gpu}, torch {torch.__version__}"
+    gpu = processor("cuda:0") if torch.cuda.is_available() else "none"
+    return f"{os.cpu_count()} CPU cores ({processor()}), GPU: {gpu}, torch {torch.__version__}"
 
 
 def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[dict]) -> str:
@@ -128,7 +119,10 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f"- **Trained at git revisions** (from the CPT and SFT manifests):"
         f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
         f"- **Evaluated at git revisions:** {', '.join(f'{d} {r}' for d, r in scored_at)}",
-        f"- **Hardware:** {hardware()}",
+        f"- **Trained on** (from the CPT and SFT manifests):"
+        f" {', '.join(sorted({m.get('processor', 'not recorded') for m in cpt + sft}))};"
+        " scored on: the Compute section's `device` column",
+        f"- **Hardware** (the machine that wrote this file): {hardware()}",
         f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"
         f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",
         f"- **Evaluation:** {profile.sft.negatives + 1} fixed candidates per test case (target +"

@@ -48,7 +48,7 @@ from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter
-from cprec_core.provenance import git_revision
+from cprec_core.provenance import git_revision, processor
 from cprec_core.sft_data import build_samples, choose_hybrid, hybrid_probability, tokenize
 
 
@@ -299,6 +299,7 @@ class SFTTrainer:
             "train_seconds": round(seconds, 1), "trainable_parameters": self.trainable,
             "placeholder_id": self.placeholder_id, "config": dataclasses.asdict(self.cfg),
             "dtype": str(self.dtype).replace("torch.", ""), "git_revision": git_revision(),
+            "processor": processor(str(self.device)),
         }
         if self.accelerator.is_main_process:
             tmp = self.out / ".final.tmp"

@@ -38,7 +38,7 @@ from cprec_core.domain_data import domain_for_slug
 from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popularity,
                                              sequential_scores)
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
-from cprec_core.provenance import git_revision
+from cprec_core.provenance import git_revision, processor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
@@ -155,7 +155,7 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
             scored, round(started - loading, 2), round(time.perf_counter() - started, 2),
             scorer.answers_read_off if cfg.generation else None,
             scorer.answers_decoded if cfg.generation else None,
-            scorer.device.type, torch.get_num_threads())
+            f"{scorer.device.type} ({processor(str(scorer.device))})", torch.get_num_threads())
         if cfg.generation:
             log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
                 f" likelihood forward, {scorer.answers_decoded} decoded")
@@ -303,7 +303,7 @@ def mismatched_candidates(con: duckdb.DuckDBPyConnection) -> int:
 def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> list[tuple]:
     """Per (domain, system): seeds, cases per seed, seconds per case (scoring only, mean over
     seeds), minutes in all (loading and scoring, every seed), the share of greedy answers that
-    needed decoding, device and threads. Empty when no LLM scoring time is stored (a database
+    needed decoding, device (with the chip's name) and threads. Empty when no LLM scoring time is stored (a database
     evaluated before ``evaluation_costs`` existed, or classic systems only)."""
     if not con.execute("SELECT count(*) FROM information_schema.tables"
                        " WHERE table_name = 'evaluation_costs'").fetchall()[0][0]:

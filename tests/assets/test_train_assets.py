@@ -82,6 +82,10 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert re.search(r"## Compute\n\nRecorded: CPT \d+ min, SFT \d+ min, LLM scoring Crime \d+ min;",
                      text)
     assert re.search(r"\| Crime \| llara \| 1 \| \d+ \| [\d.]+ \|", text)
+    # the chip that trained and scored is named, not only the machine that wrote the file
+    from cprec_core.provenance import processor
+    assert f"**Trained on** (from the CPT and SFT manifests): {processor()};" in text
+    assert f"| cpu ({processor()}) x" in text
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
     assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()

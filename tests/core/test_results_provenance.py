@@ -38,3 +38,20 @@ def test_named_revision_is_the_one_checked(in_git, monkeypatch):
 def test_a_revision_git_does_not_hold_is_said_unchecked(in_git, monkeypatch):
     monkeypatch.setenv("CPREC_GIT_REVISION", "0123abc")
     assert _dirty() == " (tree not checked against git)"
+
+
+def test_processor_is_the_cpu_model_or_the_gpu_name(monkeypatch, tmp_path):
+    import torch
+
+    from cprec_core import provenance
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    real_path = provenance.Path
+    monkeypatch.setattr(provenance, "Path",
+                        lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert provenance.processor() == provenance.processor("cpu") == "AMD EPYC"
+    if not torch.cuda.is_available():  # a CUDA device named where there is none: the CPU's
+        assert provenance.processor("cuda:0") == "AMD EPYC"
+    cpuinfo.unlink()  # no /proc (macOS): the platform's own answer, never empty
+    assert provenance.processor()
