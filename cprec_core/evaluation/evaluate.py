@@ -11,8 +11,8 @@ Two tables in the profile's database:
   ``valid_ratio``, ``hr@1`` over all cases, ``hr@1 (valid)`` over valid answers (LLaRA's
   and CPRec's definition; equal to ``hr@1`` for ranking), HR@3/5 and NDCG@3/5.
 * ``evaluation_costs``: what scoring each LLM system run cost (seconds to load it and to
-  score the cases, greedy answers read off the likelihood forward or decoded, device and
-  threads): the cost side of the leaderboard, and what a study's time budget is planned
+  score the cases, greedy answers read off the likelihood forward or decoded, device with
+  the chip's name, threads): the cost side of the leaderboard, and what a study's time budget is planned
   from (docs/RESULTS.md, "Compute").
 
 Systems: random, popularity, item-kNN (domain and all domains), SASRec and GRU4Rec
@@ -303,8 +303,9 @@ def mismatched_candidates(con: duckdb.DuckDBPyConnection) -> int:
 def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> list[tuple]:
     """Per (domain, system): seeds, cases per seed, seconds per case (scoring only, mean over
     seeds), minutes in all (loading and scoring, every seed), the share of greedy answers that
-    needed decoding, device (with the chip's name) and threads. Empty when no LLM scoring time is stored (a database
-    evaluated before ``evaluation_costs`` existed, or classic systems only)."""
+    needed decoding, device (with the chip's name) and threads. Empty when no LLM scoring
+    time is stored (a database evaluated before ``evaluation_costs`` existed, or classic
+    systems only)."""
     if not con.execute("SELECT count(*) FROM information_schema.tables"
                        " WHERE table_name = 'evaluation_costs'").fetchall()[0][0]:
         return []
@@ -324,7 +325,6 @@ def scoring_seconds(con: duckdb.DuckDBPyConnection, domain: str) -> float:
     """Seconds the domain's LLM system runs took in all, loading and scoring (0 if none)."""
     return con.execute("SELECT coalesce(sum(load_seconds + score_seconds), 0)"
                        " FROM evaluation_costs WHERE domain = ?", [domain]).fetchone()[0]
-
 
 
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:

@@ -20,10 +20,11 @@ def test_every_named_profile_loads_into_its_own_folder():
         assert profile.name == name and profile.root.name == name
         roots[profile.root] = name
     assert len(roots) == len(PROFILES)
-    study, longer = load_profile("study-2h"), load_profile("study")
-    assert study.cpt.max_tokens < longer.cpt.max_tokens
-    assert study.sft.max_samples < longer.sft.max_samples
-    assert study.sft.seeds == longer.sft.seeds == (0, 1, 2) and study.evaluation.max_cases == 0
+    two_hours, study = load_profile("study-2h"), load_profile("study")
+    assert two_hours.cpt.max_tokens < study.cpt.max_tokens
+    assert two_hours.sft.max_samples < study.sft.max_samples
+    assert two_hours.sft.seeds == study.sft.seeds == (0, 1, 2)
+    assert two_hours.evaluation.max_cases == 0
 
 
 def test_unknown_keys_and_wrong_types_fail_at_load():
