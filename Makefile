@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/bench_corpus.py
 	$(PY) benchmarks/bench_cpt.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_scoring_bound.py
 
 RESULTS_PROFILE ?= study
 RESULTS_OUT ?= docs/RESULTS.md

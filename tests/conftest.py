@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -115,3 +116,19 @@ def load_rows(rows: list[tuple]) -> duckdb.DuckDBPyConnection:
     records.append(FileRead("log.csv", "interactions", "csv", len(rows), "0" * 64))
     load_records(con, records)
     return con
+
+
+@pytest.fixture
+def con(tmp_path, fixture_config):
+    """(connection, profile) of the fixture's database: corpus built, the Crime domain's users
+    split (``candidate_sets`` not yet built)."""
+    from cprec_core.build_corpus import main as build_corpus
+    from cprec_core.config import load_config_file
+    from cprec_core.domain_data import build_domain_users
+
+    assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0
+    profile = dataclasses.replace(load_config_file(fixture_config), data_dir=str(tmp_path / "data"))
+    con = duckdb.connect(str(profile.database))
+    build_domain_users(con, "crime")
+    yield con, profile
+    con.close()

@@ -105,21 +105,29 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases) -> dict[str, 
     return scores
 
 
+def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
+    """(system, seed) of every LLM system the profile evaluates, trained or not."""
+    systems = [("base", 0), ("cprec_zero_shot", 0)] if profile.evaluation.zero_shot else []
+    return systems + [(system, seed) for system in profile.sft.systems
+                      for seed in profile.sft.seeds_for(system)]
+
+
 def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]:
-    """(system, seed) of every LLM system whose weights exist; missing ones are logged."""
+    """(system, seed) of every planned LLM system whose weights exist; missing ones are
+    logged."""
     systems = []
-    if profile.evaluation.zero_shot:
-        systems.append(("base", 0))
-        if (profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors").is_file():
-            systems.append(("cprec_zero_shot", 0))
-        else:
-            log("cprec_zero_shot: no WSA CPT adapter, skipped")
-    for system in profile.sft.systems:
-        for seed in profile.sft.seeds_for(system):
-            if (profile.sft_dir(system, slug, seed) / "adapter").is_dir():
+    for system, seed in planned_llm_systems(profile):
+        if system == "base":
+            systems.append((system, seed))
+        elif system == "cprec_zero_shot":
+            if (profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors").is_file():
                 systems.append((system, seed))
             else:
-                log(f"{system} seed {seed}: no SFT adapter for {slug}, skipped")
+                log("cprec_zero_shot: no WSA CPT adapter, skipped")
+        elif (profile.sft_dir(system, slug, seed) / "adapter").is_dir():
+            systems.append((system, seed))
+        else:
+            log(f"{system} seed {seed}: no SFT adapter for {slug}, skipped")
     return systems
 
 

@@ -67,6 +67,15 @@ def render_zero_shot(sample: SFTSample, titles: dict[int, str], corpus: CorpusCo
     return f"Given the following {len(sample.candidates)} items: {listed}. {head}"
 
 
+def prompt_text(sample: SFTSample, titles: dict[int, str], hybrid: bool,
+                corpus: CorpusConfig) -> tuple[str, list[int]]:
+    """(text, item behind each ``[emb]``) of the prompt a system reads: LLaRA's hybrid prompt
+    for the SFT systems, the zero-shot text prompt (no slots) for the others."""
+    if hybrid:
+        return render(sample, titles, hybrid=True)
+    return render_zero_shot(sample, titles, corpus), []
+
+
 def parse_answer(text: str, sample: SFTSample, titles: dict[int, str]) -> int | None:
     """The candidate named by the first line of ``text``, or None when not exactly one is.
 
@@ -247,10 +256,7 @@ class LLMScorer:
 
     def prompt(self, sample: SFTSample, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids (1, P), input embeddings (1, P, d)) of the case's prompt."""
-        if self.hybrid:
-            text, slots = render(sample, titles, hybrid=True)
-        else:
-            text, slots = render_zero_shot(sample, titles, self.corpus), []
+        text, slots = prompt_text(sample, titles, self.hybrid, self.corpus)
         ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]],
                            device=self.device)
         slot_items = torch.tensor([self.local[i] for i in slots], dtype=torch.long,

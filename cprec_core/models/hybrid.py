@@ -23,14 +23,19 @@ class Projector(nn.Module):
         return self.net(item_embeddings)
 
 
+def add_placeholder_to_tokenizer(tokenizer) -> int:
+    """The id of ``[emb]``, added as a special token (one id, never split) where missing."""
+    if PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [PLACEHOLDER]})
+    return tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+
+
 def add_placeholder_token(tokenizer, model) -> int:
     """Adds ``[emb]`` as a special token (one id, never split) and grows the embedding
     matrix by one row, set to the mean of the other rows. The row is never read as an input
     (it is always replaced); with tied embeddings it is also an output logit. It is not
     trained, so adapters are saved without the embedding matrix."""
-    if PLACEHOLDER not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [PLACEHOLDER]})
-    placeholder_id = tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+    placeholder_id = add_placeholder_to_tokenizer(tokenizer)
     embeddings = model.get_input_embeddings()
     if embeddings.num_embeddings <= placeholder_id:
         old = embeddings.num_embeddings

@@ -1,12 +1,9 @@
-import dataclasses
 from contextlib import nullcontext
 
 import duckdb
 import numpy as np
 import pytest
 
-from cprec_core.build_corpus import main as build_corpus
-from cprec_core.config import load_config_file
 from cprec_core.domain_data import build_domain_users
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
@@ -30,16 +27,6 @@ def test_metrics_formulas():
     # ties count against the target: a constant scorer ranks it last, not first
     assert ranks_from_scores(np.zeros((2, 20)), np.array([0, 5])).tolist() == [19, 19]
     assert ranking_report(np.array([0]))["hr@1"] == 1.0
-
-
-@pytest.fixture
-def con(tmp_path, fixture_config):
-    assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0
-    profile = dataclasses.replace(load_config_file(fixture_config), data_dir=str(tmp_path / "data"))
-    con = duckdb.connect(str(profile.database))
-    build_domain_users(con, "crime")
-    yield con, profile
-    con.close()
 
 
 def test_candidate_sets_are_fixed_valid_and_exclude_seen_items(con):
