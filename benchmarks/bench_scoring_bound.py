@@ -43,7 +43,7 @@ from cprec_core.config import load_config_file, load_profile  # noqa: E402
 from cprec_core.domain_data import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
-from cprec_core.evaluation.workload import domain_workload, model_flops  # noqa: E402
+from cprec_core.evaluation.workload import case_tokens, domain_workload, model_flops  # noqa: E402
 from cprec_core.interactions import domain_slug  # noqa: E402
 from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402
@@ -82,7 +82,7 @@ def recorded_minutes(con: duckdb.DuckDBPyConnection, domain: str) -> tuple[str, 
     seconds, runs, devices = con.execute(
         "SELECT sum(score_seconds), count(*), string_agg(DISTINCT device, ', ')"
         " FROM evaluation_costs WHERE domain = ? AND split = 'test'", [domain]).fetchone()
-    return (f"{seconds / 60:.0f} ({runs} runs)", devices) if runs else ("-", "-")
+    return (f"{seconds / 60:.1f} ({runs} runs)", devices) if runs else ("-", "-")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = round(batch * (prompt + first.continuation_tokens))
     rate = matmul_rate(scorer.model, rows, scorer.dtype)
 
-    table, totals = [], [0.0, 0.0]
+    table, totals = [], [0.0, 0.0, 0.0]  # bound s, projected s, FLOPs
     for slug in slugs:
         w = work[slug]
         flops = w.flops(per_token, per_head_row)
@@ -130,21 +130,23 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         scorer.evaluate(samples[:args.cases], titles, batch, generate=False)
         per_case = (time.perf_counter() - started) / args.cases
-        timed_tokens = (w.hybrid_prompt_tokens if scorer.hybrid else w.text_prompt_tokens) \
-            + w.continuation_tokens
-        projected = w.cases * per_case / timed_tokens * sum(
-            runs * (prompt + w.continuation_tokens)
-            for runs, prompt in ((w.hybrid_runs, w.hybrid_prompt_tokens),
-                                 (w.text_runs, w.text_prompt_tokens)))
+        # seconds per token of the timed cases, times every run's tokens on every case
+        timed_tokens = sum(sum(case_tokens(scorer.tokenizer, sample, titles, scorer.hybrid,
+                                           profile.corpus)) for sample in samples[:args.cases])
+        projected = w.cases * per_case * args.cases / timed_tokens * sum(
+            runs * (prompt_tokens + w.continuation_tokens)
+            for runs, prompt_tokens in ((w.hybrid_runs, w.hybrid_prompt_tokens),
+                                        (w.text_runs, w.text_prompt_tokens)))
         totals[0] += flops / rate
         totals[1] += projected
+        totals[2] += flops
         table.append((w.domain, f"{w.cases:,}", w.runs,
                       f"{w.hybrid_prompt_tokens:.0f} / {w.text_prompt_tokens:.0f}",
                       f"{w.continuation_tokens:.0f}", f"{flops / 1e15:.2f}",
-                      f"{flops / rate / 60:.0f}", f"{per_case:.3g}", f"{projected / 60:.0f}",
+                      f"{flops / rate / 60:.1f}", f"{per_case:.3g}", f"{projected / 60:.1f}",
                       *recorded[slug]))
-    table.append(("all", "", "", "", "", "", f"{totals[0] / 60:.0f}", "", f"{totals[1] / 60:.0f}",
-                  "", ""))
+    table.append(("all", "", "", "", "", f"{totals[2] / 1e15:.2f}", f"{totals[0] / 60:.1f}", "",
+                  f"{totals[1] / 60:.1f}", "", ""))
     print(f"profile {profile.name}: {first.hybrid_runs} SFT system runs (hybrid prompt) and"
           f" {first.text_runs} zero-shot (text prompt) per domain; {scorer.dtype},"
           f" {torch.get_num_threads()} threads, {processor(str(scorer.device))}")

@@ -105,6 +105,6 @@ def test_the_bound_benchmark_runs_on_a_config_file(con, fixture_config, capsys):
     assert set(rows) == {"Crime", "Horror", "all"}
     assert int(rows["Crime"][1]) == len(planned_llm_systems(profile))  # system runs
     assert float(rows["Crime"][6]) > 0  # the measured forward, s/case
-    assert [c.strip() for c in rows["Crime"][8:]] == ["3 (2 runs)", "cpu (Chip A)"]
+    assert [c.strip() for c in rows["Crime"][8:]] == ["3.0 (2 runs)", "cpu (Chip A)"]
     assert [c.strip() for c in rows["Horror"][8:]] == ["-", "-"]
     assert "GFLOP/s" in out and "profile fixture" in out
