@@ -17,8 +17,9 @@ side for each target domain, one run:
 * ``recorded``: the scoring seconds in ``evaluation_costs`` where the profile has been
   evaluated (possibly on another chip: its ``device`` column says which).
 
-Needs the corpus and each target domain's data (``python -m cprec_assets.demo --stage
-corpus``, then ``--stage domain --domain <slug>``, a minute on 2 cores).
+Needs the corpus and each target domain's data (``CPREC_PROFILE=<profile> python -m
+cprec_assets.demo --stage corpus``, then ``--stage domain --domain <slug>``, a minute on 2
+cores).
 
     python benchmarks/bench_scoring_bound.py [--profile demo | --config my.yaml] [--data-dir data]
         [--cases 32] [--system base]
