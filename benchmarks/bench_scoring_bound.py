@@ -75,6 +75,22 @@ def matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype, repeats: 
     return flops * repeats / (time.perf_counter() - started)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _has_test_cases(con: duckdb.DuckDBPyConnection, slug: str) -> bool:
+    if not con.execute("SELECT count(*) FROM information_schema.tables"
+                       " WHERE table_name = 'candidate_sets'").fetchone()[0]:
+        return False
+    domain, _ = domain_for_slug(con, slug)
+    return con.execute("SELECT count(*) FROM candidate_sets WHERE domain = ? AND split = 'test'",
+                       [domain]).fetchone()[0] > 0
+
+
 def recorded_minutes(con: duckdb.DuckDBPyConnection, domain: str) -> tuple[str, str]:
     """(minutes of LLM scoring on the test split, devices) from ``evaluation_costs``."""
     if not con.execute("SELECT count(*) FROM information_schema.tables"
@@ -92,14 +108,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="a profile YAML file (docs/CONFIG.md), instead of --profile")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--system", default="base", help="timed for the measured forward")
-    parser.add_argument("--cases", type=int, default=32, help="per domain, for the measured forward")
+    parser.add_argument("--cases", type=_positive, default=32,
+                        help="per domain, for the measured forward")
     args = parser.parse_args(argv)
     profile = load_config_file(args.config) if args.config else load_profile(args.profile)
     profile = dataclasses.replace(profile, data_dir=str(Path(args.data_dir).resolve()))
+    env = f"CPREC_CONFIG={args.config}" if args.config else f"CPREC_PROFILE={profile.name}"
+    for needed in (profile.database, profile.corpus_dir / "tokenizer"):
+        if not needed.exists():
+            sys.exit(f"{needed}: not found; materialise the corpus and the target domains first"
+                     f" ({env} python -m cprec_assets.demo --stage corpus,"
+                     " then --stage domain --domain <slug>), or pass --data-dir")
     tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
     add_placeholder_to_tokenizer(tokenizer)
     slugs = [domain_slug(d) for d in profile.data.target_domains]
     with duckdb.connect(str(profile.database), read_only=True) as con:
+        missing = [slug for slug in slugs if not _has_test_cases(con, slug)]
+        if missing:
+            sys.exit(f"{profile.database}: no test candidate sets for {missing}; materialise them"
+                     f" ({env} python -m cprec_assets.demo --stage domain"
+                     f" --domain {missing[0]})")
         work = {slug: domain_workload(con, profile, slug, tokenizer) for slug in slugs}
         recorded = {slug: recorded_minutes(con, work[slug].domain) for slug in slugs}
 
@@ -127,14 +155,15 @@ def main(argv: list[str] | None = None) -> None:
         samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                    for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                             cases.targets)]
-        scorer.evaluate(samples[args.cases:], titles, batch, generate=False)  # warm-up
+        timed = samples[:args.cases]  # fewer where the domain has fewer test cases
+        scorer.evaluate(samples[len(timed):] or timed, titles, batch, generate=False)  # warm-up
         started = time.perf_counter()
-        scorer.evaluate(samples[:args.cases], titles, batch, generate=False)
-        per_case = (time.perf_counter() - started) / args.cases
+        scorer.evaluate(timed, titles, batch, generate=False)
+        per_case = (time.perf_counter() - started) / len(timed)
         # seconds per token of the timed cases, times every run's tokens on every case
         timed_tokens = sum(sum(case_tokens(scorer.tokenizer, sample, titles, scorer.hybrid,
-                                           profile.corpus)) for sample in samples[:args.cases])
-        projected = w.cases * per_case * args.cases / timed_tokens * sum(
+                                           profile.corpus)) for sample in timed)
+        projected = w.cases * per_case * len(timed) / timed_tokens * sum(
             runs * (prompt_tokens + w.continuation_tokens)
             for runs, prompt_tokens in ((w.hybrid_runs, w.hybrid_prompt_tokens),
                                         (w.text_runs, w.text_prompt_tokens)))
