@@ -41,7 +41,7 @@ bench: install
 RESULTS_PROFILE ?= study
 RESULTS_OUT ?= docs/RESULTS.md
 results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
-	$(PY) -m cprec_core.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
+	$(PY) -m cprec_core.evaluation.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
 STUDY_PROFILE ?= study
 study: install  ## the evaluation study (about 3 hours on 2 cores), then `make results`; STUDY_PROFILE=study-2h RESULTS_OUT=docs/RESULTS-2h.md for the two-hour sizes

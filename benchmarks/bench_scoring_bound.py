@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # workload.py beside this file
 
 import duckdb  # noqa: E402
 import torch  # noqa: E402
@@ -41,15 +42,15 @@ import torch.nn.functional as F  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from cprec_core.config import load_config_file, load_profile  # noqa: E402
-from cprec_core.domain_data import domain_for_slug  # noqa: E402
+from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
-from cprec_core.evaluation.workload import case_tokens, domain_workload, model_flops  # noqa: E402
-from cprec_core.interactions import domain_slug  # noqa: E402
+from cprec_core.data.interactions import domain_slug  # noqa: E402
 from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402
+from workload import case_tokens, domain_workload, model_flops  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402
-from cprec_core.sft_data import SFTSample  # noqa: E402
+from cprec_core.training.sft_samples import SFTSample  # noqa: E402
 
 
 def matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype, repeats: int = 3) -> float:

@@ -13,11 +13,11 @@ from cprec_assets.assets.data import (
 )
 from cprec_assets.partitions import DUCKDB_POOL
 from cprec_assets.resources import CPRecConfig
-from cprec_core.corpus import corpus_leaks
-from cprec_core.interactions import leaks
-from cprec_core.raw import reconcile
+from cprec_core.data.corpus import corpus_leaks
+from cprec_core.data.interactions import leaks
+from cprec_core.data.raw import reconcile
 from cprec_core.reporting import md_table
-from cprec_core.sequences import unordered_sequences
+from cprec_core.data.sequences import unordered_sequences
 
 
 @dg.asset_check(asset=raw_interactions, blocking=True, pool=DUCKDB_POOL)

@@ -19,7 +19,7 @@ import dagster as dg
 import duckdb
 
 from cprec_core.config import Profile, load_config_file, load_profile
-from cprec_core.db import connect
+from cprec_core.data.db import connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ class CPRecConfig(dg.ConfigurableResource):
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to the profile's database; waits while another process holds the
-        file's lock (cprec_core.db), so concurrent steps queue instead of failing."""
+        file's lock (cprec_core.data.db), so concurrent steps queue instead of failing."""
         con = connect(self.load().database, read_only=read_only)
         try:
             yield con

@@ -1,12 +1,12 @@
 """The landing sensor: new files in the landing folder -> one run of ``corpus_job``.
 
-Each tick scans the folder (cprec_core.landing.scan). A file is requested once it is complete
+Each tick scans the folder (cprec_core.data.landing.scan). A file is requested once it is complete
 (a ``<file>.done`` marker, or the same size and modification time on two ticks and at least
 ``settle_seconds`` old) and only once per version: the cursor keeps the (size, mtime) stamp
 it had when requested. The run loads the files into the landing tables (``landed_interactions``,
 idempotent on the content's SHA-256) and rebuilds the unpartitioned data stage from them;
 a new domain becomes a ``domain`` partition in that run when it qualifies as a target
-(cprec_core.interactions). Per-domain assets and training follow through the automation
+(cprec_core.data.interactions). Per-domain assets and training follow through the automation
 conditions (cprec_assets/automation.py).
 
 Off until switched on: UI -> Automation -> ``landing_sensor``, or
@@ -20,7 +20,7 @@ import dagster as dg
 
 from cprec_assets.jobs import corpus_job
 from cprec_assets.resources import CPRecConfig
-from cprec_core.landing import LandingCursor, scan
+from cprec_core.data.landing import LandingCursor, scan
 
 
 @dg.sensor(job=corpus_job, minimum_interval_seconds=30,

@@ -33,7 +33,7 @@ def run_tool(work: Callable[[], object], database) -> int:
     yet or a locked file end as one line and exit status 2, not a traceback."""
     import duckdb
 
-    from cprec_core.db import DatabaseBusy
+    from cprec_core.data.db import DatabaseBusy
 
     if not database.is_file():
         print(f"error: {database} does not exist: materialise the profile first",

@@ -191,7 +191,7 @@ def _check_next_item(cfg, section: str) -> None:
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    """SASRec per target domain (cprec_core.collab.sasrec): RecBole's shape (d=64, 2 blocks,
+    """SASRec per target domain (cprec_core.models.sasrec): RecBole's shape (d=64, 2 blocks,
     2 heads), full-softmax cross-entropy, Adam, early stopping on validation NDCG@10."""
 
     hidden: int = 64
@@ -215,7 +215,7 @@ class SASRecConfig:
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
-    """GRU4Rec per target domain (cprec_core.collab.gru4rec), the recurrent classic baseline:
+    """GRU4Rec per target domain (cprec_core.models.gru4rec), the recurrent classic baseline:
     RecBole's shape (item embeddings 64, one GRU layer of 128, dropout 0.3), trained like
     SASRec (full-softmax cross-entropy, Adam, early stopping on validation NDCG@10)."""
 
@@ -283,7 +283,7 @@ class EvalConfig:
     as in the paper, at most ``max_new_tokens`` tokens. A ValidRatio under
     ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
     leaderboard's 95 % intervals. ``keep_freed_heap``: the scoring process keeps freed
-    memory for reuse while it scores a system (``cprec_core/allocator.py``: 10-30 % less
+    memory for reuse while it scores a system (``cprec_core/evaluation/allocator.py``: 10-30 % less
     scoring time on this CPU; RSS stays at the peak until the next system); switch off
     where memory is tight."""
 

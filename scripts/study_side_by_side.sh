@@ -122,4 +122,4 @@ side_by_side "${domains[@]/#/evaluation --domain=}"
 "$PY" -m cprec_assets.demo --stage summary
 echo "study: $(( $(date +%s) - started )) s wall"
 if [ -n "${CPREC_CONFIG:-}" ]; then source=(--config "$CPREC_CONFIG"); else source=(--profile "$CPREC_PROFILE"); fi
-"$PY" -m cprec_core.results "${source[@]}" --out "$RESULTS_OUT"
+"$PY" -m cprec_core.evaluation.results "${source[@]}" --out "$RESULTS_OUT"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from cprec_core.config import DataConfig, SourceConfig
-from cprec_core.raw import load_records
-from cprec_core.sources.base import Accepted, FileRead
+from cprec_core.data.raw import load_records
+from cprec_core.data.sources.base import Accepted, FileRead
 
 GENRES = {"Drama": 14, "Comedy": 12, "Crime": 8, "Horror": 8}
 TITLES = ["Usual Suspects, The", "Rock, The", "Seven (Se7en)", "Birdcage, The", "Heat", "Fargo",
@@ -122,9 +122,9 @@ def load_rows(rows: list[tuple]) -> duckdb.DuckDBPyConnection:
 def con(tmp_path, fixture_config):
     """(connection, profile) of the fixture's database: corpus built, the Crime domain's users
     split (``candidate_sets`` not yet built)."""
-    from cprec_core.build_corpus import main as build_corpus
+    from cprec_core.data.build import main as build_corpus
     from cprec_core.config import load_config_file
-    from cprec_core.domain_data import build_domain_users
+    from cprec_core.data.domain_users import build_domain_users
 
     assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0
     profile = dataclasses.replace(load_config_file(fixture_config), data_dir=str(tmp_path / "data"))

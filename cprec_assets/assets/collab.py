@@ -10,8 +10,8 @@ from cprec_assets.assets.data import domain_users
 from cprec_assets.automation import TRAIN
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
-from cprec_core.collab.train_sasrec import train_gru4rec, train_sasrec
-from cprec_core.domain_data import load_domain_data
+from cprec_core.training.next_item import train_gru4rec, train_sasrec
+from cprec_core.data.domain_users import load_domain_data
 from cprec_core.reporting import md_table
 
 

@@ -15,13 +15,13 @@ from cprec_assets.assets.landing import landed_interactions
 from cprec_assets.automation import DATA
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import CPRecConfig
-from cprec_core.corpus import build_cpt_corpus, corpus_texts, export_snapshot
-from cprec_core.domain_data import build_domain_users, domain_data_version
-from cprec_core.interactions import build_interactions
+from cprec_core.data.corpus import build_cpt_corpus, corpus_texts, export_snapshot
+from cprec_core.data.domain_users import build_domain_users, domain_data_version
+from cprec_core.data.interactions import build_interactions
 from cprec_core.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from cprec_core.raw import load_raw_interactions, raw_data_version
+from cprec_core.data.raw import load_raw_interactions, raw_data_version
 from cprec_core.reporting import corpus_summary, md_table, query_table
-from cprec_core.sequences import build_domain_sequences, build_mixed_sequences
+from cprec_core.data.sequences import build_domain_sequences, build_mixed_sequences
 
 GROUP = "corpus"
 

@@ -1,4 +1,4 @@
-"""New data: files dropped into the landing folder, loaded once (cprec_core.landing).
+"""New data: files dropped into the landing folder, loaded once (cprec_core.data.landing).
 
 The landing sensor (cprec_assets/sensors.py) requests ``corpus_job`` with the files it found
 complete; launched by hand (UI or CLI) with no ``files``, the asset loads every complete file
@@ -13,7 +13,7 @@ import dagster as dg
 from cprec_assets.automation import DATA
 from cprec_assets.partitions import DUCKDB_POOL
 from cprec_assets.resources import CPRecConfig
-from cprec_core.landing import complete, ingest, landed_summary, landed_version, scan
+from cprec_core.data.landing import complete, ingest, landed_summary, landed_version, scan
 from cprec_core.reporting import md_table
 
 

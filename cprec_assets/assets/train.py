@@ -16,8 +16,8 @@ from cprec_assets.automation import TRAIN
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import CPRecConfig
 from cprec_core.config import CPT_VARIANTS
-from cprec_core.sft import cpt_variant
-from cprec_core.plots import training_curves
+from cprec_core.training.sft import cpt_variant
+from cprec_core.training.plots import training_curves
 from cprec_core.reporting import md_table
 
 TRAIN_POOL = "train"
@@ -50,11 +50,11 @@ def build_cpt_asset(variant: str) -> dg.AssetsDefinition:
     @dg.asset(name=cpt_asset_name(variant), group_name="cpt", deps=[cpt_corpus],
               pool=TRAIN_POOL, kinds={"pytorch"}, tags={"variant": variant}, code_version="1",
               automation_condition=TRAIN if variant == "wsa" else None,  # ablations: by hand
-              description=f"CPT LoRA adapter, schedule variant `{variant}` (cprec_core.cpt).")
+              description=f"CPT LoRA adapter, schedule variant `{variant}` (cprec_core.training.cpt).")
     def _cpt(context: dg.AssetExecutionContext, cprec: CPRecConfig,
              pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         profile = cprec.load()
-        command = accelerate_command(cprec, "cprec_core.cpt", "--variant", variant)
+        command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", variant)
         context.log.info(" ".join(command))
         invocation = pipes_subprocess_client.run(context=context, command=command)
         reported = invocation.get_materialize_result().metadata or {}
@@ -120,11 +120,11 @@ def build_sft_asset(system: str) -> dg.AssetsDefinition:
     @dg.asset(name=sft_asset_name(system), group_name="sft", deps=deps, pool=TRAIN_POOL,
               partitions_def=domain_partitions, kinds={"pytorch"}, tags={"system": system},
               code_version="1", automation_condition=TRAIN if system in ("cprec", "llara") else None,
-              description=f"Per-domain SFT with LLaRA's hybrid prompt, {source} (cprec_core.sft).")
+              description=f"Per-domain SFT with LLaRA's hybrid prompt, {source} (cprec_core.training.sft).")
     def _sft(context: dg.AssetExecutionContext, cprec: CPRecConfig,
              pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         profile = cprec.load()
-        command = accelerate_command(cprec, "cprec_core.sft", "--domain", context.partition_key,
+        command = accelerate_command(cprec, "cprec_core.training.sft", "--domain", context.partition_key,
                                      "--system", system)
         invocation = pipes_subprocess_client.run(context=context, command=command)
         reported = invocation.get_materialize_result().metadata or {}

@@ -90,7 +90,7 @@ def item_knn(con: duckdb.DuckDBPyConnection, cases: Cases, all_domains: bool) ->
 def sequential_scores(model, index: list[int], cases: Cases, max_len: int) -> np.ndarray:
     """SASRec's or GRU4Rec's logits (the same interface) for each case's candidates, from
     its history re-indexed to the model's item ids (``index``)."""
-    from cprec_core.collab.sasrec import left_pad
+    from cprec_core.models.sasrec import left_pad
 
     local = {item: j + 1 for j, item in enumerate(index)}
     seqs = left_pad([[local[i] for i in h] for h in cases.histories], max_len)

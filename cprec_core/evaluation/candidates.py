@@ -9,7 +9,7 @@ import hashlib
 import duckdb
 import numpy as np
 
-from cprec_core.domain_data import domain_for_slug
+from cprec_core.data.domain_users import domain_for_slug
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS candidate_sets (

@@ -32,9 +32,9 @@ from typing import Callable, ContextManager
 import duckdb
 import numpy as np
 
-from cprec_core.collab.train_sasrec import load_sasrec
+from cprec_core.training.next_item import load_sasrec
 from cprec_core.config import Profile
-from cprec_core.domain_data import domain_for_slug
+from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popularity,
                                              sequential_scores)
 from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
@@ -136,9 +136,9 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
     """{(system, seed): LLMRun} for every LLM system, each timed (load and scoring apart)."""
     import torch
 
-    from cprec_core.allocator import release_freed_heap
+    from cprec_core.evaluation.allocator import release_freed_heap
     from cprec_core.evaluation.llm import LLMScorer
-    from cprec_core.sft_data import SFTSample
+    from cprec_core.training.sft_samples import SFTSample
 
     samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
-    from cprec_core.db import connect
+    from cprec_core.data.db import connect
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="evaluate one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")

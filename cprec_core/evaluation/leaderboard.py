@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
-    from cprec_core.db import connect
+    from cprec_core.data.db import connect
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="rebuild the leaderboard"))
     profile = profile_from_args(parser.parse_args(argv))

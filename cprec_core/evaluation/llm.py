@@ -45,11 +45,11 @@ from transformers import AttentionInterface, AttentionMaskInterface, AutoTokeniz
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from cprec_core.allocator import keep_freed_heap
+from cprec_core.evaluation.allocator import keep_freed_heap
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
-from cprec_core.sft_data import SFTSample, render
+from cprec_core.training.sft_samples import SFTSample, render
 
 ZERO_SHOT_SYSTEMS = ("base", "cprec_zero_shot")
 
@@ -231,7 +231,7 @@ class LLMScorer:
                 model = PeftModel.from_pretrained(base, folder).merge_and_unload()
             return cls(model.eval(), tokenizer, None, None, {}, None, dtype, profile.corpus,
                        torch.device(device))
-        from cprec_core.collab.train_sasrec import load_sasrec
+        from cprec_core.training.next_item import load_sasrec
 
         folder = profile.sft_dir(system, slug, seed)
         if not (folder / "adapter" / "adapter_model.safetensors").is_file():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cprec_core.packing import IGNORE
+IGNORE = -100  # the target of a position that predicts nothing (padding)
 
 CE_CHUNK = 1024
 

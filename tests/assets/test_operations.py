@@ -153,7 +153,7 @@ def domain_data_job() -> dg.JobDefinition:
 def test_two_domain_partitions_at_once_without_lock_errors(tmp_path, fixture_config):
     """Two runs (crime, horror) started together, each on the multiprocess executor, on an
     instance with this repository's dagster.yaml. Pool slots order the DuckDB writers, and
-    every DuckDB connection waits for the file lock (cprec_core.db): with SQLite run storage
+    every DuckDB connection waits for the file lock (cprec_core.data.db): with SQLite run storage
     two processes can win the same slot at the same moment (SQLite has no SELECT ... FOR
     UPDATE), so the wait on the lock is what guarantees there is no lock error."""
     home = tmp_path / "home"

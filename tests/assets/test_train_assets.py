@@ -1,4 +1,4 @@
-"""The CPT asset end to end: Dagster Pipes -> accelerate launch -> cprec_core.cpt (tiny model)."""
+"""The CPT asset end to end: Dagster Pipes -> accelerate launch -> cprec_core.training.cpt (tiny model)."""
 
 import json
 import re
@@ -19,7 +19,7 @@ STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.m
 def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     cprec = CPRecConfig(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     resources = {"cprec": cprec, "pipes_subprocess_client": dg.PipesSubprocessClient()}
-    command = accelerate_command(cprec, "cprec_core.cpt", "--variant", "wsa")
+    command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
                   evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
@@ -72,12 +72,12 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert "Paired test: CPRec vs LLaRA" in board_meta["leaderboard"].value
     assert board_meta["chart"].value.startswith("![leaderboard](data:image/png;base64,")
     # `make results` renders the same leaderboard into a markdown file with its provenance
-    from cprec_core.results import main as write_results
+    from cprec_core.evaluation.results import main as write_results
     out = tmp_path / "RESULTS.md"
     assert write_results(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data"),
                           "--out", str(out)]) == 0
     text = out.read_text()
-    assert "- **Command:** `python -m cprec_core.results --config" in text
+    assert "- **Command:** `python -m cprec_core.evaluation.results --config" in text
     assert "### Crime (test cases:" in text and "| llara | 0 |" in text
     assert re.search(r"## Compute\n\nRecorded: CPT \d+ min, SFT \d+ min, LLM scoring Crime \d+ min;",
                      text)

@@ -1,1 +1,0 @@
-"""Collaborative (ID-based) recommenders: the classic baselines and LLaRA's item encoders."""

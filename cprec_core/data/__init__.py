@@ -1,0 +1,1 @@
+"""The data stage: sources, raw rows, landing folder, cleaning, sequences, corpus."""

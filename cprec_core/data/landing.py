@@ -1,0 +1,394 @@
+"""New interaction files dropped into a landing folder: found, waited for, loaded once.
+
+What counts as a delivery (paths relative to the landing folder, default ``data/landing``):
+
+* ``<Domain>/<anything>.parquet|.csv|.csv.gz|.jsonl|.jsonl.gz``: generic logs (columns
+  user_id, item_id, title, timestamp, rating optional); the ``domain`` column may be absent
+  or empty, the top folder names the domain. Deeper folders are fine
+  (``Western/2025/05/part-1.parquet`` is domain ``Western``).
+* ``<anything>.parquet|...`` directly in the landing folder: the ``domain`` column is required.
+* ``<Category>.jsonl[.gz]`` next to ``meta_<Category>.jsonl[.gz]`` (Amazon Reviews 2023) or
+  ``<Category>.json[.gz]`` next to ``meta_<Category>.json[.gz]`` (2018), in any folder: the
+  review file is the delivery, read with its meta file; the domain is the category.
+
+Hidden names (``.x``, ``_x``) and in-progress names (``*.tmp``, ``*.part``, ``*.partial``,
+``*.crdownload``, ``*~``) are not looked at; other suffixes are listed as ignored.
+
+Complete, not half-written: a delivery is read when ``<file>.done`` exists next to it, or
+when its size and modification time did not change between two scans and it is at least
+``settle_seconds`` old. ``LandingCursor`` (the sensor's cursor) remembers the
+``(size, mtime)`` stamp each delivery had when it was requested, so each version of a file is
+requested once.
+
+Loaded once: ``ingest`` keys each delivery on the SHA-256 of its content (review + meta file
+for Amazon pairs) in the ``landed_files`` ledger; the same content delivered again, under any
+name, is recorded as a duplicate and adds no rows. The rows live in their own tables
+(``landed_raw``, ``landed_rejected``, ``landed_source_files``, same columns as
+``raw_interactions``, ``rejected_rows``, ``source_files``), so rebuilding ``raw_interactions``
+from the configured sources keeps them: ``append_landed`` copies them in after the sources.
+Each delivery is written in one transaction: a crash leaves it either fully loaded or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+import duckdb
+
+from cprec_core.data.rows import Writer, reason_group
+from cprec_core.data.sources.amazon import AMAZON_2018, AMAZON_2023, read_pair
+from cprec_core.data.sources.base import Record, SourceError, category_from_filename, file_sha256
+from cprec_core.data.sources.table import read_table_file
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
+AMAZON_SUFFIXES = {".jsonl": AMAZON_2023, ".jsonl.gz": AMAZON_2023,
+                   ".json": AMAZON_2018, ".json.gz": AMAZON_2018}
+IN_PROGRESS = (".tmp", ".part", ".partial", ".crdownload", "~")
+MARKER = ".done"
+LABEL_PREFIX = "landing:"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS landed_files (
+    delivery VARCHAR NOT NULL, source_file VARCHAR, kind VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL, size BIGINT NOT NULL, status VARCHAR NOT NULL, detail VARCHAR,
+    rows_read BIGINT NOT NULL DEFAULT 0, rows_loaded BIGINT NOT NULL DEFAULT 0,
+    rows_rejected BIGINT NOT NULL DEFAULT 0, domains VARCHAR[],
+    landed_at TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE IF NOT EXISTS landed_raw (
+    source_file VARCHAR NOT NULL, line BIGINT NOT NULL, user_id VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, ts TIMESTAMP NOT NULL,
+    domain VARCHAR NOT NULL, rating DOUBLE);
+CREATE TABLE IF NOT EXISTS landed_rejected (
+    source_file VARCHAR NOT NULL, line BIGINT NOT NULL, field VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL, raw VARCHAR);
+CREATE TABLE IF NOT EXISTS landed_source_files (
+    source_file VARCHAR NOT NULL, role VARCHAR NOT NULL, format VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL, rows_read BIGINT NOT NULL, rows_loaded BIGINT NOT NULL,
+    rows_rejected BIGINT NOT NULL, loaded_at TIMESTAMP DEFAULT current_timestamp);
+"""
+LANDED_TABLES = ("landed_raw", "landed_rejected", "landed_source_files")
+
+
+class LandingError(ValueError):
+    """The landing folder or a requested delivery cannot be used."""
+
+
+# ---------------------------------------------------------------------------------------
+# Finding deliveries
+
+
+@dataclass(frozen=True)
+class Delivery:
+    rel: str  # POSIX path relative to the landing folder
+    path: Path
+    kind: str  # table | amazon2018 | amazon2023
+    size: int
+    mtime_ns: int
+    marker: bool  # <file>.done exists
+    domain: str | None = None  # from the top folder (table files)
+    meta: Path | None = None  # Amazon meta file
+    meta_size: int = 0
+    meta_mtime_ns: int = 0
+
+    @property
+    def stamp(self) -> str:
+        """Changes whenever the file or its meta file is rewritten."""
+        return f"{self.size}:{self.mtime_ns}:{self.meta_size}:{self.meta_mtime_ns}"
+
+    @property
+    def newest_mtime_ns(self) -> int:
+        return max(self.mtime_ns, self.meta_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Scan:
+    deliveries: list[Delivery]
+    ignored: dict[str, str]  # rel -> why it is not a delivery
+
+
+def _suffix(name: str, suffixes: Iterable[str]) -> str | None:
+    return next((s for s in sorted(suffixes, key=len, reverse=True) if name.endswith(s)), None)
+
+
+def _skipped(rel_parts: tuple[str, ...]) -> bool:
+    return any(p.startswith((".", "_")) for p in rel_parts) or rel_parts[-1].endswith(IN_PROGRESS)
+
+
+def scan(root: str | Path) -> Scan:
+    """Every delivery under ``root`` (which must exist), in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LandingError(f"{root}: landing folder not found; create it or set landing_dir")
+    real_root = root.resolve()
+    deliveries, ignored = [], {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel_parts = path.relative_to(root).parts
+            rel = "/".join(rel_parts)
+            if _skipped(rel_parts) or name.endswith(MARKER):
+                continue
+            if not path.resolve().is_relative_to(real_root):
+                ignored[rel] = "a link pointing outside the landing folder"
+                continue
+            if not path.is_file():
+                continue
+            delivery = _delivery(root, path, rel, rel_parts, ignored)
+            if delivery is not None:
+                deliveries.append(delivery)
+    return Scan(deliveries, ignored)
+
+
+def _delivery(root: Path, path: Path, rel: str, parts: tuple[str, ...],
+              ignored: dict[str, str]) -> Delivery | None:
+    name = path.name
+    st = path.stat()
+    marker = path.with_name(name + MARKER).exists()
+    amazon = _suffix(name, AMAZON_SUFFIXES)
+    if name.startswith("meta_") and amazon:
+        return None  # read with its review file
+    if amazon:
+        meta = path.with_name(f"meta_{name[: -len(amazon)].removesuffix('_5')}{amazon}")
+        if not meta.is_file() and not amazon.endswith(".gz"):
+            meta = meta.with_name(meta.name + ".gz")
+        elif not meta.is_file():
+            meta = meta.with_name(meta.name.removesuffix(".gz"))
+        if meta.is_file():
+            layout = AMAZON_SUFFIXES[amazon]
+            mst = meta.stat()
+            return Delivery(rel, path, layout.version, st.st_size, st.st_mtime_ns, marker,
+                            meta=meta, meta_size=mst.st_size, meta_mtime_ns=mst.st_mtime_ns)
+    if _suffix(name, TABLE_SUFFIXES):
+        domain = parts[0] if len(parts) > 1 else None
+        return Delivery(rel, path, "table", st.st_size, st.st_mtime_ns, marker, domain=domain)
+    if amazon:
+        ignored[rel] = (f"Amazon review file without its meta file (meta_{name}); .json files"
+                        " are read only as Amazon 2018 pairs")
+    else:
+        ignored[rel] = (f"unsupported file type; expected {', '.join(TABLE_SUFFIXES)} or an"
+                        " Amazon review + meta_ pair")
+    return None
+
+
+@dataclass
+class LandingCursor:
+    """What the sensor remembers between ticks: the stamp each delivery had on the previous
+    scan (``seen``) and the stamp it had when it was requested (``requested``)."""
+
+    seen: dict[str, str] = field(default_factory=dict)
+    requested: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "LandingCursor":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(dict(data.get("seen", {})), dict(data.get("requested", {})))
+
+    def to_json(self) -> str:
+        return json.dumps({"seen": self.seen, "requested": self.requested}, sort_keys=True)
+
+    def advance(self, found: Scan, now_ns: int, settle_seconds: float) -> list[Delivery]:
+        """The deliveries to request now (complete and not requested in this version);
+        updates the cursor. Entries of files that disappeared are forgotten."""
+        ready, seen = [], {}
+        for d in found.deliveries:
+            if self.requested.get(d.rel) == d.stamp:
+                continue
+            settled = (self.seen.get(d.rel) == d.stamp
+                       and now_ns - d.newest_mtime_ns >= settle_seconds * 1e9)
+            if d.marker or settled:
+                ready.append(d)
+            else:
+                seen[d.rel] = d.stamp
+        present = {d.rel for d in found.deliveries}
+        self.seen = seen
+        self.requested = {k: v for k, v in self.requested.items() if k in present}
+        self.requested.update({d.rel: d.stamp for d in ready})
+        return ready
+
+
+def complete(found: Scan, now_ns: int, settle_seconds: float) -> list[Delivery]:
+    """Deliveries that can be read without a previous scan to compare with: a ``.done``
+    marker, or unchanged for at least ``settle_seconds`` (for runs launched by hand)."""
+    return [d for d in found.deliveries
+            if d.marker or now_ns - d.newest_mtime_ns >= settle_seconds * 1e9]
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    files: list[dict]  # one ledger row per delivery handled
+    reasons: dict[str, int]
+
+    def count(self, status: str) -> int:
+        return sum(f["status"] == status for f in self.files)
+
+    @property
+    def rows_loaded(self) -> int:
+        return sum(f["rows_loaded"] for f in self.files)
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({d for f in self.files for d in (f["domains"] or [])})
+
+
+def _content_sha(d: Delivery) -> str:
+    sha = file_sha256(d.path)
+    if d.meta is None:
+        return sha
+    return hashlib.sha256(f"{sha}:{file_sha256(d.meta)}".encode()).hexdigest()
+
+
+def _records(d: Delivery) -> Iterator[Record]:
+    if d.kind == "table":
+        return read_table_file(d.path, "auto", d.domain)
+    layout = AMAZON_2023 if d.kind == "amazon2023" else AMAZON_2018
+    return read_pair(category_from_filename(d.path), d.path, d.meta, layout)
+
+
+def _relabel(record: Record, labels: dict[str, str]) -> Record:
+    return record._replace(source_file=labels[record.source_file])
+
+
+def ingest(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> IngestReport:
+    """Load each delivery once (see the module docstring); returns what happened to each.
+
+    Status per delivery: ``loaded``; ``duplicate`` (same content already loaded, nothing
+    added); ``failed`` (the whole file cannot be read: the reason names the file and what
+    was expected; nothing added, a corrected file can be delivered again); ``changed`` (the
+    file changed while it was read; nothing added, it is read again once complete)."""
+
+    con.execute(SCHEMA)
+    rows, reasons = [], Counter()
+    for d in deliveries:
+        sha = _content_sha(d)
+        label = f"{LABEL_PREFIX}{d.rel}#{sha[:12]}"
+        row = dict(delivery=d.rel, source_file=label, kind=d.kind, sha256=sha, size=d.size,
+                   status="loaded", detail=None, rows_read=0, rows_loaded=0, rows_rejected=0,
+                   domains=None)
+        earlier = con.execute(
+            "SELECT delivery, landed_at FROM landed_files WHERE sha256 = ? AND status = 'loaded'"
+            " ORDER BY landed_at LIMIT 1", [sha]).fetchall()
+        if earlier:
+            row.update(status="duplicate", source_file=None,
+                       detail=f"same content as {earlier[0][0]}, loaded {earlier[0][1]:%Y-%m-%d %H:%M:%S}")
+        else:
+            labels = {str(d.path): label}
+            if d.meta is not None:
+                meta_rel = PurePosixPath(d.rel).parent / d.meta.name
+                labels[str(d.meta)] = f"{LABEL_PREFIX}{meta_rel}#{sha[:12]}"
+            con.execute("BEGIN TRANSACTION")
+            try:
+                writer = Writer(con, tables=LANDED_TABLES)
+                for record in _records(d):
+                    writer.add(_relabel(record, labels))
+                writer.flush()
+                st = d.path.stat()
+                if (st.st_size, st.st_mtime_ns) != (d.size, d.mtime_ns):
+                    raise _Changed()
+            except SourceError as exc:
+                con.execute("ROLLBACK")
+                row.update(status="failed", source_file=None, detail=str(exc))
+            except _Changed:
+                con.execute("ROLLBACK")
+                row.update(status="changed", source_file=None,
+                           detail=f"{d.path}: changed while being read; read again once complete")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            else:
+                mine = [f for f in writer.files if f["source_file"] == label][0]
+                domains = [r[0] for r in con.execute(
+                    "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
+                    [label]).fetchall()]
+                row.update(rows_read=mine["rows_read"], rows_loaded=mine["rows_loaded"],
+                           rows_rejected=mine["rows_rejected"], domains=domains)
+                reasons.update(writer.reasons)
+                _ledger(con, row)
+                con.execute("COMMIT")
+                rows.append(row)
+                continue
+        _ledger(con, row)
+        rows.append(row)
+    return IngestReport(rows, dict(reasons.most_common()))
+
+
+class _Changed(Exception):
+    pass
+
+
+def _ledger(con: duckdb.DuckDBPyConnection, row: dict) -> None:
+    con.execute(
+        "INSERT INTO landed_files (delivery, source_file, kind, sha256, size, status, detail,"
+        " rows_read, rows_loaded, rows_rejected, domains) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [row[k] for k in ("delivery", "source_file", "kind", "sha256", "size", "status", "detail",
+                          "rows_read", "rows_loaded", "rows_rejected", "domains")])
+
+
+def has_landed(con: duckdb.DuckDBPyConnection) -> bool:
+    (n,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'landed_source_files'"
+                       " AND schema_name = current_schema()").fetchall()[0]
+    return n > 0
+
+
+def append_landed(con: duckdb.DuckDBPyConnection) -> tuple[list[dict], Counter]:
+    """Copy every landed row into the freshly rebuilt raw tables; returns the landed
+    ``source_files`` rows and the rejection reasons, for the load report."""
+
+    if not has_landed(con):
+        return [], Counter()
+    con.execute("INSERT INTO raw_interactions SELECT * FROM landed_raw")
+    con.execute("INSERT INTO rejected_rows SELECT * FROM landed_rejected")
+    con.execute("INSERT INTO source_files SELECT * FROM landed_source_files")
+    keys = ("source_file", "role", "format", "sha256", "rows_read", "rows_loaded", "rows_rejected")
+    files = [dict(zip(keys, r)) for r in con.execute(
+        f"SELECT {', '.join(keys)} FROM landed_source_files ORDER BY loaded_at, source_file").fetchall()]
+    reasons = Counter()
+    for fld, reason, n in con.execute(
+            "SELECT field, reason, count(*) FROM landed_rejected GROUP BY ALL").fetchall():
+        reasons[f"{fld}: {reason_group(reason)}"] += n
+    return files, reasons
+
+
+def landed_only_domains(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Domains of ``raw_interactions`` that only landed files bring (none of the configured
+    sources has them)."""
+    if not has_landed(con):
+        return set()
+    return {r[0] for r in con.execute(
+        """
+        SELECT DISTINCT domain FROM raw_interactions
+        WHERE source_file IN (SELECT source_file FROM landed_source_files)
+        EXCEPT
+        SELECT DISTINCT domain FROM raw_interactions
+        WHERE source_file NOT IN (SELECT source_file FROM landed_source_files)
+        """).fetchall()}
+
+
+def landed_summary(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """The ledger, newest first: delivery, status, rows loaded / rejected, domains, detail."""
+    con.execute(SCHEMA)
+    return con.execute(
+        "SELECT delivery, status, rows_loaded, rows_rejected, array_to_string(domains, ', '),"
+        " coalesce(detail, ''), strftime(landed_at, '%Y-%m-%d %H:%M:%S')"
+        " FROM landed_files ORDER BY landed_at DESC, delivery LIMIT 50").fetchall()
+
+
+def landed_version(con: duckdb.DuckDBPyConnection) -> str:
+    """A fingerprint of everything loaded so far (the content hashes, in load order)."""
+    con.execute(SCHEMA)
+    shas = [r[0] for r in con.execute(
+        "SELECT sha256 FROM landed_files WHERE status = 'loaded' ORDER BY sha256").fetchall()]
+    return hashlib.sha256(",".join(shas).encode()).hexdigest()[:16]
+

@@ -1,0 +1,194 @@
+"""Write docs/RESULTS.md from a profile's leaderboard (``make results``). Never hand-edit the
+output: it states the data, model, profile, sizes, hardware and the command that made it.
+
+    python -m cprec_core.evaluation.results --profile study --out docs/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
+from cprec_core.config import Profile
+from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
+from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
+                                               leaderboard_markdown, require_evaluation)
+from cprec_core.provenance import git_revision, processor
+from cprec_core.reporting import corpus_summary, md_table
+
+
+def _manifests(pattern_root: Path, pattern: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(pattern_root.glob(pattern))]
+
+
+def _dirty(outputs: tuple[Path, ...] = ()) -> str:
+    """The suffix " (plus uncommitted changes)" when tracked files other than this command's own
+    outputs (the markdown file and the chart it rewrites) differ from the commit the code
+    names: ``CPREC_GIT_REVISION`` where set (a copied checkout whose .git may be older than
+    its files, as on a lent GPU machine), else HEAD."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    revision = os.environ.get("CPREC_GIT_REVISION") or "HEAD"
+    exclude = [f":(exclude){p.resolve()}" for p in outputs if p.resolve().is_relative_to(root)]
+    try:
+        diff = subprocess.run(["git", "diff", "--name-only", revision, "--", ".", *exclude],
+                              capture_output=True, text=True, timeout=10, cwd=root)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if diff.returncode != 0:  # no git, or a revision this .git does not hold
+        return " (tree not checked against git)" if revision != "HEAD" else ""
+    return " (plus uncommitted changes)" if diff.stdout.strip() else ""
+
+
+def hardware() -> str:
+    import torch
+
+    gpu = processor("cuda:0") if torch.cuda.is_available() else "none"
+    return f"{os.cpu_count()} CPU cores ({processor()}), GPU: {gpu}, torch {torch.__version__}"
+
+
+def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[dict]) -> str:
+    """What the study cost, part by part: training time from the CPT and SFT manifests, LLM
+    scoring time from ``evaluation_costs``, per domain whose LLM systems were scored. Not
+    counted: data, SASRec/GRU4Rec, classic scoring and run start-ups (minutes in all)."""
+    costs = scoring_costs(con)
+    train = {"CPT": sum(m.get("train_seconds", 0) for m in cpt) / 60,
+             "SFT": sum(m.get("train_seconds", 0) for m in sft) / 60}
+    evaluated = [d for (d,) in con.execute("SELECT DISTINCT domain FROM evaluation_results"
+                                           " WHERE split = 'test' AND family != 'ranking'"
+                                           " ORDER BY domain").fetchall()]
+    scoring: dict[str, float] = {}  # minutes per domain with a recorded cost
+    for row in costs:
+        scoring[row[0]] = scoring.get(row[0], 0.0) + row[5]
+    parts = [f"{name} {minutes:.0f} min" for name, minutes in train.items()]
+    parts += [f"LLM scoring {domain} " + (f"{scoring[domain]:.0f} min" if domain in scoring
+                                          else "not recorded") for domain in evaluated]
+    total = sum(train.values()) + sum(scoring.values())
+    missing = len(scoring) < len(evaluated)
+    lines = [f"Recorded: {', '.join(parts)}; {total / 60:.2f} hours"
+             f" {'without the scoring not recorded' if missing else 'in all'}."]
+    if costs:
+        lines += ["", "LLM scoring per system (s/case: scoring alone, mean over seeds; minutes:"
+                  " loading and scoring, all seeds; answers decoded: greedy answers that left"
+                  " the candidate titles and were decoded step by step, the rest were read off"
+                  " the likelihood forward)", "", md_table(COST_HEADER, costs)]
+    if missing:
+        lines += ["", "Not recorded: LLM scoring evaluated before scoring times were stored"
+                  " (rerun the domain's `evaluation` asset to record them)."]
+    return "\n".join(lines)
+
+
+def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
+           outputs: tuple[Path, ...] = ()) -> str:
+    cpt = _manifests(profile.root / "cpt", "*/manifest.json")
+    sft = _manifests(profile.root / "sft", "*/*/seed-*/manifest.json")
+    # what each domain's evaluation actually scored, against the test users it has (an
+    # evaluation kept from an earlier run of the profile may cover fewer)
+    cases = con.execute("""SELECT e.domain, count(DISTINCT e.user_idx), any_value(c.users)
+                           FROM evaluation_cases e JOIN (
+                               SELECT domain, count(*) AS users FROM candidate_sets
+                               WHERE split = 'test' GROUP BY domain) c USING (domain)
+                           WHERE e.split = 'test' GROUP BY e.domain
+                           ORDER BY e.domain""").fetchall()
+    has_revision = con.execute("""SELECT count(*) FROM information_schema.columns WHERE
+                                  table_name = 'evaluation_results'
+                                  AND column_name = 'git_revision'""").fetchall()[0][0]
+    revision = "coalesce(git_revision, 'not recorded')" if has_revision else "'not recorded'"
+    scored_at = con.execute(f"""SELECT domain, string_agg(DISTINCT {revision}, ', '
+                                                          ORDER BY {revision})
+                                FROM evaluation_results WHERE split = 'test'
+                                GROUP BY domain ORDER BY domain""").fetchall()
+    lines = [
+        "# Results",
+        "",
+        "Written by `make results` (`python -m cprec_core.evaluation.results`) from the leaderboard in the"
+        " profile's DuckDB database. Do not edit by hand: rerun the command.",
+        "",
+        f"- **Command:** `{command}`",
+        f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty(outputs)};"
+        f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- **Trained at git revisions** (from the CPT and SFT manifests):"
+        f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
+        f"- **Evaluated at git revisions:** {', '.join(f'{d} {r}' for d, r in scored_at)}",
+        f"- **Trained on** (from the CPT and SFT manifests):"
+        f" {', '.join(sorted({m.get('processor', 'not recorded') for m in cpt + sft}))};"
+        " scored on: the Compute section's `device` column",
+        f"- **Hardware** (the machine that wrote this file): {hardware()}",
+        f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"
+        f" alpha={profile.cpt.lora.alpha} on {', '.join(profile.cpt.lora.target_modules)}",
+        f"- **Evaluation:** {profile.sft.negatives + 1} fixed candidates per test case (target +"
+        f" {profile.sft.negatives} never-touched items);"
+        f" test cases per domain: {', '.join(f'{d} {n} of {total}' for d, n, total in cases)}"
+        f" ({'all' if all(n == total for _, n, total in cases) else 'fewer than all: a seeded sample'});"
+        f" greedy generation capped at {profile.evaluation.max_new_tokens} tokens;"
+        f" {profile.evaluation.bootstrap} bootstrap resamples.",
+        "",
+        "## Data",
+        "",
+        corpus_summary(con),
+        "",
+        "## Training sizes",
+        "",
+        md_table(["CPT variant", "tokens", "steps", "warmup/stable/anneal", "final loss", "tokens/s",
+                  "hours"],
+                 [(m["variant"], m["tokens"], m["steps"],
+                   "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
+                   m["final_loss"], m["tokens_per_second"],
+                   round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt]) if cpt else "(no CPT)",
+        "",
+        md_table(["domain", "SFT system", "seed", "samples", "steps", "final loss", "LoRA init",
+                  "minutes"],
+                 [(m["domain"], m["system"], m.get("seed", 0), m["samples"], m["steps"],
+                   m["final_loss"],
+                   ("CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0])
+                   if m["init_adapter"] else "none",
+                   round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
+        "",
+        "## Compute",
+        "",
+        compute_summary(con, cpt, sft),
+        "",
+        "## Leaderboard (test split)",
+        "",
+        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood (mean log-"
+        "probability per token of each candidate title). Generation: greedy answer, valid iff it"
+        " names exactly one candidate (the paper's ValidRatio and HR@1 over valid answers).",
+        "",
+        leaderboard_markdown(con),
+    ]
+    if chart is not None:
+        lines += ["", f"![HR@1 per system and domain]({chart.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--out", default="docs/RESULTS.md")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+    out = Path(args.out)
+
+    def work() -> None:
+        with duckdb.connect(str(profile.database)) as con:
+            require_evaluation(con, profile.database)
+            build_leaderboard(con, profile.evaluation.bootstrap)
+            chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
+            command = "python -m cprec_core.evaluation.results " + " ".join(
+                map(shlex.quote, argv or sys.argv[1:]))
+            out.write_text(render(con, profile, command, chart, (out, chart)))
+        print(f"wrote {out} and {chart}")
+
+    return run_tool(work, profile.database)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Continual pre-training with LoRA under the Warmup-Stable-Annealing schedule.
+
+    accelerate launch -m cprec_core.training.cpt --profile demo --variant wsa
+    python -m cprec_core.training.cpt --config my.yaml --variant ds_only        # same, one process
+
+One epoch of next-token prediction over the corpus snapshot, in the order of the plan
+(cprec_core.training.cpt_plan): domain-specific blocks in warmup and stable, mixed blocks in
+annealing. The LR is ``transformers.get_wsd_schedule`` (linear warmup, constant, cosine to
+``min_lr_ratio``). Checkpoints every ``checkpoint_every`` steps hold the adapter,
+optimiser, scheduler, RNG states and the step; a killed run started again resumes from the
+last one and ends with the same adapter as an uninterrupted run. Checkpoints of another plan
+(the corpus, the config or the model changed) are discarded and training starts over; an
+unchanged plan that already finished resumes at its end and re-emits its adapter.
+
+Outputs in ``<profile root>/cpt/<variant>/``: ``adapter/`` (peft, safetensors),
+``manifest.json`` (base model, corpus fingerprint, config, final loss, git revision),
+``train_log.jsonl`` (one line per optimiser step) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import set_peft_model_state_dict
+from transformers import AutoTokenizer, get_wsd_schedule
+
+from cprec_core.training import checkpointing
+from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
+                            run_trainer)
+from cprec_core.config import Profile
+from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
+                                  shuffled_control, subsample)
+from cprec_core.models.causal_lm import PackedCausalLM
+from cprec_core.models.loader import load_base_model, resolve_dtype
+from cprec_core.models.lora import apply_lora
+from cprec_core.progress import Reporter
+from cprec_core.provenance import git_revision, processor
+from cprec_core.training.memory import available_memory, estimate_memory
+
+
+
+class CPTError(RuntimeError):
+    """Training cannot start: bad corpus, model, memory or a checkpoint from another run."""
+
+
+class CPTTrainer:
+    """setup() builds tokenizer, plan, model and optimiser; train() is the one loop."""
+
+    def __init__(self, profile: Profile, variant: str, reporter: Reporter | None = None,
+                 out: Path | None = None):
+        self.profile = profile
+        self.cfg = profile.cpt
+        self.variant = variant
+        self.out = out or profile.cpt_dir(variant)
+        self.reporter = reporter or Reporter()
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self, corpus: Corpus | None = None, resume: bool = True) -> None:
+        """``corpus`` replaces the snapshot (benchmarks); ``resume=False`` ignores checkpoints."""
+        device = self.profile.device
+        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.device = self.accelerator.device
+        self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
+        torch.manual_seed(self.cfg.seed)
+        self.tokenizer = self._setup_tokenizer()
+        self.plan = self._setup_plan(corpus)
+        self.model = self._setup_model()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr,
+            weight_decay=self.cfg.weight_decay)
+        self.scheduler = get_wsd_schedule(
+            self.optimizer, num_warmup_steps=self.plan.warmup_steps,
+            num_decay_steps=self.plan.anneal_steps, num_stable_steps=self.plan.stable_steps,
+            decay_type="cosine", min_lr_ratio=self.cfg.min_lr_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.start_step = self.load_checkpoint() if resume else 0
+
+    def _setup_tokenizer(self):
+        folder = self.profile.corpus_dir / "tokenizer"
+        if not (folder / "tokenizer_config.json").is_file():
+            raise CPTError(f"{folder}: corpus tokenizer not found; materialise cpt_corpus first")
+        return AutoTokenizer.from_pretrained(folder)
+
+    def _setup_plan(self, corpus: Corpus | None) -> Plan:
+        folder = self.profile.corpus_dir
+        corpus = corpus or read_corpus(folder / "cpt_corpus.parquet")
+        if self.variant == "shuffled_control":
+            import pyarrow.parquet as pq
+
+            items = pq.read_table(folder / "items.parquet").to_pydict()
+            titles = dict(zip(items["item_idx"], items["title"]))
+            corpus = shuffled_control(corpus, titles, self.profile.corpus, self.tokenizer,
+                                      self.cfg.seed)
+        self.corpus = subsample(corpus, self.cfg.max_tokens, self.cfg.seed)
+        plan = build_plan(self.corpus, self.cfg, self.variant, self.tokenizer.eos_token_id)
+        if plan.total_steps == 0:
+            raise CPTError("the training plan has no steps: the corpus is empty")
+        self.plan_fingerprint = hashlib.sha256(json.dumps(
+            [self.corpus.fingerprint, dataclasses.asdict(self.cfg), self.variant,
+             self.profile.model.name], sort_keys=True).encode()).hexdigest()[:16]
+        return plan
+
+    def _setup_model(self) -> PackedCausalLM:
+        base = load_base_model(self.profile.model.name, self.profile.cache_dir, self.dtype,
+                               self.tokenizer, self.profile.model.trust_remote_code)
+        need = estimate_memory(base, self.cfg, self.dtype)
+        have = available_memory(self.device)
+        if need > 0.9 * have:
+            raise CPTError(
+                f"training needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is"
+                f" available on {self.device}: lower cpt.micro_batch or cpt.block_size, or set"
+                " cpt.gradient_checkpointing: true")
+        self.memory_estimate = need
+        if self.cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(self.cfg.seed)  # LoRA init must not depend on what loading consumed
+        model = apply_lora(base, self.cfg.lora)
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        wrapped = PackedCausalLM(model)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    @property
+    def peft_model(self):
+        model = self.accelerator.unwrap_model(self.model)
+        return getattr(model, "_orig_mod", model).model
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> float:
+        """One optimiser step of the plan; returns its mean loss per target token."""
+        plan, acc, blocks = self.plan, self.accelerator, self.plan.blocks
+        rank, world = acc.process_index, acc.num_processes
+        ids = plan.steps[step]
+        n_targets = int((blocks.targets[ids] != -100).sum())  # all ranks' blocks
+        mine = ids[rank::world]
+        micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
+        loss_sum = torch.zeros((), device=self.device)
+        for k, part in enumerate(micro):
+            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+            width = int(blocks.tokens[part].max())  # padding sits at block ends: skip it
+            with sync, self.autocast():
+                loss, _ = self.model(*(torch.from_numpy(x[part, :width]).to(self.device) for x in
+                                       (blocks.input_ids, blocks.position_ids, blocks.targets)))
+            acc.backward(loss * world / n_targets)
+            loss_sum += loss.detach().float()
+        if not micro:  # more ranks than blocks in this step: join the gradient all-reduce
+            acc.backward(sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad))
+        if self.cfg.grad_clip:
+            acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(acc.reduce(loss_sum, reduction="sum")) / n_targets
+
+    def autocast(self):
+        if self.dtype == torch.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train(self, stop_after: int | None = None) -> dict:
+        """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
+        plan = self.plan
+        log_path = self.out / "train_log.jsonl"
+        self._truncate_log(log_path, self.start_step)
+        self.model.train()
+        started = time.perf_counter()
+        end = plan.total_steps if stop_after is None else min(plan.total_steps,
+                                                               self.start_step + stop_after)
+        for step in range(self.start_step, end):
+            t0 = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]
+            loss = self.train_step(step)
+            row = {"step": step + 1, "phase": plan.phase(step), "data": plan.data[step],
+                   "lr": lr, "loss": round(loss, 5), "tokens": plan.tokens(step),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            if self.accelerator.is_main_process:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                self.reporter.log(
+                    f"step {row['step']}/{plan.total_steps} {row['phase']:>6} {row['data']:<12}"
+                    f" lr {lr:.2e} loss {loss:.4f} {row['tokens'] / row['seconds']:.0f} tok/s")
+            if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == plan.total_steps:
+                self.save_checkpoint(step + 1)
+        result = {"finished": end == plan.total_steps, "steps_run": end - self.start_step,
+                  "seconds": time.perf_counter() - started}
+        if result["finished"]:
+            result.update(self.save_final(log_path))
+        return result
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpointing.save(self.out / "checkpoints", step,
+                               {"plan": self.plan_fingerprint, "total_steps": self.plan.total_steps},
+                               self.peft_model, self.optimizer, self.scheduler)
+
+    def load_checkpoint(self) -> int:
+        """The step to start from: 0, or the step of the newest complete checkpoint."""
+        found = checkpointing.latest(self.out / "checkpoints")
+        if found is None:
+            return 0
+        last, state = found
+        if state["plan"] != self.plan_fingerprint:  # corpus, config or model changed
+            self.reporter.log(f"checkpoints in {last.parent} are from another plan"
+                              f" ({state['plan']} != {self.plan_fingerprint}): starting over")
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                shutil.rmtree(last.parent)
+            return 0
+        set_peft_model_state_dict(self.peft_model, checkpointing.adapter_weights(last))
+        checkpointing.restore(last, self.optimizer, self.scheduler)
+        self.reporter.log(f"resumed from {last} (step {state['step']})")
+        return state["step"]
+
+    def save_final(self, log_path: Path) -> dict:
+        self.accelerator.wait_for_everyone()
+        rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+        tokens = sum(r["tokens"] for r in rows)
+        seconds = sum(r["seconds"] for r in rows)
+        manifest = {
+            "variant": self.variant,
+            "base_model": self.profile.model.name,
+            "corpus_fingerprint": self.corpus.fingerprint,
+            "plan_fingerprint": self.plan_fingerprint,
+            "profile": self.profile.name,
+            "config": dataclasses.asdict(self.cfg),
+            "steps": self.plan.total_steps,
+            "phase_steps": {"warmup": self.plan.warmup_steps, "stable": self.plan.stable_steps,
+                            "anneal": self.plan.anneal_steps},
+            "documents": len(self.corpus),
+            "tokens": tokens,
+            "block_fill": round(self.plan.blocks.fill, 4),
+            "final_loss": rows[-1]["loss"] if rows else None,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "train_seconds": round(seconds, 1),
+            "trainable_parameters": self.trainable,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "processor": processor(str(self.device)),
+            "processes": self.accelerator.num_processes,
+            "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+            "git_revision": git_revision(),
+            "torch": torch.__version__,
+        }
+        if self.accelerator.is_main_process:
+            tmp = self.out / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.peft_model.save_pretrained(tmp)
+            shutil.rmtree(self.out / checkpointing.ADAPTER_DIR, ignore_errors=True)
+            tmp.rename(self.out / checkpointing.ADAPTER_DIR)
+            (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
+
+    @staticmethod
+    def _truncate_log(path: Path, step: int) -> None:
+        if not path.exists():
+            return
+        rows = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def run(profile: Profile, variant: str, reporter: Reporter | None = None,
+        stop_after: int | None = None, restart: bool = False) -> dict:
+    out = profile.cpt_dir(variant)
+    if restart:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = CPTTrainer(profile, variant, reporter)
+    trainer.setup()
+    plan = trainer.plan
+    trainer.reporter.log(
+        f"CPT {variant}: {len(trainer.corpus)} documents, {plan.blocks.tokens.sum()} tokens in"
+        f" {len(plan.blocks)} blocks of {profile.cpt.block_size} (fill {plan.blocks.fill:.1%}),"
+        f" {plan.total_steps} steps (warmup {plan.warmup_steps}, stable {plan.stable_steps},"
+        f" anneal {plan.anneal_steps}), {trainer.dtype}, {trainer.accelerator.num_processes}"
+        f" process(es) on {trainer.device}, starting at step {trainer.start_step}")
+    return trainer.train(stop_after=stop_after)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Continual pre-training (CPRec)")))
+    parser.add_argument("--variant", default="wsa")
+    parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
+    parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+    return run_trainer(lambda reporter: run(profile, args.variant, reporter, args.stop_after,
+                                            args.restart), (CPTError, CorpusError), args.reporter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Train one SASRec (or GRU4Rec) per domain on its train split, early-stopped on the
+validation items.
+
+    python -m cprec_core.training.next_item --profile demo --domain crime [--model gru4rec]
+
+Inputs are the rows of ``domain_users`` (history of global item ids, valid item, test item).
+Items are re-indexed per domain (1..N, 0 = padding); ``item_index.json`` maps them back.
+Training sequences are each user's train history (last ``max_len`` items), predicting every
+next item. Model selection: NDCG@10 of the validation item ranked among all the domain's
+items not in the history. Output folder: ``model.safetensors``, ``item_index.json``,
+``manifest.json`` (model, shape, config, metrics per epoch and of the best epoch). SASRec
+and GRU4Rec share all of this; only the sequence encoder differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
+from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
+from cprec_core.config import GRU4RecConfig, SASRecConfig
+from cprec_core.data.domain_users import DomainData, load_domain_data
+
+
+def rank_metrics(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """HR@k and NDCG@k of ``target`` (column index) given ``scores`` (higher is better)."""
+    if torch.isnan(scores).any():
+        raise ValueError("NaN scores: the model is broken")
+    target_score = scores.gather(1, target[:, None])
+    rank = (scores > target_score).sum(1)  # 0-based; ties count in the target's favour
+    hit = (rank < k).float()
+    ndcg = hit / torch.log2(rank.float() + 2)
+    return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(ndcg.mean())}
+
+
+def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int],
+             max_len: int, batch_size: int = 512) -> dict[str, float]:
+    """Full ranking over the domain's items, history items excluded."""
+    model.eval()
+    totals = {"hr@10": 0.0, "ndcg@10": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(histories), batch_size):
+            hist = histories[start:start + batch_size]
+            scores = model.scores(left_pad(hist, max_len))
+            for row, items in enumerate(hist):
+                scores[row, [i - 1 for i in items]] = -math.inf
+            target = torch.tensor(targets[start:start + batch_size]) - 1
+            part = rank_metrics(scores, target)
+            for key in totals:
+                totals[key] += part[key] * len(hist)
+    return {key: round(value / max(len(histories), 1), 4) for key, value in totals.items()}
+
+
+MODELS = {"sasrec": (SASRec, SASRecShape), "gru4rec": (GRU4Rec, GRU4RecShape)}
+NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
+
+
+def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig) -> SASRec | GRU4Rec:
+    """A fresh model of ``kind`` whose shape fields come from ``cfg``."""
+    cls, shape_cls = MODELS[kind]
+    fields = {f.name for f in dataclasses.fields(shape_cls)} - {"n_items"}
+    return cls(shape_cls(n_items=n_items, **{k: getattr(cfg, k) for k in fields}))
+
+
+def train_gru4rec(data: DomainData, cfg: GRU4RecConfig, out: Path, log=print) -> dict:
+    return train_sasrec(data, cfg, out, log)
+
+
+def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path,
+                 log=print) -> dict:
+    """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
+    and saved to ``out``; returns its manifest."""
+    kind = "gru4rec" if isinstance(cfg, GRU4RecConfig) else "sasrec"
+    name = NAMES[kind]
+    if len(data.items) < 2 or not data.histories:
+        raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
+                         f" {len(data.histories)} users: too little to train {name}")
+    torch.manual_seed(cfg.seed)
+    local = {item: i + 1 for i, item in enumerate(sorted(data.items))}
+    hist = [[local[i] for i in h] for h in data.histories]
+    train = [h for h in hist if len(h) >= 2]
+    seqs = left_pad([h[:-1] for h in train], cfg.max_len)
+    targets = left_pad([h[1:] for h in train], cfg.max_len)
+    keep = [u for u, v in enumerate(data.valid) if v is not None]
+    valid_hist, valid_target = [hist[u] for u in keep], [local[data.valid[u]] for u in keep]
+    test_keep = [u for u, t in enumerate(data.test) if t is not None]
+    test_hist = [hist[u] + [local[data.valid[u]]] for u in test_keep]
+    test_target = [local[data.test[u]] for u in test_keep]
+
+    model = build_model(kind, len(local), cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, history, waited = -1.0, None, [], 0
+    started = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(seqs), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            loss = model.loss(seqs[idx], targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        metrics = evaluate(model, valid_hist, valid_target, cfg.max_len)
+        history.append({"epoch": epoch, "loss": round(total / len(order), 4), **metrics})
+        if metrics["ndcg@10"] > best:
+            best, waited = metrics["ndcg@10"], 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    best_epoch = max(history, key=lambda r: r["ndcg@10"])["epoch"]
+    manifest = {
+        "model": kind, "domain": data.domain, "data_version": data.data_version,
+        "shape": dataclasses.asdict(model.shape),
+        "config": dataclasses.asdict(cfg), "users": len(hist), "train_sequences": len(train),
+        "epochs": len(history), "best_epoch": best_epoch,
+        "valid": evaluate(model, valid_hist, valid_target, cfg.max_len),
+        "test": evaluate(model, test_hist, test_target, cfg.max_len),
+        "seconds": round(time.perf_counter() - started, 1), "history": history,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    (out / "item_index.json").write_text(json.dumps(sorted(data.items)))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}),"
+        f" valid {manifest['valid']}, test {manifest['test']}")
+    return manifest
+
+
+def load_sasrec(folder: Path) -> tuple[SASRec | GRU4Rec, list[int]]:
+    """The trained model (SASRec, or GRU4Rec as its manifest says) and its item index
+    (position j holds the global id of item j + 1)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    cls, shape_cls = MODELS[manifest.get("model", "sasrec")]  # older manifests: SASRec
+    model = cls(shape_cls(**manifest["shape"]))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval(), json.loads((folder / "item_index.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
+    from cprec_core.data.db import connect
+
+    parser = add_profile_arguments(
+        argparse.ArgumentParser(description="SASRec or GRU4Rec for one domain"))
+    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    parser.add_argument("--model", choices=sorted(MODELS), default="sasrec")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+
+    def work() -> None:
+        out = profile.domain_dir(args.model, args.domain)
+        with connect(profile.database, read_only=True) as con:
+            data = load_domain_data(con, args.domain)
+        train_sasrec(data, getattr(profile, args.model), out)
+
+    return run_tool(work, profile.database)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+from contextlib import nullcontext
+
+import duckdb
+import numpy as np
+import pytest
+
+from cprec_core.data.domain_users import build_domain_users
+from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
+from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
+from cprec_core.evaluation import evaluate as evaluate_module
+from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
+                                             evaluate_domain, mismatched_candidates,
+                                             scoring_costs)
+from cprec_core.evaluation.llm import CaseResult
+from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
+                                               leaderboard_chart, leaderboard_markdown, paired_test)
+from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
+from cprec_core.data.interactions import build_interactions
+from cprec_core.provenance import git_revision
+from tests.conftest import data_config, load_rows
+
+
+def test_metrics_formulas():
+    ranks = np.array([0, 1, 4, 10])
+    assert hit_ratio(ranks, 1) == 0.25 and hit_ratio(ranks, 5) == 0.75
+    assert ndcg(ranks, 5) == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(6)) / 4)
+    # ties count against the target: a constant scorer ranks it last, not first
+    assert ranks_from_scores(np.zeros((2, 20)), np.array([0, 5])).tolist() == [19, 19]
+    assert ranking_report(np.array([0]))["hr@1"] == 1.0
+
+
+def test_candidate_sets_are_fixed_valid_and_exclude_seen_items(con):
+    con, _ = con
+    counts = build_candidate_sets(con, "crime", negatives=2)
+    first = con.execute("SELECT * FROM candidate_sets ORDER BY split, user_idx").fetchall()
+    assert counts["test"] > 0 and bad_candidate_sets(con, 3) == 0
+    build_candidate_sets(con, "crime", negatives=2)
+    assert con.execute("SELECT * FROM candidate_sets ORDER BY split, user_idx").fetchall() == first
+    seen = con.execute(
+        """SELECT count(*) FROM candidate_sets c, unnest(c.candidates) AS t(item)
+           JOIN interactions i ON i.user_idx = c.user_idx AND i.item_idx = t.item
+           WHERE t.item != c.target""").fetchall()[0][0]
+    assert seen == 0  # negatives were never touched by the user
+    with pytest.raises(ValueError, match="candidates need at least"):
+        build_candidate_sets(con, "crime", negatives=19)
+
+
+def test_item_knn_and_popularity_on_a_hand_example():
+    # u1..u3 co-watch a1 & a2; a3 only with u4; u5's history is a1: a2 should beat a3
+    rows = [("u1", "a1", "A", 1), ("u1", "a2", "A", 2), ("u2", "a1", "A", 1), ("u2", "a2", "A", 2),
+            ("u3", "a1", "A", 1), ("u3", "a2", "A", 2), ("u4", "a3", "A", 1), ("u4", "a2", "A", 2)]
+    rows += [(u, f"x{k}", "A", 10 + k) for u in ("u1", "u2", "u3", "u4") for k in (1, 2)]
+    rows += [("u5", "a1", "A", 1), ("u5", "b1", "A", 2), ("u5", "b2", "A", 3)]
+    con = load_rows(rows)
+    build_interactions(con, data_config(target_domains=(), source_domains=()))
+    con.execute("UPDATE domains SET role = 'target' WHERE domain = 'A'")
+    build_domain_users(con, "a")
+    ids = dict(con.execute("SELECT item_id, item_idx FROM items").fetchall())
+    user5 = con.execute("SELECT user_idx FROM users WHERE user_id = 'u5'").fetchall()[0][0]
+    con.execute("CREATE TABLE candidate_sets (domain VARCHAR, split VARCHAR, user_idx INTEGER,"
+                " target INTEGER, candidates INTEGER[], activity VARCHAR)")
+    con.execute("INSERT INTO candidate_sets VALUES ('A', 'valid', ?, ?, ?, 'dense')",
+                [user5, ids["b1"], [ids["a2"], ids["a3"], ids["b1"]]])
+    cases = load_cases(con, "A", "valid")
+    knn = item_knn(con, cases, all_domains=False)[0]
+    assert knn[0] > knn[1] == 0 and knn[2] == 0  # a2 co-occurs with a1; a3 and b1 never do
+    assert popularity(con, cases)[0].tolist() == [4.0, 1.0, 0.0]  # train counts
+
+
+def test_classic_systems_are_scored_on_the_same_rows(con):
+    con, profile = con
+    build_candidate_sets(con, "crime", negatives=2)
+    rows = [dict(zip(RESULT_COLUMNS, r))
+            for r in evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)]
+    assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {r["system"] for r in rows}
+    test_all = [r for r in rows if r["subset"] == "all" and r["split"] == "test"]
+    assert len({r["cases"] for r in test_all}) == 1  # same cases for every system
+    assert all(0 <= r["hr@1"] <= r["hr@3"] <= r["hr@5"] <= 1 for r in rows)
+    assert all(r["hr@1 (valid)"] == r["hr@1"] and r["valid_ratio"] == 1 for r in rows)
+    # per-case rows agree with the aggregates
+    for r in test_all:
+        hits = con.execute("""SELECT avg(hit::INT) FROM evaluation_cases WHERE domain = 'Crime'
+                              AND split = 'test' AND system = ?""", [r["system"]]).fetchall()[0][0]
+        assert hits == pytest.approx(r["hr@1"])
+    # every scored case saw the stored candidate list; changing a stored set is detected
+    assert mismatched_candidates(con) == 0
+    con.execute("""UPDATE candidate_sets SET candidates = list_reverse(candidates)
+                   WHERE user_idx = (SELECT min(user_idx) FROM candidate_sets) AND split = 'test'""")
+    assert mismatched_candidates(con) == len(test_all)
+    # a second evaluation replaces the domain's rows instead of adding to them
+    before = con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0]
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
+    assert con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0] == before
+    # every result row names the code that scored it
+    assert con.execute("SELECT DISTINCT git_revision FROM evaluation_results").fetchall() == [
+        (git_revision(),)]
+
+
+def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
+    """What each LLM system run cost is stored with its results, replaced with them, kept by a
+    classic-only re-evaluation, and summed per system over seeds. The model is a stand-in:
+    what is tested is the bookkeeping, not the scorer (tests/core/evaluation/test_llm_scoring.py)."""
+    con, profile = con
+    build_candidate_sets(con, "crime", negatives=2)
+    calls = []
+
+    def fake_llm_results(titles, profile, slug, cases, log=print):
+        calls.append(len(cases.users))
+        n = len(cases.users)
+        scored = [CaseResult(np.arange(3.0), np.arange(3.0), "x", int(c[0]))
+                  for c in cases.candidates]
+        return {("llara", 0): LLMRun(scored, 2.0, 0.5 * n, 1, n - 1, "cpu", 2),
+                ("llara", 1): LLMRun(scored, 4.0, 0.3 * n, n, 0, "cpu", 2),
+                ("base", 0): LLMRun(scored, 1.0, 0.1 * n, None, None, "cpu", 2)}
+
+    monkeypatch.setattr(evaluate_module, "llm_results", fake_llm_results)
+    evaluate_domain(lambda: nullcontext(con), profile, "crime")
+    n = calls[0]
+    rows = {r[1]: r for r in scoring_costs(con, "Crime")}
+    # (domain, system, seeds, cases, s/case, minutes, answers decoded, device x threads)
+    assert rows["llara"][2:5] == (2, n, pytest.approx(0.4))
+    assert rows["llara"][5] == pytest.approx(round((6.0 + 0.8 * n) / 60, 1))
+    assert rows["llara"][6] == pytest.approx(round((n - 1) / (2 * n), 2))
+    assert rows["base"][6] is None and rows["base"][7] == "cpu x2"
+    assert [r[1] for r in scoring_costs(con)] == ["llara", "base"]  # the order they were scored
+    # a second full evaluation replaces the domain's cost rows; a classic-only one keeps them
+    evaluate_domain(lambda: nullcontext(con), profile, "crime")
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
+    assert con.execute("SELECT count(*), count(DISTINCT git_revision) FROM evaluation_costs"
+                       ).fetchall() == [(3, 1)]
+    assert len(calls) == 2
+
+
+def test_scoring_costs_of_a_database_without_them_are_empty():
+    assert scoring_costs(duckdb.connect()) == []
+
+
+def test_compute_summary_says_which_scoring_was_not_recorded():
+    from cprec_core.evaluation.results import compute_summary
+
+    con = duckdb.connect()
+    create_tables(con)
+    for domain in ("Crime", "Sci-Fi"):  # both domains' LLM systems were scored ...
+        con.execute("""INSERT INTO evaluation_results (domain, split, system, seed, family,
+                       subset, cases) VALUES (?, 'test', 'llara', 0, 'generation', 'all', 4)""",
+                    [domain])
+    con.execute("""INSERT INTO evaluation_costs (domain, split, system, seed, cases, load_seconds,
+                   score_seconds, answers_read_off, answers_decoded, device, threads)
+                   VALUES ('Crime', 'test', 'llara', 0, 4, 6, 1194, 1, 3, 'cpu', 2)""")
+    text = compute_summary(con, [{"train_seconds": 1800}], [{"train_seconds": 600}])
+    # ... but only Crime's cost was recorded: the total says it leaves Sci-Fi out
+    assert text.startswith("Recorded: CPT 30 min, SFT 10 min, LLM scoring Crime 20 min,"
+                           " LLM scoring Sci-Fi not recorded; 1.00 hours without the scoring"
+                           " not recorded.")
+    assert "| Crime | llara | 1 | 4 | 298.5 | 20 | 0.75 | cpu x2 |" in text
+
+
+def test_results_of_the_layout_before_git_revision_are_kept():
+    con = duckdb.connect()
+    con.execute(SCHEMA.replace(", git_revision VARCHAR", ""))
+    con.execute("""INSERT INTO evaluation_results (domain, split, system, seed, family, subset,
+                   cases, "hr@1") VALUES ('Crime', 'test', 'cprec', 0, 'generation', 'all', 5, 0.2)""")
+    create_tables(con)
+    assert con.execute('SELECT "hr@1", git_revision FROM evaluation_results').fetchall() == [(0.2, None)]
+
+
+def test_paired_test_and_bootstrap_on_known_hits():
+    a = np.zeros((100, 3), bool)
+    b = np.zeros((100, 3), bool)
+    a[:60] = True  # a hits 60 % of cases in every seed, b 30 %, b's hits inside a's
+    b[:30] = True
+    t = paired_test(a, b, resamples=500)
+    assert (t.pairs, t.a_only, t.b_only) == (300, 90, 0)
+    assert t.diff == pytest.approx(0.3) and t.low < 0.3 < t.high and t.p_value < 1e-20
+    same = paired_test(a, a, resamples=200)
+    assert same.p_value == 1.0 and same.diff == 0
+    low, high = bootstrap_interval(np.r_[np.ones(50), np.zeros(50)], 2000)
+    assert 0.38 < low < 0.45 and 0.55 < high < 0.62  # ~ 0.5 +- 1.96 * 0.05
+
+
+def test_leaderboard_tables_from_evaluation_cases(tmp_path):
+    """Hand-made per-case rows: two domains, LLaRA and CPRec over two seeds, a baseline."""
+    con = duckdb.connect()
+    create_tables(con)
+    rng = np.random.default_rng(0)
+    rows = []
+    for domain in ("Crime", "Sci-Fi"):
+        for system, seeds, family, rate in (("popularity", [0], "ranking", 0.3),
+                                            ("llara", [0, 1], "likelihood (mean)", 0.1),
+                                            ("cprec", [0, 1], "likelihood (mean)", 0.5),
+                                            ("cprec", [0, 1], "generation", 0.4)):
+            for seed in seeds:
+                for user in range(200):
+                    hit = bool(rng.random() < rate)
+                    rows.append((domain, "test", system, seed, family, user, "h", 0 if hit else 5,
+                                 True, hit, None))
+    con.executemany("INSERT INTO evaluation_cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    counts = build_leaderboard(con, resamples=200)
+    assert counts == {"domains": 2, "rows": 6, "tests": 2}  # no LLaRA generation: one test each
+    board = {(d, s): (seeds, hr, sd, lo, hi) for d, s, seeds, _, hr, sd, lo, hi, *_ in
+             con.execute("SELECT * FROM leaderboard").fetchall()}
+    seeds, hr, sd, lo, hi = board[("Crime", "cprec")]
+    assert seeds == 2 and sd is not None and lo < hr < hi and abs(hr - 0.5) < 0.06
+    assert board[("Crime", "popularity")][2] is None  # one seed: no spread
+    text = leaderboard_markdown(con)
+    assert "### Crime (test cases: 200)" in text and "popularity **best baseline**" in text
+    assert "CPRec beats it" in text
+    assert "| Crime | likelihood (mean) | 400 |" in text  # 200 cases x 2 seeds pooled
+    png = leaderboard_chart(con, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
