@@ -163,13 +163,13 @@ def prepare(args: argparse.Namespace) -> dict:
     from cprec_core.models.loader import model_path
 
     profile = bench_profile(args)
-    corpus_file = profile.corpus_dir / "cpt_corpus.parquet"
+    corpus_file = profile.layout.corpus_parquet
     if not corpus_file.is_file():
-        print(f"building the corpus snapshot into {profile.corpus_dir} ...", flush=True)
+        print(f"building the corpus snapshot into {profile.layout.corpus_dir} ...", flush=True)
         subprocess.run([sys.executable, "-m", "cprec_core.data.build", "--profile", PROFILE,
                         "--data-dir", str(args.data_dir)], cwd=REPO_ROOT, check=True)
-    tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
-    path = model_path(profile.model.name, profile.cache_dir, tokenizer)  # dequantises once
+    tokenizer = AutoTokenizer.from_pretrained(profile.layout.tokenizer_dir)
+    path = model_path(profile.model.name, profile.layout.cache_dir, tokenizer)  # dequantises once
 
     cols = pq.read_table(corpus_file, columns=["doc_id", "kind", "n_tokens"]).to_pydict()
     chosen = choose_slice(cols["doc_id"], cols["kind"], cols["n_tokens"], args.tokens)
@@ -240,13 +240,15 @@ def run_ours(args: argparse.Namespace, info: dict) -> dict:
 
     import torch
 
+    from cprec_core.layout import TrainedAdapter
     from cprec_core.training.cpt import CPTTrainer
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args)
     cfg = profile.cpt
-    corpus = read_slice(profile.corpus_dir / "cpt_corpus.parquet", info["doc_ids"])
-    trainer = CPTTrainer(profile, args.variant, out=Path(tempfile.mkdtemp(prefix="bench-cpt-")))
+    corpus = read_slice(profile.layout.corpus_parquet, info["doc_ids"])
+    trainer = CPTTrainer(profile, args.variant,
+                         run=TrainedAdapter(Path(tempfile.mkdtemp(prefix="bench-cpt-"))))
     trainer.setup(corpus=corpus, resume=False)
     plan, blocks, dtype = trainer.plan, trainer.plan.blocks, trainer.dtype
     structure = model_structure(trainer.peft_model)
@@ -300,7 +302,7 @@ def run_baseline(args: argparse.Namespace, info: dict) -> dict:
     torch.set_num_threads(args.threads)
     profile = bench_profile(args)
     cfg = profile.cpt
-    corpus = read_slice(profile.corpus_dir / "cpt_corpus.parquet", info["doc_ids"])
+    corpus = read_slice(profile.layout.corpus_parquet, info["doc_ids"])
     pad_id = info["pad_id"]
     dataset = [{"input_ids": x.tolist()} for x in corpus.input_ids]
     if len(dataset) < args.baseline_batch:

@@ -1,7 +1,7 @@
 """Benchmark: LLM scoring of a 20-candidate case, three ways, same model and cases, one run.
 
 * ``naive``: one full forward of prompt + candidate per candidate (20 forwards per case, the
-  prompt recomputed each time): ``LLMScorer.score_naive``.
+  prompt recomputed each time): ``naive_scorer.score_naive`` beside this file.
 * ``likelihood``: our likelihood ranking: the prompt and all 20 continuations in one forward
   (plain causal attention over the prompt, a tree mask only on the continuation rows), LM
   head only where a continuation token is predicted (``LLMScorer.score``).
@@ -40,18 +40,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # naive_scorer.py beside this file
 
 import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cprec_core.evaluation.allocator import keep_freed_heap  # noqa: E402
 from cprec_core.config import load_profile  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
+from cprec_core.evaluation.allocator import keep_freed_heap  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
+from cprec_core.prompts import Case  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402
-from cprec_core.training.sft_samples import SFTSample  # noqa: E402
+from naive_scorer import score_naive  # noqa: E402
 
 
 def main() -> None:
@@ -69,12 +71,12 @@ def main() -> None:
     # the scorer starts on glibc's default heap, for the first (baseline) mode
     profile = dataclasses.replace(profile, evaluation=dataclasses.replace(
         profile.evaluation, keep_freed_heap=False))
-    with duckdb.connect(str(profile.database), read_only=True) as con:
+    with duckdb.connect(str(profile.layout.database), read_only=True) as con:
         domain, _ = domain_for_slug(con, args.domain)
         cases = load_cases(con, domain, "test")
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
-    samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
+    samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                         cases.targets)][:args.cases + 2]
     scorer = LLMScorer.load(profile, args.domain, args.system, profile.sft.seeds[0])
@@ -87,7 +89,7 @@ def main() -> None:
 
     modes = {  # in this order: the default heap first, then keep_freed_heap for the rest
         default_heap: lambda ss: scorer.evaluate(ss, titles, batch, generate=False),
-        "naive (20 forwards)": lambda ss: [scorer.score_naive(s, titles) for s in ss],
+        "naive (20 forwards)": lambda ss: [score_naive(scorer, s, titles) for s in ss],
         "likelihood (tree mask, batch 1)": lambda ss: [r for s in ss for r in scorer.score([s], titles)],
         f"likelihood (tree mask, batch {batch})": lambda ss: scorer.evaluate(
             ss, titles, batch, generate=False),

@@ -50,7 +50,7 @@ from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402
 from workload import case_tokens, domain_workload, model_flops  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402
-from cprec_core.training.sft_samples import SFTSample  # noqa: E402
+from cprec_core.prompts import Case  # noqa: E402
 
 
 def matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -115,18 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     profile = load_config_file(args.config) if args.config else load_profile(args.profile)
     profile = dataclasses.replace(profile, data_dir=str(Path(args.data_dir).resolve()))
     env = f"CPREC_CONFIG={args.config}" if args.config else f"CPREC_PROFILE={profile.name}"
-    for needed in (profile.database, profile.corpus_dir / "tokenizer"):
+    for needed in (profile.layout.database, profile.layout.tokenizer_dir):
         if not needed.exists():
             sys.exit(f"{needed}: not found; materialise the corpus and the target domains first"
                      f" ({env} python -m cprec_assets.demo --stage corpus,"
                      " then --stage domain --domain <slug>), or pass --data-dir")
-    tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(profile.layout.tokenizer_dir)
     add_placeholder_to_tokenizer(tokenizer)
     slugs = [domain_slug(d) for d in profile.data.target_domains]
-    with duckdb.connect(str(profile.database), read_only=True) as con:
+    with duckdb.connect(str(profile.layout.database), read_only=True) as con:
         missing = [slug for slug in slugs if not _has_test_cases(con, slug)]
         if missing:
-            sys.exit(f"{profile.database}: no test candidate sets for {missing}; materialise them"
+            sys.exit(f"{profile.layout.database}: no test candidate sets for {missing}; materialise them"
                      f" ({env} python -m cprec_assets.demo --stage domain"
                      f" --domain {missing[0]})")
         work = {slug: domain_workload(con, profile, slug, tokenizer) for slug in slugs}
@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         # SFT system: its projector reads that domain's SASRec items)
         if slug != slugs[0] and scorer.hybrid:
             scorer = LLMScorer.load(profile, slug, args.system, profile.sft.seeds[0])
-        with duckdb.connect(str(profile.database), read_only=True) as con:
+        with duckdb.connect(str(profile.layout.database), read_only=True) as con:
             domain, _ = domain_for_slug(con, slug)
             cases = load_cases(con, domain, "test", args.cases + batch)
             titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                       [domain]).fetchall())
-        samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
+        samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                    for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                             cases.targets)]
         timed = samples[:args.cases]  # fewer where the domain has fewer test cases

@@ -18,11 +18,11 @@ from cprec_core.config import CorpusConfig, Profile
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.baselines import load_cases
 from cprec_core.evaluation.evaluate import planned_llm_systems
-from cprec_core.evaluation.llm import ZERO_SHOT_SYSTEMS, prompt_text
-from cprec_core.training.sft_samples import SFTSample
+from cprec_core.prompts import Case, prompt_text
+from cprec_core.systems import ZERO_SHOT_SYSTEM_NAMES
 
 
-def case_tokens(tokenizer, sample: SFTSample, titles: dict[int, str], hybrid: bool,
+def case_tokens(tokenizer, sample: Case, titles: dict[int, str], hybrid: bool,
                 corpus: CorpusConfig) -> tuple[int, int]:
     """(prompt tokens, continuation input tokens) of one case in ``LLMScorer``'s forward:
     each candidate is `` Title`` + EOS, and the EOS is only a target, never an input. A
@@ -81,12 +81,12 @@ def domain_workload(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
     titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                               [domain]).fetchall())
     planned = planned_llm_systems(profile)
-    text_runs = sum(1 for system, _ in planned if system in ZERO_SHOT_SYSTEMS)
+    text_runs = sum(1 for system, _ in planned if system in ZERO_SHOT_SYSTEM_NAMES)
     sums = {True: 0, False: 0}
     titles_in = 0
     for user, history, candidates, target in zip(cases.users, cases.histories,
                                                  cases.candidates, cases.targets):
-        sample = SFTSample(int(user), history[-profile.sft.history:],
+        sample = Case(int(user), history[-profile.sft.history:],
                            [int(c) for c in candidates], int(target))
         for hybrid in (True, False):
             prompt, conts = case_tokens(tokenizer, sample, titles, hybrid, profile.corpus)

@@ -18,6 +18,8 @@ docs/OPERATIONS.md.
 
 import dagster as dg
 
+from cprec_core.systems import automated_assets, evaluation_inputs
+
 AC = dg.AutomationCondition
 
 RETRAIN_CRON = "0 3 * * 6"  # Saturdays 03:00 UTC
@@ -33,7 +35,10 @@ TRAIN = (
     & ~AC.in_progress()
 ).with_label(f"on_cron({RETRAIN_CRON}) or missing, upstream blocking checks passed")
 
-EVALUATE = TRAIN
+# The evaluation reads every registered system's weights (its upstream, for lineage), but
+# waits only for the automated ones: an ablation adapter no profile trains must not hold it.
+EVALUATE = TRAIN.ignore(dg.AssetSelection.assets(
+    *(a for a in evaluation_inputs() if a not in automated_assets())))
 
 # Runs started by the automation sensor: stopped by run monitoring after this long.
 MAX_RUNTIME_SECONDS = 6 * 3600

@@ -12,16 +12,16 @@ from cprec_assets.assets.data import (
     raw_interactions,
 )
 from cprec_assets.partitions import DUCKDB_POOL
-from cprec_assets.resources import CPRecConfig
-from cprec_core.data.corpus import corpus_leaks
-from cprec_core.data.interactions import leaks
+from cprec_assets.resources import ProfileResource
+from cprec_core.data.corpus import corpus_leaks, document_balance
+from cprec_core.data.interactions import leaks, row_balance
 from cprec_core.data.raw import reconcile
-from cprec_core.reporting import md_table
 from cprec_core.data.sequences import unordered_sequences
+from cprec_core.reporting import md_table
 
 
 @dg.asset_check(asset=raw_interactions, blocking=True, pool=DUCKDB_POOL)
-def raw_rows_reconcile(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def raw_rows_reconcile(cprec: ProfileResource) -> dg.AssetCheckResult:
     """Per file: rows read = rows loaded + rows rejected, and the tables hold exactly those."""
     with cprec.connect() as con:
         bad = reconcile(con)
@@ -31,18 +31,16 @@ def raw_rows_reconcile(cprec: CPRecConfig) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL)
-def interactions_reconcile(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def interactions_reconcile(cprec: ProfileResource) -> dg.AssetCheckResult:
     """Raw rows = kept interactions + filtered rows (each with its reason)."""
     with cprec.connect() as con:
-        raw, kept, filtered = con.execute(
-            "SELECT (SELECT count(*) FROM raw_interactions), (SELECT count(*) FROM interactions),"
-            " (SELECT count(*) FROM filtered_interactions)").fetchall()[0]
+        raw, kept, filtered = row_balance(con)
     return dg.AssetCheckResult(passed=raw == kept + filtered,
                                metadata={"raw": raw, "kept": kept, "filtered": filtered})
 
 
 @dg.asset_check(asset=interactions, blocking=True, pool=DUCKDB_POOL)
-def leave_one_out_split(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def leave_one_out_split(cprec: ProfileResource) -> dg.AssetCheckResult:
     """Every (user, domain) with >= 3 interactions has one valid and one test item, and they
     are its last two in time."""
     with cprec.connect() as con:
@@ -54,7 +52,7 @@ def leave_one_out_split(cprec: CPRecConfig) -> dg.AssetCheckResult:
 def _time_order_check(table: str, asset) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name=f"{table}_in_time_order", blocking=True, pool=DUCKDB_POOL,
                     description=f"Every row of {table} lists its items in time order.")
-    def _check(cprec: CPRecConfig) -> dg.AssetCheckResult:
+    def _check(cprec: ProfileResource) -> dg.AssetCheckResult:
         with cprec.connect() as con:
             bad = unordered_sequences(con, table)
         return dg.AssetCheckResult(passed=bad == 0, metadata={"unordered_sequences": bad})
@@ -67,7 +65,7 @@ mixed_sequences_in_time_order = _time_order_check("mixed_sequences", mixed_seque
 
 
 @dg.asset_check(asset=cpt_corpus, blocking=True, pool=DUCKDB_POOL)
-def no_leakage_into_corpus(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def no_leakage_into_corpus(cprec: ProfileResource) -> dg.AssetCheckResult:
     """No item of a target (or unused) domain and no valid/test interaction in the corpus."""
     with cprec.connect() as con:
         found = corpus_leaks(con)
@@ -75,13 +73,10 @@ def no_leakage_into_corpus(cprec: CPRecConfig) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=cpt_corpus, blocking=True, pool=DUCKDB_POOL)
-def corpus_reconciles(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def corpus_reconciles(cprec: ProfileResource) -> dg.AssetCheckResult:
     """One document per sequence, and the stored token counts match the stored token ids."""
     with cprec.connect() as con:
-        docs, seqs, bad_counts = con.execute(
-            "SELECT (SELECT count(*) FROM cpt_corpus),"
-            " (SELECT count(*) FROM domain_sequences) + (SELECT count(*) FROM mixed_sequences),"
-            " (SELECT count(*) FROM cpt_corpus WHERE len(input_ids) != n_tokens)").fetchall()[0]
+        docs, seqs, bad_counts = document_balance(con)
     return dg.AssetCheckResult(passed=docs == seqs and bad_counts == 0,
                                metadata={"documents": docs, "sequences": seqs,
                                          "token_count_mismatches": bad_counts})

@@ -23,11 +23,11 @@ import warnings
 
 import dagster as dg
 
-from cprec_assets.assets.train import cpt_asset_name, sft_asset_name
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.evaluation.leaderboard import leaderboard_markdown
 from cprec_core.reporting import corpus_summary, md_table
+from cprec_core.systems import cpt_variant, lora_init, system
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
@@ -76,14 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
     cprec = defs.resources["cprec"]
-    profile = cprec.load()
+    profile = cprec.profile
+    layout = profile.layout
     stage = args.stage
     if stage in ("all", "corpus"):
         corpus = dg.AssetSelection.groups("corpus") - dg.AssetSelection.assets("domain_users")
         run("corpus", corpus, instance)
     if stage in ("all", "cpt"):
         for variant in _chosen("--variant", args.variant, profile.cpt.variants):
-            run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_asset_name(variant)), instance)
+            run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_variant(variant).asset), instance)
     parts = ("sasrec", "sft", "evaluation") if stage in ("all", "domain") else (stage,)
     if set(parts) & {"sasrec", "sft", "evaluation"}:
         keys = instance.get_dynamic_partitions(domain_partitions.name)
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
                 run(f"domain[{key}]", dg.AssetSelection.assets(
                     "domain_users", "sasrec", "gru4rec", "candidate_sets"), instance, key)
             if "sft" in parts:
-                for system in systems:
-                    run(f"{sft_asset_name(system)}[{key}]",
-                        dg.AssetSelection.assets(sft_asset_name(system)), instance, key)
+                for name in systems:
+                    asset = system(name).asset
+                    run(f"{asset}[{key}]", dg.AssetSelection.assets(asset), instance, key)
             if "evaluation" in parts:
                 run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
     if stage not in ("all", "summary"):
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         print(corpus_summary(con))
     rows = []
     for variant in profile.cpt.variants:
-        m = json.loads((profile.cpt_dir(variant) / "manifest.json").read_text())
+        m = json.loads(layout.cpt_adapter(variant).manifest.read_text())
         rows.append((variant, m["base_model"], m["tokens"], m["steps"],
                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
                      m["final_loss"], m["tokens_per_second"], m["dtype"]))
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     sas = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
         for kind in ("sasrec", "gru4rec"):
-            path = profile.domain_dir(kind, key) / "manifest.json"
+            path = layout.next_item_model(kind, key).manifest
             if path.is_file():
                 m = json.loads(path.read_text())
                 sas.append((m["domain"], kind, m["users"], m["shape"]["n_items"], m["epochs"],
@@ -129,13 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     print("SFT adapters (LLaRA recipe; hybrid = steps with the hybrid prompt)")
     sft = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
-        for system in profile.sft.systems:
-            for seed in profile.sft.seeds_for(system):
-                m = json.loads((profile.sft_dir(system, key, seed) / "manifest.json").read_text())
-                sft.append((m["domain"], system, seed, m["samples"], m["steps"], m["hybrid_steps"],
-                            m["final_loss"], m["tokens_per_second"],
-                            "CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0]
-                            if m["init_adapter"] else "none"))
+        for name in profile.sft.systems:
+            for seed in profile.sft.seeds_for(name):
+                m = json.loads(layout.sft_run(name, key, seed).manifest.read_text())
+                sft.append((m["domain"], name, seed, m["samples"], m["steps"], m["hybrid_steps"],
+                            m["final_loss"], m["tokens_per_second"], lora_init(name)))
     print(md_table(["domain", "system", "seed", "samples", "steps", "hybrid", "final loss",
                     "tokens/s", "LoRA init"], sft))
     print()

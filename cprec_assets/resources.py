@@ -17,6 +17,7 @@ from typing import Iterator
 
 import dagster as dg
 import duckdb
+from pydantic import PrivateAttr
 
 from cprec_core.config import Profile, load_config_file, load_profile
 from cprec_core.data.db import connect
@@ -24,32 +25,42 @@ from cprec_core.data.db import connect
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class CPRecConfig(dg.ConfigurableResource):
-    """The profile a run uses, and its DuckDB database (one file per profile)."""
+class ProfileResource(dg.ConfigurableResource):
+    """The profile a run uses and its DuckDB database. The profile is read once when a run
+    (or a step's process) sets the resource up; reading it creates nothing on disk."""
 
-    profile: str = "demo"
+    profile_name: str = "demo"
     config_file: str = ""
     data_dir: str = ""
     num_processes: int = 1  # training processes per machine (accelerate launch)
     landing_dir: str = ""  # default: <data_dir>/landing
     settle_seconds: float = 60.0  # a landed file without a .done marker: unchanged this long
 
-    def load(self) -> Profile:
-        profile = load_config_file(self.config_file) if self.config_file else load_profile(self.profile)
+    _profile: Profile | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._profile = self._read()
+
+    def _read(self) -> Profile:
+        profile = (load_config_file(self.config_file) if self.config_file
+                   else load_profile(self.profile_name))
         data_dir = Path(self.data_dir or profile.data_dir)
         if not data_dir.is_absolute():
             data_dir = REPO_ROOT / data_dir
-        profile = dataclasses.replace(profile, data_dir=str(data_dir.resolve()))
-        profile.root.mkdir(parents=True, exist_ok=True)
-        return profile
+        return dataclasses.replace(profile, data_dir=str(data_dir.resolve()))
+
+    @property
+    def profile(self) -> Profile:
+        """The run's profile (read now where the resource was not set up for a run)."""
+        return self._profile if self._profile is not None else self._read()
 
     def landing_root(self) -> Path:
-        """The landing folder (created if missing)."""
+        """The landing folder (created if missing, so the sensor can watch it)."""
         if self.landing_dir:
             root = Path(self.landing_dir)
             root = root if root.is_absolute() else REPO_ROOT / root
         else:
-            root = Path(self.load().data_dir) / "landing"
+            root = self.profile.layout.landing_dir
         root.mkdir(parents=True, exist_ok=True)
         return root
 
@@ -57,7 +68,7 @@ class CPRecConfig(dg.ConfigurableResource):
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to the profile's database; waits while another process holds the
         file's lock (cprec_core.data.db), so concurrent steps queue instead of failing."""
-        con = connect(self.load().database, read_only=read_only)
+        con = connect(self.profile.layout.database, read_only=read_only)
         try:
             yield con
         finally:
@@ -66,7 +77,7 @@ class CPRecConfig(dg.ConfigurableResource):
 
 def get_env() -> dict[str, str]:
     return {
-        "profile": os.environ.get("CPREC_PROFILE", "demo"),
+        "profile_name": os.environ.get("CPREC_PROFILE", "demo"),
         "config_file": os.environ.get("CPREC_CONFIG", ""),
         "data_dir": os.environ.get("CPREC_DATA_DIR", ""),
         "landing_dir": os.environ.get("CPREC_LANDING_DIR", ""),
@@ -75,5 +86,5 @@ def get_env() -> dict[str, str]:
 
 def build_resources(**env: str) -> dict:
     """The resource map for one environment (defaults: the process environment)."""
-    return {"cprec": CPRecConfig(**(env or get_env())),
+    return {"cprec": ProfileResource(**(env or get_env())),
             "pipes_subprocess_client": dg.PipesSubprocessClient()}

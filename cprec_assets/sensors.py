@@ -19,7 +19,7 @@ import time
 import dagster as dg
 
 from cprec_assets.jobs import corpus_job
-from cprec_assets.resources import CPRecConfig
+from cprec_assets.resources import ProfileResource
 from cprec_core.data.landing import LandingCursor, scan
 
 
@@ -27,7 +27,7 @@ from cprec_core.data.landing import LandingCursor, scan
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="New files in the landing folder -> corpus_job (landed_interactions,"
                        " raw_interactions and the rest of the unpartitioned data stage).")
-def landing_sensor(context: dg.SensorEvaluationContext, cprec: CPRecConfig) -> dg.SensorResult:
+def landing_sensor(context: dg.SensorEvaluationContext, cprec: ProfileResource) -> dg.SensorResult:
     root = cprec.landing_root()
     cursor = LandingCursor.from_json(context.cursor)
     found = scan(root)

@@ -33,15 +33,13 @@ def run_tool(work: Callable[[], object], database) -> int:
     yet or a locked file end as one line and exit status 2, not a traceback."""
     import duckdb
 
-    from cprec_core.data.db import DatabaseBusy
-
     if not database.is_file():
         print(f"error: {database} does not exist: materialise the profile first",
               file=sys.stderr)
         return 2
     try:
         work()
-    except (ValueError, duckdb.Error, DatabaseBusy) as exc:
+    except (ValueError, duckdb.Error, TimeoutError) as exc:  # TimeoutError: DatabaseBusy
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -17,10 +17,9 @@ from typing import Any
 
 import yaml
 
-UNIFIED_TEMPLATE = (
-    "This user has bought {history} in the previous. "
-    "Please predict the next item this user will buy. {next}"
-)
+from cprec_core.layout import Layout, LayoutError
+from cprec_core.prompts import UNIFIED_TEMPLATE
+from cprec_core.systems import CPT_VARIANT_NAMES, SFT_SYSTEM_NAMES, system
 
 
 class ConfigError(ValueError):
@@ -123,7 +122,6 @@ class ModelConfig:
 
 
 LLARA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CPT_VARIANTS = ("wsa", "ds_only", "ds_mix_shuffled", "shuffled_control")
 
 
 @dataclass(frozen=True)
@@ -166,9 +164,9 @@ class CPTConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
-        unknown = [v for v in self.variants if v not in CPT_VARIANTS]
+        unknown = [v for v in self.variants if v not in CPT_VARIANT_NAMES]
         if unknown:
-            raise ConfigError(f"cpt.variants {unknown} not in {CPT_VARIANTS}")
+            raise ConfigError(f"cpt.variants {unknown} not in {CPT_VARIANT_NAMES}")
         if self.blocks_per_step % self.micro_batch:
             raise ConfigError("cpt.blocks_per_step must be a multiple of cpt.micro_batch")
         if not 0 <= self.anneal_ratio < 1 or not 0 <= self.warmup_ratio < 1:
@@ -240,8 +238,9 @@ class GRU4RecConfig:
 @dataclass(frozen=True)
 class SFTConfig:
     """Per-domain SFT with LLaRA's recipe (method.md section 2). ``systems`` lists which
-    adapters the profile trains: ``llara`` (fresh LoRA) and ``cprec`` (LoRA initialised from
-    the WSA CPT adapter); ``cprec_<variant>`` starts from that CPT variant's adapter."""
+    adapters the profile trains, by their names in cprec_core.systems: ``llara`` (fresh
+    LoRA), ``cprec`` (LoRA from the WSA CPT adapter), ``cprec_<variant>`` (from that CPT
+    variant's adapter)."""
 
     systems: tuple[str, ...] = ("llara", "cprec")
     lr: float = 2e-4
@@ -259,18 +258,17 @@ class SFTConfig:
     dtype: str = "auto"
     checkpoint_every: int = 20
 
-    def seeds_for(self, system: str) -> tuple[int, ...]:
-        """LLaRA and CPRec get every seed (mean and spread in the leaderboard); the ablation
-        systems ``cprec_<variant>`` the first seed only."""
-        return self.seeds if system in ("llara", "cprec") else self.seeds[:1]
+    def seeds_for(self, name: str) -> tuple[int, ...]:
+        """The headline systems (LLaRA, CPRec) get every seed, for a mean and a spread in the
+        leaderboard; the ablations the first seed only."""
+        return self.seeds if system(name).all_seeds else self.seeds[:1]
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"sft.seeds must be distinct non-negative integers, got {self.seeds}")
-        for system in self.systems:
-            variant = system.removeprefix("cprec_") if system.startswith("cprec_") else None
-            if system not in ("llara", "cprec") and variant not in CPT_VARIANTS:
-                raise ConfigError(f"sft.systems: {system!r} is not llara, cprec or cprec_<variant>")
+        unknown = [name for name in self.systems if name not in SFT_SYSTEM_NAMES]
+        if unknown:
+            raise ConfigError(f"sft.systems {unknown} not in {SFT_SYSTEM_NAMES}")
         if self.batch_size % self.micro_batch:
             raise ConfigError("sft.batch_size must be a multiple of sft.micro_batch")
 
@@ -283,9 +281,8 @@ class EvalConfig:
     as in the paper, at most ``max_new_tokens`` tokens. A ValidRatio under
     ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
     leaderboard's 95 % intervals. ``keep_freed_heap``: the scoring process keeps freed
-    memory for reuse while it scores a system (``cprec_core/evaluation/allocator.py``: 10-30 % less
-    scoring time on this CPU; RSS stays at the peak until the next system); switch off
-    where memory is tight."""
+    memory for reuse while it scores a system (cprec_core/evaluation/allocator.py; RSS
+    stays at the peak until the next system); switch off where memory is tight."""
 
     max_cases: int = 0
     seed: int = 0
@@ -326,40 +323,15 @@ class Profile:
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r} is not cpu, auto (the GPU if there is"
                               " one), cuda or cuda:N")
+        try:
+            self.layout
+        except LayoutError as exc:
+            raise ConfigError(f"name: {exc}") from exc
 
     @property
-    def root(self) -> Path:
-        """Folder of this profile's databases and artifacts."""
-        return Path(self.data_dir) / self.name
-
-    @property
-    def cache_dir(self) -> Path:
-        """Shared between profiles: fetched wheels, extracted data sets, tokenizers."""
-        return Path(self.data_dir) / "cache"
-
-    @property
-    def database(self) -> Path:
-        return self.root / "cprec.duckdb"
-
-    @property
-    def corpus_dir(self) -> Path:
-        """The corpus snapshot training reads (Parquet + tokenizer), outside the database."""
-        return self.root / "corpus"
-
-    def domain_dir(self, kind: str, slug: str) -> Path:
-        """``<root>/<kind>/<slug>``, the slug checked so a partition key cannot escape it."""
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", slug):
-            raise ConfigError(f"{slug!r} is not a domain partition key")
-        return self.root / kind / slug
-
-    def sft_dir(self, system: str, slug: str, seed: int) -> Path:
-        """``<root>/sft/<system>/<slug>/seed-<seed>``: one adapter per system, domain and seed."""
-        return self.domain_dir(f"sft/{system}", slug) / f"seed-{int(seed)}"
-
-    def cpt_dir(self, variant: str) -> Path:
-        if variant not in CPT_VARIANTS:
-            raise ConfigError(f"unknown CPT variant {variant!r}; known: {CPT_VARIANTS}")
-        return self.root / "cpt" / variant
+    def layout(self) -> Layout:
+        """Where this profile's artifacts live (cprec_core.layout)."""
+        return Layout(Path(self.data_dir), self.name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,8 +352,6 @@ _ML100K_DEMO = {
     },
 }
 
-_ALL_SFT_SYSTEMS = ("llara", "cprec", "cprec_ds_only", "cprec_ds_mix_shuffled",
-                    "cprec_shuffled_control")
 
 
 def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
@@ -389,9 +359,9 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
     """The CPU evaluation study at one training size: every CPT variant and SFT system, LLaRA
     and CPRec over three seeds, every test user scored; only the training sizes differ."""
     return {"name": name, "device": "cpu", **_ML100K_DEMO,
-            "cpt": {"variants": list(CPT_VARIANTS), "max_tokens": cpt_tokens,
+            "cpt": {"variants": list(CPT_VARIANT_NAMES), "max_tokens": cpt_tokens,
                     "checkpoint_every": cpt_every},
-            "sft": {"systems": _ALL_SFT_SYSTEMS, "seeds": [0, 1, 2],
+            "sft": {"systems": list(SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
                     "max_samples": sft_samples, "checkpoint_every": sft_every},
             "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}}
 
@@ -403,25 +373,21 @@ PROFILES: dict[str, dict[str, Any]] = {
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
              "sft": {"max_samples": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
-    # The evaluation study on CPU (docs/RESULTS.md): every CPT variant and SFT system, LLaRA
-    # and CPRec over three seeds, every test user. 2.86 hours of recorded compute on 2 cores
-    # (CPT 54 min, SFT 36 min, scoring 82 min: RESULTS.md "Compute"); `study-2h` below is
-    # the same study at the sizes two hours leave for training.
+    # The evaluation study on CPU (docs/RESULTS.md, with its recorded compute): every CPT
+    # variant and SFT system, LLaRA and CPRec over three seeds, every test user.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
-    # The study within two hours on 2 cores: scoring every test user is 70-100 minutes on
-    # the usual Intel Xeon with AMX whatever the training size (11 LLM system runs x 1,207
-    # cases), so 40k CPT tokens per variant and 32 SFT samples per domain are what fits. On
-    # an AMD EPYC without AMX scoring alone takes about 2.6 hours (benchmarks/README.md,
-    # "The study's time on 2 cores").
+    # The same study with less training, sized for two hours on a 2-core CPU with fast bf16;
+    # scoring every test user costs the same whatever the training size
+    # (benchmarks/bench_scoring_bound.py says what it costs on a given machine).
     "study-2h": _cpu_study("study-2h", cpt_tokens=40_000, sft_samples=32, cpt_every=4,
                            sft_every=2),
-    # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; on
-    # one H200 it took 8.3 minutes, docs/SCALING.md section 1b): every test user, one epoch
-    # of CPT over the whole corpus (~1.2M tokens per variant), 2,048 SFT samples per domain.
+    # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
+    # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
+    # corpus, 2,048 SFT samples per domain.
     "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
-                  "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024,
+                  "cpt": {"variants": list(CPT_VARIANT_NAMES), "block_size": 1024,
                           "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
-                  "sft": {"systems": _ALL_SFT_SYSTEMS, "seeds": [0, 1, 2],
+                  "sft": {"systems": list(SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
                           "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
                           "checkpoint_every": 32},
                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 128}},
@@ -438,9 +404,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             "target_domains": ["Crime", "Sci-Fi", "Horror"],
             "min_target_users": 500,
         },
-        "cpt": {"variants": list(CPT_VARIANTS), "block_size": 1024, "blocks_per_step": 32,
+        "cpt": {"variants": list(CPT_VARIANT_NAMES), "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 8, "checkpoint_every": 100},
-        "sft": {"systems": _ALL_SFT_SYSTEMS, "batch_size": 128, "micro_batch": 8,
+        "sft": {"systems": list(SFT_SYSTEM_NAMES), "batch_size": 128, "micro_batch": 8,
                 "epochs": 5, "checkpoint_every": 50},
     },
 }

@@ -1,15 +1,51 @@
-"""Prompt rendering. The unified CPT prompt is pure text: no domain words, no ID tokens."""
+"""Every prompt: the templates, their rendering, the answer format and answer parsing.
+
+Three prompts (method.md sections 1.3 and 2):
+
+* the unified CPT prompt, pure text (no domain words, no ID tokens), for the corpus;
+* LLaRA's prompt for SFT and the SFT systems' scoring, in its hybrid form (every item
+  written ``Title [emb]``; the placeholder's input embedding is replaced by the projected
+  SASRec embedding, cprec_core.models.hybrid) or text-only (the curriculum's other half);
+* the zero-shot prompt for the base model and the CPT adapter: the candidate list, then the
+  unified prompt up to where the next title goes.
+
+An answer is `` Title`` (then EOS): what SFT trains on and what the scorer's continuations
+are; a generated answer is valid iff its first line names exactly one candidate.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
-from cprec_core.config import CorpusConfig
+UNIFIED_TEMPLATE = (
+    "This user has bought {history} in the previous. "
+    "Please predict the next item this user will buy. {next}"
+)
+LLARA_TEMPLATE = (
+    "This user has watched {history} in the previous. Given the following {n} movies: "
+    "{candidates}, recommend one movie for this user to watch next. The movie title is"
+)
+PLACEHOLDER = "[emb]"
+IGNORE = -100  # label of a prompt token: no loss
 
 
-def render_unified(titles: Sequence[str], cfg: CorpusConfig) -> str:
-    """History = every title but the last; the last title is the next-item target.
+@dataclass(frozen=True)
+class Case:
+    """One recommendation case: a user's history, the candidates (target included), the
+    target; item ids are global (``items.item_idx``)."""
 
+    user: int
+    history: list[int]  # oldest first
+    candidates: list[int]
+    target: int
+
+
+def render_unified(titles: Sequence[str], cfg) -> str:
+    """The CPT document of a sequence: every title but the last is the history, the last the
+    next item. ``cfg`` is a ``CorpusConfig`` (template and separator).
+
+    >>> from cprec_core.config import CorpusConfig
     >>> render_unified(["A (1990)", "B (1991)", "C (1992)"], CorpusConfig())
     'This user has bought A (1990), B (1991) in the previous. Please predict the next item this user will buy. C (1992)'
     """
@@ -17,3 +53,75 @@ def render_unified(titles: Sequence[str], cfg: CorpusConfig) -> str:
         raise ValueError("a unified prompt needs at least one history item and a next item")
     history = cfg.separator.join(titles[:-1])
     return cfg.template.replace("{history}", history).replace("{next}", titles[-1])
+
+
+def render_llara(case: Case, titles: dict[int, str], hybrid: bool,
+                 template: str = LLARA_TEMPLATE) -> tuple[str, list[int]]:
+    """LLaRA's prompt: (text, item id behind each placeholder in order of appearance)."""
+
+    def item(i: int) -> str:
+        return f"{titles[i]} {PLACEHOLDER}" if hybrid else titles[i]
+
+    text = template.format(history=", ".join(item(i) for i in case.history),
+                           n=len(case.candidates),
+                           candidates=", ".join(item(i) for i in case.candidates))
+    slots = [*case.history, *case.candidates] if hybrid else []
+    return text, slots
+
+
+def render_zero_shot(case: Case, titles: dict[int, str], corpus) -> str:
+    """The candidate list, then the unified CPT prompt (``corpus``: a ``CorpusConfig``) up to
+    where the next title goes.
+
+    >>> from cprec_core.config import CorpusConfig
+    >>> render_zero_shot(Case(0, [1, 2], [3, 4], 3), {1: "A", 2: "B", 3: "C", 4: "D"},
+    ...                  CorpusConfig())
+    'Given the following 2 items: C, D. This user has bought A, B in the previous. Please predict the next item this user will buy.'
+    """
+    history = corpus.separator.join(titles[i] for i in case.history)
+    head = corpus.template.split("{next}")[0].replace("{history}", history).rstrip()
+    listed = corpus.separator.join(titles[c] for c in case.candidates)
+    return f"Given the following {len(case.candidates)} items: {listed}. {head}"
+
+
+def prompt_text(case: Case, titles: dict[int, str], hybrid: bool,
+                corpus) -> tuple[str, list[int]]:
+    """(text, item behind each ``[emb]``) of the prompt a system reads: LLaRA's hybrid prompt
+    for the SFT systems, the zero-shot text prompt (no slots) for the others."""
+    if hybrid:
+        return render_llara(case, titles, hybrid=True)
+    return render_zero_shot(case, titles, corpus), []
+
+
+def answer_text(title: str) -> str:
+    """What follows the prompt when the model names ``title`` (EOS comes after it)."""
+    return " " + title
+
+
+def encode_sft_example(case: Case, titles: dict[int, str], tokenizer, placeholder_id: int,
+                       hybrid: bool) -> dict:
+    """Token ids of LLaRA's prompt + the target's answer + EOS, labels on the answer only,
+    and the item id behind each placeholder token."""
+    prompt, slots = render_llara(case, titles, hybrid)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer_text(titles[case.target]),
+                           add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    n_slots = sum(1 for t in prompt_ids if t == placeholder_id)
+    if n_slots != len(slots):
+        raise ValueError(f"prompt has {n_slots} placeholder tokens for {len(slots)} items: the"
+                         f" tokenizer splits {PLACEHOLDER!r} or a title contains it")
+    return {"input_ids": prompt_ids + answer_ids,
+            "labels": [IGNORE] * len(prompt_ids) + answer_ids, "slot_items": slots}
+
+
+def parse_answer(text: str, case: Case, titles: dict[int, str]) -> int | None:
+    """The candidate named by the first line of ``text``, or None when not exactly one is.
+
+    >>> t = {3: "Alien (1979)", 4: "Heat (1995)"}
+    >>> c = Case(0, [], [3, 4], 3)
+    >>> parse_answer(" Heat (1995)\\nmore", c, t), parse_answer("Alien (1979) or Heat (1995)", c, t)
+    (4, None)
+    """
+    line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    named = [c for c in case.candidates if titles[c] in line]
+    return named[0] if len(named) == 1 else None

@@ -23,9 +23,8 @@ def git_revision() -> str:
 
 def processor(device: str = "cpu") -> str:
     """The chip that ran the work: the CUDA device's name, else the CPU's model name. Speed
-    figures are only comparable on the same chip: this project's 2-core CPU has been an
-    Intel Xeon with AMX on most days and an AMD EPYC without it on others, which scored
-    2.2-2.5x slower (benchmarks/README.md, "The study's time on 2 cores")."""
+    figures are only comparable on the same chip, and machines of one kind here may differ
+    in their CPU (with or without fast bf16)."""
     if device.startswith("cuda"):
         import torch
 

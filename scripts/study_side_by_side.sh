@@ -102,9 +102,9 @@ lookup=$("$PY" -c 'import dagster as dg
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.models.loader import model_path
-profile = defs.resources["cprec"].load()
+profile = defs.resources["cprec"].profile
 if profile.model.name != "tiny-random":
-    model_path(profile.model.name, profile.cache_dir)
+    model_path(profile.model.name, profile.layout.cache_dir)
 print(" ".join(profile.cpt.variants))
 print(" ".join(profile.sft.systems))
 print(" ".join(dg.DagsterInstance.get().get_dynamic_partitions(domain_partitions.name)))')

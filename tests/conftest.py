@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 from pathlib import Path
 
 import duckdb
@@ -14,6 +15,9 @@ import yaml
 from cprec_core.config import DataConfig, SourceConfig
 from cprec_core.data.raw import load_records
 from cprec_core.data.sources.base import Accepted, FileRead
+
+# the benchmarks' own modules (workload.py, naive_scorer.py) import as the scripts import them
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 GENRES = {"Drama": 14, "Comedy": 12, "Crime": 8, "Horror": 8}
 TITLES = ["Usual Suspects, The", "Rock, The", "Seven (Se7en)", "Birdcage, The", "Heat", "Fargo",
@@ -128,7 +132,7 @@ def con(tmp_path, fixture_config):
 
     assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0
     profile = dataclasses.replace(load_config_file(fixture_config), data_dir=str(tmp_path / "data"))
-    con = duckdb.connect(str(profile.database))
+    con = duckdb.connect(str(profile.layout.database))
     build_domain_users(con, "crime")
     yield con, profile
     con.close()

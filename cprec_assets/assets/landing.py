@@ -11,10 +11,11 @@ import time
 import dagster as dg
 
 from cprec_assets.automation import DATA
+from cprec_assets.metadata import table
 from cprec_assets.partitions import DUCKDB_POOL
-from cprec_assets.resources import CPRecConfig
-from cprec_core.data.landing import complete, ingest, landed_summary, landed_version, scan
-from cprec_core.reporting import md_table
+from cprec_assets.resources import ProfileResource
+from cprec_core.data.landing import (failed_deliveries, ingest, landed_rows, landed_summary,
+                                     landed_version, select_deliveries)
 
 
 class LandingRunConfig(dg.Config):
@@ -24,72 +25,47 @@ class LandingRunConfig(dg.Config):
 @dg.asset(group_name="corpus", kinds={"duckdb"}, pool=DUCKDB_POOL, code_version="1",
           automation_condition=DATA)
 def landed_interactions(context: dg.AssetExecutionContext, config: LandingRunConfig,
-                        cprec: CPRecConfig) -> dg.MaterializeResult:
+                        cprec: ProfileResource) -> dg.MaterializeResult:
     """Files delivered to the landing folder, each loaded once (keyed on its SHA-256), into
     ``landed_raw`` / ``landed_rejected`` with the ledger ``landed_files``."""
     root = cprec.landing_root()
-    found = scan(root)
-    by_rel = {d.rel: d for d in found.deliveries}
-    if config.files:
-        gone = [f for f in config.files if f not in by_rel]
-        for rel in gone:
-            context.log.warning(f"{root / rel}: requested but no longer a delivery in the"
-                                " landing folder (moved or deleted); skipped")
-        deliveries = [by_rel[f] for f in config.files if f in by_rel]
-    else:
-        deliveries = complete(found, time.time_ns(), cprec.settle_seconds)
-    for rel, why in found.ignored.items():
+    chosen = select_deliveries(root, config.files, time.time_ns(), cprec.settle_seconds)
+    for rel in chosen.gone:
+        context.log.warning(f"{root / rel}: requested but no longer a delivery in the"
+                            " landing folder (moved or deleted); skipped")
+    for rel, why in chosen.ignored.items():
         context.log.warning(f"{root / rel}: ignored, {why}")
     with cprec.connect() as con:
-        report = ingest(con, deliveries)
-        version = landed_version(con)
-        ledger = landed_summary(con)
-        (total,) = con.execute("SELECT count(*) FROM landed_raw").fetchall()[0]
+        report = ingest(con, chosen.deliveries)
+        version, ledger, total = landed_version(con), landed_summary(con), landed_rows(con)
     for f in report.files:
         log = context.log.error if f["status"] in ("failed", "changed") else context.log.info
         log(f"{f['delivery']}: {f['status']}, {f['rows_loaded']} rows"
             + (f" ({f['detail']})" if f["detail"] else ""))
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),
-        metadata={
-            "dagster/row_count": total,
-            "landing_folder": dg.MetadataValue.path(str(root)),
-            "deliveries_loaded": report.count("loaded"),
-            "deliveries_duplicate": report.count("duplicate"),
-            "deliveries_failed": report.count("failed") + report.count("changed"),
-            "rows_loaded_now": report.rows_loaded,
-            "domains_now": ", ".join(report.domains),
-            "ignored_files": len(found.ignored),
-            "ledger": dg.MetadataValue.md(md_table(
-                ["delivery", "status", "rows", "rejected", "domains", "detail", "at"],
-                ledger or [("(none yet)", "", 0, 0, "", "", "")])),
-            "rejection_reasons": dg.MetadataValue.md(md_table(
-                ["field: reason", "rows"], list(report.reasons.items()) or [("(none)", 0)])),
-        })
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
+        "dagster/row_count": total,
+        "landing_folder": dg.MetadataValue.path(str(root)),
+        "deliveries_loaded": report.count("loaded"),
+        "deliveries_duplicate": report.count("duplicate"),
+        "deliveries_failed": report.count("failed") + report.count("changed"),
+        "rows_loaded_now": report.rows_loaded,
+        "domains_now": ", ".join(report.domains),
+        "ignored_files": len(chosen.ignored),
+        "ledger": table(["delivery", "status", "rows", "rejected", "domains", "detail", "at"],
+                        ledger),
+        "rejection_reasons": table(["field: reason", "rows"], list(report.reasons.items())),
+    })
 
 
 @dg.asset_check(asset=landed_interactions, pool=DUCKDB_POOL,
                 description="Every delivery's latest attempt loaded (or was a duplicate); a"
                             " failed file is listed with the reason. Not blocking: other"
                             " files go on.")
-def every_delivery_loaded(cprec: CPRecConfig) -> dg.AssetCheckResult:
+def every_delivery_loaded(cprec: ProfileResource) -> dg.AssetCheckResult:
     with cprec.connect() as con:
-        rows = con.execute(
-            """
-            SELECT delivery, status, detail FROM landed_files
-            QUALIFY row_number() OVER (PARTITION BY delivery ORDER BY landed_at DESC) = 1
-                AND status IN ('failed', 'changed')
-            ORDER BY delivery
-            """).fetchall() if _has_ledger(con) else []
+        rows = failed_deliveries(con)
     return dg.AssetCheckResult(passed=not rows, metadata={
-        "not_loaded": len(rows),
-        "details": dg.MetadataValue.md(md_table(["delivery", "status", "reason"], rows)
-                                       if rows else "(none)")})
-
-
-def _has_ledger(con) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'landed_files'"
-                       ).fetchall()[0][0] > 0
+        "not_loaded": len(rows), "details": table(["delivery", "status", "reason"], rows)})
 
 
 landing_checks = [every_delivery_loaded]

@@ -11,17 +11,16 @@ import argparse
 import sys
 import time
 
-import duckdb
-
 from cprec_core.cli import add_profile_arguments, profile_from_args
 from cprec_core.config import ConfigError
-from cprec_core.data.corpus import build_cpt_corpus, corpus_leaks, corpus_texts, export_snapshot
+from cprec_core.data.corpus import build_corpus_snapshot, corpus_leaks
+from cprec_core.data.db import DatabaseBusy, connect
 from cprec_core.data.interactions import DataError, build_interactions, leaks
-from cprec_core.models.tokenizer import ModelLoadError, load_tokenizer
 from cprec_core.data.raw import load_raw_interactions
-from cprec_core.reporting import corpus_summary
 from cprec_core.data.sequences import build_domain_sequences, build_mixed_sequences
 from cprec_core.data.sources import SourceError
+from cprec_core.models.tokenizer import ModelLoadError
+from cprec_core.reporting import corpus_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         profile = profile_from_args(args)
-        profile.root.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(profile.database)) as con:
+        layout = profile.layout
+        with connect(layout.database) as con:  # waits while another process writes it
             started = time.perf_counter()
-            raw = load_raw_interactions(con, profile.data.sources, profile.cache_dir)
+            raw = load_raw_interactions(con, profile.data.sources, layout.cache_dir)
             print(f"raw: {raw.total('rows_loaded'):,} loaded, {raw.total('rows_rejected'):,} rejected")
             report = build_interactions(con, profile.data)
             print(f"interactions: {report.kept_rows:,} kept, {sum(report.filtered.values()):,} filtered")
@@ -40,19 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError("leave-one-out split check failed")
             build_domain_sequences(con, profile.corpus)
             build_mixed_sequences(con, profile.corpus)
-            texts = None
-            if profile.model.name == "tiny-random":
-                texts = [r[5] for r in corpus_texts(con, profile.corpus)]
-            tok = load_tokenizer(profile.model.name, profile.cache_dir, texts,
-                                 profile.model.trust_remote_code)
-            build_cpt_corpus(con, profile.corpus, tok, profile.model.name)
-            export_snapshot(con, profile.corpus_dir, tok)
+            build_corpus_snapshot(con, profile)
             found = corpus_leaks(con)
             if any(found.values()):
                 raise DataError(f"leakage into the CPT corpus: {found}")
-            print(f"done in {time.perf_counter() - started:.1f} s -> {profile.database}\n")
+            print(f"done in {time.perf_counter() - started:.1f} s -> {layout.database}\n")
             print(corpus_summary(con))
-    except (ConfigError, SourceError, DataError, ModelLoadError) as exc:
+    except (ConfigError, SourceError, DataError, ModelLoadError, DatabaseBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

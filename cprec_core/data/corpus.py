@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from cprec_core.config import CorpusConfig
+from cprec_core.config import CorpusConfig, Profile
+from cprec_core.layout import Layout
+from cprec_core.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from cprec_core.prompts import render_unified
 
 TOKENIZE_BATCH = 2048
@@ -110,21 +111,55 @@ def corpus_leaks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             "non_source_documents": target_text}
 
 
-def export_snapshot(con: duckdb.DuckDBPyConnection, folder: Path, tokenizer) -> dict:
+def export_snapshot(con: duckdb.DuckDBPyConnection, layout: Layout, tokenizer) -> dict:
     """What training reads, outside the database: the corpus and item titles as Parquet and
     the tokenizer, so a training process (or a cluster job) never holds the DuckDB lock."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for table, query in (
-        ("cpt_corpus", "SELECT doc_id, kind, domains, item_idxs, input_ids, n_tokens"
-                       " FROM cpt_corpus ORDER BY doc_id"),
-        ("items", "SELECT item_idx, domain, title FROM items ORDER BY item_idx"),
+    layout.corpus_dir.mkdir(parents=True, exist_ok=True)
+    for target, query in (
+        (layout.corpus_parquet, "SELECT doc_id, kind, domains, item_idxs, input_ids, n_tokens"
+                                " FROM cpt_corpus ORDER BY doc_id"),
+        (layout.corpus_items, "SELECT item_idx, domain, title FROM items ORDER BY item_idx"),
     ):
-        tmp = folder / f".{table}.parquet.tmp"
+        tmp = target.with_name(f".{target.name}.tmp")
         con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
-        tmp.rename(folder / f"{table}.parquet")
-    tokenizer.save_pretrained(folder / "tokenizer")
-    digest = hashlib.sha256((folder / "cpt_corpus.parquet").read_bytes()).hexdigest()[:16]
+        tmp.rename(target)
+    tokenizer.save_pretrained(layout.tokenizer_dir)
+    digest = hashlib.sha256(layout.corpus_parquet.read_bytes()).hexdigest()[:16]
     info = {"snapshot_sha256": digest, "tokenizer": con.execute(
         "SELECT tokenizer FROM cpt_corpus_info").fetchall()[0][0]}
-    (folder / "corpus_info.json").write_text(json.dumps(info, indent=2))
+    layout.corpus_info.write_text(json.dumps(info, indent=2))
     return info
+
+
+@dataclass(frozen=True)
+class CorpusSnapshot:
+    report: CorpusReport
+    snapshot_sha256: str  # of the corpus Parquet file: the data CPT trains on
+    tokenizer_fingerprint: str
+
+
+def build_corpus_snapshot(con: duckdb.DuckDBPyConnection, profile: Profile) -> CorpusSnapshot:
+    """Render and tokenise the corpus for the profile's model, then export the snapshot
+    that training reads (``export_snapshot``)."""
+    texts = None
+    if profile.model.name == "tiny-random":  # its tokenizer is trained on the corpus
+        texts = [row[5] for row in corpus_texts(con, profile.corpus)]
+    tokenizer = load_tokenizer(profile.model.name, profile.layout.cache_dir, texts,
+                               profile.model.trust_remote_code)
+    report = build_cpt_corpus(con, profile.corpus, tokenizer, profile.model.name)
+    info = export_snapshot(con, profile.layout, tokenizer)
+    return CorpusSnapshot(report, info["snapshot_sha256"], tokenizer_fingerprint(tokenizer))
+
+
+def sample_documents(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(kind, text) of the first document of each kind."""
+    return con.execute("SELECT kind, text FROM cpt_corpus WHERE doc_id IN "
+                       "(0, (SELECT min(doc_id) FROM cpt_corpus WHERE kind = 'mixed'))").fetchall()
+
+
+def document_balance(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    """(documents, sequences, documents whose token count disagrees with their tokens)."""
+    return con.execute(
+        "SELECT (SELECT count(*) FROM cpt_corpus),"
+        " (SELECT count(*) FROM domain_sequences) + (SELECT count(*) FROM mixed_sequences),"
+        " (SELECT count(*) FROM cpt_corpus WHERE len(input_ids) != n_tokens)").fetchall()[0]

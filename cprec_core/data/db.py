@@ -17,14 +17,17 @@ import duckdb
 DEFAULT_WAIT_SECONDS = 900.0
 
 
-class DatabaseBusy(RuntimeError):
+class DatabaseBusy(TimeoutError):
     """The database stayed locked by another process for longer than the wait allows."""
 
 
 def connect(path: str | Path, read_only: bool = False,
             wait_seconds: float = DEFAULT_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
     """A connection to ``path``, retried with back-off (0.1 s doubling to 5 s) while another
-    process holds the file's lock; any other error is raised at once."""
+    process holds the file's lock; any other error is raised at once. A writer creates the
+    folder of a new database."""
+    if not read_only:  # a new profile's first writer creates its folder
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
     delay = 0.1
     while True:

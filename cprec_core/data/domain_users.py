@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cprec_core.data.interactions import DataError
+from cprec_core.data.interactions import DataError, target_slugs
+from cprec_core.reporting import query_table
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS domain_users (
@@ -79,10 +80,8 @@ def domain_for_slug(con: duckdb.DuckDBPyConnection, slug: str) -> tuple[str, str
     rows = con.execute("SELECT domain, role FROM domains WHERE slug = ? AND role = 'target'",
                        [slug]).fetchall()
     if not rows:
-        known = [r[0] for r in con.execute(
-            "SELECT slug FROM domains WHERE role = 'target' ORDER BY slug").fetchall()]
         raise DataError(f"partition key {slug!r} is not a target domain of this profile;"
-                        f" targets: {known}")
+                        f" targets: {target_slugs(con)}")
     return rows[0]
 
 
@@ -125,3 +124,7 @@ def build_domain_users(con: duckdb.DuckDBPyConnection, slug: str) -> DomainDataR
     density = train / (users * items) if users and items else 0.0
     return DomainDataReport(domain, users, items, train, round(density, 5),
                             (float(lo or 0), float(hi or 0)), activity)
+
+
+def domain_users_preview(con: duckdb.DuckDBPyConnection, domain: str) -> str:
+    return query_table(con, "SELECT * FROM domain_users WHERE domain = ? LIMIT 10", [domain])

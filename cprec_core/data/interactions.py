@@ -20,6 +20,9 @@ filtering; until then its role is ``unused`` and the report says which limit it 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -28,7 +31,9 @@ import pyarrow as pa
 
 from cprec_core.config import DataConfig
 from cprec_core.data.landing import landed_only_domains
+from cprec_core.data.raw import raw_data_version
 from cprec_core.data.titles import normalise_title
+from cprec_core.reporting import query_table
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -239,3 +244,27 @@ def leaks(con: duckdb.DuckDBPyConnection) -> list[tuple]:
         LIMIT 20
         """
     ).fetchall()
+
+
+def interactions_version(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> str:
+    """A function of the raw files and the data settings: what the split was built from."""
+    return hashlib.sha256(json.dumps([raw_data_version(con), dataclasses.asdict(cfg)],
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def target_slugs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Partition keys of the target domains."""
+    return [r[0] for r in con.execute(
+        "SELECT slug FROM domains WHERE role = 'target' ORDER BY slug").fetchall()]
+
+
+def interactions_previews(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    return {"domains": query_table(con, "SELECT * FROM domains ORDER BY role, interactions DESC"),
+            "preview": query_table(con, "SELECT * FROM interactions LIMIT 10")}
+
+
+def row_balance(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    """(raw rows, kept interactions, filtered rows): the first is the sum of the others."""
+    return con.execute(
+        "SELECT (SELECT count(*) FROM raw_interactions), (SELECT count(*) FROM interactions),"
+        " (SELECT count(*) FROM filtered_interactions)").fetchall()[0]

@@ -392,3 +392,42 @@ def landed_version(con: duckdb.DuckDBPyConnection) -> str:
         "SELECT sha256 FROM landed_files WHERE status = 'loaded' ORDER BY sha256").fetchall()]
     return hashlib.sha256(",".join(shas).encode()).hexdigest()[:16]
 
+
+def landed_rows(con: duckdb.DuckDBPyConnection) -> int:
+    con.execute(SCHEMA)
+    return con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0]
+
+
+def failed_deliveries(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """(delivery, status, reason) of each delivery whose latest attempt failed or found the
+    file changed since it was first loaded."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'landed_files'"
+                       ).fetchall()[0][0]:
+        return []
+    return con.execute("""
+        SELECT delivery, status, detail FROM landed_files
+        QUALIFY row_number() OVER (PARTITION BY delivery ORDER BY landed_at DESC) = 1
+            AND status IN ('failed', 'changed')
+        ORDER BY delivery""").fetchall()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one load of the landing folder takes: the deliveries, the requested files that
+    are no longer there, and the files ignored by the scan (with why)."""
+
+    deliveries: list[Delivery]
+    gone: list[str]
+    ignored: dict[str, str]
+
+
+def select_deliveries(root: Path, requested: list[str], now_ns: int,
+                      settle_seconds: float) -> Selection:
+    """The requested files (paths relative to ``root``: what the sensor asks for), or with
+    none requested every complete delivery (a load launched by hand)."""
+    found = scan(root)
+    if not requested:
+        return Selection(complete(found, now_ns, settle_seconds), [], found.ignored)
+    by_rel = {d.rel: d for d in found.deliveries}
+    return Selection([by_rel[f] for f in requested if f in by_rel],
+                     [f for f in requested if f not in by_rel], found.ignored)

@@ -22,6 +22,7 @@ from cprec_core.config import SourceConfig
 from cprec_core.data.landing import append_landed
 from cprec_core.data.rows import Writer
 from cprec_core.data.sources import Record, read_source
+from cprec_core.reporting import query_table
 
 SCHEMA = """
 CREATE OR REPLACE TABLE raw_interactions (
@@ -102,3 +103,10 @@ def reconcile(con: duckdb.DuckDBPyConnection) -> list[tuple]:
            OR (f.role = 'interactions' AND f.rows_loaded != coalesce(r.n, 0))
         """
     ).fetchall()
+
+
+def raw_previews(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Markdown previews of the loaded and the rejected rows."""
+    return {"preview": query_table(con, "SELECT * FROM raw_interactions LIMIT 10"),
+            "rejected_rows": query_table(con, "SELECT * FROM rejected_rows"
+                                              " ORDER BY source_file, line LIMIT 20")}

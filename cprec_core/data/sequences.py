@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import duckdb
 
 from cprec_core.config import CorpusConfig
+from cprec_core.reporting import query_table
 
 _WINDOWED = """
     SELECT *, ((rn - 1) * ceil(n / ?)::BIGINT) // n AS part
@@ -104,3 +105,20 @@ def unordered_sequences(con: duckdb.DuckDBPyConnection, table: str) -> int:
     """Sequences whose timestamps are not non-decreasing (must be 0)."""
     (n,) = con.execute(f"SELECT count(*) FROM {table} WHERE ts != list_sort(ts)").fetchall()[0]
     return n
+
+
+_BREAKDOWN = {
+    "domain_sequences": ("per_domain", """
+        SELECT domain, count(*) AS sequences, sum(n_items) AS items,
+               round(avg(n_items), 1) AS mean_len
+        FROM domain_sequences GROUP BY domain ORDER BY items DESC"""),
+    "mixed_sequences": ("domains_per_sequence", """
+        SELECT n_domains, count(*) AS sequences FROM mixed_sequences GROUP BY ALL ORDER BY 1"""),
+}
+
+
+def sequence_previews(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """A preview of ``table`` (domain_sequences or mixed_sequences) and its breakdown."""
+    name, breakdown = _BREAKDOWN[table]
+    return {"preview": query_table(con, f"SELECT * FROM {table} LIMIT 10"),
+            name: query_table(con, breakdown)}

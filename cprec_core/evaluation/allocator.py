@@ -1,17 +1,12 @@
 """Keep freed memory in the process heap, so that large tensors reuse pages already touched.
 
-PyTorch's CPU allocator gives every tensor back to ``malloc`` when it is freed. glibc serves
-blocks above its mmap threshold with fresh ``mmap`` calls and trims the top of the heap
-after frees. A forward over a large batch then faults in new pages for nearly every
-activation: scoring took ~64k page faults per 20-candidate case, and 0.398 s/case against
-0.273 s/case with this (``benchmarks/bench_eval.py``, benchmarks/README.md). With both
-thresholds raised, freed blocks stay in the heap and are reused. The cost: the process
-keeps its peak memory (RSS does not shrink after a batch), and the heap may hold up to
-about twice the largest working set while its layout settles. ``release_freed_heap`` gives
-the free memory back (the evaluation calls it after each system, so one process scoring
-eleven models in turn stays at the peak of one).
-
-glibc only: elsewhere (macOS, musl) it does nothing and returns False.
+PyTorch's CPU allocator hands every freed tensor back to ``malloc``. glibc serves blocks
+above its mmap threshold with fresh mappings and trims the top of the heap after frees, so
+a forward over a large batch faults in new pages for nearly every activation. With both
+thresholds raised, large blocks come from the heap and stay there when freed, for the next
+forward (``benchmarks/bench_eval.py`` times scoring with and without it). The cost: the
+process keeps its peak memory until ``release_freed_heap``, which the evaluation calls
+after each system. glibc only: elsewhere both functions do nothing and return False.
 """
 
 from __future__ import annotations

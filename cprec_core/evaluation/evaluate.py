@@ -32,13 +32,15 @@ from typing import Callable, ContextManager
 import duckdb
 import numpy as np
 
-from cprec_core.training.next_item import load_sasrec
 from cprec_core.config import Profile
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popularity,
                                              sequential_scores)
-from cprec_core.evaluation.metrics import ranking_report, ranks_from_scores
+from cprec_core.metrics import ranking_report, ranks_from_scores
 from cprec_core.provenance import git_revision, processor
+from cprec_core.reporting import md_table, query_table
+from cprec_core.systems import ZERO_SHOT_SYSTEM_NAMES, system as registered
+from cprec_core.training.next_item import load_next_item_model
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
@@ -98,36 +100,38 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases) -> dict[str, 
         "item-knn (all domains)": item_knn(con, cases, all_domains=True),
     }
     for kind in ("sasrec", "gru4rec"):  # each when its model is trained
-        folder = profile.domain_dir(kind, slug)
-        if (folder / "model.safetensors").is_file():
-            model, index = load_sasrec(folder)
+        files = profile.layout.next_item_model(kind, slug)
+        if files.exists():
+            model, index = load_next_item_model(files)
             scores[kind] = sequential_scores(model, index, cases, model.shape.max_len)
     return scores
 
 
 def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
-    """(system, seed) of every LLM system the profile evaluates, trained or not."""
-    systems = [("base", 0), ("cprec_zero_shot", 0)] if profile.evaluation.zero_shot else []
-    return systems + [(system, seed) for system in profile.sft.systems
-                      for seed in profile.sft.seeds_for(system)]
+    """(system, seed) of every LLM system the profile evaluates, trained or not: the
+    zero-shot systems (with ``evaluation.zero_shot``), then ``sft.systems`` per seed."""
+    zero_shot = ZERO_SHOT_SYSTEM_NAMES if profile.evaluation.zero_shot else ()
+    return [(name, 0) for name in zero_shot] + [
+        (name, seed) for name in profile.sft.systems for seed in profile.sft.seeds_for(name)]
 
 
 def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]:
     """(system, seed) of every planned LLM system whose weights exist; missing ones are
     logged."""
-    systems = []
-    for system, seed in planned_llm_systems(profile):
-        if system == "base":
-            systems.append((system, seed))
-        elif system == "cprec_zero_shot":
-            if (profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors").is_file():
-                systems.append((system, seed))
+    systems, layout = [], profile.layout
+    for name, seed in planned_llm_systems(profile):
+        entry = registered(name)
+        if entry.kind == "zero_shot" and entry.cpt_variant is None:
+            systems.append((name, seed))
+        elif entry.kind == "zero_shot":
+            if layout.cpt_adapter(entry.cpt_variant).exists():
+                systems.append((name, seed))
             else:
-                log("cprec_zero_shot: no WSA CPT adapter, skipped")
-        elif (profile.sft_dir(system, slug, seed) / "adapter").is_dir():
-            systems.append((system, seed))
+                log(f"{name}: no {entry.cpt_variant.upper()} CPT adapter, skipped")
+        elif layout.sft_run(name, slug, seed).adapter.is_dir():
+            systems.append((name, seed))
         else:
-            log(f"{system} seed {seed}: no SFT adapter for {slug}, skipped")
+            log(f"{name} seed {seed}: no SFT adapter for {slug}, skipped")
     return systems
 
 
@@ -138,9 +142,9 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 
     from cprec_core.evaluation.allocator import release_freed_heap
     from cprec_core.evaluation.llm import LLMScorer
-    from cprec_core.training.sft_samples import SFTSample
+    from cprec_core.prompts import Case
 
-    samples = [SFTSample(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
+    samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                         cases.targets)]
     cfg, out = profile.evaluation, {}
@@ -335,6 +339,30 @@ def scoring_seconds(con: duckdb.DuckDBPyConnection, domain: str) -> float:
                        " FROM evaluation_costs WHERE domain = ?", [domain]).fetchone()[0]
 
 
+def evaluation_tables(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, str]:
+    """The domain's evaluation as markdown: test results per system and family, HR@1 per
+    user subset, the validation split, and what the LLM scoring cost."""
+    results = query_table(con, """
+        SELECT system, family, count(*) AS seeds, max(cases) AS cases,
+               round(avg(valid_ratio), 3) AS ValidRatio, round(avg("hr@1"), 4) AS "HR@1",
+               round(avg("hr@1 (valid)"), 4) AS "HR@1 (valid)",
+               round(avg("hr@5"), 4) AS "HR@5", round(avg("ndcg@5"), 4) AS "NDCG@5"
+        FROM evaluation_results WHERE domain = ? AND split = 'test' AND subset = 'all'
+        GROUP BY system, family ORDER BY "HR@1" DESC""", [domain])
+    subsets = query_table(con, """
+        SELECT system, subset, max(cases) AS cases, round(avg("hr@1"), 4) AS "HR@1"
+        FROM evaluation_results WHERE domain = ? AND split = 'test'
+        AND family IN ('ranking', 'likelihood (mean)') AND subset != 'all'
+        GROUP BY system, subset ORDER BY system, subset""", [domain])
+    valid = query_table(con, """
+        SELECT system, round("hr@1", 4) AS "HR@1", round("ndcg@5", 4) AS "NDCG@5"
+        FROM evaluation_results WHERE domain = ? AND split = 'valid' AND subset = 'all'
+        ORDER BY "HR@1" DESC""", [domain])
+    costs = md_table(COST_HEADER[1:], [c[1:] for c in scoring_costs(con, domain)])
+    return {"results": results, "by_user_subset": subsets, "validation": valid,
+            "scoring_cost": costs}
+
+
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:
     """(domain, system, seed, valid_ratio) of generation results under ``floor``."""
     return con.execute("""
@@ -361,11 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = profile_from_args(args)
 
     def work() -> None:
-        rows = evaluate_domain(lambda: connect(profile.database), profile, args.domain,
+        rows = evaluate_domain(lambda: connect(profile.layout.database), profile, args.domain,
                                with_llm=not args.classic_only)
-        print(f"{args.domain}: {len(rows)} result rows written to {profile.database}")
+        print(f"{args.domain}: {len(rows)} result rows written to {profile.layout.database}")
 
-    return run_tool(work, profile.database)
+    return run_tool(work, profile.layout.database)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,9 @@ import duckdb
 import numpy as np
 from scipy.stats import binomtest
 
+from cprec_core.systems import PAIRED_TEST, is_cprec, leaderboard_rank
+
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
-CPREC_FAMILY = ("cprec", "cprec_zero_shot")  # and every cprec_<variant>
-ORDER = ("random", "popularity", "item-knn (domain)", "item-knn (all domains)", "sasrec",
-         "gru4rec", "base", "cprec_zero_shot", "llara", "cprec", "cprec_ds_only",
-         "cprec_ds_mix_shuffled", "cprec_shuffled_control")
 
 SCHEMA = """
 CREATE OR REPLACE TABLE leaderboard (
@@ -42,10 +40,6 @@ CREATE OR REPLACE TABLE leaderboard_tests (
     "a_hr@1" DOUBLE, "b_hr@1" DOUBLE, a_only INTEGER, b_only INTEGER, diff DOUBLE,
     diff_low DOUBLE, diff_high DOUBLE, p_value DOUBLE);
 """
-
-
-def is_cprec(system: str) -> bool:
-    return system in CPREC_FAMILY or system.startswith("cprec_")
 
 
 def bootstrap_interval(per_case: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -127,22 +121,19 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
             rows.append((domain, system, len(seeds), hits.shape[0], float(per_seed.mean()),
                          float(per_seed.std(ddof=1)) if len(seeds) > 1 else None, low, high,
                          ndcg, *gen))
+        system_a, system_b = PAIRED_TEST
         for family in ("likelihood (mean)", "generation"):
-            a, _ = _hits(con, domain, "cprec", family)
-            b, _ = _hits(con, domain, "llara", family)
+            a, _ = _hits(con, domain, system_a, family)
+            b, _ = _hits(con, domain, system_b, family)
             if a.size and a.shape == b.shape:
                 t = paired_test(a, b, resamples)
-                tests.append((domain, family, "cprec", "llara", t.pairs, t.a_rate, t.b_rate,
+                tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
                               t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
     if rows:
         con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 12)})", rows)
     if tests:
         con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})", tests)
     return {"domains": len(by_domain), "rows": len(rows), "tests": len(tests)}
-
-
-def _rank(system: str) -> int:
-    return ORDER.index(system) if system in ORDER else len(ORDER)
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -157,7 +148,7 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
         rows = con.execute("""SELECT system, seeds, cases, "hr@1", "hr@1 sd", "hr@1 low",
                               "hr@1 high", "ndcg@5", valid_ratio, "gen hr@1 (valid)", "gen hr@1"
                               FROM leaderboard WHERE domain = ?""", [domain]).fetchall()
-        rows.sort(key=lambda r: _rank(r[0]))
+        rows.sort(key=lambda r: leaderboard_rank(r[0]))
         best = max((r for r in rows if not is_cprec(r[0])), key=lambda r: r[3], default=None)
         out.append(f"### {domain} (test cases: {rows[0][2]})\n")
         out.append("| system | seeds | HR@1 ranking | 95 % CI | NDCG@5 | ValidRatio |"
@@ -201,7 +192,7 @@ def leaderboard_chart(con: duckdb.DuckDBPyConnection, png_path: Path) -> Path:
     rows = con.execute("""SELECT domain, system, "hr@1", "hr@1 low", "hr@1 high" FROM leaderboard
                           ORDER BY domain""").fetchall()
     domains = sorted({r[0] for r in rows})
-    systems = sorted({r[1] for r in rows}, key=_rank)
+    systems = sorted({r[1] for r in rows}, key=leaderboard_rank)
     width = 0.8 / max(1, len(systems))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 + 0.35 * len(systems) * len(domains)), 4))
     cmap = plt.get_cmap("tab20")
@@ -240,14 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = profile_from_args(parser.parse_args(argv))
 
     def work() -> None:
-        with connect(profile.database) as con:
-            require_evaluation(con, profile.database)
+        with connect(profile.layout.database) as con:
+            require_evaluation(con, profile.layout.database)
             counts = build_leaderboard(con, profile.evaluation.bootstrap)
-            png = leaderboard_chart(con, profile.root / "leaderboard.png")
+            png = leaderboard_chart(con, profile.layout.leaderboard_chart)
             print(leaderboard_markdown(con))
         print(f"leaderboard: {counts}; chart {png}")
 
-    return run_tool(work, profile.database)
+    return run_tool(work, profile.layout.database)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,21 @@
 """LLM systems on the fixed candidate sets: likelihood ranking and greedy generation from one
 forward per batch of cases.
 
-Likelihood ranking (ours): each case's prompt and its 20 candidate continuations
-(`` Title`` + EOS) go through the model as one row: every continuation sees the prompt and
-its own earlier tokens, nothing of the other candidates, and its positions start where the
-prompt ends. The prompt columns take plain causal attention; only the continuation rows
-carry the tree mask (``_tree_attention``). So the prompt is computed once, no KV cache is
-copied, and the LM head (fp32 logits) runs only on the positions that predict a
-continuation token; the final EOS is a target, never an input. Several cases share a
-forward (``evaluation.batch_size``; rows padded, padding seen by nothing). Each candidate
-gets its summed log-probability and the mean per token (length-normalised); ranking by
-either gives HR@1/3/5 and NDCG@3/5 with ValidRatio 1.
+Likelihood (ours): a case's prompt and its 20 candidate continuations (`` Title`` + EOS) go
+through the model as one row. Each continuation sees the prompt and its own earlier tokens,
+nothing of the other candidates, and its positions start where the prompt ends; only the
+continuation rows carry this tree mask (``_tree_attention``), the prompt columns are plain
+causal. So the prompt is computed once and the LM head runs only where a continuation
+token is predicted. Each candidate gets its summed log-probability and the mean per token.
 
-Generation (the paper's protocol): greedy, at most ``max_new_tokens``, a row stops at EOS or
-a newline. While the greedy tokens follow a candidate title the tree forward already holds
-every next argmax, so such answers need no decoding step (``greedy_walk``); the other rows
-decode from the same forward's KV cache cut back to the (right-padded) prompts, without a
-second prefill. ``evaluate`` gathers those rows over batches and decodes up to
-``decode_rows`` (64) of them together: a decoding step reads all the weights whatever its
-number of rows (benchmarks/README.md), so this takes 10 % off generation when most answers
-are decoded. Rows whose answer has ended leave the batch (``drop_finished``), another
-2.5-6.5 %. As with any batching in bf16, which rows share a step can change an answer whose
-top two tokens are close. The first line is valid iff exactly one candidate title
-occurs in it; HitRatio@1 counts valid answers that name the target.
+Generation (the paper's protocol): greedy, at most ``max_new_tokens``, stopping at EOS or a
+newline. While the greedy tokens follow a candidate title the tree forward already holds
+every next argmax (``greedy_walk``); other rows decode from the same forward's KV cache cut
+back to the prompts, gathered over batches (``decode_rows``) because a decoding step reads
+every weight whatever its number of rows, and finished rows leave the batch
+(``drop_finished``). Answers are parsed by cprec_core.prompts.parse_answer.
 
-Systems: SFT adapters (``llara``, ``cprec``, ``cprec_<variant>``) read LLaRA's hybrid
-prompt, with projected SASRec embeddings at the ``[emb]`` slots. The zero-shot systems
-(``base``: the base model; ``cprec_zero_shot``: the WSA CPT adapter without SFT) read a
-text prompt: the candidate list, then the unified CPT template up to the next item. LoRA is
-merged into the weights for inference.
+Which prompt and weights a system uses comes from its entry in cprec_core.systems.
 """
 
 from __future__ import annotations
@@ -45,49 +32,13 @@ from transformers import AttentionInterface, AttentionMaskInterface, AutoTokeniz
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from cprec_core.evaluation.allocator import keep_freed_heap
 from cprec_core.config import CorpusConfig, Profile
+from cprec_core.evaluation.allocator import keep_freed_heap
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
-from cprec_core.training.sft_samples import SFTSample, render
-
-ZERO_SHOT_SYSTEMS = ("base", "cprec_zero_shot")
-
-
-def render_zero_shot(sample: SFTSample, titles: dict[int, str], corpus: CorpusConfig) -> str:
-    """The candidate list, then the unified CPT prompt up to where the next title goes.
-
-    >>> s = SFTSample(0, [1, 2], [3, 4], 3)
-    >>> render_zero_shot(s, {1: "A", 2: "B", 3: "C", 4: "D"}, CorpusConfig())
-    'Given the following 2 items: C, D. This user has bought A, B in the previous. Please predict the next item this user will buy.'
-    """
-    history = corpus.separator.join(titles[i] for i in sample.history)
-    head = corpus.template.split("{next}")[0].replace("{history}", history).rstrip()
-    listed = corpus.separator.join(titles[c] for c in sample.candidates)
-    return f"Given the following {len(sample.candidates)} items: {listed}. {head}"
-
-
-def prompt_text(sample: SFTSample, titles: dict[int, str], hybrid: bool,
-                corpus: CorpusConfig) -> tuple[str, list[int]]:
-    """(text, item behind each ``[emb]``) of the prompt a system reads: LLaRA's hybrid prompt
-    for the SFT systems, the zero-shot text prompt (no slots) for the others."""
-    if hybrid:
-        return render(sample, titles, hybrid=True)
-    return render_zero_shot(sample, titles, corpus), []
-
-
-def parse_answer(text: str, sample: SFTSample, titles: dict[int, str]) -> int | None:
-    """The candidate named by the first line of ``text``, or None when not exactly one is.
-
-    >>> s = SFTSample(0, [], [3, 4], 3)
-    >>> t = {3: "Alien (1979)", 4: "Heat (1995)"}
-    >>> parse_answer(" Heat (1995)\\nmore", s, t), parse_answer("Alien (1979) or Heat (1995)", s, t)
-    (4, None)
-    """
-    line = text.strip().split("\n", 1)[0] if text.strip() else ""
-    named = [c for c in sample.candidates if titles[c] in line]
-    return named[0] if len(named) == 1 else None
-
+from cprec_core.prompts import Case, answer_text, parse_answer, prompt_text, render_llara
+from cprec_core.systems import system as registered
+from cprec_core.training.next_item import load_next_item_model
 
 HEAD_ROWS = 1024  # LM head rows per chunk: 1024 x 49k fp32 logits = 200 MB
 
@@ -145,7 +96,7 @@ def _tree_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     """SDPA, except for a tree forward (``LLMScorer.score``): a mask with fewer query rows than
     there are queries covers only the last rows (the continuations); the leading columns are
     right-padded prompts and take plain causal attention, whose kernel skips the masked
-    half. Measured: a third less attention time than one (W, W) mask on this CPU."""
+    half, so it costs less than one (W, W) mask."""
     if attention_mask is None or attention_mask.shape[-2] == query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
@@ -170,7 +121,7 @@ class _Pending:
     width: int  # prompt columns (right-padded)
     lengths: torch.Tensor  # each row's prompt length (CPU)
     first: list[int]  # each row's first answer token
-    rows: list[tuple[CaseResult, SFTSample]]  # to fill in
+    rows: list[tuple[CaseResult, Case]]  # to fill in
 
     def compact(self) -> None:
         """Own copies of the prompt columns, so the forward's whole cache (continuation
@@ -213,35 +164,36 @@ class LLMScorer:
             self.item_table = self.item_table.to(self.device)
 
     @classmethod
-    def load(cls, profile: Profile, slug: str, system: str, seed: int = 0) -> "LLMScorer":
-        """An SFT system (hybrid prompt) or a zero-shot system (text prompt)."""
+    def load(cls, profile: Profile, slug: str, name: str, seed: int = 0) -> "LLMScorer":
+        """A registered LLM system (cprec_core.systems): an SFT adapter with its projector
+        (hybrid prompt), or a zero-shot model (text prompt), LoRA merged."""
         if profile.evaluation.keep_freed_heap:
             keep_freed_heap()
+        entry, layout = registered(name), profile.layout
         device = resolve_device(profile.device)
         dtype = resolve_dtype(profile.sft.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
-        base = load_base_model(profile.model.name, profile.cache_dir, dtype, tokenizer,
+        tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer_dir)
+        base = load_base_model(profile.model.name, layout.cache_dir, dtype, tokenizer,
                                profile.model.trust_remote_code)
-        if system in ZERO_SHOT_SYSTEMS:
+        if entry.kind == "zero_shot":
             model = base
-            if system == "cprec_zero_shot":
-                folder = profile.cpt_dir("wsa") / "adapter"
-                if not (folder / "adapter_model.safetensors").is_file():
-                    raise FileNotFoundError(f"{folder}: no CPT adapter; materialise cpt_adapter")
-                model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+            if entry.cpt_variant:
+                run = layout.cpt_adapter(entry.cpt_variant)
+                if not run.exists():
+                    raise FileNotFoundError(f"{run.adapter}: no CPT adapter; materialise"
+                                            f" {entry.asset}")
+                model = PeftModel.from_pretrained(base, run.adapter).merge_and_unload()
             return cls(model.eval(), tokenizer, None, None, {}, None, dtype, profile.corpus,
                        torch.device(device))
-        from cprec_core.training.next_item import load_sasrec
-
-        folder = profile.sft_dir(system, slug, seed)
-        if not (folder / "adapter" / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(f"{folder}: no SFT adapter; materialise it first")
+        run = layout.sft_run(name, slug, seed)
+        if not run.exists():
+            raise FileNotFoundError(f"{run.adapter}: no SFT adapter; materialise {entry.asset}")
         placeholder_id = add_placeholder_token(tokenizer, base)
-        model = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().eval()
-        sasrec, index = load_sasrec(profile.domain_dir("sasrec", slug))
+        model = PeftModel.from_pretrained(base, run.adapter).merge_and_unload().eval()
+        sasrec, index = load_next_item_model(layout.next_item_model("sasrec", slug))
         table = sasrec.item_embeddings().float()
         projector = Projector(table.shape[1], base.get_input_embeddings().embedding_dim)
-        projector.load_state_dict(load_file(folder / "projector.safetensors"))
+        projector.load_state_dict(load_file(run.projector))
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
                    profile.corpus, torch.device(device))
@@ -254,7 +206,7 @@ class LLMScorer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.dtype == torch.bfloat16)
 
-    def prompt(self, sample: SFTSample, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt(self, sample: Case, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids (1, P), input embeddings (1, P, d)) of the case's prompt."""
         text, slots = prompt_text(sample, titles, self.hybrid, self.corpus)
         ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]],
@@ -265,9 +217,9 @@ class LLMScorer:
                                self.placeholder_id, hybrid=self.hybrid)
         return ids, embeds
 
-    def continuations(self, sample: SFTSample, titles: dict[int, str]) -> list[list[int]]:
+    def continuations(self, sample: Case, titles: dict[int, str]) -> list[list[int]]:
         eos = self.tokenizer.eos_token_id
-        return [self.tokenizer(" " + titles[c], add_special_tokens=False)["input_ids"] + [eos]
+        return [self.tokenizer(answer_text(titles[c]), add_special_tokens=False)["input_ids"] + [eos]
                 for c in sample.candidates]
 
     def _head(self, hidden: torch.Tensor, targets: torch.Tensor | None = None,
@@ -290,7 +242,7 @@ class LLMScorer:
         return (torch.cat(logps) if logps else None), (torch.cat(tops) if tops else None)
 
     @torch.no_grad()
-    def score(self, samples: list[SFTSample], titles: dict[int, str], generate: bool = False,
+    def score(self, samples: list[Case], titles: dict[int, str], generate: bool = False,
               max_new_tokens: int = 32) -> list[CaseResult]:
         """Likelihood of every candidate of every case, and with ``generate`` the greedy
         answer, from one forward of the batch (``_tree``) and, for the answers that leave
@@ -300,7 +252,7 @@ class LLMScorer:
             self._decode([pending], titles, max_new_tokens)
         return results
 
-    def _tree(self, samples: list[SFTSample], titles: dict[int, str], generate: bool,
+    def _tree(self, samples: list[Case], titles: dict[int, str], generate: bool,
               max_new_tokens: int) -> tuple[list[CaseResult], _Pending | None]:
         """Likelihoods and, with ``generate``, the greedy answers that the forward already
         holds; the other rows come back as a ``_Pending`` decoding job.
@@ -381,7 +333,7 @@ class LLMScorer:
     def _ends_line(self, token: int) -> bool:
         return "\n" in self.tokenizer.decode([token])
 
-    def _set_answer(self, result: CaseResult, sample: SFTSample, tokens: list[int],
+    def _set_answer(self, result: CaseResult, sample: Case, tokens: list[int],
                     titles: dict[int, str]) -> None:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         result.answer = text.lstrip(" ").split("\n", 1)[0]
@@ -389,7 +341,7 @@ class LLMScorer:
 
     def _read_off(self, cache, w: int, lengths: torch.Tensor, first: list[int],
                   conts: list[list[list[int]]], tops: list[list[list[int]]],
-                  results: list[CaseResult], samples: list[SFTSample], titles: dict[int, str],
+                  results: list[CaseResult], samples: list[Case], titles: dict[int, str],
                   max_new_tokens: int) -> _Pending | None:
         """Greedy answers read off the tree forward where they follow a candidate title
         (``greedy_walk``); the rest of the rows, with their prompt columns of the cache, as
@@ -414,7 +366,7 @@ class LLMScorer:
     def _decode(self, jobs: list[_Pending], titles: dict[int, str], max_new_tokens: int) -> None:
         """Greedy decoding of the pending rows of one or more tree forwards at once: a
         decoding step reads every weight of the model whatever its number of rows, so more
-        rows per step cost little more (benchmarks/README.md). The jobs' prompt caches are
+        rows per step cost little more. The jobs' prompt caches are
         right-padded to the widest and stacked."""
         width = max(j.width for j in jobs)
         if len(jobs) == 1:
@@ -475,13 +427,13 @@ class LLMScorer:
             token = self._head(out.last_hidden_state[:, -1], argmax=True)[1]
         return generated
 
-    def evaluate(self, samples: list[SFTSample], titles: dict[int, str], batch_size: int = 8,
+    def evaluate(self, samples: list[Case], titles: dict[int, str], batch_size: int = 8,
                  generate: bool = True, max_new_tokens: int = 32, progress=None) -> list[CaseResult]:
         """Likelihood (and greedy answers) for every case, ``batch_size`` cases at a time,
         in the order given. Batches are formed from cases of similar length (prompt plus
         candidate titles), so fewer columns of each forward are padding."""
-        def length(sample: SFTSample) -> int:
-            return len(render(sample, titles, hybrid=True)[0]) + sum(
+        def length(sample: Case) -> int:
+            return len(render_llara(sample, titles, hybrid=True)[0]) + sum(
                 len(titles[c]) for c in sample.candidates)
 
         order = sorted(range(len(samples)), key=lambda i: length(samples[i]))
@@ -504,23 +456,3 @@ class LLMScorer:
                 if progress:
                     progress(min(start + batch_size, len(samples)), len(samples))
         return results
-
-    @torch.no_grad()
-    def score_naive(self, sample: SFTSample, titles: dict[int, str]) -> CaseResult:
-        """Reference and benchmark baseline: one full forward of prompt + candidate per
-        candidate, no shared prefix."""
-        conts = self.continuations(sample, titles)
-        with self._autocast():
-            ids, prompt_embeds = self.prompt(sample, titles)
-        summed = np.zeros(len(conts))
-        for k, c in enumerate(conts):
-            tokens = torch.tensor(c, device=self.device)
-            with self._autocast():
-                embeds = torch.cat([prompt_embeds,
-                                    self.model.get_input_embeddings()(tokens)[None]], 1)
-                hidden = self.model.get_decoder()(inputs_embeds=embeds,
-                                                  use_cache=False).last_hidden_state[0]
-            lp = self._head(hidden[ids.shape[1] - 1:-1], tokens[:, None])[0]
-            summed[k] = float(lp.sum())
-        return CaseResult(summed, summed / np.asarray([len(c) for c in conts], dtype=float))
-

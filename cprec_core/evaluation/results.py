@@ -23,10 +23,7 @@ from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_ch
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import corpus_summary, md_table
-
-
-def _manifests(pattern_root: Path, pattern: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(pattern_root.glob(pattern))]
+from cprec_core.systems import lora_init
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -89,8 +86,8 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
 
 def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
            outputs: tuple[Path, ...] = ()) -> str:
-    cpt = _manifests(profile.root / "cpt", "*/manifest.json")
-    sft = _manifests(profile.root / "sft", "*/*/seed-*/manifest.json")
+    cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
+    sft = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_sft_runs()]
     # what each domain's evaluation actually scored, against the test users it has (an
     # evaluation kept from an earlier run of the profile may cover fewer)
     cases = con.execute("""SELECT e.domain, count(DISTINCT e.user_idx), any_value(c.users)
@@ -149,8 +146,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                   "minutes"],
                  [(m["domain"], m["system"], m.get("seed", 0), m["samples"], m["steps"],
                    m["final_loss"],
-                   ("CPT " + m["init_adapter"].split("/cpt/")[1].split("/")[0])
-                   if m["init_adapter"] else "none",
+                   lora_init(m["system"]),
                    round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
         "",
         "## Compute",
@@ -178,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     def work() -> None:
-        with duckdb.connect(str(profile.database)) as con:
-            require_evaluation(con, profile.database)
+        with duckdb.connect(str(profile.layout.database)) as con:
+            require_evaluation(con, profile.layout.database)
             build_leaderboard(con, profile.evaluation.bootstrap)
             chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
             command = "python -m cprec_core.evaluation.results " + " ".join(
@@ -187,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(render(con, profile, command, chart, (out, chart)))
         print(f"wrote {out} and {chart}")
 
-    return run_tool(work, profile.database)
+    return run_tool(work, profile.layout.database)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,7 @@ training loop never sees the loss formula).
 
 The loss is computed only at positions with a target, chunk by chunk, and the logits are
 recomputed in backward instead of stored: for a 49k vocabulary the full fp32 logits of one
-micro-batch would take ~800 MB and their softmax dominated the step (measured: 1.4 s of a
-7.8 s step for 2,048 tokens before, see benchmarks/README.md).
+micro-batch would take most of the step's memory, and their softmax much of its time.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IGNORE = -100  # the target of a position that predicts nothing (padding)
+from cprec_core.prompts import IGNORE
 
 CE_CHUNK = 1024
 

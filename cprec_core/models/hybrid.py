@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cprec_core.training.sft_samples import PLACEHOLDER
+from cprec_core.prompts import PLACEHOLDER
 
 
 class Projector(nn.Module):

@@ -1,21 +1,19 @@
-"""LoRA through peft, with two changes that matter on CPUs (measured in benchmarks/):
+"""LoRA through peft, with two changes that matter on CPUs (benchmarks/bench_cpt.py):
 
-1. peft casts every LoRA input to the adapter's dtype (fp32 master weights here), i.e. two
-   copies of each activation per projection under bf16 autocast; we switch that off and let
-   autocast cast the tiny adapter weights instead (same arithmetic, ~7 % faster).
-2. LoRA dropout draws one Bernoulli number per input element per projection: 210 masks per
-   forward for a 30-layer model, ~40 % of a CPU training step. ``SharedLoraDropout`` draws
-   one mask per *input tensor* and shares it between the adapters that read that tensor
-   (q/k/v read the same hidden states, gate/up too), and draws 16 random bits per element
-   from int32 words instead of a float per element. Each adapter still sees dropout with
-   probability p on its input; only the masks of q, k and v (and of gate and up) are the
-   same instead of independent. ``LoraSettings.shared_dropout: false`` restores peft's.
+1. peft casts every LoRA input to the adapter's dtype (fp32 master weights here), two copies
+   of each activation per projection under bf16 autocast; we switch that off and let
+   autocast cast the small adapter weights instead (same arithmetic).
+2. peft's LoRA dropout draws one mask per projection. ``SharedLoraDropout`` draws one mask
+   per *input tensor*, shared by the adapters that read it (q/k/v read the same hidden
+   states, gate/up too), from 16 random bits per element. Each adapter still sees dropout
+   with probability p; only the masks of q, k and v (and of gate and up) are the same
+   instead of independent. ``LoraSettings.shared_dropout: false`` restores peft's.
 """
 
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -55,6 +53,18 @@ def apply_lora(model: nn.Module, settings: LoraSettings, adapter: str = "default
     peft_model = get_peft_model(model, LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules), task_type="CAUSAL_LM"))
+    return _for_training(peft_model, settings, adapter)
+
+
+def load_trainable_lora(model: nn.Module, folder, settings: LoraSettings) -> nn.Module:
+    """A saved adapter (``folder``, peft's format) loaded to train on: rank, alpha and target
+    modules as saved; dropout and the CPU tunings of ``settings``, as ``apply_lora``."""
+    return _for_training(PeftModel.from_pretrained(model, folder, is_trainable=True), settings)
+
+
+def _for_training(peft_model: nn.Module, settings: LoraSettings,
+                  adapter: str = "default") -> nn.Module:
+    """Trainable weights in fp32 (the optimiser's master copies), then the CPU tunings."""
     for p in peft_model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -12,9 +12,9 @@ last one and ends with the same adapter as an uninterrupted run. Checkpoints of 
 (the corpus, the config or the model changed) are discarded and training starts over; an
 unchanged plan that already finished resumes at its end and re-emits its adapter.
 
-Outputs in ``<profile root>/cpt/<variant>/``: ``adapter/`` (peft, safetensors),
-``manifest.json`` (base model, corpus fingerprint, config, final loss, git revision),
-``train_log.jsonl`` (one line per optimiser step) and ``checkpoints/``.
+Outputs: the variant's ``TrainedAdapter`` folder (cprec_core.layout): the peft adapter, a
+manifest (base model, corpus fingerprint, config, final loss, git revision), the log of
+every optimiser step and the checkpoints.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from cprec_core.training import checkpointing
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
+from cprec_core.layout import TrainedAdapter
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
                                   shuffled_control, subsample)
 from cprec_core.models.causal_lm import PackedCausalLM
@@ -57,11 +58,11 @@ class CPTTrainer:
     """setup() builds tokenizer, plan, model and optimiser; train() is the one loop."""
 
     def __init__(self, profile: Profile, variant: str, reporter: Reporter | None = None,
-                 out: Path | None = None):
+                 run: TrainedAdapter | None = None):
         self.profile = profile
         self.cfg = profile.cpt
         self.variant = variant
-        self.out = out or profile.cpt_dir(variant)
+        self.run = run or profile.layout.cpt_adapter(variant)
         self.reporter = reporter or Reporter()
 
     # -- setup -----------------------------------------------------------------------------
@@ -86,18 +87,19 @@ class CPTTrainer:
         self.start_step = self.load_checkpoint() if resume else 0
 
     def _setup_tokenizer(self):
-        folder = self.profile.corpus_dir / "tokenizer"
-        if not (folder / "tokenizer_config.json").is_file():
-            raise CPTError(f"{folder}: corpus tokenizer not found; materialise cpt_corpus first")
-        return AutoTokenizer.from_pretrained(folder)
+        layout = self.profile.layout
+        if not layout.tokenizer_config.is_file():
+            raise CPTError(f"{layout.tokenizer_dir}: corpus tokenizer not found; materialise"
+                           " cpt_corpus first")
+        return AutoTokenizer.from_pretrained(layout.tokenizer_dir)
 
     def _setup_plan(self, corpus: Corpus | None) -> Plan:
-        folder = self.profile.corpus_dir
-        corpus = corpus or read_corpus(folder / "cpt_corpus.parquet")
+        layout = self.profile.layout
+        corpus = corpus or read_corpus(layout.corpus_parquet)
         if self.variant == "shuffled_control":
             import pyarrow.parquet as pq
 
-            items = pq.read_table(folder / "items.parquet").to_pydict()
+            items = pq.read_table(layout.corpus_items).to_pydict()
             titles = dict(zip(items["item_idx"], items["title"]))
             corpus = shuffled_control(corpus, titles, self.profile.corpus, self.tokenizer,
                                       self.cfg.seed)
@@ -111,7 +113,7 @@ class CPTTrainer:
         return plan
 
     def _setup_model(self) -> PackedCausalLM:
-        base = load_base_model(self.profile.model.name, self.profile.cache_dir, self.dtype,
+        base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
                                self.tokenizer, self.profile.model.trust_remote_code)
         need = estimate_memory(base, self.cfg, self.dtype)
         have = available_memory(self.device)
@@ -171,7 +173,7 @@ class CPTTrainer:
     def train(self, stop_after: int | None = None) -> dict:
         """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
         plan = self.plan
-        log_path = self.out / "train_log.jsonl"
+        log_path = self.run.train_log
         self._truncate_log(log_path, self.start_step)
         self.model.train()
         started = time.perf_counter()
@@ -202,13 +204,13 @@ class CPTTrainer:
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            checkpointing.save(self.out / "checkpoints", step,
+            checkpointing.save(self.run.checkpoints, step,
                                {"plan": self.plan_fingerprint, "total_steps": self.plan.total_steps},
                                self.peft_model, self.optimizer, self.scheduler)
 
     def load_checkpoint(self) -> int:
         """The step to start from: 0, or the step of the newest complete checkpoint."""
-        found = checkpointing.latest(self.out / "checkpoints")
+        found = checkpointing.latest(self.run.checkpoints)
         if found is None:
             return 0
         last, state = found
@@ -255,12 +257,12 @@ class CPTTrainer:
             "torch": torch.__version__,
         }
         if self.accelerator.is_main_process:
-            tmp = self.out / ".adapter.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.peft_model.save_pretrained(tmp)
-            shutil.rmtree(self.out / checkpointing.ADAPTER_DIR, ignore_errors=True)
-            tmp.rename(self.out / checkpointing.ADAPTER_DIR)
-            (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            staged = self.run.scratch  # written whole, then renamed into place
+            shutil.rmtree(staged, ignore_errors=True)
+            self.peft_model.save_pretrained(staged)
+            shutil.rmtree(self.run.adapter, ignore_errors=True)
+            staged.rename(self.run.adapter)
+            self.run.manifest.write_text(json.dumps(manifest, indent=2))
         return manifest
 
     @staticmethod
@@ -273,10 +275,10 @@ class CPTTrainer:
 
 def run(profile: Profile, variant: str, reporter: Reporter | None = None,
         stop_after: int | None = None, restart: bool = False) -> dict:
-    out = profile.cpt_dir(variant)
+    run = profile.layout.cpt_adapter(variant)
     if restart:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run.path, ignore_errors=True)
+    run.path.mkdir(parents=True, exist_ok=True)
     trainer = CPTTrainer(profile, variant, reporter)
     trainer.setup()
     plan = trainer.plan

@@ -21,8 +21,8 @@ def estimate_memory(model, cfg, dtype: torch.dtype) -> int:
     """Weights + activations kept for backward of one micro-batch + one chunk of logits +
     the framework itself. Per token and layer a Llama block under bf16 autocast with LoRA on
     every projection keeps about 34 d + 8 d_ff values (fp32 norms, dropout masks, LoRA
-    inputs); calibrated on SmolLM2-135M (5.4 GB peak RSS for 4 x 512 tokens, 2026-11).
-    Deliberately rough: it catches the obvious misfit."""
+    inputs), calibrated on SmolLM2-135M's peak memory (CHANGELOG.md). Deliberately rough: it
+    catches the obvious misfit."""
     config = model.config
     nbytes = torch.finfo(dtype).bits // 8
     weights = sum(p.numel() for p in model.parameters()) * nbytes

@@ -4,12 +4,13 @@ validation items.
     python -m cprec_core.training.next_item --profile demo --domain crime [--model gru4rec]
 
 Inputs are the rows of ``domain_users`` (history of global item ids, valid item, test item).
-Items are re-indexed per domain (1..N, 0 = padding); ``item_index.json`` maps them back.
+Items are re-indexed per domain (1..N, 0 = padding); the item index maps them back.
 Training sequences are each user's train history (last ``max_len`` items), predicting every
 next item. Model selection: NDCG@10 of the validation item ranked among all the domain's
-items not in the history. Output folder: ``model.safetensors``, ``item_index.json``,
-``manifest.json`` (model, shape, config, metrics per epoch and of the best epoch). SASRec
-and GRU4Rec share all of this; only the sequence encoder differs.
+items not in the history (cprec_core.metrics, the evaluation's tie rule). The
+files are a ``NextItemFiles`` of cprec_core.layout: weights, item index and a manifest
+(model, shape, config, metrics per epoch and of the best epoch). SASRec and GRU4Rec share
+all of this; the config's type says which one is trained.
 """
 
 from __future__ import annotations
@@ -18,26 +19,16 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
-from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
 from cprec_core.config import GRU4RecConfig, SASRecConfig
 from cprec_core.data.domain_users import DomainData, load_domain_data
-
-
-def rank_metrics(scores: torch.Tensor, target: torch.Tensor, k: int = 10) -> dict[str, float]:
-    """HR@k and NDCG@k of ``target`` (column index) given ``scores`` (higher is better)."""
-    if torch.isnan(scores).any():
-        raise ValueError("NaN scores: the model is broken")
-    target_score = scores.gather(1, target[:, None])
-    rank = (scores > target_score).sum(1)  # 0-based; ties count in the target's favour
-    hit = (rank < k).float()
-    ndcg = hit / torch.log2(rank.float() + 2)
-    return {f"hr@{k}": float(hit.mean()), f"ndcg@{k}": float(ndcg.mean())}
+from cprec_core.metrics import rank_metrics
+from cprec_core.layout import NextItemFiles
+from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
+from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
 
 
 def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int],
@@ -69,15 +60,15 @@ def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig) -> S
     return cls(shape_cls(n_items=n_items, **{k: getattr(cfg, k) for k in fields}))
 
 
-def train_gru4rec(data: DomainData, cfg: GRU4RecConfig, out: Path, log=print) -> dict:
-    return train_sasrec(data, cfg, out, log)
+def model_kind(cfg: SASRecConfig | GRU4RecConfig) -> str:
+    return "gru4rec" if isinstance(cfg, GRU4RecConfig) else "sasrec"
 
 
-def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path,
-                 log=print) -> dict:
+def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: NextItemFiles,
+                    log=print) -> dict:
     """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
-    and saved to ``out``; returns its manifest."""
-    kind = "gru4rec" if isinstance(cfg, GRU4RecConfig) else "sasrec"
+    and saved to ``files``; returns its manifest."""
+    kind = model_kind(cfg)
     name = NAMES[kind]
     if len(data.items) < 2 or not data.histories:
         raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
@@ -130,23 +121,23 @@ def train_sasrec(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, out: Path,
         "test": evaluate(model, test_hist, test_target, cfg.max_len),
         "seconds": round(time.perf_counter() - started, 1), "history": history,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    (out / "item_index.json").write_text(json.dumps(sorted(data.items)))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    files.path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, files.weights)
+    files.item_index.write_text(json.dumps(sorted(data.items)))
+    files.manifest.write_text(json.dumps(manifest, indent=2))
     log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}),"
         f" valid {manifest['valid']}, test {manifest['test']}")
     return manifest
 
 
-def load_sasrec(folder: Path) -> tuple[SASRec | GRU4Rec, list[int]]:
+def load_next_item_model(files: NextItemFiles) -> tuple[SASRec | GRU4Rec, list[int]]:
     """The trained model (SASRec, or GRU4Rec as its manifest says) and its item index
     (position j holds the global id of item j + 1)."""
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads(files.manifest.read_text())
     cls, shape_cls = MODELS[manifest.get("model", "sasrec")]  # older manifests: SASRec
     model = cls(shape_cls(**manifest["shape"]))
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.eval(), json.loads((folder / "item_index.json").read_text())
+    model.load_state_dict(load_file(files.weights))
+    return model.eval(), json.loads(files.item_index.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     profile = profile_from_args(args)
 
     def work() -> None:
-        out = profile.domain_dir(args.model, args.domain)
-        with connect(profile.database, read_only=True) as con:
+        files = profile.layout.next_item_model(args.model, args.domain)
+        with connect(profile.layout.database, read_only=True) as con:
             data = load_domain_data(con, args.domain)
-        train_sasrec(data, getattr(profile, args.model), out)
+        train_next_item(data, getattr(profile, args.model), files)
 
-    return run_tool(work, profile.database)
+    return run_tool(work, profile.layout.database)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cprec_core.models.causal_lm import IGNORE
+from cprec_core.prompts import IGNORE
 
 
 @dataclass(frozen=True)

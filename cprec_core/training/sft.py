@@ -33,33 +33,30 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from peft import set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoTokenizer, get_wsd_schedule
 
-from cprec_core.training import checkpointing
-from cprec_core.training.next_item import load_sasrec
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
+from cprec_core.layout import TrainedAdapter
 from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
 from cprec_core.models.loader import load_base_model, resolve_dtype
-from cprec_core.models.lora import apply_lora
+from cprec_core.models.lora import apply_lora, load_trainable_lora
 from cprec_core.progress import Reporter
+from cprec_core.prompts import encode_sft_example
 from cprec_core.provenance import git_revision, processor
+from cprec_core.systems import cpt_variant as cpt_variant_entry, system as registered
+from cprec_core.training import checkpointing
 from cprec_core.training.memory import available_memory, estimate_memory
-from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability, tokenize
+from cprec_core.training.next_item import load_next_item_model
+from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
 
 
 class SFTError(RuntimeError):
     """SFT cannot start: missing inputs (SASRec, CPT adapter), too small a domain."""
-
-
-def cpt_variant(system: str) -> str | None:
-    if system == "llara":
-        return None
-    return "wsa" if system == "cprec" else system.removeprefix("cprec_")
 
 
 class SFTTrainer:
@@ -68,7 +65,7 @@ class SFTTrainer:
         self.profile, self.cfg = profile, profile.sft
         self.slug, self.system = domain, system
         self.seed = self.cfg.seeds[0] if seed is None else seed
-        self.out = profile.sft_dir(system, domain, self.seed)  # validates the partition key
+        self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.reporter = reporter or Reporter()
 
     # -- setup -----------------------------------------------------------------------------
@@ -78,10 +75,10 @@ class SFTTrainer:
             DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.profile.corpus_dir / "tokenizer")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
         self._setup_sasrec()
         self._setup_data()
-        base = load_base_model(self.profile.model.name, self.profile.cache_dir, self.dtype,
+        base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
                                self.tokenizer, self.profile.model.trust_remote_code)
         self.placeholder_id = add_placeholder_token(self.tokenizer, base)
         self._tokenize()
@@ -94,13 +91,12 @@ class SFTTrainer:
                            f" {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available:"
                            " lower sft.micro_batch")
         torch.manual_seed(self.seed)
-        lora = self._lora_settings()
-        self.peft_model = apply_lora(base, lora)
-        if self.init_adapter is not None:
-            weights = load_file(self.init_adapter / "adapter_model.safetensors")
-            result = set_peft_model_state_dict(self.peft_model, weights)
-            if result.unexpected_keys:
-                raise SFTError(f"{self.init_adapter}: unexpected keys {result.unexpected_keys[:3]}")
+        self.init_run = self._init_run()
+        if self.init_run is None:
+            self.peft_model = apply_lora(base, self.profile.cpt.lora)
+        else:  # LoRA as the CPT run saved it (peft reads its rank, alpha and targets)
+            self.peft_model = load_trainable_lora(base, self.init_run.adapter,
+                                                  self.profile.cpt.lora)
         self.projector = Projector(self.item_table.shape[1],
                                    base.get_input_embeddings().embedding_dim)
         self.model = HybridLM(self.peft_model, self.projector, self.item_table, self.placeholder_id)
@@ -116,30 +112,28 @@ class SFTTrainer:
         self.curriculum = np.random.default_rng(self.seed + 1)
         self.start_step = self.load_checkpoint()
 
-    def _lora_settings(self):
-        variant = cpt_variant(self.system)
+    def _init_run(self):
+        """The CPT run whose adapter this system's LoRA starts from (None: fresh LoRA)."""
+        variant = registered(self.system).cpt_variant
         if variant is None:
-            self.init_adapter = None
-            return self.profile.cpt.lora
-        folder = self.profile.cpt_dir(variant) / "adapter"
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise SFTError(f"{folder}: no CPT adapter for variant {variant!r}; materialise"
-                           f" {'cpt_adapter' if variant == 'wsa' else 'cpt_adapter_' + variant} first")
-        self.init_adapter = folder
-        config = json.loads((folder / "adapter_config.json").read_text())
-        return dataclasses.replace(self.profile.cpt.lora, r=config["r"], alpha=config["lora_alpha"],
-                                   target_modules=tuple(sorted(config["target_modules"])))
+            return None
+        run = self.profile.layout.cpt_adapter(variant)
+        if not run.exists():
+            raise SFTError(f"{run.adapter}: no CPT adapter for variant {variant!r}; materialise"
+                           f" {cpt_variant_entry(variant).asset} first")
+        return run
 
     def _setup_sasrec(self) -> None:
-        folder = self.profile.domain_dir("sasrec", self.slug)
-        if not (folder / "model.safetensors").is_file():
-            raise SFTError(f"{folder}: no SASRec for domain {self.slug!r}; materialise sasrec first")
-        sasrec, index = load_sasrec(folder)
+        files = self.profile.layout.next_item_model("sasrec", self.slug)
+        if not files.exists():
+            raise SFTError(f"{files.path}: no SASRec for domain {self.slug!r}; materialise"
+                           " sasrec first")
+        sasrec, index = load_next_item_model(files)
         self.item_table = sasrec.item_embeddings().float()  # row j + 1 = item index[j]
         self.local = {item: j + 1 for j, item in enumerate(index)}
 
     def _setup_data(self) -> None:
-        with connect(self.profile.database, read_only=True) as con:  # waits for a writer
+        with connect(self.profile.layout.database, read_only=True) as con:  # waits for a writer
             data = load_domain_data(con, self.slug)
             self.titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                            [data.domain]).fetchall())
@@ -168,7 +162,7 @@ class SFTTrainer:
 
     def _tokenize(self) -> None:
         self.rows = {
-            hybrid: [tokenize(s, self.titles, self.tokenizer, self.placeholder_id, hybrid)
+            hybrid: [encode_sft_example(s, self.titles, self.tokenizer, self.placeholder_id, hybrid)
                      for s in self.samples]
             for hybrid in (True, False)}
         self.fingerprint = hashlib.sha256(json.dumps(
@@ -221,7 +215,7 @@ class SFTTrainer:
         return float(acc.reduce(total, reduction="sum")) / n_targets, hybrid
 
     def train(self, stop_after: int | None = None) -> dict:
-        log_path = self.out / "train_log.jsonl"
+        log_path = self.run.train_log
         if log_path.exists():
             keep = [x for x in log_path.read_text().splitlines()
                     if x and json.loads(x)["step"] <= self.start_step]
@@ -259,13 +253,13 @@ class SFTTrainer:
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            checkpointing.save(self.out / "checkpoints", step, {"plan": self.fingerprint},
+            checkpointing.save(self.run.checkpoints, step, {"plan": self.fingerprint},
                                self.peft_model, self.optimizer,
                                self.scheduler, extra=self._projector_state(),
                                generators={"curriculum": self.curriculum})
 
     def load_checkpoint(self) -> int:
-        found = checkpointing.latest(self.out / "checkpoints")
+        found = checkpointing.latest(self.run.checkpoints)
         if found is None:
             return 0
         last, state = found
@@ -289,9 +283,9 @@ class SFTTrainer:
             "system": self.system, "domain": self.domain, "partition": self.slug,
             "data_version": self.data_version, "seed": self.seed,
             "base_model": self.profile.model.name,
-            "init_adapter": str(self.init_adapter) if self.init_adapter else None,
-            "init_manifest": (json.loads((self.init_adapter.parent / "manifest.json").read_text())
-                              ["corpus_fingerprint"] if self.init_adapter else None),
+            "init_adapter": str(self.init_run.adapter) if self.init_run else None,
+            "init_manifest": (json.loads(self.init_run.manifest.read_text())
+                              ["corpus_fingerprint"] if self.init_run else None),
             "samples": len(self.samples), "steps": self.total_steps, "fingerprint": self.fingerprint,
             "hybrid_steps": sum(r["prompt"] == "hybrid" for r in rows),
             "final_loss": rows[-1]["loss"], "tokens": tokens,
@@ -302,17 +296,16 @@ class SFTTrainer:
             "processor": processor(str(self.device)),
         }
         if self.accelerator.is_main_process:
-            tmp = self.out / ".final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.peft_model.save_pretrained(
-                tmp / "adapter", save_embedding_layers=False)
-            save_file(self._projector_state(), tmp / "projector.safetensors")
-            for name in ("adapter", "projector.safetensors"):
-                target = self.out / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-                (tmp / name).rename(target)
-            shutil.rmtree(tmp)
-            (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            staged = TrainedAdapter(self.run.scratch)  # written whole, then renamed into place
+            shutil.rmtree(staged.path, ignore_errors=True)
+            self.peft_model.save_pretrained(staged.adapter, save_embedding_layers=False)
+            save_file(self._projector_state(), staged.projector)
+            shutil.rmtree(self.run.adapter, ignore_errors=True)
+            self.run.projector.unlink(missing_ok=True)
+            staged.adapter.rename(self.run.adapter)
+            staged.projector.rename(self.run.projector)
+            shutil.rmtree(staged.path)
+            self.run.manifest.write_text(json.dumps(manifest, indent=2))
         return manifest
 
 
@@ -323,12 +316,13 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
     results = []
     for seed in seeds if seeds is not None else profile.sft.seeds_for(system):
         trainer = SFTTrainer(profile, domain, system, reporter, seed)
-        trainer.out.mkdir(parents=True, exist_ok=True)
+        trainer.run.path.mkdir(parents=True, exist_ok=True)
         trainer.setup()
         trainer.reporter.log(
             f"SFT {system} seed {seed} on {trainer.domain}: {len(trainer.samples)} samples,"
             f" {trainer.total_steps} steps, {trainer.dtype}, LoRA from"
-            f" {trainer.init_adapter or 'scratch'}, starting at step {trainer.start_step}")
+            f" {trainer.init_run.adapter if trainer.init_run else 'scratch'}, starting at step"
+            f" {trainer.start_step}")
         results.append(trainer.train(stop_after))
         if not results[-1]["finished"]:
             break

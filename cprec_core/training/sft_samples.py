@@ -5,36 +5,20 @@ before position t are the history, item t the target (histories shorter than
 ``min_history`` are skipped). Candidates: the target plus ``negatives`` items of the domain
 the user never touched, drawn with a fixed seed, in a seeded random order.
 
-Prompts follow LLaRA's movie template. In the hybrid form every history and candidate
-item is written ``Title [emb]``: the placeholder token's input embedding is later replaced
-by the projected SASRec embedding of that item (cprec_core.models.hybrid). The text-only form
-(the curriculum's other half) writes just the titles.
+Prompts: cprec_core.prompts (LLaRA's template, hybrid or text-only). The curriculum
+(``hybrid_probability``) decides per optimiser step which of the two a step reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-PLACEHOLDER = "[emb]"
-LLARA_TEMPLATE = (
-    "This user has watched {history} in the previous. Given the following {n} movies: "
-    "{candidates}, recommend one movie for this user to watch next. The movie title is"
-)
-
-
-@dataclass(frozen=True)
-class SFTSample:
-    user: int
-    history: list[int]  # global item ids, oldest first
-    candidates: list[int]  # includes the target
-    target: int
+from cprec_core.prompts import Case
 
 
 def build_samples(histories: list[list[int]], items: list[int], seen: list[set[int]],
                   history: int = 10, min_history: int = 3, negatives: int = 19,
-                  seed: int = 0) -> list[SFTSample]:
+                  seed: int = 0) -> list[Case]:
     """Sliding-window samples; ``seen[u]`` is every item user u touched in the domain
     (train, valid and test), so no negative is a held-out positive."""
     if len(items) < negatives + 1:
@@ -52,39 +36,8 @@ def build_samples(histories: list[list[int]], items: list[int], seen: list[set[i
             negs = rng.choice(unseen, size=negatives, replace=False).tolist()
             candidates = [target, *negs]
             rng.shuffle(candidates)
-            samples.append(SFTSample(user, items_of_user[max(0, t - history):t], candidates, target))
+            samples.append(Case(user, items_of_user[max(0, t - history):t], candidates, target))
     return samples
-
-
-def render(sample: SFTSample, titles: dict[int, str], hybrid: bool,
-           template: str = LLARA_TEMPLATE) -> tuple[str, list[int]]:
-    """(prompt text, item id of each placeholder in order of appearance)."""
-
-    def item(i: int) -> str:
-        return f"{titles[i]} {PLACEHOLDER}" if hybrid else titles[i]
-
-    text = template.format(history=", ".join(item(i) for i in sample.history),
-                           n=len(sample.candidates),
-                           candidates=", ".join(item(i) for i in sample.candidates))
-    slots = [*sample.history, *sample.candidates] if hybrid else []
-    return text, slots
-
-
-def tokenize(sample: SFTSample, titles: dict[int, str], tokenizer, placeholder_id: int,
-             hybrid: bool) -> dict:
-    """Token ids of prompt + " " + target title + EOS, labels only on the answer, and the
-    item id behind each placeholder token."""
-    prompt, slots = render(sample, titles, hybrid)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(" " + titles[sample.target], add_special_tokens=False)["input_ids"]
-    answer_ids = answer_ids + [tokenizer.eos_token_id]
-    ids = prompt_ids + answer_ids
-    n_slots = sum(1 for t in prompt_ids if t == placeholder_id)
-    if n_slots != len(slots):
-        raise ValueError(f"prompt has {n_slots} placeholder tokens for {len(slots)} items: the"
-                         f" tokenizer splits {PLACEHOLDER!r} or a title contains it")
-    return {"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids,
-            "slot_items": slots}
 
 
 def hybrid_probability(step: int, total_steps: int) -> float:

@@ -9,7 +9,7 @@ from cprec_assets import checks
 from cprec_assets.assets import collab, data, evaluate
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
-from cprec_assets.resources import CPRecConfig
+from cprec_assets.resources import ProfileResource
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
          data.cpt_corpus]
@@ -23,7 +23,7 @@ def test_definitions_load():
 
 
 def test_whole_stage_materialises(tmp_path, fixture_config):
-    cprec = CPRecConfig(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
+    cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
         result = dg.materialize(STAGE + checks.data_checks, resources={"cprec": cprec},
                                 instance=instance)
@@ -58,9 +58,9 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         assert "| base | generation | 1 |" in results.value  # the base model, zero-shot
         sas = per_domain.asset_materializations_for_node("sasrec")[0].metadata
         assert sas["users"].value == 40 and 0 <= sas["test_hr@10"].value <= 1
-        assert (cprec.load().domain_dir("sasrec", "crime") / "model.safetensors").is_file()
+        assert (cprec.profile.layout.next_item_model("sasrec", "crime").weights).is_file()
 
-    database = cprec.load().database
+    database = cprec.profile.layout.database
     con = duckdb.connect(str(database), read_only=True)
     rejected = con.execute("SELECT field, reason FROM rejected_rows ORDER BY source_file, line").fetchall()
     assert ("timestamp", "unparseable time 'not-a-time'") in rejected
@@ -77,14 +77,14 @@ def test_missing_input_fails_with_the_path(tmp_path):
     missing = tmp_path / "nowhere"
     config.write_text(yaml.safe_dump({"profile": "demo", "name": "broken", "data": {
         "sources": [{"kind": "movielens", "path": str(missing)}]}}))
-    cprec = CPRecConfig(config_file=str(config), data_dir=str(tmp_path / "data"))
+    cprec = ProfileResource(config_file=str(config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
         with pytest.raises(Exception, match=f"{missing}: not found or not a MovieLens atomic"):
             dg.materialize([data.raw_interactions], resources={"cprec": cprec}, instance=instance)
 
 
 def test_unknown_partition_key_is_refused(tmp_path, fixture_config):
-    cprec = CPRecConfig(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
+    cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
         assert dg.materialize(STAGE, resources={"cprec": cprec}, instance=instance).success
         instance.add_dynamic_partitions(domain_partitions.name, ["drama"])

@@ -9,7 +9,7 @@ from cprec_assets import checks
 from cprec_assets.assets import data
 from cprec_assets.assets import collab, evaluate
 from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks, sft_assets
-from cprec_assets.resources import CPRecConfig
+from cprec_assets.resources import ProfileResource
 from cprec_core.evaluation.evaluate import evaluate_domain
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
@@ -17,7 +17,7 @@ STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.m
 
 
 def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
-    cprec = CPRecConfig(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
+    cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     resources = {"cprec": cprec, "pipes_subprocess_client": dg.PipesSubprocessClient()}
     command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
@@ -49,7 +49,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         count = "SELECT system, count(*) FROM evaluation_cases GROUP BY ALL ORDER BY ALL"
         with cprec.connect() as con:
             before = con.execute(count).fetchall()
-        evaluate_domain(cprec.connect, cprec.load(), "crime", with_llm=False)
+        evaluate_domain(cprec.connect, cprec.profile, "crime", with_llm=False)
         with cprec.connect() as con:
             assert con.execute(count).fetchall() == before
             assert {"llara", "gru4rec"} <= {r[0] for r in before}
@@ -104,7 +104,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     evaluations = result.get_asset_check_evaluations()
     assert [e.check_name for e in evaluations if e.asset_key == cpt_assets[0].key] == ["adapter_is_finite"]
     assert all(e.passed for e in evaluations)
-    out = cprec.load().cpt_dir("wsa")
+    out = cprec.profile.layout.cpt_adapter("wsa").path
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert {r["phase"] for r in rows} == {"warmup", "stable", "anneal"}
     # SFT through Pipes: CPRec starts from the CPT adapter, LLaRA from scratch

@@ -8,7 +8,7 @@ def test_named_profiles_load():
     assert isinstance(demo, Profile) and demo.name == "demo"
     assert demo.data.sources[0].name == "ml-100k"
     assert demo.data.target_domains == ("Crime", "Sci-Fi")
-    assert demo.database.name == "cprec.duckdb" and demo.root.name == "demo"
+    assert demo.layout.database.name == "cprec.duckdb" and demo.layout.root.name == "demo"
     assert load_profile("full").device == "auto"
 
 
@@ -17,8 +17,8 @@ def test_every_named_profile_loads_into_its_own_folder():
     roots = {}
     for name in PROFILES:
         profile = load_profile(name)
-        assert profile.name == name and profile.root.name == name
-        roots[profile.root] = name
+        assert profile.name == name and profile.layout.root.name == name
+        roots[profile.layout.root] = name
     assert len(roots) == len(PROFILES)
     two_hours, study = load_profile("study-2h"), load_profile("study")
     assert two_hours.cpt.max_tokens < study.cpt.max_tokens

@@ -14,7 +14,7 @@ from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, crea
 from cprec_core.evaluation.llm import CaseResult
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
-from cprec_core.evaluation.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
+from cprec_core.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
 from cprec_core.data.interactions import build_interactions
 from cprec_core.provenance import git_revision
 from tests.conftest import data_config, load_rows

@@ -5,21 +5,21 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cprec_core.config import CorpusConfig, LoraSettings
-from cprec_core.evaluation.llm import (LLMScorer, _fp32_matmul_in_bf16, greedy_walk, parse_answer,
-                                      render_zero_shot)
+from cprec_core.evaluation.llm import LLMScorer, _fp32_matmul_in_bf16, greedy_walk
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
 from cprec_core.models.loader import TINY
 from cprec_core.models.lora import apply_lora
 from cprec_core.models.tokenizer import train_tiny_tokenizer
-from cprec_core.training.sft_samples import SFTSample, render
+from cprec_core.prompts import Case, parse_answer, render_llara, render_zero_shot
+from naive_scorer import score_naive
 
 ITEMS = list(range(1, 9))
 TITLES = {i: f"Film number {i} of {1990 + i}" for i in ITEMS}
 
 
 def scorer():
-    sample = SFTSample(0, [1, 2, 3], [4, 5, 6, 7, 8], 6)
-    tok = train_tiny_tokenizer([render(sample, TITLES, True)[0]] * 4)
+    sample = Case(0, [1, 2, 3], [4, 5, 6, 7, 8], 6)
+    tok = train_tiny_tokenizer([render_llara(sample, TITLES, True)[0]] * 4)
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **TINY))
     ph = add_placeholder_token(tok, base)
@@ -44,7 +44,7 @@ def full_forward_logprob(s, prompt_ids, slots, cont):
 
 def two_cases(sample):
     """The fixture case and a shorter one, so the batch needs padding."""
-    return [sample, SFTSample(1, [2], [5, 4, 8, 7, 6], 7)]
+    return [sample, Case(1, [2], [5, 4, 8, 7, 6], 7)]
 
 
 def test_tree_masked_batch_scores_equal_full_forwards():
@@ -53,8 +53,8 @@ def test_tree_masked_batch_scores_equal_full_forwards():
     results = s.score(cases, TITLES)
     assert [r.answer for r in results] == [None, None]
     for case, result in zip(cases, results):
-        naive = s.score_naive(case, TITLES)
-        prompt, slots = render(case, TITLES, hybrid=True)
+        naive = score_naive(s, case, TITLES)
+        prompt, slots = render_llara(case, TITLES, hybrid=True)
         prompt_ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for k, c in enumerate(case.candidates):
             cont = s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
@@ -66,7 +66,7 @@ def test_tree_masked_batch_scores_equal_full_forwards():
 
 def greedy_reference(s, case, steps):
     """A full forward per generated token, no cache, no padding."""
-    prompt, slots = render(case, TITLES, hybrid=True)
+    prompt, slots = render_llara(case, TITLES, hybrid=True)
     ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     generated = []
     for _ in range(steps):
@@ -105,8 +105,8 @@ def test_finished_rows_leave_the_decoding_batch_with_the_same_answers():
     """Rows whose answers end early are dropped from the decoding batch; the others'
     answers are the same as with every row kept to the end."""
     s, sample = scorer()
-    cases = [sample, *two_cases(sample)[1:], SFTSample(2, [3, 1], [6, 8, 4, 5, 7], 5),
-             SFTSample(3, [7, 2, 4, 1], [8, 6, 5, 3, 2], 3)]
+    cases = [sample, *two_cases(sample)[1:], Case(2, [3, 1], [6, 8, 4, 5, 7], 5),
+             Case(3, [7, 2, 4, 1], [8, 6, 5, 3, 2], 3)]
     torch.manual_seed(1)
     for name, p in s.model.named_parameters():  # a larger adapter: answers vary by case
         if "lora_B" in name:
@@ -130,7 +130,7 @@ def test_finished_rows_leave_the_decoding_batch_with_the_same_answers():
 
 def teach_answer(s, case, title, steps=100):
     """Overfit the tiny model to answer ``case`` with ``title`` (then EOS)."""
-    prompt, slots = render(case, TITLES, hybrid=True)
+    prompt, slots = render_llara(case, TITLES, hybrid=True)
     ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer = s.tokenizer(" " + title, add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
     params = list(s.model.parameters())
@@ -155,7 +155,7 @@ def test_answers_read_off_the_tree_equal_decoding():
     decoded from their rows of the cache, and both equal uncached decoding."""
     s, sample = scorer()
     teach_answer(s, sample, TITLES[6])
-    cases = [sample, SFTSample(2, [1], [4, 5, 7, 8, 3], 4)]  # the second lacks the taught title
+    cases = [sample, Case(2, [1], [4, 5, 7, 8, 3], 4)]  # the second lacks the taught title
     decoded_rows = []
     greedy = s._greedy
     s._greedy = lambda cache, first, *args: decoded_rows.append(len(first)) or greedy(cache, first, *args)
@@ -193,7 +193,7 @@ def test_head_matmul_in_bf16_compute_is_exact_for_bf16_operands_and_restores_the
 
 
 def test_an_answer_is_valid_only_when_it_names_exactly_one_candidate():
-    sample = SFTSample(0, [1], [4, 5, 6], 5)
+    sample = Case(0, [1], [4, 5, 6], 5)
     titles = {1: "Heat (1995)", 4: "Alien (1979)", 5: "Aliens (1986)", 6: "Fargo (1996)"}
     assert parse_answer(" Aliens (1986)", sample, titles) == 5
     assert parse_answer("Fargo (1996)\nAlien (1979)", sample, titles) == 6  # first line only
@@ -203,7 +203,7 @@ def test_an_answer_is_valid_only_when_it_names_exactly_one_candidate():
 
 
 def test_zero_shot_prompt_lists_candidates_then_the_cpt_template():
-    sample = SFTSample(0, [1, 2], [4, 5], 4)
+    sample = Case(0, [1, 2], [4, 5], 4)
     text = render_zero_shot(sample, TITLES, CorpusConfig())
     assert text.startswith(f"Given the following 2 items: {TITLES[4]}, {TITLES[5]}.")
     assert text.endswith("Please predict the next item this user will buy.")
@@ -212,8 +212,8 @@ def test_zero_shot_prompt_lists_candidates_then_the_cpt_template():
 
 def test_evaluate_batches_by_length_and_returns_the_given_order():
     s, sample = scorer()
-    cases = [SFTSample(1, [2], [5, 4, 8, 7, 6], 7), sample, SFTSample(2, [3], [8, 7, 6, 5, 4], 4),
-             SFTSample(3, [1, 2, 3, 4], [6, 5, 4, 8, 7], 8)]
+    cases = [Case(1, [2], [5, 4, 8, 7, 6], 7), sample, Case(2, [3], [8, 7, 6, 5, 4], 4),
+             Case(3, [1, 2, 3, 4], [6, 5, 4, 8, 7], 8)]
     one_by_one = [s.score([c], TITLES, generate=True, max_new_tokens=4)[0] for c in cases]
     batched = s.evaluate(cases, TITLES, batch_size=3, generate=True, max_new_tokens=4)
     for single, many in zip(one_by_one, batched):

@@ -8,7 +8,8 @@ import torch
 
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import left_pad
-from cprec_core.training.next_item import evaluate, load_sasrec, train_gru4rec
+from cprec_core.layout import NextItemFiles
+from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
 from cprec_core.config import GRU4RecConfig
 from tests.core.models.test_sasrec import cyclic_domain
 
@@ -16,7 +17,7 @@ FAST = GRU4RecConfig(max_len=10, batch_size=32, max_epochs=60, patience=5, lr=1e
 
 
 def test_gru4rec_learns_a_deterministic_next_item(tmp_path):
-    manifest = train_gru4rec(cyclic_domain(), FAST, tmp_path / "m", log=lambda *_: None)
+    manifest = train_next_item(cyclic_domain(), FAST, NextItemFiles(tmp_path / "m"), log=lambda *_: None)
     assert manifest["model"] == "gru4rec"
     assert manifest["valid"]["ndcg@10"] > 0.95
     assert manifest["epochs"] <= FAST.max_epochs and manifest["best_epoch"] <= manifest["epochs"]
@@ -46,11 +47,11 @@ def test_training_loss_ignores_padding_positions():
 
 def test_save_and_load_give_the_same_scores(tmp_path):
     data = cyclic_domain()
-    train_gru4rec(data, dataclasses.replace(FAST, max_epochs=3), tmp_path / "m",
+    train_next_item(data, dataclasses.replace(FAST, max_epochs=3), NextItemFiles(tmp_path / "m"),
                   log=lambda *_: None)
-    model, index = load_sasrec(tmp_path / "m")
+    model, index = load_next_item_model(NextItemFiles(tmp_path / "m"))
     assert isinstance(model, GRU4Rec)
     local = {item: i + 1 for i, item in enumerate(index)}
     histories = [[local[i] for i in h] for h in data.histories]
     a = evaluate(model, histories, [local[v] for v in data.valid], FAST.max_len)
-    assert a == json.loads((tmp_path / "m" / "manifest.json").read_text())["valid"]
+    assert a == json.loads(NextItemFiles(tmp_path / "m").manifest.read_text())["valid"]

@@ -4,7 +4,9 @@ import json
 import torch
 
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
-from cprec_core.training.next_item import evaluate, load_sasrec, rank_metrics, train_sasrec
+from cprec_core.metrics import rank_metrics
+from cprec_core.layout import NextItemFiles
+from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
 from cprec_core.config import SASRecConfig
 from cprec_core.data.domain_users import DomainData
 
@@ -27,21 +29,21 @@ def cyclic_domain(n_items=12, users=60) -> DomainData:
 
 
 def test_sasrec_learns_a_deterministic_next_item(tmp_path):
-    manifest = train_sasrec(cyclic_domain(), FAST, tmp_path / "m", log=lambda *_: None)
+    manifest = train_next_item(cyclic_domain(), FAST, NextItemFiles(tmp_path / "m"), log=lambda *_: None)
     assert manifest["valid"]["hr@10"] == 1.0  # 4 candidates left after history: trivially in top 10
     assert manifest["valid"]["ndcg@10"] > 0.95
     assert manifest["epochs"] <= FAST.max_epochs and manifest["best_epoch"] <= manifest["epochs"]
-    assert json.loads((tmp_path / "m" / "item_index.json").read_text())[0] == 100
+    assert json.loads(NextItemFiles(tmp_path / "m").item_index.read_text())[0] == 100
 
 
 def test_save_and_load_give_the_same_scores(tmp_path):
     data = cyclic_domain()
-    train_sasrec(data, dataclasses.replace(FAST, max_epochs=3), tmp_path / "m", log=lambda *_: None)
-    model, index = load_sasrec(tmp_path / "m")
+    train_next_item(data, dataclasses.replace(FAST, max_epochs=3), NextItemFiles(tmp_path / "m"), log=lambda *_: None)
+    model, index = load_next_item_model(NextItemFiles(tmp_path / "m"))
     local = {item: i + 1 for i, item in enumerate(index)}
     histories = [[local[i] for i in h] for h in data.histories]
     a = evaluate(model, histories, [local[v] for v in data.valid], FAST.max_len)
-    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    manifest = json.loads(NextItemFiles(tmp_path / "m").manifest.read_text())
     assert a == manifest["valid"]
 
 

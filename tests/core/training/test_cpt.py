@@ -42,11 +42,11 @@ def test_packing_keeps_documents_whole_and_targets_aligned():
 
 
 def test_packed_attention_does_not_cross_documents(profile):
-    tok_dir = profile.corpus_dir / "tokenizer"
+    tok_dir = profile.layout.tokenizer_dir
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    model = load_base_model("tiny-random", profile.cache_dir, torch.float32, tok).eval()
+    model = load_base_model("tiny-random", profile.layout.cache_dir, torch.float32, tok).eval()
     a, b = np.arange(3, 40), np.arange(50, 70)
     packed = pack_documents([a, b], block_size=64, pad_id=tok.eos_token_id)
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_chunked_cross_entropy_matches_torch():
 
 
 def test_wsa_plan_switches_data_at_the_annealing_boundary(profile):
-    corpus = read_corpus(profile.corpus_dir / "cpt_corpus.parquet")
+    corpus = read_corpus(profile.layout.corpus_parquet)
     plan = build_plan(corpus, profile.cpt, "wsa", pad_id=0)
     phases = [plan.phase(s) for s in range(plan.total_steps)]
     assert phases[0] == "warmup" and phases[-1] == "anneal" and "stable" in phases
@@ -90,7 +90,7 @@ def test_wsa_plan_switches_data_at_the_annealing_boundary(profile):
 
 
 def test_other_variants_plan(profile):
-    corpus = read_corpus(profile.corpus_dir / "cpt_corpus.parquet")
+    corpus = read_corpus(profile.layout.corpus_parquet)
     ds = build_plan(corpus, profile.cpt, "ds_only", pad_id=0)
     assert set(ds.data) == {"domain"} and ds.anneal_steps > 0
     mix = build_plan(corpus, profile.cpt, "ds_mix_shuffled", pad_id=0)
@@ -105,10 +105,10 @@ def test_control_arm_shuffles_items_across_users_keeping_format(profile):
     from transformers import AutoTokenizer
     import pyarrow.parquet as pq
 
-    corpus = read_corpus(profile.corpus_dir / "cpt_corpus.parquet")
-    items = pq.read_table(profile.corpus_dir / "items.parquet").to_pydict()
+    corpus = read_corpus(profile.layout.corpus_parquet)
+    items = pq.read_table(profile.layout.corpus_items).to_pydict()
     titles = dict(zip(items["item_idx"], items["title"]))
-    tok = AutoTokenizer.from_pretrained(profile.corpus_dir / "tokenizer")
+    tok = AutoTokenizer.from_pretrained(profile.layout.tokenizer_dir)
     control = shuffled_control(corpus, titles, profile.corpus, tok, seed=0)
     assert [len(x) for x in control.item_idxs] == [len(x) for x in corpus.item_idxs]
     for kind in ("domain", "mixed"):
@@ -127,7 +127,7 @@ def test_control_arm_shuffles_items_across_users_keeping_format(profile):
 
 def test_training_logs_three_phases_and_writes_the_adapter(profile):
     result = run(profile, "wsa")
-    out = profile.cpt_dir("wsa")
+    out = profile.layout.cpt_adapter("wsa").path
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert result["finished"] and len(rows) == result["steps"]
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
@@ -148,24 +148,24 @@ def test_training_logs_three_phases_and_writes_the_adapter(profile):
 
 def test_killed_run_resumes_to_the_same_adapter(profile, tmp_path):
     straight = run(profile, "wsa")
-    reference = load_file(profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors")
-    reference_log = (profile.cpt_dir("wsa") / "train_log.jsonl").read_text()
+    reference = load_file(profile.layout.cpt_adapter("wsa").adapter_weights)
+    reference_log = (profile.layout.cpt_adapter("wsa").train_log).read_text()
 
     other = dataclasses.replace(profile, name="resumed")
     import shutil
-    shutil.copytree(profile.corpus_dir, other.corpus_dir)
+    shutil.copytree(profile.layout.corpus_dir, other.layout.corpus_dir)
     partial = run(other, "wsa", stop_after=5)  # "killed" after step 5; last checkpoint: 3
     assert not partial["finished"]
-    assert [p.name for p in sorted((other.cpt_dir("wsa") / "checkpoints").glob("step-*"))] == [
+    assert [p.name for p in sorted((other.layout.cpt_adapter("wsa").checkpoints).glob("step-*"))] == [
         "step-000003"]
     resumed = run(other, "wsa")
     assert resumed["finished"] and resumed["steps_run"] == straight["steps"] - 3
-    adapter = load_file(other.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors")
+    adapter = load_file(other.layout.cpt_adapter("wsa").adapter_weights)
     assert adapter.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(adapter[key], reference[key], atol=0, rtol=0)
-    assert (other.cpt_dir("wsa") / "train_log.jsonl").read_text().count("\n") == straight["steps"]
-    assert json.loads((other.cpt_dir("wsa") / "train_log.jsonl").read_text().splitlines()[-1])[
+    assert (other.layout.cpt_adapter("wsa").train_log).read_text().count("\n") == straight["steps"]
+    assert json.loads((other.layout.cpt_adapter("wsa").train_log).read_text().splitlines()[-1])[
         "loss"] == json.loads(reference_log.splitlines()[-1])["loss"]
 
 
@@ -179,7 +179,7 @@ def test_changed_plan_discards_old_checkpoints(profile):
 def test_clear_errors_for_missing_corpus_and_memory(profile, monkeypatch):
     import shutil
 
-    shutil.rmtree(profile.corpus_dir)
+    shutil.rmtree(profile.layout.corpus_dir)
     with pytest.raises(CPTError, match="materialise cpt_corpus first"):
         CPTTrainer(profile, "wsa").setup()
 

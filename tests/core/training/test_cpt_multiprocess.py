@@ -46,7 +46,8 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     """SFT under DDP: text-only steps leave the projector unused, which DDP must accept."""
     import duckdb
 
-    from cprec_core.training.next_item import train_sasrec
+    from cprec_core.layout import Layout
+    from cprec_core.training.next_item import train_next_item
     from cprec_core.config import SASRecConfig, load_config_file
     from cprec_core.data.domain_users import build_domain_users, load_domain_data
 
@@ -58,12 +59,13 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     data_dir = tmp_path / "data"
     assert build_corpus(["--config", str(path), "--data-dir", str(data_dir)]) == 0
     profile = load_config_file(path)
-    database = data_dir / profile.name / "cprec.duckdb"
+    layout = Layout(data_dir, profile.name)
+    database = layout.database
     with duckdb.connect(str(database)) as con:
         build_domain_users(con, "crime")
         data = load_domain_data(con, "crime")
-    train_sasrec(data, SASRecConfig(max_epochs=2, max_len=10),
-                 data_dir / profile.name / "sasrec" / "crime", log=lambda *_: None)
+    train_next_item(data, SASRecConfig(max_epochs=2, max_len=10),
+                    layout.next_item_model("sasrec", "crime"), log=lambda *_: None)
     logs = {}
     for processes in (1, 2):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from cprec_core.data.build import main as build_corpus
-from cprec_core.training.next_item import train_sasrec
+from cprec_core.training.next_item import train_next_item
 from cprec_core.config import SASRecConfig, load_config_file
 from cprec_core.training.cpt import run as run_cpt
 from cprec_core.data.domain_users import build_domain_users, load_domain_data
@@ -27,17 +27,17 @@ def profile(tmp_path, fixture_config):
         base, data_dir=str(tmp_path / "data"),
         sft=dataclasses.replace(base.sft, batch_size=2, micro_batch=1, max_samples=24, negatives=2,
                                 checkpoint_every=2, dtype="fp32"))
-    with duckdb.connect(str(profile.database)) as con:
+    with duckdb.connect(str(profile.layout.database)) as con:
         build_domain_users(con, "crime")
         data = load_domain_data(con, "crime")
-    train_sasrec(data, SASRecConfig(max_epochs=3, max_len=10), profile.domain_dir("sasrec", "crime"),
+    train_next_item(data, SASRecConfig(max_epochs=3, max_len=10), profile.layout.next_item_model("sasrec", "crime"),
                  log=lambda *_: None)
     run_cpt(profile, "wsa")
     return profile
 
 
 def test_cprec_starts_from_the_cpt_adapter_and_llara_from_scratch(profile):
-    cpt = load_file(profile.cpt_dir("wsa") / "adapter" / "adapter_model.safetensors")
+    cpt = load_file(profile.layout.cpt_adapter("wsa").adapter_weights)
     for system, from_cpt in (("cprec", True), ("llara", False)):
         trainer = SFTTrainer(profile, "crime", system)
         trainer.setup()
@@ -52,7 +52,7 @@ def test_cprec_starts_from_the_cpt_adapter_and_llara_from_scratch(profile):
 
 def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
     result = run(profile, "crime", "cprec")
-    out = profile.sft_dir("cprec", "crime", 0)
+    out = profile.layout.sft_run("cprec", "crime", 0).path
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     total = result["steps"]
     assert result["finished"] and len(rows) == total >= 4
@@ -69,7 +69,7 @@ def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
 
 def test_killed_sft_resumes_to_the_same_weights(profile):
     total = run(profile, "crime", "llara")["steps"]
-    out = profile.sft_dir("llara", "crime", 0)
+    out = profile.layout.sft_run("llara", "crime", 0).path
     reference = {**load_file(out / "adapter" / "adapter_model.safetensors"),
                  **load_file(out / "projector.safetensors")}
     shutil.rmtree(out)
@@ -88,16 +88,16 @@ def test_every_seed_gets_its_own_adapter(profile):
     seeded = dataclasses.replace(profile, sft=dataclasses.replace(profile.sft, seeds=(0, 1)))
     result = run(seeded, "crime", "llara")
     assert result["finished"] and result["seeds"] == "0,1" and "final_loss_seed_1" in result
-    a, b = (load_file(seeded.sft_dir("llara", "crime", s) / "adapter" / "adapter_model.safetensors")
+    a, b = (load_file(seeded.layout.sft_run("llara", "crime", s).adapter_weights)
             for s in (0, 1))
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((seeded.sft_dir("llara", "crime", 1) / "manifest.json").read_text())["seed"] == 1
+    assert json.loads((seeded.layout.sft_run("llara", "crime", 1).manifest).read_text())["seed"] == 1
     assert seeded.sft.seeds_for("cprec_ds_only") == (0,)
 
 
 def test_missing_inputs_are_clear_errors(profile):
-    shutil.rmtree(profile.domain_dir("sasrec", "crime"))
+    shutil.rmtree(profile.layout.next_item_model("sasrec", "crime").path)
     with pytest.raises(SFTError, match="no SASRec for domain 'crime'"):
         SFTTrainer(profile, "crime", "llara").setup()
     with pytest.raises(Exception, match="not a domain partition key"):

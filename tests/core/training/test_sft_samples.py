@@ -6,8 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds, inject
 from cprec_core.models.loader import TINY
 from cprec_core.models.tokenizer import train_tiny_tokenizer
-from cprec_core.training.sft_samples import (PLACEHOLDER, build_samples, choose_hybrid, hybrid_probability,
-                                 render, tokenize)
+from cprec_core.prompts import PLACEHOLDER, encode_sft_example, render_llara
+from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
 
 ITEMS = list(range(100, 130))
 TITLES = {i: f"Movie {i} ({1990 + i % 10})" for i in ITEMS}
@@ -37,16 +37,16 @@ def test_sliding_windows_and_candidates():
 
 def test_prompts_hybrid_and_text():
     s = samples()[0][0]
-    text, slots = render(s, TITLES, hybrid=True)
+    text, slots = render_llara(s, TITLES, hybrid=True)
     assert text.startswith("This user has watched Movie 100 (1990) [emb], Movie 101")
     assert text.count(PLACEHOLDER) == len(slots) == len(s.history) + 20
     assert text.endswith("recommend one movie for this user to watch next. The movie title is")
-    text, slots = render(s, TITLES, hybrid=False)
+    text, slots = render_llara(s, TITLES, hybrid=False)
     assert PLACEHOLDER not in text and slots == []
 
 
 def tiny():
-    tok = train_tiny_tokenizer([render(s, TITLES, True)[0] for s in samples()[0]] * 3)
+    tok = train_tiny_tokenizer([render_llara(s, TITLES, True)[0] for s in samples()[0]] * 3)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **TINY))
     return tok, model, add_placeholder_token(tok, model)
@@ -56,18 +56,18 @@ def test_tokenize_labels_only_the_answer():
     tok, model, ph = tiny()
     assert model.get_input_embeddings().num_embeddings == len(tok) and ph == len(tok) - 1
     s = samples()[0][0]
-    row = tokenize(s, TITLES, tok, ph, hybrid=True)
+    row = encode_sft_example(s, TITLES, tok, ph, hybrid=True)
     answer = [t for t in row["labels"] if t != -100]
     assert tok.decode(answer[:-1]).strip() == TITLES[s.target] and answer[-1] == tok.eos_token_id
     assert row["input_ids"][-len(answer):] == answer
     assert row["input_ids"].count(ph) == len(row["slot_items"])
-    assert tokenize(s, TITLES, tok, ph, hybrid=False)["slot_items"] == []
+    assert encode_sft_example(s, TITLES, tok, ph, hybrid=False)["slot_items"] == []
 
 
 def test_injected_rows_equal_projected_embeddings_and_others_are_untouched():
     tok, model, ph = tiny()
     s = samples()[0][0]
-    row = tokenize(s, TITLES, tok, ph, hybrid=True)
+    row = encode_sft_example(s, TITLES, tok, ph, hybrid=True)
     ids = torch.tensor([row["input_ids"]])
     item_table = torch.randn(200, 64)
     projector = Projector(64, model.config.hidden_size)

@@ -1,6 +1,7 @@
-"""Ranking metrics over candidate sets. Every function takes ``ranks``: the 0-based position
-of the target among its candidates after sorting by score (ties broken against the target,
-so a constant scorer does not look good)."""
+"""Ranking metrics, shared by the evaluation and the next-item trainers' early stopping. Every
+function takes ``ranks``: the 0-based position of the target among its candidates after
+sorting by score, ties broken against the target (so a constant scorer does not look
+good). One tie rule for everything: ``ranks_from_scores``."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
 def ranking_report(ranks: np.ndarray) -> dict[str, float]:
     return {"hr@1": hit_ratio(ranks, 1), "hr@3": hit_ratio(ranks, 3), "hr@5": hit_ratio(ranks, 5),
             "ndcg@3": ndcg(ranks, 3), "ndcg@5": ndcg(ranks, 5)}
+
+
+def rank_metrics(scores, target, k: int = 10) -> dict[str, float]:
+    """HR@k and NDCG@k of the target column ``target`` given ``scores`` (rows of cases,
+    higher is better; numpy or torch), by ``ranks_from_scores``' tie rule."""
+    scores, target = np.asarray(scores, dtype=float), np.asarray(target)
+    if np.isnan(scores).any():
+        raise ValueError("NaN scores: the model is broken")
+    ranks = ranks_from_scores(scores, target)
+    return {f"hr@{k}": hit_ratio(ranks, k), f"ndcg@{k}": ndcg(ranks, k)}

@@ -1,0 +1,189 @@
+"""Where every artifact lives: the one owner of paths under a profile's data folder.
+
+Trainers write, the evaluation and the assets read, and all of them ask a ``Layout`` for
+the path, so a file name is written out here and nowhere else. Partition keys and names are
+checked before they become path parts, so a key cannot point outside the folder.
+
+    data/<profile>/cprec.duckdb                         the database
+    data/<profile>/corpus/{cpt_corpus,items}.parquet    the CPT corpus snapshot (+ tokenizer/)
+    data/<profile>/cpt/<variant>/                       a CPT adapter       (TrainedAdapter)
+    data/<profile>/sft/<system>/<domain>/seed-<n>/      an SFT adapter      (TrainedAdapter)
+    data/<profile>/<sasrec|gru4rec>/<domain>/           a next-item model   (NextItemFiles)
+    data/<profile>/leaderboard.png
+    data/cache/                                         wheels, data sets, models (shared)
+    data/landing/                                       deliveries of new data (default)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PARTITION_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class LayoutError(ValueError):
+    """A name or partition key that cannot be a folder name here."""
+
+
+def _part(value: str, what: str) -> str:
+    if not NAME.fullmatch(value):
+        raise LayoutError(f"{value!r} is not a {what}")
+    return value
+
+
+def check_partition_key(slug: str) -> str:
+    """``slug`` if it is a valid domain partition key (lower-case, digits, ``-``, ``_``)."""
+    if not PARTITION_KEY.fullmatch(slug):
+        raise LayoutError(f"{slug!r} is not a domain partition key")
+    return slug
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """The folder of one LoRA training run (CPT or SFT): the peft adapter, the manifest, the
+    per-step log, resumable checkpoints, and for SFT the projector."""
+
+    path: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def adapter_weights(self) -> Path:
+        """Written by peft's ``save_pretrained``; its presence means the run finished."""
+        return self.adapter / "adapter_model.safetensors"
+
+    @property
+    def projector(self) -> Path:
+        return self.path / "projector.safetensors"
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train_log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def scratch(self) -> Path:
+        """Where the final files are written before they are renamed into place."""
+        return self.path / ".final.tmp"
+
+    def exists(self) -> bool:
+        return self.adapter_weights.is_file()
+
+
+@dataclass(frozen=True)
+class NextItemFiles:
+    """A trained SASRec or GRU4Rec: weights, the item index (position j holds the global id
+    of item j + 1) and the manifest."""
+
+    path: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def item_index(self) -> Path:
+        return self.path / "item_index.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.weights.is_file()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one profile (``name``) under ``data_dir``."""
+
+    data_dir: Path
+    name: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        _part(self.name, "profile name (lower-case letters, digits, '-' and '_')")
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / self.name
+
+    @property
+    def cache_dir(self) -> Path:
+        """Shared between profiles: fetched wheels, extracted data sets, converted models."""
+        return self.data_dir / "cache"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "cprec.duckdb"
+
+    @property
+    def corpus_dir(self) -> Path:
+        """The corpus snapshot training reads, outside the database."""
+        return self.root / "corpus"
+
+    @property
+    def corpus_parquet(self) -> Path:
+        return self.corpus_dir / "cpt_corpus.parquet"
+
+    @property
+    def corpus_items(self) -> Path:
+        return self.corpus_dir / "items.parquet"
+
+    @property
+    def corpus_info(self) -> Path:
+        return self.corpus_dir / "corpus_info.json"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.corpus_dir / "tokenizer"
+
+    @property
+    def tokenizer_config(self) -> Path:
+        """Written by transformers' ``save_pretrained``: the snapshot has a tokenizer."""
+        return self.tokenizer_dir / "tokenizer_config.json"
+
+    @property
+    def leaderboard_chart(self) -> Path:
+        return self.root / "leaderboard.png"
+
+    def cpt_adapter(self, variant: str) -> TrainedAdapter:
+        return TrainedAdapter(self.root / "cpt" / _part(variant, "CPT variant name"))
+
+    def sft_run(self, system: str, slug: str, seed: int) -> TrainedAdapter:
+        if int(seed) < 0:
+            raise LayoutError(f"seed {seed} is negative")
+        return TrainedAdapter(self.root / "sft" / _part(system, "system name")
+                              / check_partition_key(slug) / f"seed-{int(seed)}")
+
+    def trained_cpt_adapters(self) -> list[TrainedAdapter]:
+        """Every CPT run that finished (has a manifest), by variant name."""
+        return [TrainedAdapter(m.parent) for m in sorted(self.root.glob("cpt/*/manifest.json"))]
+
+    def trained_sft_runs(self) -> list[TrainedAdapter]:
+        """Every SFT run that finished, by system, domain and seed."""
+        return [TrainedAdapter(m.parent)
+                for m in sorted(self.root.glob("sft/*/*/seed-*/manifest.json"))]
+
+    def next_item_model(self, kind: str, slug: str) -> NextItemFiles:
+        return NextItemFiles(self.root / _part(kind, "model kind") / check_partition_key(slug))

@@ -1,0 +1,126 @@
+"""The one registry of CPT variants and recommender systems.
+
+A system's name is what the evaluation tables, the leaderboard and the config's
+``sft.systems`` say; its entry tells which asset produces its weights, which CPT adapter its
+LoRA starts from, which prompt it reads and where it sits in the leaderboard. The Dagster
+assets (their names and the evaluation's upstream), the trainers, the scorer and the
+leaderboard all read it, so adding a variant or a system is one entry here
+(docs/ARCHITECTURE.md, "Where to make a change").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CPTVariant:
+    """A CPT schedule and data order (cprec_core.training.cpt_plan builds its plan)."""
+
+    name: str
+    description: str
+    automated: bool = False  # re-trained by the automation conditions (else by hand)
+
+    @property
+    def asset(self) -> str:
+        return "cpt_adapter" if self.name == "wsa" else f"cpt_adapter_{self.name}"
+
+
+CPT_VARIANTS: tuple[CPTVariant, ...] = (
+    CPTVariant("wsa", "warmup and stable on domain-specific sequences, annealing on mixed",
+               automated=True),
+    CPTVariant("ds_only", "the same LR shape on domain-specific sequences only"),
+    CPTVariant("ds_mix_shuffled", "both kinds shuffled together, warmup then cosine"),
+    CPTVariant("shuffled_control", "WSA on a corpus whose items are shuffled across users"),
+)
+CPT_VARIANT_NAMES = tuple(v.name for v in CPT_VARIANTS)
+
+
+@dataclass(frozen=True)
+class System:
+    """A recommender scored on the candidate sets.
+
+    kind: ``classic`` (scores from interactions or a next-item model), ``zero_shot`` (an LLM
+    without SFT, text prompt) or ``sft`` (an SFT adapter, LLaRA's hybrid prompt).
+    asset: the asset that produces its weights (None: computed in the evaluation itself).
+    cpt_variant: the CPT adapter its LoRA starts from (None: the base model / fresh LoRA).
+    all_seeds: trained and scored for every seed of ``sft.seeds`` (else the first only).
+    """
+
+    name: str
+    kind: str
+    asset: str | None = None
+    cpt_variant: str | None = None
+    all_seeds: bool = False
+    automated: bool = False
+
+    @property
+    def is_cprec(self) -> bool:
+        """Built on continual pre-training (compared against the best system that is not)."""
+        return self.cpt_variant is not None
+
+
+def _sft(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
+    return System(name, "sft", asset, variant, all_seeds=headline, automated=headline)
+
+
+SYSTEMS: tuple[System, ...] = (  # in leaderboard order
+    System("random", "classic"),
+    System("popularity", "classic"),
+    System("item-knn (domain)", "classic"),
+    System("item-knn (all domains)", "classic"),
+    System("sasrec", "classic", "sasrec", automated=True),
+    System("gru4rec", "classic", "gru4rec", automated=True),
+    System("base", "zero_shot"),
+    System("cprec_zero_shot", "zero_shot", "cpt_adapter", "wsa"),
+    _sft("llara", None, "llara_adapter", headline=True),
+    _sft("cprec", "wsa", "sft_adapter", headline=True),
+    *(_sft(f"cprec_{v.name}", v.name, f"sft_adapter_{v.name}") for v in CPT_VARIANTS
+      if v.name != "wsa"),
+)
+_BY_NAME = {s.name: s for s in SYSTEMS}
+
+SFT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "sft")
+SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS)
+ZERO_SHOT_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "zero_shot")
+PAIRED_TEST = ("cprec", "llara")  # the leaderboard's paired test: CPRec against LLaRA
+
+
+def system(name: str) -> System:
+    if name not in _BY_NAME:
+        raise KeyError(f"unknown system {name!r}; known: {list(_BY_NAME)}")
+    return _BY_NAME[name]
+
+
+def cpt_variant(name: str) -> CPTVariant:
+    for variant in CPT_VARIANTS:
+        if variant.name == name:
+            return variant
+    raise KeyError(f"unknown CPT variant {name!r}; known: {list(CPT_VARIANT_NAMES)}")
+
+
+def is_cprec(name: str) -> bool:
+    """Registered systems by their entry; an unknown ``cprec_*`` name (older rows) counts too."""
+    return _BY_NAME[name].is_cprec if name in _BY_NAME else name.startswith("cprec_")
+
+
+def lora_init(name: str) -> str:
+    """Where a system's LoRA starts, for tables: ``CPT <variant>`` or ``none``."""
+    variant = system(name).cpt_variant
+    return f"CPT {variant}" if variant else "none"
+
+
+def leaderboard_rank(name: str) -> int:
+    names = [s.name for s in SYSTEMS]
+    return names.index(name) if name in names else len(names)
+
+
+def evaluation_inputs() -> tuple[str, ...]:
+    """Every asset whose weights some system of the evaluation reads: its upstream."""
+    return tuple(dict.fromkeys(s.asset for s in SYSTEMS if s.asset))
+
+
+def automated_assets() -> frozenset[str]:
+    """Assets the automation conditions re-train; the others are launched by hand."""
+    return frozenset({s.asset for s in SYSTEMS if s.automated and s.asset}
+                     | {v.asset for v in CPT_VARIANTS if v.automated})

@@ -1,0 +1,63 @@
+"""Lineage comes from the registry: the evaluation's upstream is every asset whose weights a
+registered system reads, so a re-trained adapter of any system, ablations included, makes
+that domain's evaluation stale (in the UI and for the automation conditions)."""
+
+import dagster as dg
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver  # what the UI computes
+
+from cprec_assets.definitions import defs
+from cprec_assets.partitions import domain_partitions
+from cprec_core.systems import SYSTEMS, evaluation_inputs
+
+EVALUATION = dg.AssetKey("evaluation")
+
+
+def test_the_evaluation_reads_every_registered_system():
+    parents = {k.to_user_string()
+               for k in defs.resolve_asset_graph().get(EVALUATION).parent_keys}
+    assert parents == {"candidate_sets", *evaluation_inputs()}
+    assert {s.asset for s in SYSTEMS if s.asset} <= parents
+    assert {"sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled",
+            "sft_adapter_shuffled_control"} <= parents
+
+
+def stand_in(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """The real asset's keys, dependencies and partitions, with no work: every run records a
+    new data version, as a re-trained model does."""
+    specs = list(assets_def.specs)
+
+    @dg.multi_asset(specs=specs, name=f"stand_in_{assets_def.key.to_python_identifier()}")
+    def _asset(context: dg.AssetExecutionContext):
+        for spec in specs:
+            yield dg.MaterializeResult(asset_key=spec.key,
+                                       data_version=dg.DataVersion(context.run_id))
+
+    return _asset
+
+
+def test_retraining_an_ablation_adapter_makes_that_evaluation_stale():
+    stand_ins = [stand_in(a) for a in defs.assets]
+    graph = defs.resolve_asset_graph()
+    parents = graph.get(EVALUATION).parent_keys
+    unpartitioned = [k for k in parents if not graph.get(k).is_partitioned]
+    partitioned = [k for k in parents if graph.get(k).is_partitioned]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(domain_partitions.name, ["crime", "horror"])
+
+        def materialize(keys, partition=None):
+            assert dg.materialize(stand_ins, selection=keys, instance=instance,
+                                  partition_key=partition).success
+
+        materialize(unpartitioned)
+        for domain in ("crime", "horror"):
+            materialize(partitioned, domain)
+            materialize([EVALUATION], domain)
+
+        def status(domain: str) -> StaleStatus:
+            return get_stale_status_resolver(instance, stand_ins).get_status(EVALUATION, domain)
+
+        assert status("crime") == status("horror") == StaleStatus.FRESH
+        materialize([dg.AssetKey("sft_adapter_ds_only")], "crime")  # an ablation, re-trained
+        assert status("crime") == StaleStatus.STALE
+        assert status("horror") == StaleStatus.FRESH
