@@ -159,8 +159,8 @@ def prepare(args: argparse.Namespace) -> dict:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from cprec_core.training.cpt_plan import build_plan
     from cprec_core.models.loader import model_path
+    from cprec_core.training.cpt_plan import build_plan
 
     profile = bench_profile(args)
     corpus_file = profile.layout.corpus_parquet

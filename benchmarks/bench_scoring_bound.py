@@ -43,14 +43,14 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from cprec_core.config import load_config_file, load_profile  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
+from cprec_core.data.interactions import domain_slug  # noqa: E402
 from cprec_core.evaluation.baselines import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
-from cprec_core.data.interactions import domain_slug  # noqa: E402
 from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402
-from workload import case_tokens, domain_workload, model_flops  # noqa: E402
-from cprec_core.reporting import md_table  # noqa: E402
 from cprec_core.prompts import Case  # noqa: E402
+from cprec_core.reporting import md_table  # noqa: E402
+from workload import case_tokens, domain_workload, model_flops  # noqa: E402
 
 
 def matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype, repeats: int = 3) -> float:

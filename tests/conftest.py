@@ -126,8 +126,8 @@ def load_rows(rows: list[tuple]) -> duckdb.DuckDBPyConnection:
 def con(tmp_path, fixture_config):
     """(connection, profile) of the fixture's database: corpus built, the Crime domain's users
     split (``candidate_sets`` not yet built)."""
-    from cprec_core.data.build import main as build_corpus
     from cprec_core.config import load_config_file
+    from cprec_core.data.build import main as build_corpus
     from cprec_core.data.domain_users import build_domain_users
 
     assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0

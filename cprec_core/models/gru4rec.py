@@ -6,10 +6,10 @@ RecBole's shape (embedding 64, one GRU layer of 128, dropout 0.3 on the embeddin
 same full softmax cross-entropy as SASRec (``cprec_core/models/sasrec.py``), so the two
 differ only in the sequence encoder. Item 0 is padding.
 
-The trainer (``train_sasrec.py``) left-pads histories as SASRec wants them; a GRU must not
-read the padding first (its biases would move the state), so ``forward`` moves each row's
-items to the front, runs the GRU over the real items only (packed), and puts the outputs
-back in the left-padded layout.
+The trainer (cprec_core.training.next_item) left-pads histories as SASRec wants them; a GRU
+must not read the padding first (its biases would move the state), so ``forward`` moves each
+row's items to the front, runs the GRU over the real items only (packed), and puts the
+outputs back in the left-padded layout.
 """
 
 from __future__ import annotations

@@ -34,18 +34,18 @@ from accelerate import Accelerator
 from peft import set_peft_model_state_dict
 from transformers import AutoTokenizer, get_wsd_schedule
 
-from cprec_core.training import checkpointing
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
 from cprec_core.layout import TrainedAdapter
-from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
-                                  shuffled_control, subsample)
 from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
 from cprec_core.progress import Reporter
 from cprec_core.provenance import git_revision, processor
+from cprec_core.training import checkpointing
+from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
+                                  shuffled_control, subsample)
 from cprec_core.training.memory import available_memory, estimate_memory
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cprec_core.config import CorpusConfig, CPTConfig
-from cprec_core.training.packing import PackedBlocks, pack_documents
 from cprec_core.prompts import render_unified
+from cprec_core.training.packing import PackedBlocks, pack_documents
 
 
 class CorpusError(ValueError):

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from cprec_core.config import GRU4RecConfig, SASRecConfig
 from cprec_core.data.domain_users import DomainData, load_domain_data
-from cprec_core.metrics import rank_metrics
 from cprec_core.layout import NextItemFiles
+from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
 

@@ -3,17 +3,17 @@
     accelerate launch -m cprec_core.training.sft --profile demo --domain crime --system cprec
     python -m cprec_core.training.sft --profile demo --domain crime --system llara
 
-Samples: cprec_core.training.sft_samples (sliding windows, 20 fixed-seed candidates). Each optimiser
-step draws the hybrid prompt with probability step / total (curriculum), else the text-only
-prompt, for which the projector gets no gradient. The placeholder embeddings are replaced by
-``projector(SASRec item embedding)`` (cprec_core.models.hybrid) and the LLM runs on
-``inputs_embeds``; the loss covers the target title and EOS only. LoRA starts from the CPT
-adapter (``cprec``, ``cprec_<variant>``) or fresh (``llara``); the projector is trained.
+Samples: cprec_core.training.sft_samples (sliding windows, 20 fixed-seed candidates). Each
+optimiser step reads the hybrid prompt with probability step / total (curriculum), else the
+text-only prompt, for which the projector gets no gradient. The placeholder embeddings are
+replaced by ``projector(SASRec item embedding)`` (cprec_core.models.hybrid) and the loss
+covers the answer title and EOS only. The system's registry entry (cprec_core.systems) says
+where its LoRA starts: a CPT adapter (loaded through peft) or fresh.
 
 Same qualities as CPT: bf16 where supported, checkpoints with exact resume (adapter,
-projector, optimiser, scheduler, RNGs incl. the curriculum's), ``train_log.jsonl``,
-Pipes-aware reporting. Output ``<root>/sft/<system>/<domain>/``: ``adapter/``,
-``projector.safetensors``, ``manifest.json``, ``train_log.jsonl``.
+projector, optimiser, scheduler, RNGs incl. the curriculum's), a log line per step,
+Pipes-aware reporting. Output: one ``TrainedAdapter`` folder per system, domain and seed
+(cprec_core.layout), with the projector beside the adapter.
 """
 
 from __future__ import annotations

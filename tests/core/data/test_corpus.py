@@ -3,9 +3,9 @@ import pytest
 from cprec_core.config import ConfigError, CorpusConfig
 from cprec_core.data.corpus import build_cpt_corpus, corpus_leaks, corpus_texts
 from cprec_core.data.interactions import build_interactions
+from cprec_core.data.sequences import build_domain_sequences, build_mixed_sequences
 from cprec_core.models.tokenizer import load_tokenizer
 from cprec_core.prompts import render_unified
-from cprec_core.data.sequences import build_domain_sequences, build_mixed_sequences
 from tests.conftest import data_config, load_rows
 
 

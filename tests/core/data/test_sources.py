@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cprec_core.data import raw
 from cprec_core.config import ConfigError, SourceConfig
+from cprec_core.data import raw
 from cprec_core.data.sources import Accepted, FileRead, Rejected, SourceError, read_source
 from cprec_core.data.sources import base
 from cprec_core.data.sources.amazon import read_amazon2018, read_amazon2023

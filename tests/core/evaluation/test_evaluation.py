@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 
 from cprec_core.data.domain_users import build_domain_users
+from cprec_core.data.interactions import build_interactions
+from cprec_core.evaluation import evaluate as evaluate_module
 from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation import evaluate as evaluate_module
 from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
                                              evaluate_domain, mismatched_candidates,
                                              scoring_costs)
-from cprec_core.evaluation.llm import CaseResult
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
+from cprec_core.evaluation.llm import CaseResult
 from cprec_core.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
-from cprec_core.data.interactions import build_interactions
 from cprec_core.provenance import git_revision
 from tests.conftest import data_config, load_rows
 

@@ -6,11 +6,11 @@ import json
 
 import torch
 
+from cprec_core.config import GRU4RecConfig
+from cprec_core.layout import NextItemFiles
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import left_pad
-from cprec_core.layout import NextItemFiles
 from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
-from cprec_core.config import GRU4RecConfig
 from tests.core.models.test_sasrec import cyclic_domain
 
 FAST = GRU4RecConfig(max_len=10, batch_size=32, max_epochs=60, patience=5, lr=1e-2, dropout=0.1)

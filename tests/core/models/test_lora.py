@@ -1,8 +1,8 @@
 import torch
 
 from cprec_core.config import LoraSettings
-from cprec_core.models.lora import SharedLoraDropout, apply_lora, fast_dropout
 from cprec_core.models.loader import TINY
+from cprec_core.models.lora import SharedLoraDropout, apply_lora, fast_dropout
 from transformers import LlamaConfig, LlamaForCausalLM
 
 

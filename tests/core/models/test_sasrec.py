@@ -3,12 +3,12 @@ import json
 
 import torch
 
-from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
-from cprec_core.metrics import rank_metrics
-from cprec_core.layout import NextItemFiles
-from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
 from cprec_core.config import SASRecConfig
 from cprec_core.data.domain_users import DomainData
+from cprec_core.layout import NextItemFiles
+from cprec_core.metrics import rank_metrics
+from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
+from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
 
 FAST = SASRecConfig(max_len=10, batch_size=32, max_epochs=60, patience=5, lr=5e-3, dropout=0.1)
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cprec_core.data.build import main as build_corpus
 from cprec_core.config import load_config_file
-from cprec_core.training.cpt import CPTError, CPTTrainer, run
-from cprec_core.training.cpt_plan import CorpusError, Corpus, build_plan, read_corpus, shuffled_control
+from cprec_core.data.build import main as build_corpus
 from cprec_core.models.causal_lm import chunked_cross_entropy_sum
 from cprec_core.models.loader import load_base_model
+from cprec_core.training.cpt import CPTError, CPTTrainer, run
+from cprec_core.training.cpt_plan import CorpusError, Corpus, build_plan, read_corpus, shuffled_control
 from cprec_core.training.packing import IGNORE, assign_blocks, pack_documents
 
 @pytest.fixture

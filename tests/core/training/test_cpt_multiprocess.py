@@ -46,10 +46,10 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     """SFT under DDP: text-only steps leave the projector unused, which DDP must accept."""
     import duckdb
 
-    from cprec_core.layout import Layout
-    from cprec_core.training.next_item import train_next_item
     from cprec_core.config import SASRecConfig, load_config_file
     from cprec_core.data.domain_users import build_domain_users, load_domain_data
+    from cprec_core.layout import Layout
+    from cprec_core.training.next_item import train_next_item
 
     config = yaml.safe_load(fixture_config.read_text())
     config["cpt"]["lora"] = {"dropout": 0.0}

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cprec_core.data.build import main as build_corpus
-from cprec_core.training.next_item import train_next_item
 from cprec_core.config import SASRecConfig, load_config_file
-from cprec_core.training.cpt import run as run_cpt
+from cprec_core.data.build import main as build_corpus
 from cprec_core.data.domain_users import build_domain_users, load_domain_data
+from cprec_core.training.cpt import run as run_cpt
+from cprec_core.training.next_item import train_next_item
 from cprec_core.training.sft import SFTError, SFTTrainer, run
 
 
