@@ -1,0 +1,45 @@
+"""The registry of systems and CPT variants: what the config, assets and leaderboard read."""
+
+import pytest
+
+from cprec_core.config import ConfigError, load_profile
+from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, automated_assets,
+                                evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
+
+
+def test_every_cpt_variant_has_an_asset_and_an_sft_system_starting_from_it():
+    for variant in CPT_VARIANTS:
+        starting = [s for s in SYSTEMS if s.kind == "sft" and s.cpt_variant == variant.name]
+        assert len(starting) == 1 and starting[0].asset.startswith("sft_adapter")
+    assert [v.asset for v in CPT_VARIANTS][0] == "cpt_adapter"
+    assert len({s.name for s in SYSTEMS}) == len(SYSTEMS)
+    assert len({s.asset for s in SYSTEMS if s.kind == "sft"}) == len(SFT_SYSTEM_NAMES)
+
+
+def test_what_each_system_is():
+    assert system("llara").cpt_variant is None and lora_init("llara") == "none"
+    assert lora_init("cprec_ds_only") == "CPT ds_only"
+    assert [is_cprec(n) for n in ("cprec", "cprec_zero_shot", "cprec_shuffled_control",
+                                  "llara", "base", "gru4rec")] == [True] * 3 + [False] * 3
+    assert leaderboard_rank("random") < leaderboard_rank("gru4rec") < leaderboard_rank("cprec")
+    assert leaderboard_rank("not registered") == len(SYSTEMS)
+    assert system("cprec").all_seeds and not system("cprec_ds_only").all_seeds
+    with pytest.raises(KeyError, match="unknown system"):
+        system("cprec_typo")
+
+
+def test_the_evaluation_reads_every_weight_and_waits_for_the_automated_ones():
+    inputs = set(evaluation_inputs())
+    assert {"sasrec", "gru4rec", "cpt_adapter", "llara_adapter", "sft_adapter",
+            "sft_adapter_ds_only"} <= inputs
+    assert inputs - automated_assets() == {"sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled",
+                                           "sft_adapter_shuffled_control"}
+
+
+def test_profiles_name_only_registered_systems():
+    with pytest.raises(ConfigError, match=r"sft.systems \['cprec_typo'\]"):
+        load_profile("demo", {"sft": {"systems": ["cprec_typo"]}})
+    with pytest.raises(ConfigError, match=r"cpt.variants \['wsd'\]"):
+        load_profile("demo", {"cpt": {"variants": ["wsd"]}})
+    study = load_profile("study")
+    assert study.sft.seeds_for("cprec") == (0, 1, 2) and study.sft.seeds_for("cprec_ds_only") == (0,)
