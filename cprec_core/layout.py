@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-PARTITION_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a folder name: profiles, systems, partition keys
 
 
 class LayoutError(ValueError):
@@ -36,7 +35,7 @@ def _part(value: str, what: str) -> str:
 
 def check_partition_key(slug: str) -> str:
     """``slug`` if it is a valid domain partition key (lower-case, digits, ``-``, ``_``)."""
-    if not PARTITION_KEY.fullmatch(slug):
+    if not NAME.fullmatch(slug):
         raise LayoutError(f"{slug!r} is not a domain partition key")
     return slug
 
