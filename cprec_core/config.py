@@ -236,6 +236,38 @@ class GRU4RecConfig:
 
 
 @dataclass(frozen=True)
+class RankConfig:
+    """How the candidate-aware systems (``*_rank`` in cprec_core.systems) train; the paper
+    recipes (``llara``, ``cprec`` and their ablations) ignore this section.
+
+    Every epoch re-draws each window's negatives from a seeded generator. ``lr`` and
+    ``epochs`` default to LLaRA's scale (lr 5e-4, 5 epochs over every window, ``max_samples``
+    0); the projector, fed standardised SASRec vectors, has its own ``projector_lr``. The
+    loss per sample is the cross-entropy over the candidates' summed log-likelihoods plus
+    ``ntp_weight`` times the target title's next-token loss per token. ``listing``: the
+    prompt lists the candidates as LLaRA's does; without it (cheaper) the candidates are
+    only the continuations scored. ``select_every``: optimiser steps between scorings of the
+    validation sample (``sft.validation_cases``), the best one kept; 0 = the last step's."""
+
+    lr: float = 5e-4
+    projector_lr: float = 1e-3
+    epochs: int = 5
+    max_samples: int = 0  # per domain and epoch; 0 = every sliding window
+    ntp_weight: float = 0.5
+    listing: bool = True
+    select_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.projector_lr <= 0:
+            raise ConfigError("sft.rank.lr and sft.rank.projector_lr must be positive")
+        if self.epochs < 1 or self.max_samples < 0 or self.select_every < 0:
+            raise ConfigError("sft.rank: epochs must be at least 1, max_samples and"
+                              " select_every 0 or more")
+        if self.ntp_weight < 0:
+            raise ConfigError(f"sft.rank.ntp_weight must be 0 or more, got {self.ntp_weight}")
+
+
+@dataclass(frozen=True)
 class SFTConfig:
     """Per-domain SFT with LLaRA's recipe (method.md section 2). ``systems`` lists which
     adapters the profile trains, by their names in cprec_core.systems: ``llara`` (fresh
@@ -257,6 +289,8 @@ class SFTConfig:
     seeds: tuple[int, ...] = (0,)  # llara and cprec train one adapter per seed
     dtype: str = "auto"
     checkpoint_every: int = 20
+    validation_cases: int = 64  # seeded sample of validation cases scored after training
+    rank: RankConfig = field(default_factory=RankConfig)
 
     def seeds_for(self, name: str) -> tuple[int, ...]:
         """The headline systems (LLaRA, CPRec) get every seed, for a mean and a spread in the
@@ -271,6 +305,8 @@ class SFTConfig:
             raise ConfigError(f"sft.systems {unknown} not in {SFT_SYSTEM_NAMES}")
         if self.batch_size % self.micro_batch:
             raise ConfigError("sft.batch_size must be a multiple of sft.micro_batch")
+        if self.validation_cases < 0:
+            raise ConfigError("sft.validation_cases must be 0 (none) or more")
 
 
 @dataclass(frozen=True)
@@ -282,7 +318,13 @@ class EvalConfig:
     ``valid_ratio_floor`` makes the evaluation check warn. ``bootstrap``: resamples for the
     leaderboard's 95 % intervals. ``keep_freed_heap``: the scoring process keeps freed
     memory for reuse while it scores a system (cprec_core/evaluation/allocator.py; RSS
-    stays at the peak until the next system); switch off where memory is tight."""
+    stays at the peak until the next system); switch off where memory is tight.
+    ``fusion``: an SFT system whose z-scored likelihoods, times a lambda of
+    ``fusion_lambdas`` picked on the validation split, are added to the z-scored scores of
+    the classic system (SASRec or GRU4Rec) that is better on validation: the ``fused``
+    system. ``shuffled_ablation``: score each hybrid system's first seed once more with every
+    injected vector replaced by another item's (``<system> (shuffled emb)``), likelihood
+    only."""
 
     max_cases: int = 0
     seed: int = 0
@@ -293,6 +335,9 @@ class EvalConfig:
     valid_ratio_floor: float = 0.5
     bootstrap: int = 1000
     keep_freed_heap: bool = True
+    fusion: str = "cprec_rank"  # the SFT system fused with the best classic one ("": none)
+    fusion_lambdas: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    shuffled_ablation: bool = True  # each hybrid system once more, vectors shuffled
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "bootstrap"):
@@ -300,6 +345,11 @@ class EvalConfig:
                 raise ConfigError(f"evaluation.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_cases < 0:
             raise ConfigError(f"evaluation.max_cases must be 0 (all) or more, got {self.max_cases}")
+        if self.fusion and self.fusion not in SFT_SYSTEM_NAMES:
+            raise ConfigError(f"evaluation.fusion {self.fusion!r} is not an SFT system"
+                              f" ({SFT_SYSTEM_NAMES})")
+        if not self.fusion_lambdas or min(self.fusion_lambdas) < 0:
+            raise ConfigError("evaluation.fusion_lambdas must be non-negative numbers")
         if not 0 <= self.valid_ratio_floor <= 1:
             raise ConfigError("evaluation.valid_ratio_floor must be between 0 and 1,"
                               f" got {self.valid_ratio_floor}")
@@ -371,7 +421,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
     "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
-             "sft": {"max_samples": 48, "checkpoint_every": 3},
+             "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
+                     "checkpoint_every": 3, "validation_cases": 32,
+                     "rank": {"epochs": 1, "max_samples": 48}},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
     # The evaluation study on CPU (docs/RESULTS.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.

@@ -73,6 +73,17 @@ class TrainedAdapter:
         return self.path / "checkpoints"
 
     @property
+    def validation_log(self) -> Path:
+        """SFT: one line per scoring of the validation sample (model selection)."""
+        return self.path / "validation_log.jsonl"
+
+    @property
+    def best(self) -> Path:
+        """SFT with model selection: ``step-NNNNNN/`` folders (adapter, projector) of the
+        best validation scores, the newest kept once a checkpoint covers it."""
+        return self.path / "best"
+
+    @property
     def curves(self) -> Path:
         return self.path / "curves.png"
 

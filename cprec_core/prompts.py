@@ -26,6 +26,12 @@ LLARA_TEMPLATE = (
     "This user has watched {history} in the previous. Given the following {n} movies: "
     "{candidates}, recommend one movie for this user to watch next. The movie title is"
 )
+# The candidate-aware systems' prompt without the candidate listing (``sft.rank.listing``
+# false): the candidates are then only the continuations scored, for a shorter prompt.
+LLARA_RANK_TEMPLATE = (
+    "This user has watched {history} in the previous. Recommend one movie for this user to"
+    " watch next. The movie title is"
+)
 PLACEHOLDER = "[emb]"
 IGNORE = -100  # label of a prompt token: no loss
 
@@ -56,15 +62,23 @@ def render_unified(titles: Sequence[str], cfg) -> str:
 
 
 def render_llara(case: Case, titles: dict[int, str], hybrid: bool,
-                 template: str = LLARA_TEMPLATE) -> tuple[str, list[int]]:
-    """LLaRA's prompt: (text, item id behind each placeholder in order of appearance)."""
+                 listing: bool = True) -> tuple[str, list[int]]:
+    """LLaRA's prompt: (text, item id behind each placeholder in order of appearance);
+    without ``listing``, the same prompt without the candidates (``LLARA_RANK_TEMPLATE``).
+
+    >>> render_llara(Case(0, [1], [2, 3], 2), {1: "A", 2: "B", 3: "C"}, True, listing=False)
+    ('This user has watched A [emb] in the previous. Recommend one movie for this user to watch next. The movie title is', [1])
+    """
 
     def item(i: int) -> str:
         return f"{titles[i]} {PLACEHOLDER}" if hybrid else titles[i]
 
-    text = template.format(history=", ".join(item(i) for i in case.history),
-                           n=len(case.candidates),
-                           candidates=", ".join(item(i) for i in case.candidates))
+    history = ", ".join(item(i) for i in case.history)
+    if not listing:
+        return (LLARA_RANK_TEMPLATE.format(history=history),
+                list(case.history) if hybrid else [])
+    text = LLARA_TEMPLATE.format(history=history, n=len(case.candidates),
+                                 candidates=", ".join(item(i) for i in case.candidates))
     slots = [*case.history, *case.candidates] if hybrid else []
     return text, slots
 
@@ -85,11 +99,12 @@ def render_zero_shot(case: Case, titles: dict[int, str], corpus) -> str:
 
 
 def prompt_text(case: Case, titles: dict[int, str], hybrid: bool,
-                corpus) -> tuple[str, list[int]]:
+                corpus, listing: bool = True) -> tuple[str, list[int]]:
     """(text, item behind each ``[emb]``) of the prompt a system reads: LLaRA's hybrid prompt
-    for the SFT systems, the zero-shot text prompt (no slots) for the others."""
+    for the SFT systems (``listing``: see ``render_llara``), the zero-shot text prompt (no
+    slots) for the others."""
     if hybrid:
-        return render_llara(case, titles, hybrid=True)
+        return render_llara(case, titles, hybrid=True, listing=listing)
     return render_zero_shot(case, titles, corpus), []
 
 
@@ -98,18 +113,30 @@ def answer_text(title: str) -> str:
     return " " + title
 
 
-def encode_sft_example(case: Case, titles: dict[int, str], tokenizer, placeholder_id: int,
-                       hybrid: bool) -> dict:
-    """Token ids of LLaRA's prompt + the target's answer + EOS, labels on the answer only,
-    and the item id behind each placeholder token."""
-    prompt, slots = render_llara(case, titles, hybrid)
+def encode_prompt(case: Case, titles: dict[int, str], tokenizer, placeholder_id: int,
+                  hybrid: bool, listing: bool = True) -> tuple[list[int], list[int]]:
+    """(token ids of LLaRA's prompt, item id behind each placeholder token)."""
+    prompt, slots = render_llara(case, titles, hybrid, listing)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer_text(titles[case.target]),
-                           add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     n_slots = sum(1 for t in prompt_ids if t == placeholder_id)
     if n_slots != len(slots):
         raise ValueError(f"prompt has {n_slots} placeholder tokens for {len(slots)} items: the"
                          f" tokenizer splits {PLACEHOLDER!r} or a title contains it")
+    return prompt_ids, slots
+
+
+def encode_answer(title: str, tokenizer) -> list[int]:
+    """Token ids of the answer naming ``title``, then EOS."""
+    return tokenizer(answer_text(title), add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]
+
+
+def encode_sft_example(case: Case, titles: dict[int, str], tokenizer, placeholder_id: int,
+                       hybrid: bool) -> dict:
+    """Token ids of LLaRA's prompt + the target's answer + EOS, labels on the answer only,
+    and the item id behind each placeholder token."""
+    prompt_ids, slots = encode_prompt(case, titles, tokenizer, placeholder_id, hybrid)
+    answer_ids = encode_answer(titles[case.target], tokenizer)
     return {"input_ids": prompt_ids + answer_ids,
             "labels": [IGNORE] * len(prompt_ids) + answer_ids, "slot_items": slots}
 

@@ -41,10 +41,15 @@ class System:
     """A recommender scored on the candidate sets.
 
     kind: ``classic`` (scores from interactions or a next-item model), ``zero_shot`` (an LLM
-    without SFT, text prompt) or ``sft`` (an SFT adapter, LLaRA's hybrid prompt).
+    without SFT, text prompt), ``sft`` (an SFT adapter, LLaRA's hybrid prompt) or ``fused``
+    (a classic system's and an SFT system's scores combined in the evaluation).
     asset: the asset that produces its weights (None: computed in the evaluation itself).
     cpt_variant: the CPT adapter its LoRA starts from (None: the base model / fresh LoRA).
     all_seeds: trained and scored for every seed of ``sft.seeds`` (else the first only).
+    objective: how an SFT system learns: ``ntp`` (LLaRA's next-token loss on the target
+    title, the paper's recipe) or ``rank`` (softmax over the candidates' summed
+    log-likelihoods plus a weighted next-token loss, cprec_core.training.rank_loss), which
+    also standardises the SASRec inputs of the projector (cprec_core.models.hybrid).
     """
 
     name: str
@@ -53,6 +58,12 @@ class System:
     cpt_variant: str | None = None
     all_seeds: bool = False
     automated: bool = False
+    objective: str = "ntp"
+
+    @property
+    def ranks_candidates(self) -> bool:
+        """Trained with the candidate-aware objective (and standardised SASRec inputs)."""
+        return self.objective == "rank"
 
     @property
     def is_cprec(self) -> bool:
@@ -62,6 +73,11 @@ class System:
 
 def _sft(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
     return System(name, "sft", asset, variant, all_seeds=headline, automated=headline)
+
+
+def _rank(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
+    return System(name, "sft", asset, variant, all_seeds=headline, automated=headline,
+                  objective="rank")
 
 
 SYSTEMS: tuple[System, ...] = (  # in leaderboard order
@@ -77,13 +93,22 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     _sft("cprec", "wsa", "sft_adapter", headline=True),
     *(_sft(f"cprec_{v.name}", v.name, f"sft_adapter_{v.name}") for v in CPT_VARIANTS
       if v.name != "wsa"),
+    _rank("llara_rank", None, "llara_rank_adapter", headline=True),
+    _rank("cprec_rank", "wsa", "sft_rank_adapter", headline=True),
+    *(_rank(f"cprec_{v.name}_rank", v.name, f"sft_rank_adapter_{v.name}") for v in CPT_VARIANTS
+      if v.name != "wsa"),
+    System("fused", "fused"),  # best classic + lambda * cprec_rank (evaluation.fusion)
 )
 _BY_NAME = {s.name: s for s in SYSTEMS}
 
 SFT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "sft")
 SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS)
 ZERO_SHOT_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "zero_shot")
-PAIRED_TEST = ("cprec", "llara")  # the leaderboard's paired test: CPRec against LLaRA
+# The leaderboard's paired tests (a, b), each where both were scored; the fused system's
+# classic partner and every shuffled-embedding ablation are added from the evaluation.
+PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "llara_rank"),
+                ("cprec_rank", "cprec_shuffled_control_rank"))
+SHUFFLED_SUFFIX = " (shuffled emb)"  # a hybrid system scored with candidates' vectors shuffled
 
 
 def system(name: str) -> System:
@@ -100,8 +125,11 @@ def cpt_variant(name: str) -> CPTVariant:
 
 
 def is_cprec(name: str) -> bool:
-    """Registered systems by their entry; an unknown ``cprec_*`` name (older rows) counts too."""
-    return _BY_NAME[name].is_cprec if name in _BY_NAME else name.startswith("cprec_")
+    """Registered systems by their entry; an unknown ``cprec_*`` name (older rows) counts
+    too, and so does the fused system (it reads ``cprec_rank``)."""
+    if name == "fused":
+        return True
+    return _BY_NAME[name].is_cprec if name in _BY_NAME else name.startswith("cprec")
 
 
 def lora_init(name: str) -> str:
@@ -111,8 +139,10 @@ def lora_init(name: str) -> str:
 
 
 def leaderboard_rank(name: str) -> int:
+    """Registry order; an ablation row right after its system."""
     names = [s.name for s in SYSTEMS]
-    return names.index(name) if name in names else len(names)
+    base = name.removesuffix(SHUFFLED_SUFFIX)
+    return 2 * (names.index(base) if base in names else len(names)) + (base != name)
 
 
 def evaluation_inputs() -> tuple[str, ...]:

@@ -105,9 +105,31 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
             "projector": dg.MetadataValue.path(str(run.projector)),
             "train_log": table(["step", "prompt", "p_hybrid", "lr", "loss", "tokens"], [
                 (r["step"], r["prompt"], r["p_hybrid"], f"{r['lr']:.2e}", r["loss"], r["tokens"])
-                for r in rows[-20:]])})
+                for r in rows[-20:]]),
+            **sft_diagnostics(manifest)})
 
     return _sft
+
+
+def sft_diagnostics(manifest: dict) -> dict:
+    """What the UI shows of an SFT run beyond its log: the injected vectors before and after
+    training (cprec_core.models.hybrid.injection_diagnostics), the validation curve and the
+    scores of the weights kept (model selection), and the scoring they chose."""
+    out = {}
+    injection = manifest.get("injection") or {}
+    if injection:
+        keys = ["vector_norm", "token_row_norm", "item_specific_share", "mean_pairwise_cosine"]
+        out["injected_vectors"] = table(["when", *keys], [
+            (when, *[injection[when][k] for k in keys]) for when in ("before", "after")
+            if when in injection])
+    curve = manifest.get("validation_curve") or ([manifest["validation"]]
+                                                 if manifest.get("validation") else [])
+    if curve:
+        keys = ["step", "hr@1 (sum)", "hr@1 (mean)", "loss per answer"]
+        out["validation"] = table(keys, [[r[k] for k in keys] for r in curve])
+        out["validation_kept_step"] = manifest["validation"]["step"]
+        out["scoring"] = manifest["scoring"]
+    return out
 
 
 cpt_assets = [build_cpt_asset(v) for v in CPT_VARIANTS]

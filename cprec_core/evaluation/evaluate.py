@@ -10,6 +10,10 @@ Two tables in the profile's database:
 * ``evaluation_results``: the aggregates per (split, system, seed, family, user subset):
   ``valid_ratio``, ``hr@1`` over all cases, ``hr@1 (valid)`` over valid answers (LLaRA's
   and CPRec's definition; equal to ``hr@1`` for ranking), HR@3/5 and NDCG@3/5.
+* ``evaluation_choices``: what was decided on the validation split, per system and seed:
+  the ranking family of each SFT system (``likelihood (sum)`` or ``(mean)``, from the
+  trainer's validation scores), and for the ``fused`` system its classic partner and lambda.
+  The leaderboard's headline for a system is the family chosen here.
 * ``evaluation_costs``: what scoring each LLM system run cost (seconds to load it and to
   score the cases, greedy answers read off the likelihood forward or decoded, device with
   the chip's name, threads): the cost side of the leaderboard, and what a study's time budget is planned
@@ -19,7 +23,10 @@ Systems: random, popularity, item-kNN (domain and all domains), SASRec and GRU4R
 (validation and test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot``
 (text prompt, when ``evaluation.zero_shot``) and every SFT adapter of ``sft.systems`` for
 each of its seeds, each by likelihood (sum and mean per token) and, with
-``evaluation.generation``, greedy generation.
+``evaluation.generation``, greedy generation; with ``evaluation.shuffled_ablation`` each
+hybrid system's first seed once more with its injected vectors shuffled among items; with
+``evaluation.fusion``, that system on the validation split too, and the ``fused`` system
+(``fuse``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+import json
 from typing import Callable, ContextManager
 
 import duckdb
@@ -39,7 +47,7 @@ from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popula
 from cprec_core.metrics import ranking_report, ranks_from_scores
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
-from cprec_core.systems import ZERO_SHOT_SYSTEM_NAMES, system as registered
+from cprec_core.systems import SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES, system as registered
 from cprec_core.training.next_item import load_next_item_model
 
 SCHEMA = """
@@ -60,7 +68,12 @@ CREATE TABLE IF NOT EXISTS evaluation_costs (
     score_seconds DOUBLE NOT NULL, answers_read_off INTEGER, answers_decoded INTEGER,
     device VARCHAR, threads INTEGER, evaluated_at TIMESTAMP DEFAULT current_timestamp,
     git_revision VARCHAR);
+CREATE TABLE IF NOT EXISTS evaluation_choices (
+    domain VARCHAR NOT NULL, system VARCHAR NOT NULL, seed INTEGER NOT NULL,
+    choice VARCHAR NOT NULL, value VARCHAR NOT NULL, basis VARCHAR);
 """
+FUSED = "fused"
+FUSION_PARTNERS = ("sasrec", "gru4rec")  # the classic systems the fused one may build on
 SUBSETS = ("all", "sparse", "medium", "dense")
 RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "cases",
                   "valid_ratio", "hr@1", "hr@1 (valid)", "hr@3", "hr@5", "ndcg@3", "ndcg@5")
@@ -135,9 +148,23 @@ def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]
     return systems
 
 
+def planned_runs(profile: Profile, slug: str, log=print) -> list[tuple[str, int, bool]]:
+    """(system, seed, shuffled) of every LLM scoring run on the test split: each trained
+    system, and with ``shuffled_ablation`` each hybrid system's first seed shuffled."""
+    systems = llm_systems(profile, slug, log)
+    runs = [(name, seed, False) for name, seed in systems]
+    if profile.evaluation.shuffled_ablation:
+        firsts = dict.fromkeys(name for name, _ in systems if registered(name).kind == "sft")
+        runs += [(name, next(s for n, s in systems if n == name), True) for name in firsts]
+    return runs
+
+
 def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases,
-                log=print) -> dict[tuple[str, int], LLMRun]:
-    """{(system, seed): LLMRun} for every LLM system, each timed (load and scoring apart)."""
+                log=print, runs: list[tuple[str, int, bool]] | None = None
+                ) -> dict[tuple[str, int], LLMRun]:
+    """{(system, seed): LLMRun} for every run of ``runs`` (default ``planned_runs``), each
+    timed (load and scoring apart). A shuffled run's key is ``<system> (shuffled emb)``; it
+    is scored by likelihood only."""
     import torch
 
     from cprec_core.evaluation.allocator import release_freed_heap
@@ -148,10 +175,13 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
                                         cases.targets)]
     cfg, out = profile.evaluation, {}
-    for system, seed in llm_systems(profile, slug, log):
+    for name, seed, shuffled in planned_runs(profile, slug, log) if runs is None else runs:
         torch.manual_seed(0)
+        system = name + SHUFFLED_SUFFIX if shuffled else name
+        generation = cfg.generation and not shuffled
         loading = time.perf_counter()
-        scorer = LLMScorer.load(profile, slug, system, seed)
+        scorer = LLMScorer.load(profile, slug, name, seed,
+                                shuffle_seed=cfg.seed if shuffled else None)
         started, last = time.perf_counter(), [0.0]
 
         def progress(done: int, total: int) -> None:
@@ -161,20 +191,52 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
                 log(f"{system} seed {seed}: {done}/{total} cases,"
                     f" {(now - started) / done:.2f} s/case")
 
-        scored = scorer.evaluate(samples, titles, cfg.batch_size, cfg.generation,
+        scored = scorer.evaluate(samples, titles, cfg.batch_size, generation,
                                  cfg.max_new_tokens, progress)
         out[(system, seed)] = LLMRun(
             scored, round(started - loading, 2), round(time.perf_counter() - started, 2),
-            scorer.answers_read_off if cfg.generation else None,
-            scorer.answers_decoded if cfg.generation else None,
+            scorer.answers_read_off if generation else None,
+            scorer.answers_decoded if generation else None,
             f"{scorer.device.type} ({processor(str(scorer.device))})", torch.get_num_threads())
-        if cfg.generation:
+        if generation:
             log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
                 f" likelihood forward, {scorer.answers_decoded} decoded")
         del scorer
         if cfg.keep_freed_heap:  # the next model starts from a small heap, not this one's peak
             release_freed_heap()
     return out
+
+
+def chosen_scoring(profile: Profile, slug: str, system: str, seed: int) -> tuple[str, str]:
+    """(family, why) of an SFT run: summed or mean likelihood, whichever ranked the trainer's
+    validation sample better (cprec_core.training.sft); mean where none was recorded."""
+    manifest = profile.layout.sft_run(system, slug, seed).manifest
+    found = json.loads(manifest.read_text()).get("validation") if manifest.is_file() else None
+    if not found:
+        return "likelihood (mean)", "no validation scores recorded"
+    return (f"likelihood ({found['scoring']})",
+            f"validation HR@1 sum {found['hr@1 (sum)']:.3f}, mean {found['hr@1 (mean)']:.3f}"
+            f" ({found['cases']} cases, step {found['step']})")
+
+
+def zscore(scores: np.ndarray) -> np.ndarray:
+    """Per case (row), the candidates' scores at zero mean and unit spread."""
+    spread = scores.std(1, keepdims=True)
+    return (scores - scores.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+def fuse(classic: np.ndarray, llm: np.ndarray, lam: float) -> np.ndarray:
+    """The fused system's scores: z(classic) + lambda * z(LLM), per case."""
+    return zscore(classic) + lam * zscore(llm)
+
+
+def pick_lambda(classic: np.ndarray, llm: np.ndarray, target_col: np.ndarray,
+                lambdas) -> tuple[float, dict[float, float]]:
+    """The lambda with the best HR@1 on the validation cases (the smallest among ties) and
+    every lambda's HR@1."""
+    hr = {float(lam): float((ranks_from_scores(fuse(classic, llm, lam), target_col) == 0).mean())
+          for lam in sorted(lambdas)}
+    return max(hr, key=lambda lam: (hr[lam], -lam)), hr
 
 
 def _case_rows(domain, split, system, seed, family, cases: Cases, ranks=None, chosen=None,
@@ -232,7 +294,16 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                    for split, cases in splits.items()}
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
-    results, case_rows, costs = [], [], []
+    results, case_rows, costs, choices = [], [], [], []
+    partner = max((s for s in FUSION_PARTNERS if s in classic["valid"]), default=None,
+                  key=lambda s: float((ranks_from_scores(classic["valid"][s],
+                                                        splits["valid"].target_col) == 0).mean()))
+    fusion = {}  # seed -> validation LLMRun of the fusion system
+    if with_llm and partner and cfg.fusion:
+        seeds = [seed for name, seed in llm_systems(profile, slug, log) if name == cfg.fusion]
+        if seeds:
+            fusion = llm_results(titles, profile, slug, splits["valid"], log,
+                                 [(cfg.fusion, seed, False) for seed in seeds])
     for split, cases in splits.items():
         activity = np.asarray(cases.activity)
         target_col = cases.target_col
@@ -242,11 +313,19 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
         if not (with_llm and split == "test"):
             continue
-        for (system, seed), run in llm_results(titles, profile, slug, cases, log).items():
+        for (system, seed), run in fusion.items():  # its validation scoring, a cost too
+            costs.append((domain, "valid", system, seed, len(run.cases), run.load_seconds,
+                          run.score_seconds, None, None, run.device, run.threads))
+        llm = llm_results(titles, profile, slug, cases, log)
+        for (system, seed), run in llm.items():
             scored = run.cases
             costs.append((domain, split, system, seed, len(scored), run.load_seconds,
                           run.score_seconds, run.answers_read_off, run.answers_decoded,
                           run.device, run.threads))
+            if registered(system.removesuffix(SHUFFLED_SUFFIX)).kind == "sft":
+                family, why = chosen_scoring(profile, slug, system.removesuffix(SHUFFLED_SUFFIX),
+                                             seed)
+                choices.append((domain, system, seed, "scoring", family, why))
             for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
                 ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
                 results += _aggregate(domain, split, system, seed, family, activity, ranks)
@@ -259,13 +338,30 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                                       valid=valid, hits=hits)
                 case_rows += _case_rows(domain, split, system, seed, "generation", cases,
                                         chosen=chosen, answers=[r.answer for r in scored])
+        for seed, valid_run in fusion.items():
+            family, _ = chosen_scoring(profile, slug, cfg.fusion, seed)
+            attr = "summed" if family == "likelihood (sum)" else "mean"
+            llm_valid = np.stack([getattr(r, attr) for r in valid_run.cases])
+            llm_test = np.stack([getattr(r, attr) for r in llm[(cfg.fusion, seed)].cases])
+            lam, by_lambda = pick_lambda(classic["valid"][partner], llm_valid,
+                                         splits["valid"].target_col, cfg.fusion_lambdas)
+            ranks = ranks_from_scores(fuse(classic[split][partner], llm_test, lam), target_col)
+            results += _aggregate(domain, split, FUSED, seed, "ranking", activity, ranks)
+            case_rows += _case_rows(domain, split, FUSED, seed, "ranking", cases, ranks)
+            grid = ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lambda.items())
+            choices += [(domain, FUSED, seed, "classic", partner,
+                         "the better of SASRec and GRU4Rec on validation HR@1"),
+                        (domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
+                        (domain, FUSED, seed, "lambda", f"{lam:g}",
+                         f"validation HR@1 by lambda: {grid}")]
     with connect() as con:
         con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
         try:
-            for table in ("evaluation_results", "evaluation_cases", "evaluation_costs"):
+            for table in ("evaluation_results", "evaluation_cases", "evaluation_costs",
+                          "evaluation_choices"):
                 if with_llm:
                     con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-                elif table != "evaluation_costs":  # the classic systems just scored
+                elif table not in ("evaluation_costs", "evaluation_choices"):  # classic ones
                     con.execute(f"DELETE FROM {table} WHERE domain = ?"
                                 " AND list_contains(?, system)",
                                 [domain, sorted({r[2] for r in results})])
@@ -276,6 +372,9 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                             [(*row, revision) for row in results])
             con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
                             f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
+            if choices:
+                con.executemany("INSERT INTO evaluation_choices VALUES (?, ?, ?, ?, ?, ?)",
+                                choices)
             if costs:  # none when only the classic systems were scored
                 con.executemany(f"INSERT INTO evaluation_costs ({', '.join(COST_COLUMNS)})"
                                 f" VALUES ({', '.join('?' * len(COST_COLUMNS))})",
@@ -359,8 +458,11 @@ def evaluation_tables(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, 
         FROM evaluation_results WHERE domain = ? AND split = 'valid' AND subset = 'all'
         ORDER BY "HR@1" DESC""", [domain])
     costs = md_table(COST_HEADER[1:], [c[1:] for c in scoring_costs(con, domain)])
+    choices = query_table(con, """
+        SELECT system, seed, choice, value, basis FROM evaluation_choices WHERE domain = ?
+        ORDER BY rowid""", [domain])
     return {"results": results, "by_user_subset": subsets, "validation": valid,
-            "scoring_cost": costs}
+            "chosen_on_validation": choices, "scoring_cost": costs}
 
 
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:

@@ -2,8 +2,9 @@
 
 Per domain and system:
 
-* ``HR@1`` of the ranking (classic systems: their scores; LLM systems: likelihood, mean per
-  token), the mean over seeds, the spread over seeds (sd, for systems with several seeds)
+* ``HR@1`` of the ranking (classic and fused systems: their scores; LLM systems:
+  likelihood, summed or mean per token as chosen on validation, ``evaluation_choices``, else
+  the mean), the mean over seeds, the spread over seeds (sd, for systems with several seeds)
   and a 95 % bootstrap interval (cases resampled with replacement, each case's hit averaged
   over the seeds first), plus NDCG@5.
 * Generation (LLM systems; the paper's protocol): ValidRatio, HR@1 over valid answers and
@@ -11,10 +12,12 @@ Per domain and system:
 * CPRec against the best system that is not a CPRec variant (relative improvement of HR@1;
   negative when CPRec loses).
 
-Paired test, CPRec vs LLaRA, on the same test cases: the (case, seed) pairs of both systems,
-pooled over seeds; exact McNemar test on the discordant pairs (two-sided binomial), and a 95 %
-bootstrap interval of the HR@1 difference resampling cases. For the likelihood ranking and
-for generation.
+Paired tests on the same test cases (cprec_core.systems.PAIRED_TESTS, the fused system
+against its classic partner, each system against its shuffled-embedding ablation): the
+(case, seed) pairs of both systems, pooled over the seeds both have (a classic system's one
+seed is paired with each seed of the other); exact McNemar test on the discordant pairs
+(two-sided binomial), and a 95 % bootstrap interval of the HR@1 difference resampling cases.
+For the headline ranking and, where both generate, for generation.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ import duckdb
 import numpy as np
 from scipy.stats import binomtest
 
-from cprec_core.systems import PAIRED_TEST, is_cprec, leaderboard_rank
+from cprec_core.systems import PAIRED_TESTS, SHUFFLED_SUFFIX, is_cprec, leaderboard_rank
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
 
 SCHEMA = """
 CREATE OR REPLACE TABLE leaderboard (
-    domain VARCHAR, system VARCHAR, seeds INTEGER, cases INTEGER, "hr@1" DOUBLE,
+    domain VARCHAR, system VARCHAR, family VARCHAR, seeds INTEGER, cases INTEGER, "hr@1" DOUBLE,
     "hr@1 sd" DOUBLE, "hr@1 low" DOUBLE, "hr@1 high" DOUBLE, "ndcg@5" DOUBLE,
     valid_ratio DOUBLE, "gen hr@1 (valid)" DOUBLE, "gen hr@1" DOUBLE);
 CREATE OR REPLACE TABLE leaderboard_tests (
@@ -87,6 +90,51 @@ def _hits(con, domain: str, system: str, family: str) -> tuple[np.ndarray, list[
     return np.asarray([r[1] for r in rows], bool).T, [r[0] for r in rows]
 
 
+def headline_families(con, domain: str) -> dict[str, str]:
+    """Per system, the family its headline HR@1 comes from: ``ranking`` for the classic and
+    fused systems, else the likelihood family chosen on validation for most of its seeds
+    (``evaluation_choices``), else the mean."""
+    found: dict[str, set[str]] = {}
+    for system, family in con.execute("""SELECT DISTINCT system, family FROM evaluation_cases
+                                         WHERE domain = ? AND split = 'test'""", [domain]).fetchall():
+        found.setdefault(system, set()).add(family)
+    chosen = {}
+    if "evaluation_choices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        chosen = dict(con.execute("""SELECT system, mode(value) FROM evaluation_choices
+                                     WHERE domain = ? AND choice = 'scoring' GROUP BY system""",
+                                  [domain]).fetchall())
+    out = {}
+    for system, families in found.items():
+        family = "ranking" if "ranking" in families else chosen.get(system, RANKING_FAMILY["llm"])
+        if family in families:
+            out[system] = family
+    return out
+
+
+def paired_hits(a: tuple[np.ndarray, list[int]], b: tuple[np.ndarray, list[int]],
+                b_single: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(cases, seeds) hits of two systems, seed k paired with seed k; with ``b_single`` (a
+    system of one seed, e.g. a classic one) b's one column is paired with each of a's."""
+    (ha, sa), (hb, sb) = a, b
+    if b_single and len(sb) == 1:
+        return ha, np.repeat(hb, len(sa), axis=1)
+    common = [s for s in sa if s in sb]
+    return ha[:, [sa.index(s) for s in common]], hb[:, [sb.index(s) for s in common]]
+
+
+def test_pairs(con, domain: str, systems) -> list[tuple[str, str]]:
+    """The paired tests of a domain, among the systems it has."""
+    pairs = list(PAIRED_TESTS)
+    if "evaluation_choices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        partner = con.execute("""SELECT mode(value) FROM evaluation_choices WHERE domain = ?
+                                 AND system = 'fused' AND choice = 'classic'""", [domain]).fetchone()[0]
+        if partner:
+            pairs.append(("fused", partner))
+    pairs += [(s.removesuffix(SHUFFLED_SUFFIX), s) for s in sorted(systems, key=leaderboard_rank)
+              if s.endswith(SHUFFLED_SUFFIX)]
+    return [(a, b) for a, b in pairs if a in systems and b in systems]
+
+
 def require_evaluation(con: duckdb.DuckDBPyConnection, database) -> None:
     """A clear error where the database holds no evaluation to rank yet."""
     if "evaluation_cases" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
@@ -96,18 +144,12 @@ def require_evaluation(con: duckdb.DuckDBPyConnection, database) -> None:
 def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> dict:
     """Compute both tables from ``evaluation_cases`` / ``evaluation_results`` and store them."""
     con.execute(SCHEMA)
-    systems = con.execute("""
-        SELECT DISTINCT domain, system, family FROM evaluation_cases WHERE split = 'test'
-        ORDER BY domain""").fetchall()
-    by_domain: dict[str, dict[str, set[str]]] = {}
-    for domain, system, family in systems:
-        by_domain.setdefault(domain, {}).setdefault(system, set()).add(family)
+    domains = [r[0] for r in con.execute("""SELECT DISTINCT domain FROM evaluation_cases
+                                            WHERE split = 'test' ORDER BY domain""").fetchall()]
     rows, tests = [], []
-    for domain, found in by_domain.items():
-        for system, families in found.items():
-            family = RANKING_FAMILY["classic" if "ranking" in families else "llm"]
-            if family not in families:
-                continue
+    for domain in domains:
+        headline = headline_families(con, domain)
+        for system, family in headline.items():
             hits, seeds = _hits(con, domain, system, family)
             per_seed = hits.mean(0)
             low, high = bootstrap_interval(hits.mean(1), resamples)
@@ -118,22 +160,28 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
                 SELECT avg(valid_ratio), avg("hr@1 (valid)"), avg("hr@1") FROM evaluation_results
                 WHERE domain = ? AND split = 'test' AND system = ? AND family = 'generation'
                 AND subset = 'all'""", [domain, system]).fetchall()[0]
-            rows.append((domain, system, len(seeds), hits.shape[0], float(per_seed.mean()),
+            rows.append((domain, system, family, len(seeds), hits.shape[0],
+                         float(per_seed.mean()),
                          float(per_seed.std(ddof=1)) if len(seeds) > 1 else None, low, high,
                          ndcg, *gen))
-        system_a, system_b = PAIRED_TEST
-        for family in ("likelihood (mean)", "generation"):
-            a, _ = _hits(con, domain, system_a, family)
-            b, _ = _hits(con, domain, system_b, family)
-            if a.size and a.shape == b.shape:
-                t = paired_test(a, b, resamples)
-                tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
-                              t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
+        for system_a, system_b in test_pairs(con, domain, headline):
+            for family in ("ranking", "generation"):
+                fam_a = headline[system_a] if family == "ranking" else family
+                fam_b = headline[system_b] if family == "ranking" else family
+                a_found, b_found = (_hits(con, domain, system_a, fam_a),
+                                    _hits(con, domain, system_b, fam_b))
+                if not (a_found[0].size and b_found[0].size):
+                    continue
+                a, b = paired_hits(a_found, b_found, b_single=fam_b == "ranking")
+                if a.size and a.shape == b.shape:
+                    t = paired_test(a, b, resamples)
+                    tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
+                                  t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
     if rows:
-        con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 12)})", rows)
+        con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 13)})", rows)
     if tests:
         con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})", tests)
-    return {"domains": len(by_domain), "rows": len(rows), "tests": len(tests)}
+    return {"domains": len(domains), "rows": len(rows), "tests": len(tests)}
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -145,20 +193,23 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
     out = []
     domains = [r[0] for r in con.execute("SELECT DISTINCT domain FROM leaderboard ORDER BY 1").fetchall()]
     for domain in domains:
-        rows = con.execute("""SELECT system, seeds, cases, "hr@1", "hr@1 sd", "hr@1 low",
+        rows = con.execute("""SELECT system, family, seeds, cases, "hr@1", "hr@1 sd", "hr@1 low",
                               "hr@1 high", "ndcg@5", valid_ratio, "gen hr@1 (valid)", "gen hr@1"
                               FROM leaderboard WHERE domain = ?""", [domain]).fetchall()
         rows.sort(key=lambda r: leaderboard_rank(r[0]))
-        best = max((r for r in rows if not is_cprec(r[0])), key=lambda r: r[3], default=None)
+        rows = [(r[0], *r[2:], r[1]) for r in rows]  # the family last
+        best = max((r for r in rows if not is_cprec(r[0]) and not r[0].endswith(SHUFFLED_SUFFIX)),
+                   key=lambda r: r[3], default=None)
         out.append(f"### {domain} (test cases: {rows[0][2]})\n")
-        out.append("| system | seeds | HR@1 ranking | 95 % CI | NDCG@5 | ValidRatio |"
+        out.append("| system | ranked by | seeds | HR@1 ranking | 95 % CI | NDCG@5 | ValidRatio |"
                    " HR@1 gen (valid) | HR@1 gen (all) |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for s, seeds, _, hr, sd, lo, hi, ndcg, vr, hv, ha in rows:
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for s, seeds, _, hr, sd, lo, hi, ndcg, vr, hv, ha, family in rows:
             mark = " **best baseline**" if best and s == best[0] else ""
             hr_text = _fmt(hr) + (f" ± {_fmt(sd)}" if sd is not None else "")
-            out.append(f"| {s}{mark} | {seeds} | {hr_text} | {_fmt(lo)}-{_fmt(hi)} | {_fmt(ndcg)} |"
-                       f" {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
+            by = family.removeprefix("likelihood (").removesuffix(")")
+            out.append(f"| {s}{mark} | {by} | {seeds} | {hr_text} | {_fmt(lo)}-{_fmt(hi)} |"
+                       f" {_fmt(ndcg)} | {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
         cprec = next((r for r in rows if r[0] == "cprec"), None)
         if cprec and best:
             rel = (cprec[3] - best[3]) / best[3] if best[3] else float("nan")
@@ -168,16 +219,16 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
                        f" {_fmt(best[3])}: {rel:+.1%} relative; CPRec {verdict} it"
                        " (95 % intervals).")
         out.append("")
-    tests = con.execute("""SELECT domain, family, pairs, "a_hr@1", "b_hr@1", a_only, b_only,
-                           diff, diff_low, diff_high, p_value FROM leaderboard_tests
-                           ORDER BY domain, family""").fetchall()
+    tests = con.execute("""SELECT domain, family, system_a, system_b, pairs, "a_hr@1", "b_hr@1",
+                           a_only, b_only, diff, diff_low, diff_high, p_value
+                           FROM leaderboard_tests ORDER BY domain, rowid""").fetchall()
     if tests:
-        out.append("### Paired test: CPRec vs LLaRA (same test cases, seeds pooled)\n")
-        out.append("| domain | family | pairs | CPRec HR@1 | LLaRA HR@1 | only CPRec hits |"
-                   " only LLaRA hits | difference (95 % CI) | McNemar p |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
-        for d, fam, n, a, b, ao, bo, diff, lo, hi, p in tests:
-            out.append(f"| {d} | {fam} | {n} | {_fmt(a)} | {_fmt(b)} | {ao} | {bo} |"
+        out.append("### Paired tests (same test cases, seeds pooled)\n")
+        out.append("| domain | A vs B | family | pairs | A HR@1 | B HR@1 | only A hits |"
+                   " only B hits | A - B (95 % CI) | McNemar p |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for d, fam, sa, sb, n, a, b, ao, bo, diff, lo, hi, p in tests:
+            out.append(f"| {d} | {sa} vs {sb} | {fam} | {n} | {_fmt(a)} | {_fmt(b)} | {ao} | {bo} |"
                        f" {diff:+.3f} ({lo:+.3f} to {hi:+.3f}) | {p:.3g} |")
     return "\n".join(out)
 

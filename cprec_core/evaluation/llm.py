@@ -2,11 +2,9 @@
 forward per batch of cases.
 
 Likelihood (ours): a case's prompt and its 20 candidate continuations (`` Title`` + EOS) go
-through the model as one row. Each continuation sees the prompt and its own earlier tokens,
-nothing of the other candidates, and its positions start where the prompt ends; only the
-continuation rows carry this tree mask (``_tree_attention``), the prompt columns are plain
-causal. So the prompt is computed once and the LM head runs only where a continuation
-token is predicted. Each candidate gets its summed log-probability and the mean per token.
+through the model as one row with the tree mask of cprec_core.models.candidate_tree: the
+prompt is computed once and the LM head runs only where a continuation token is predicted.
+Each candidate gets its summed log-probability and the mean per token.
 
 Generation (the paper's protocol): greedy, at most ``max_new_tokens``, stopping at EOS or a
 newline. While the greedy tokens follow a candidate title the tree forward already holds
@@ -28,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AttentionInterface, AttentionMaskInterface, AutoTokenizer, DynamicCache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
+from transformers import AutoTokenizer, DynamicCache
 
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.evaluation.allocator import keep_freed_heap
-from cprec_core.models.hybrid import Projector, add_placeholder_token, hybrid_embeds
+from cprec_core.models.candidate_tree import TREE_ATTENTION, build_tree
+from cprec_core.models.hybrid import (Projector, add_placeholder_token, collab_inputs,
+                                      hybrid_embeds)
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
 from cprec_core.prompts import Case, answer_text, parse_answer, prompt_text, render_llara
 from cprec_core.systems import system as registered
@@ -91,28 +89,6 @@ def _fp32_matmul_in_bf16(enabled: bool):
         backend.fp32_precision = before
 
 
-def _tree_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                    **kwargs):
-    """SDPA, except for a tree forward (``LLMScorer.score``): a mask with fewer query rows than
-    there are queries covers only the last rows (the continuations); the leading columns are
-    right-padded prompts and take plain causal attention, whose kernel skips the masked
-    half, so it costs less than one (W, W) mask."""
-    if attention_mask is None or attention_mask.shape[-2] == query.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
-    w = query.shape[2] - attention_mask.shape[-2]
-    gqa = query.shape[1] != key.shape[1]
-    prompt = F.scaled_dot_product_attention(query[:, :, :w], key[:, :, :w], value[:, :, :w],
-                                            is_causal=True, scale=scaling, enable_gqa=gqa)
-    conts = F.scaled_dot_product_attention(query[:, :, w:], key, value, attn_mask=attention_mask,
-                                           scale=scaling, enable_gqa=gqa)
-    return torch.cat([prompt, conts], 2).transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register("cprec_tree", _tree_attention)
-AttentionMaskInterface.register("cprec_tree", sdpa_mask)
-
-
 @dataclass
 class _Pending:
     """Rows of one tree forward whose greedy answers still need decoding."""
@@ -155,18 +131,24 @@ class LLMScorer:
     answers_decoded: int = 0
     decode_rows: int = 64  # pending answers of several batches decoded together (evaluate)
     drop_finished: bool = True  # finished rows leave the decoding batch (_greedy)
+    listing: bool = True  # the hybrid prompt lists the candidates (render_llara)
+    # item -> item whose vector is injected instead (the shuffled-embedding ablation)
+    shuffled: dict[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
-        self.model.set_attn_implementation("cprec_tree")
+        self.model.set_attn_implementation(TREE_ATTENTION)
         if self.projector is not None:
             self.projector.to(self.device)
             self.item_table = self.item_table.to(self.device)
 
     @classmethod
-    def load(cls, profile: Profile, slug: str, name: str, seed: int = 0) -> "LLMScorer":
+    def load(cls, profile: Profile, slug: str, name: str, seed: int = 0,
+             shuffle_seed: int | None = None) -> "LLMScorer":
         """A registered LLM system (cprec_core.systems): an SFT adapter with its projector
-        (hybrid prompt), or a zero-shot model (text prompt), LoRA merged."""
+        (hybrid prompt), or a zero-shot model (text prompt), LoRA merged. With
+        ``shuffle_seed``, every injected vector is another item's, by a seeded permutation of
+        the domain's items (the shuffled-embedding ablation)."""
         if profile.evaluation.keep_freed_heap:
             keep_freed_heap()
         entry, layout = registered(name), profile.layout
@@ -191,12 +173,18 @@ class LLMScorer:
         placeholder_id = add_placeholder_token(tokenizer, base)
         model = PeftModel.from_pretrained(base, run.adapter).merge_and_unload().eval()
         sasrec, index = load_next_item_model(layout.next_item_model("sasrec", slug))
-        table = sasrec.item_embeddings().float()
+        table = collab_inputs(sasrec.item_embeddings(), entry.ranks_candidates)
         projector = Projector(table.shape[1], base.get_input_embeddings().embedding_dim)
         projector.load_state_dict(load_file(run.projector))
+        shuffled = None
+        if shuffle_seed is not None:
+            order = [int(i) for i in index]
+            moved = np.random.default_rng(shuffle_seed).permutation(order).tolist()
+            shuffled = dict(zip(order, moved))
+        listing = profile.sft.rank.listing if entry.ranks_candidates else True
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
-                   profile.corpus, torch.device(device))
+                   profile.corpus, torch.device(device), listing=listing, shuffled=shuffled)
 
     @property
     def hybrid(self) -> bool:
@@ -208,9 +196,11 @@ class LLMScorer:
 
     def prompt(self, sample: Case, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids (1, P), input embeddings (1, P, d)) of the case's prompt."""
-        text, slots = prompt_text(sample, titles, self.hybrid, self.corpus)
+        text, slots = prompt_text(sample, titles, self.hybrid, self.corpus, self.listing)
         ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]],
                            device=self.device)
+        if self.shuffled is not None:
+            slots = [self.shuffled[i] for i in slots]
         slot_items = torch.tensor([self.local[i] for i in slots], dtype=torch.long,
                                   device=self.device)
         embeds = hybrid_embeds(self.model, self.projector, self.item_table, ids, slot_items,
@@ -257,15 +247,9 @@ class LLMScorer:
         """Likelihoods and, with ``generate``, the greedy answers that the forward already
         holds; the other rows come back as a ``_Pending`` decoding job.
 
-        Row b of the batch: the prompt, right padding to the widest prompt (``w`` columns),
-        then the 20 continuations' input tokens (each title without its final EOS, which is
-        only ever a target), then right padding. The prompt columns are plain causal
-        attention; only the continuation rows carry a mask (the prompt and their own
-        past; padding rows see themselves), passed as a (B, 1, C, W) mask that
-        ``_tree_attention`` recognises. The KV cache cut back to ``w`` columns is a
-        right-padded prompt cache, so decoding needs no prefill.
+        The batch is a tree batch (cprec_core.models.candidate_tree); the KV cache cut back
+        to its prompt columns is a right-padded prompt cache, so decoding needs no prefill.
         """
-        dev = self.device
         prompts, conts = [], []
         for sample in samples:
             with self._autocast():
@@ -275,42 +259,15 @@ class LLMScorer:
             counts = ", ".join(f"user {s.user}: {len(s.candidates)}" for s in samples)
             raise ValueError(f"cases scored together need the same number of candidates ({counts});"
                              " check candidate_sets")
-        inputs = [[c[:-1] for c in cs] for cs in conts]
-        lengths = torch.tensor([len(p) for p in prompts])
-        w = int(lengths.max())
-        c_width = max(sum(len(t) for t in ts) for ts in inputs)
-        embeds = torch.zeros(len(samples), w + c_width, prompts[0].shape[1],
-                             dtype=prompts[0].dtype, device=dev)
-        mask = torch.zeros(len(samples), 1, c_width, w + c_width, dtype=torch.bool)
-        positions = torch.zeros(len(samples), w + c_width, dtype=torch.long)
-        rows, cols, targets = [], [], []  # LM head rows of the continuation positions
-        for b, (prompt, ts, cs) in enumerate(zip(prompts, inputs, conts)):
-            p, sizes = len(prompt), [len(t) for t in ts]
-            n = sum(sizes)
-            owner = torch.repeat_interleave(torch.arange(len(ts)), torch.tensor(sizes))
-            mask[b, 0, :n, :p] = True
-            mask[b, 0, :n, w:w + n] = torch.ones(n, n, dtype=torch.bool).tril() & (
-                owner[:, None] == owner[None, :])
-            pad = torch.arange(n, c_width)
-            mask[b, 0, pad, w + pad] = True
-            with self._autocast():
-                embeds[b, :p] = prompt
-                embeds[b, w:w + n] = self.model.get_input_embeddings()(
-                    torch.tensor([t for tok in ts for t in tok], device=dev))
-            positions[b, :p] = torch.arange(p)
-            positions[b, w:w + n] = torch.cat([torch.arange(p, p + k) for k in sizes])
-            rows += [b] * n
-            cols += range(w, w + n)
-            targets += [t for c in cs for t in c[1:]]
         with self._autocast():
-            out = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.to(dev),
-                                           position_ids=positions.to(dev), use_cache=generate)
+            tree = build_tree(prompts, conts, self.model.get_input_embeddings())
+            out = self.model.get_decoder()(**tree.forward_kwargs(), use_cache=generate)
+        w, lengths, inputs = tree.width, tree.lengths, [[c[:-1] for c in cs] for cs in conts]
         hidden = out.last_hidden_state
-        first_tokens = torch.tensor([[c[0] for c in cs] for cs in conts], device=dev)
         first_lp, first_top = self._head(hidden[torch.arange(len(samples)), lengths - 1],
-                                         first_tokens, argmax=generate)
-        rest_lp, rest_top = self._head(hidden[torch.tensor(rows), torch.tensor(cols)],
-                                       torch.tensor(targets, device=dev)[:, None], generate)
+                                         tree.first_targets, argmax=generate)
+        rest_lp, rest_top = self._head(hidden[tree.rows, tree.cols], tree.targets[:, None],
+                                       generate)
         first_lp, rest_lp = first_lp.cpu().numpy(), rest_lp[:, 0].cpu().numpy()
         results, tops, row = [], [], 0
         rest_top = rest_top.tolist() if generate else None
@@ -433,7 +390,7 @@ class LLMScorer:
         in the order given. Batches are formed from cases of similar length (prompt plus
         candidate titles), so fewer columns of each forward are padding."""
         def length(sample: Case) -> int:
-            return len(render_llara(sample, titles, hybrid=True)[0]) + sum(
+            return len(render_llara(sample, titles, True, self.listing)[0]) + sum(
                 len(titles[c]) for c in sample.candidates)
 
         order = sorted(range(len(samples)), key=lambda i: length(samples[i]))

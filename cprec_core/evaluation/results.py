@@ -84,6 +84,30 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
     return "\n".join(lines)
 
 
+def validation_section(sft: list[dict]) -> list[str]:
+    """The SFT runs' validation scores (the weights kept) and what their injected vectors
+    carry before and after training; empty for runs trained before these were recorded."""
+    rows = [m for m in sft if m.get("validation")]
+    if not rows:
+        return []
+    ln20 = "3.00"
+    return [
+        "SFT on the validation sample (the weights kept; loss per answer: cross-entropy over"
+        f" the candidates of the summed likelihoods, {ln20} for a blind guess among 20) and"
+        " the injected vectors (item-specific share of a vector's norm, mean cosine of two"
+        " items' vectors), before and after training:", "",
+        md_table(["domain", "SFT system", "seed", "kept step", "HR@1 sum", "HR@1 mean",
+                  "loss per answer", "scoring", "specific before", "after", "cosine before",
+                  "after"],
+                 [(m["domain"], m["system"], m.get("seed", 0), m["validation"]["step"],
+                   m["validation"]["hr@1 (sum)"], m["validation"]["hr@1 (mean)"],
+                   m["validation"]["loss per answer"], m["scoring"],
+                   m["injection"]["before"]["item_specific_share"],
+                   m["injection"]["after"]["item_specific_share"],
+                   m["injection"]["before"]["mean_pairwise_cosine"],
+                   m["injection"]["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
+
+
 def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
            outputs: tuple[Path, ...] = ()) -> str:
     cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
@@ -142,22 +166,27 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                    m["final_loss"], m["tokens_per_second"],
                    round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt]) if cpt else "(no CPT)",
         "",
-        md_table(["domain", "SFT system", "seed", "samples", "steps", "final loss", "LoRA init",
-                  "minutes"],
-                 [(m["domain"], m["system"], m.get("seed", 0), m["samples"], m["steps"],
-                   m["final_loss"],
+        md_table(["domain", "SFT system", "seed", "objective", "samples", "epochs", "steps",
+                  "final loss", "LoRA init", "minutes"],
+                 [(m["domain"], m["system"], m.get("seed", 0), m.get("objective", "ntp"),
+                   m["samples"], m.get("epochs", 1), m["steps"], m["final_loss"],
                    lora_init(m["system"]),
                    round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
         "",
+        *validation_section(sft),
         "## Compute",
         "",
         compute_summary(con, cpt, sft),
         "",
         "## Leaderboard (test split)",
         "",
-        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood (mean log-"
-        "probability per token of each candidate title). Generation: greedy answer, valid iff it"
-        " names exactly one candidate (the paper's ValidRatio and HR@1 over valid answers).",
+        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood of each"
+        " candidate title, summed or mean per token as chosen on validation (`ranked by`);"
+        " `fused`: the better of SASRec and GRU4Rec on validation, z-scored, plus lambda times"
+        f" the z-scored `{profile.evaluation.fusion or 'none'}` likelihood, lambda picked on"
+        " validation; `(shuffled emb)`: the system scored again with every injected vector"
+        " another item's. Generation: greedy answer, valid iff it names exactly one candidate"
+        " (the paper's ValidRatio and HR@1 over valid answers).",
         "",
         leaderboard_markdown(con),
     ]

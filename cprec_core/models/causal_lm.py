@@ -49,6 +49,48 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    """log p(y_i | h_i) per row, fp32 logits chunk by chunk, recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        out, lses = [], []
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (hidden[s:s + chunk] @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            out.append(logits.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse)
+            lses.append(lse)
+        ctx.save_for_backward(hidden, weight, targets, torch.cat(lses))
+        ctx.chunk = chunk
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        rows = torch.arange(min(ctx.chunk, hidden.shape[0]), device=hidden.device)
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None].float()
+            # d logp_i / d logits = onehot(y_i) - softmax_i
+            g = (h @ weight.t()).float().sub_(lse[s:s + ctx.chunk, None]).exp_().neg_()
+            g[rows[: h.shape[0]], targets[s:s + ctx.chunk]] += 1.0
+            g = g.mul_(g_out).to(hidden.dtype)
+            grad_hidden[s:s + ctx.chunk] = g @ weight
+            if grad_weight is not None:
+                grad_weight += g.t() @ h
+        return grad_hidden, grad_weight, None, None
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                           chunk: int = CE_CHUNK) -> torch.Tensor:
+    """(N,) log-probability of ``targets[i]`` after ``hidden[i]``, differentiable, without
+    ever holding the (N, vocabulary) logits whole."""
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return _ChunkedTokenLogprobs.apply(hidden, weight, targets, chunk)
+
+
 def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor,
                               targets: torch.Tensor, chunk: int = CE_CHUNK) -> torch.Tensor:
     return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk)

@@ -1,13 +1,23 @@
 """LLaRA's hybrid item representation: ``Title [emb]``, where the placeholder token's input
 embedding is replaced by ``projector(sasrec_item_embedding)``. The language model then runs
 on ``inputs_embeds``, in training and in generation.
+
+SASRec's item vectors are small (norm ~0.3) and share a large common part, so in the paper's
+recipe the projector's biases dominate what it injects: two items' vectors have cosine
+~0.95. The candidate-aware systems feed the projector standardised vectors instead
+(``collab_inputs``: per dimension zero mean and unit variance over the domain's items, a
+fixed transform of the frozen table); ``injection_diagnostics`` measures both.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from cprec_core.models.candidate_tree import build_tree, summed_logprobs
+from cprec_core.models.causal_lm import chunked_token_logprobs
 from cprec_core.prompts import PLACEHOLDER
 
 
@@ -21,6 +31,37 @@ class Projector(nn.Module):
 
     def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(item_embeddings)
+
+
+def collab_inputs(item_table: torch.Tensor, standardise: bool) -> torch.Tensor:
+    """The projector's inputs: SASRec's item table (row 0 is padding), as it is or with each
+    dimension standardised over the item rows (row 0 stays zero)."""
+    table = item_table.float()
+    if not standardise:
+        return table
+    items = table[1:]
+    out = torch.zeros_like(table)
+    out[1:] = (items - items.mean(0)) / items.std(0).clamp_min(1e-6)
+    return out
+
+
+@torch.no_grad()
+def injection_diagnostics(projector: Projector, inputs: torch.Tensor,
+                          token_embeddings: torch.Tensor) -> dict[str, float]:
+    """What the injected vectors carry, over every item of the domain: their mean norm
+    beside the token embedding rows', the item-specific share (mean norm of a vector minus
+    the mean vector, over its mean norm) and the mean cosine between two different items'
+    vectors (near 1: every item looks the same to the LLM)."""
+    vectors = projector(inputs[1:].to(next(projector.parameters()).dtype)).float()
+    norms = vectors.norm(dim=1)
+    specific = (vectors - vectors.mean(0)).norm(dim=1)
+    unit = vectors / norms.clamp_min(1e-12)[:, None]
+    n = len(unit)
+    cosine = ((unit.sum(0).square().sum() - n) / max(n * (n - 1), 1)).item()
+    return {"items": n, "vector_norm": round(norms.mean().item(), 4),
+            "token_row_norm": round(token_embeddings.float().norm(dim=1).mean().item(), 4),
+            "item_specific_share": round((specific.mean() / norms.mean()).item(), 4),
+            "mean_pairwise_cosine": round(cosine, 4)}
 
 
 def add_placeholder_to_tokenizer(tokenizer) -> int:
@@ -69,10 +110,23 @@ def hybrid_embeds(model, projector: Projector, item_table: torch.Tensor,
     return inject(embeds, input_ids, placeholder_id, projector(item_table[slot_items]))
 
 
+@dataclass
+class CandidateInputs:
+    """A batch for the candidate-aware forward: each case's prompt token ids, the item
+    behind each placeholder of the batch (row-major), each case's candidates' tokens."""
+
+    prompt_ids: list[torch.Tensor]  # (P_b,) each
+    slot_items: torch.Tensor  # rows of the item table
+    continuations: list[list[list[int]]]  # title and EOS per candidate
+
+
 class HybridLM(nn.Module):
     """The SFT model as one module (so DDP sees every parameter): the peft LLM, the
-    projector and the frozen SASRec item table. ``forward`` returns the summed loss over the
-    answer tokens (labels != -100, next-token aligned)."""
+    projector and the frozen SASRec item table (the projector's inputs, ``collab_inputs``).
+    ``forward`` returns the summed loss over the answer tokens (labels != -100, next-token
+    aligned), or, given ``candidates``, the (B, K) summed log-probabilities of every
+    candidate's answer from one tree forward per batch (cprec_core.models.candidate_tree;
+    the base model must use its ``cprec_tree`` attention)."""
 
     def __init__(self, peft_model: nn.Module, projector: Projector, item_table: torch.Tensor,
                  placeholder_id: int):
@@ -82,9 +136,12 @@ class HybridLM(nn.Module):
         self.register_buffer("item_table", item_table, persistent=False)
         self.placeholder_id = placeholder_id
 
-    def forward(self, input_ids, labels, attention_mask, slot_items, hybrid: bool):
+    def forward(self, input_ids=None, labels=None, attention_mask=None, slot_items=None,
+                hybrid: bool = True, candidates: CandidateInputs | None = None):
         from cprec_core.models.causal_lm import chunked_cross_entropy_sum
 
+        if candidates is not None:
+            return self.candidate_logprobs(candidates, hybrid)
         base = self.model.get_base_model()
         embeds = hybrid_embeds(base, self.projector, self.item_table, input_ids, slot_items,
                                self.placeholder_id, hybrid)
@@ -94,3 +151,25 @@ class HybridLM(nn.Module):
         keep = targets != -100
         return chunked_cross_entropy_sum(hidden[:, :-1][keep],
                                          base.get_output_embeddings().weight, targets[keep])
+
+    def candidate_logprobs(self, batch: CandidateInputs, hybrid: bool) -> torch.Tensor:
+        base = self.model.get_base_model()
+        embed = base.get_input_embeddings()
+        vectors = self.projector(self.item_table[batch.slot_items]) if hybrid else None
+        prompts, used = [], 0
+        for ids in batch.prompt_ids:
+            e = embed(ids)
+            if hybrid:
+                n = int((ids == self.placeholder_id).sum())
+                e = inject(e[None], ids[None], self.placeholder_id, vectors[used:used + n])[0]
+                used += n
+            prompts.append(e)
+        tree = build_tree(prompts, batch.continuations, embed)
+        hidden = base.get_decoder()(**tree.forward_kwargs(), use_cache=False).last_hidden_state
+        weight = base.get_output_embeddings().weight
+        last = hidden[torch.arange(len(prompts)), (tree.lengths - 1).to(hidden.device)]
+        k = tree.first_targets.shape[1]
+        first = chunked_token_logprobs(last.repeat_interleave(k, 0), weight,
+                                       tree.first_targets.reshape(-1)).view(-1, k)
+        rest = chunked_token_logprobs(hidden[tree.rows, tree.cols], weight, tree.targets)
+        return summed_logprobs(tree, first, rest)

@@ -10,10 +10,21 @@ replaced by ``projector(SASRec item embedding)`` (cprec_core.models.hybrid) and 
 covers the answer title and EOS only. The system's registry entry (cprec_core.systems) says
 where its LoRA starts: a CPT adapter (loaded through peft) or fresh.
 
+The candidate-aware systems (``objective: rank`` in the registry) read the same windows
+with negatives re-drawn every epoch, train on cprec_core.training.rank_loss (softmax over
+the candidates' answer likelihoods from one tree forward, plus a weighted next-token loss)
+with standardised SASRec inputs and the projector at its own learning rate, and, with
+``sft.rank.select_every``, keep the adapter that scores best on a fixed validation sample.
+Every system is scored on that sample after training: the validation log says which of
+summed or mean log-likelihood ranks better (the evaluation's headline family), and the
+manifest shows what the injected vectors carry before and after training
+(``injection_diagnostics``).
+
 Same qualities as CPT: bf16 where supported, checkpoints with exact resume (adapter,
-projector, optimiser, scheduler, RNGs incl. the curriculum's), a log line per step,
-Pipes-aware reporting. Output: one ``TrainedAdapter`` folder per system, domain and seed
-(cprec_core.layout), with the projector beside the adapter.
+projector, optimiser, scheduler, RNGs incl. the curriculum's; the best validation adapters
+kept until a checkpoint covers them), a log line per step, Pipes-aware reporting. Output:
+one ``TrainedAdapter`` folder per system, domain and seed (cprec_core.layout), with the
+projector beside the adapter.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
+import duckdb
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -42,16 +54,20 @@ from cprec_core.config import Profile
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.layout import TrainedAdapter
-from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_token
+from cprec_core.evaluation.baselines import load_cases
+from cprec_core.models.candidate_tree import TREE_ATTENTION
+from cprec_core.models.hybrid import (HybridLM, Projector, add_placeholder_token, collab_inputs,
+                                      injection_diagnostics)
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora, load_trainable_lora
 from cprec_core.progress import Reporter
-from cprec_core.prompts import encode_sft_example
+from cprec_core.prompts import Case, encode_sft_example
 from cprec_core.provenance import git_revision, processor
 from cprec_core.systems import cpt_variant as cpt_variant_entry, system as registered
 from cprec_core.training import checkpointing
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_item import load_next_item_model
+from cprec_core.training.rank_loss import candidate_loss, rank_batch, validation_report
 from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
 
 
@@ -67,6 +83,8 @@ class SFTTrainer:
         self.seed = self.cfg.seeds[0] if seed is None else seed
         self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.reporter = reporter or Reporter()
+        self.ranking = registered(system).ranks_candidates
+        self.listing = self.cfg.rank.listing if self.ranking else True
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -82,7 +100,7 @@ class SFTTrainer:
                                self.tokenizer, self.profile.model.trust_remote_code)
         self.placeholder_id = add_placeholder_token(self.tokenizer, base)
         self._tokenize()
-        longest = max(len(r["input_ids"]) for r in self.rows[True])
+        longest = self._longest_row()
         shape = SimpleNamespace(micro_batch=self.cfg.micro_batch, block_size=longest,
                                 gradient_checkpointing=False)
         need, have = estimate_memory(base, shape, self.dtype), available_memory(self.device)
@@ -97,12 +115,21 @@ class SFTTrainer:
         else:  # LoRA as the CPT run saved it (peft reads its rank, alpha and targets)
             self.peft_model = load_trainable_lora(base, self.init_run.adapter,
                                                   self.profile.cpt.lora)
+        if self.ranking:  # every step is a tree forward (cprec_core.models.candidate_tree)
+            base.set_attn_implementation(TREE_ATTENTION)
         self.projector = Projector(self.item_table.shape[1],
                                    base.get_input_embeddings().embedding_dim)
         self.model = HybridLM(self.peft_model, self.projector, self.item_table, self.placeholder_id)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.trainable = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=0.0)
+        self.diagnostics = {"before": self._injection()}
+        lora = [p for p in self.peft_model.parameters() if p.requires_grad]
+        projector = list(self.projector.parameters())
+        self.trainable = sum(p.numel() for p in lora + projector)
+        if self.ranking:  # the projector learns from scratch: its own learning rate
+            groups = [{"params": lora, "lr": self.cfg.rank.lr},
+                      {"params": projector, "lr": self.cfg.rank.projector_lr}]
+        else:
+            groups = [{"params": lora + projector, "lr": self.cfg.lr}]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         warmup = max(1, round(self.cfg.warmup_ratio * self.total_steps))
         self.scheduler = get_wsd_schedule(
             self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
@@ -110,8 +137,21 @@ class SFTTrainer:
             min_lr_ratio=self.cfg.min_lr_ratio)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.curriculum = np.random.default_rng(self.seed + 1)
+        self.answers: dict[int, list[int]] = {}  # answer token ids by item (ranking)
         self.start_step = self.load_checkpoint()
 
+    def _injection(self) -> dict:
+        return injection_diagnostics(self.projector, self.item_table,
+                                     self.peft_model.get_base_model().get_input_embeddings().weight)
+
+    def _longest_row(self) -> int:
+        """The widest training row (prompt and answer; ranking: prompt and every candidate's
+        answer, measured on the first 64 windows), for the memory estimate."""
+        if not self.ranking:
+            return max(len(r["input_ids"]) for r in self.rows[True])
+        batch = rank_batch(self.epochs[0][:64], self.titles, self.tokenizer, self.placeholder_id,
+                           self.local, True, self.listing, "cpu")
+        return max(len(p) for p in batch.inputs.prompt_ids) + int(batch.answer_tokens.sum(1).max())
     def _init_run(self):
         """The CPT run whose adapter this system's LoRA starts from (None: fresh LoRA)."""
         variant = registered(self.system).cpt_variant
@@ -129,7 +169,8 @@ class SFTTrainer:
             raise SFTError(f"{files.path}: no SASRec for domain {self.slug!r}; materialise"
                            " sasrec first")
         sasrec, index = load_next_item_model(files)
-        self.item_table = sasrec.item_embeddings().float()  # row j + 1 = item index[j]
+        # row j + 1 = item index[j]; standardised for the candidate-aware systems
+        self.item_table = collab_inputs(sasrec.item_embeddings(), self.ranking)
         self.local = {item: j + 1 for j, item in enumerate(index)}
 
     def _setup_data(self) -> None:
@@ -137,30 +178,60 @@ class SFTTrainer:
             data = load_domain_data(con, self.slug)
             self.titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                            [data.domain]).fetchall())
+            self.validation = self._validation_cases(con, data.domain)
         self.domain = data.domain
         self.data_version = data.data_version
         seen = [set(h) | {v for v in (valid, test) if v is not None}
                 for h, valid, test in zip(data.histories, data.valid, data.test)]
+        # the paper recipe draws negatives once; the candidate-aware systems every epoch
+        epochs = self.cfg.rank.epochs if self.ranking else self.cfg.epochs
+        max_samples = self.cfg.rank.max_samples if self.ranking else self.cfg.max_samples
+        draws = [self.seed + 1000 * e for e in range(epochs)] if self.ranking else [self.seed]
         try:
-            samples = build_samples(data.histories, data.items, seen, self.cfg.history,
-                                    self.cfg.min_history, self.cfg.negatives, self.seed)
+            drawn = [build_samples(data.histories, data.items, seen, self.cfg.history,
+                                   self.cfg.min_history, self.cfg.negatives, seed)
+                     for seed in draws]
         except ValueError as exc:
             raise SFTError(f"domain {data.domain!r}: {exc}") from exc
-        if self.cfg.max_samples and len(samples) > self.cfg.max_samples:
-            pick = np.random.default_rng(self.seed).choice(len(samples), self.cfg.max_samples,
-                                                               replace=False)
-            samples = [samples[i] for i in sorted(pick)]
-        if not samples:
+        if max_samples and len(drawn[0]) > max_samples:  # the same windows every epoch
+            pick = sorted(np.random.default_rng(self.seed).choice(len(drawn[0]), max_samples,
+                                                                  replace=False))
+            drawn = [[samples[i] for i in pick] for samples in drawn]
+        if not drawn[0]:
             raise SFTError(f"domain {data.domain!r} has no SFT sample (users need >= "
                            f"{self.cfg.min_history + 1} train items)")
-        self.samples = samples
-        order = np.concatenate([np.random.default_rng(self.seed + e).permutation(len(samples))
-                                for e in range(self.cfg.epochs)])
-        self.steps = [order[i:i + self.cfg.batch_size]
-                      for i in range(0, len(order), self.cfg.batch_size)]
+        self.epochs, self.samples = drawn, drawn[0]
+        self.steps, self.step_epoch = [], []
+        for e in range(epochs):
+            order = np.random.default_rng(self.seed + e).permutation(len(self.samples))
+            for i in range(0, len(order), self.cfg.batch_size):
+                self.steps.append(order[i:i + self.cfg.batch_size])
+                self.step_epoch.append(e if self.ranking else 0)
         self.total_steps = len(self.steps)
 
+    def _validation_cases(self, con, domain: str) -> list[Case]:
+        """The fixed validation sample (``sft.validation_cases`` of the stored validation
+        candidate sets, the evaluation's seed); none where candidate sets are missing."""
+        if not self.cfg.validation_cases:
+            return []
+        try:
+            cases = load_cases(con, domain, "valid", self.cfg.validation_cases,
+                               self.profile.evaluation.seed)
+        except (ValueError, duckdb.CatalogException):
+            self.reporter.log(f"{domain}: no validation candidate sets, no validation scoring")
+            return []
+        return [Case(int(u), h[-self.cfg.history:], [int(c) for c in cand], int(t))
+                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
+                                         cases.targets)]
+
     def _tokenize(self) -> None:
+        if self.ranking:  # prompts are encoded per batch (candidates change every epoch)
+            self.rows = {}
+            self.fingerprint = hashlib.sha256(json.dumps(
+                [[[[s.user, s.history, s.candidates] for s in e] for e in self.epochs],
+                 dataclasses.asdict(self.cfg), self.system, self.profile.model.name]
+            ).encode()).hexdigest()[:16]
+            return
         self.rows = {
             hybrid: [encode_sft_example(s, self.titles, self.tokenizer, self.placeholder_id, hybrid)
                      for s in self.samples]
@@ -187,9 +258,38 @@ class SFTTrainer:
         return (input_ids.to(self.device), labels.to(self.device), mask.to(self.device),
                 torch.tensor(slots, dtype=torch.long, device=self.device))
 
+    def _rank_batch(self, cases: list[Case], hybrid: bool, listing: bool):
+        return rank_batch(cases, self.titles, self.tokenizer, self.placeholder_id, self.local,
+                          hybrid, listing, self.device, self.answers)
+
+    def rank_step(self, step: int, hybrid: bool) -> dict:
+        """One optimiser step of the candidate-aware objective; the mean losses per case."""
+        acc = self.accelerator
+        cases = [self.epochs[self.step_epoch[step]][i] for i in self.steps[step]]
+        mine = cases[acc.process_index::acc.num_processes]
+        micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                    if self.dtype == torch.bfloat16 else nullcontext())
+        sums = torch.zeros(3, device=self.device)
+        for k, part in enumerate(micro):
+            batch = self._rank_batch(part, hybrid, self.listing)
+            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+            with sync, autocast:
+                scores = self.model(candidates=batch.inputs, hybrid=hybrid)
+            loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight)
+            acc.backward(loss.total * acc.num_processes / len(cases))
+            sums += torch.stack([loss.total.detach(), loss.ranking, loss.ntp])
+        total, ranking, ntp = (acc.reduce(sums, reduction="sum") / len(cases)).tolist()
+        return {"loss": total, "rank_loss": round(ranking, 5), "ntp_loss": round(ntp, 5)}
+
     def train_step(self, step: int) -> tuple[float, bool]:
         acc = self.accelerator
         hybrid = choose_hybrid(step, self.total_steps, self.curriculum)
+        if self.ranking:
+            parts = self.rank_step(step, hybrid)
+            self._optimizer_step(hybrid)
+            self.last_parts = parts
+            return parts["loss"], hybrid
         ids = self.steps[step]
         n_targets = sum(sum(1 for t in self.rows[hybrid][i]["labels"][1:] if t != -100) for i in ids)
         mine = ids[acc.process_index::acc.num_processes]
@@ -203,16 +303,95 @@ class SFTTrainer:
                 loss = self.model(*self.batch(part, hybrid), hybrid)
             acc.backward(loss * acc.num_processes / n_targets)
             total += loss.detach().float()
+        self._optimizer_step(hybrid)
+        return float(acc.reduce(total, reduction="sum")) / n_targets, hybrid
+
+    def _optimizer_step(self, hybrid: bool) -> None:
         if not hybrid:  # the projector is frozen for text-only steps (no AdamW update either)
             for p in self.projector.parameters():
                 p.grad = None
         if self.cfg.grad_clip:
-            acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                self.cfg.grad_clip)
+            self.accelerator.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(total, reduction="sum")) / n_targets, hybrid
+
+    # -- validation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        """Scores of the validation sample with the system's own prompt (hybrid), from the
+        tree forward: HR@1 by summed and by mean log-likelihood, loss per answer."""
+        if not self.validation:
+            return None
+        base = self.peft_model.get_base_model()
+        before = base.config._attn_implementation
+        base.set_attn_implementation(TREE_ATTENTION)
+        self.model.eval()
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                    if self.dtype == torch.bfloat16 else nullcontext())
+        summed, tokens, target = [], [], []
+        try:
+            for i in range(0, len(self.validation), self.cfg.micro_batch):
+                batch = self._rank_batch(self.validation[i:i + self.cfg.micro_batch], True,
+                                         self.listing)
+                with autocast:
+                    summed.append(self.model(candidates=batch.inputs, hybrid=True).float().cpu())
+                tokens.append(batch.answer_tokens.cpu())
+                target.append(batch.target_index.cpu())
+        finally:
+            self.model.train()
+            base.set_attn_implementation(before)
+        return validation_report(torch.cat(summed).numpy(), torch.cat(tokens).numpy(),
+                                 torch.cat(target).numpy())
+
+    def _selects(self, step: int) -> bool:
+        """Whether the validation sample is scored after ``step`` (1-based) for selection."""
+        every = self.cfg.rank.select_every if self.ranking else 0
+        return bool(self.validation) and bool(every) and (
+            step % every == 0 or step == self.total_steps)
+
+    def _best_runs(self) -> list[tuple[int, Path]]:
+        return sorted((int(p.name.split("-")[1]), p) for p in self.run.best.glob("step-*"))
+
+    def _record_validation(self, step: int) -> None:
+        """Score, log, and keep the adapter when it is the best so far (HR@1 by its better
+        scoring, then the lower loss per answer)."""
+        report = self.validate()
+        row = {"step": step, **report}
+        key = (max(report["hr@1 (sum)"], report["hr@1 (mean)"]), -report["loss per answer"])
+        if self.accelerator.is_main_process:
+            with open(self.run.validation_log, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        best = self._best_validation()
+        self.reporter.log(f"{self.system}[{self.slug}] validation at step {step}: HR@1 sum"
+                          f" {report['hr@1 (sum)']:.3f} mean {report['hr@1 (mean)']:.3f}, loss per"
+                          f" answer {report['loss per answer']:.3f}")
+        if best is None or key > best[0]:
+            if self.accelerator.is_main_process:
+                folder = self.run.best / f"step-{step:06d}"
+                shutil.rmtree(folder, ignore_errors=True)
+                self.peft_model.save_pretrained(folder / "adapter", save_embedding_layers=False)
+                save_file(self._projector_state(), folder / "projector.safetensors")
+
+    def _best_validation(self) -> tuple[tuple, dict] | None:
+        """(selection key, validation row) of the best kept adapter."""
+        kept = {step for step, _ in self._best_runs()}
+        if not kept or not self.run.validation_log.exists():
+            return None
+        rows = [json.loads(x) for x in self.run.validation_log.read_text().splitlines() if x]
+        rows = [r for r in rows if r["step"] in kept]
+        if not rows:
+            return None
+        best = max(rows, key=lambda r: (max(r["hr@1 (sum)"], r["hr@1 (mean)"]),
+                                        -r["loss per answer"], r["step"]))
+        return (max(best["hr@1 (sum)"], best["hr@1 (mean)"]), -best["loss per answer"]), best
+
+    def _prune_best(self, checkpoint_step: int) -> None:
+        """Only the newest best adapter that a checkpoint covers is needed after a resume."""
+        covered = [(s, p) for s, p in self._best_runs() if s <= checkpoint_step]
+        for _, path in covered[:-1]:
+            shutil.rmtree(path, ignore_errors=True)
 
     def train(self, stop_after: int | None = None) -> dict:
         log_path = self.run.train_log
@@ -220,6 +399,13 @@ class SFTTrainer:
             keep = [x for x in log_path.read_text().splitlines()
                     if x and json.loads(x)["step"] <= self.start_step]
             log_path.write_text("".join(x + "\n" for x in keep))
+        if self.run.validation_log.exists():  # scorings after the checkpoint are redone
+            keep = [x for x in self.run.validation_log.read_text().splitlines()
+                    if x and json.loads(x)["step"] <= self.start_step]
+            self.run.validation_log.write_text("".join(x + "\n" for x in keep))
+        for step, path in self._best_runs():
+            if step > self.start_step:
+                shutil.rmtree(path)
         self.model.train()
         end = self.total_steps if stop_after is None else min(self.total_steps,
                                                                self.start_step + stop_after)
@@ -230,21 +416,37 @@ class SFTTrainer:
             row = {"step": step + 1, "prompt": "hybrid" if hybrid else "text",
                    "p_hybrid": round(hybrid_probability(step, self.total_steps), 4), "lr": lr,
                    "loss": round(loss, 5), "samples": len(self.steps[step]),
-                   "tokens": sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step]),
+                   "tokens": self._step_tokens(step, hybrid),
                    "seconds": round(time.perf_counter() - t0, 3)}
+            if self.ranking:
+                row.update(self.last_parts)
             if self.accelerator.is_main_process:
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 self.reporter.log(f"{self.system}[{self.slug}] step {row['step']}/{self.total_steps}"
                                   f" {row['prompt']:<6} lr {lr:.2e} loss {loss:.4f}"
                                   f" {row['tokens'] / row['seconds']:.0f} tok/s")
+            if self._selects(step + 1):
+                self._record_validation(step + 1)
             if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total_steps:
                 self.save_checkpoint(step + 1)
+                self._prune_best(step + 1)
         result = {"finished": end == self.total_steps, "steps_run": end - self.start_step,
                   "seed": self.seed}
+        if result["finished"] and self.run.best.exists() and not self._selects(self.total_steps):
+            shutil.rmtree(self.run.best)  # left from a run with selection: not this plan's
         if result["finished"]:
             result.update(self.save_final(log_path))
         return result
+
+    def _step_tokens(self, step: int, hybrid: bool) -> int:
+        """Tokens through the model at ``step`` (ranking: each prompt once, every candidate's
+        answer)."""
+        if not self.ranking:
+            return sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step])
+        cases = [self.epochs[self.step_epoch[step]][i] for i in self.steps[step]]
+        batch = self._rank_batch(cases, hybrid, self.listing)
+        return sum(len(p) for p in batch.inputs.prompt_ids) + int(batch.answer_tokens.sum())
 
     # -- checkpoints ------------------------------------------------------------------------
     def _projector_state(self) -> dict[str, torch.Tensor]:
@@ -275,7 +477,25 @@ class SFTTrainer:
         self.reporter.log(f"resumed from {last} (step {state['step']})")
         return state["step"]
 
+    def _select_best(self) -> dict | None:
+        """Load the best validation adapter into the model (selection), or score the final
+        one; the validation row of the weights that are saved."""
+        best = self._best_validation() if self._selects(self.total_steps) else None
+        if best is None:
+            report = self.validate()
+            return None if report is None else {"step": self.total_steps, **report}
+        folder = self.run.best / f"step-{best[1]['step']:06d}"
+        from safetensors.torch import load_file
+        set_peft_model_state_dict(self.peft_model,
+                                  load_file(folder / "adapter" / "adapter_model.safetensors"))
+        self.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+        return best[1]
+
     def save_final(self, log_path: Path) -> dict:
+        chosen = self._select_best()
+        self.diagnostics["after"] = self._injection()
+        curve = ([json.loads(x) for x in self.run.validation_log.read_text().splitlines() if x]
+                 if self.run.validation_log.exists() else [])
         rows = [json.loads(x) for x in log_path.read_text().splitlines()]
         seconds = sum(r["seconds"] for r in rows)
         tokens = sum(r["tokens"] for r in rows)
@@ -286,7 +506,11 @@ class SFTTrainer:
             "init_adapter": str(self.init_run.adapter) if self.init_run else None,
             "init_manifest": (json.loads(self.init_run.manifest.read_text())
                               ["corpus_fingerprint"] if self.init_run else None),
-            "samples": len(self.samples), "steps": self.total_steps, "fingerprint": self.fingerprint,
+            "objective": registered(self.system).objective, "listing": self.listing,
+            "samples": len(self.samples), "epochs": len(self.epochs) if self.ranking else
+            self.cfg.epochs, "steps": self.total_steps, "fingerprint": self.fingerprint,
+            "validation": chosen, "scoring": chosen["scoring"] if chosen else None,
+            "validation_curve": curve, "injection": self.diagnostics,
             "hybrid_steps": sum(r["prompt"] == "hybrid" for r in rows),
             "final_loss": rows[-1]["loss"], "tokens": tokens,
             "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
@@ -305,6 +529,7 @@ class SFTTrainer:
             staged.adapter.rename(self.run.adapter)
             staged.projector.rename(self.run.projector)
             shutil.rmtree(staged.path)
+            shutil.rmtree(self.run.best, ignore_errors=True)
             self.run.manifest.write_text(json.dumps(manifest, indent=2))
         return manifest
 

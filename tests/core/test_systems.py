@@ -7,10 +7,14 @@ from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, automat
                                 evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
 
 
-def test_every_cpt_variant_has_an_asset_and_an_sft_system_starting_from_it():
+def test_every_cpt_variant_has_an_asset_and_two_sft_systems_starting_from_it():
+    """One with the paper's recipe, one with the candidate-aware objective."""
     for variant in CPT_VARIANTS:
         starting = [s for s in SYSTEMS if s.kind == "sft" and s.cpt_variant == variant.name]
-        assert len(starting) == 1 and starting[0].asset.startswith("sft_adapter")
+        assert [s.objective for s in starting] == ["ntp", "rank"]
+        assert starting[0].asset.startswith("sft_adapter")
+        assert starting[1].asset.startswith("sft_rank_adapter")
+        assert starting[1].name == starting[0].name + "_rank"
     assert [v.asset for v in CPT_VARIANTS][0] == "cpt_adapter"
     assert len({s.name for s in SYSTEMS}) == len(SYSTEMS)
     assert len({s.asset for s in SYSTEMS if s.kind == "sft"}) == len(SFT_SYSTEM_NAMES)
@@ -22,7 +26,10 @@ def test_what_each_system_is():
     assert [is_cprec(n) for n in ("cprec", "cprec_zero_shot", "cprec_shuffled_control",
                                   "llara", "base", "gru4rec")] == [True] * 3 + [False] * 3
     assert leaderboard_rank("random") < leaderboard_rank("gru4rec") < leaderboard_rank("cprec")
-    assert leaderboard_rank("not registered") == len(SYSTEMS)
+    assert leaderboard_rank("cprec") < leaderboard_rank("cprec_rank") < leaderboard_rank(
+        "cprec_rank (shuffled emb)") < leaderboard_rank("fused") < leaderboard_rank("unknown")
+    assert is_cprec("fused") and is_cprec("cprec_rank") and not is_cprec("llara_rank")
+    assert system("llara_rank").ranks_candidates and not system("llara").ranks_candidates
     assert system("cprec").all_seeds and not system("cprec_ds_only").all_seeds
     with pytest.raises(KeyError, match="unknown system"):
         system("cprec_typo")
@@ -32,8 +39,10 @@ def test_the_evaluation_reads_every_weight_and_waits_for_the_automated_ones():
     inputs = set(evaluation_inputs())
     assert {"sasrec", "gru4rec", "cpt_adapter", "llara_adapter", "sft_adapter",
             "sft_adapter_ds_only"} <= inputs
-    assert inputs - automated_assets() == {"sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled",
-                                           "sft_adapter_shuffled_control"}
+    assert inputs - automated_assets() == {
+        "sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled", "sft_adapter_shuffled_control",
+        "sft_rank_adapter_ds_only", "sft_rank_adapter_ds_mix_shuffled",
+        "sft_rank_adapter_shuffled_control"}
 
 
 def test_profiles_name_only_registered_systems():

@@ -11,7 +11,7 @@ from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
                                              evaluate_domain, mismatched_candidates,
-                                             scoring_costs)
+                                             pick_lambda, scoring_costs, zscore)
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.llm import CaseResult
@@ -197,7 +197,7 @@ def test_leaderboard_tables_from_evaluation_cases(tmp_path):
     con.executemany("INSERT INTO evaluation_cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     counts = build_leaderboard(con, resamples=200)
     assert counts == {"domains": 2, "rows": 6, "tests": 2}  # no LLaRA generation: one test each
-    board = {(d, s): (seeds, hr, sd, lo, hi) for d, s, seeds, _, hr, sd, lo, hi, *_ in
+    board = {(d, s): (seeds, hr, sd, lo, hi) for d, s, _, seeds, _, hr, sd, lo, hi, *_ in
              con.execute("SELECT * FROM leaderboard").fetchall()}
     seeds, hr, sd, lo, hi = board[("Crime", "cprec")]
     assert seeds == 2 and sd is not None and lo < hr < hi and abs(hr - 0.5) < 0.06
@@ -205,6 +205,55 @@ def test_leaderboard_tables_from_evaluation_cases(tmp_path):
     text = leaderboard_markdown(con)
     assert "### Crime (test cases: 200)" in text and "popularity **best baseline**" in text
     assert "CPRec beats it" in text
-    assert "| Crime | likelihood (mean) | 400 |" in text  # 200 cases x 2 seeds pooled
+    assert "| Crime | cprec vs llara | ranking | 400 |" in text  # 200 cases x 2 seeds pooled
     png = leaderboard_chart(con, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_leaderboard_uses_validation_choices_and_pairs_fused_and_shuffled_runs():
+    """The headline family comes from evaluation_choices; the fused system is paired with its
+    one-seed classic partner on every seed, a shuffled run with its system's seed 0."""
+    con = duckdb.connect()
+    create_tables(con)
+    rng = np.random.default_rng(1)
+    rows = []
+    for system, seeds, family, rate in (("sasrec", [0], "ranking", 0.3),
+                                        ("fused", [0, 1], "ranking", 0.45),
+                                        ("cprec_rank", [0, 1], "likelihood (sum)", 0.4),
+                                        ("cprec_rank", [0, 1], "likelihood (mean)", 0.1),
+                                        ("cprec_rank (shuffled emb)", [0], "likelihood (sum)", 0.2),
+                                        ("cprec_rank (shuffled emb)", [0], "likelihood (mean)", 0.05)):
+        for seed in seeds:
+            for user in range(150):
+                hit = bool(rng.random() < rate)
+                rows.append(("Crime", "test", system, seed, family, user, "h", 0 if hit else 5,
+                             True, hit, None))
+    con.executemany("INSERT INTO evaluation_cases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.executemany("INSERT INTO evaluation_choices VALUES (?, ?, ?, ?, ?, ?)", [
+        ("Crime", "cprec_rank", 0, "scoring", "likelihood (sum)", ""),
+        ("Crime", "cprec_rank", 1, "scoring", "likelihood (sum)", ""),
+        ("Crime", "cprec_rank (shuffled emb)", 0, "scoring", "likelihood (sum)", ""),
+        ("Crime", "fused", 0, "classic", "sasrec", ""),
+        ("Crime", "fused", 1, "classic", "sasrec", "")])
+    build_leaderboard(con, resamples=100)
+    families = dict(con.execute("SELECT system, family FROM leaderboard").fetchall())
+    assert families == {"sasrec": "ranking", "fused": "ranking",
+                        "cprec_rank": "likelihood (sum)",
+                        "cprec_rank (shuffled emb)": "likelihood (sum)"}
+    tests = {(a, b): n for a, b, n in con.execute(
+        "SELECT system_a, system_b, pairs FROM leaderboard_tests").fetchall()}
+    assert tests == {("fused", "sasrec"): 300, ("cprec_rank", "cprec_rank (shuffled emb)"): 150}
+    text = leaderboard_markdown(con)
+    assert "| cprec_rank | sum | 2 |" in text
+    assert text.index("| cprec_rank |") < text.index("| cprec_rank (shuffled emb) |")
+
+
+def test_fusion_picks_lambda_on_validation():
+    classic = np.array([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0]])
+    llm = np.array([[0.0, 5.0, 0.0], [9.0, 0.0, 0.0]])
+    target = np.array([1, 0])  # the classic scores miss both, the LLM's hit both
+    lam, by_lambda = pick_lambda(classic, llm, target, (0.0, 0.5, 4.0))
+    assert by_lambda == {0.0: 0.0, 0.5: 0.0, 4.0: 1.0} and lam == 4.0
+    assert pick_lambda(classic, classic, np.array([0, 1]), (0.0, 1.0))[0] == 0.0  # ties: smallest
+    z = zscore(np.array([[1.0, 1.0], [0.0, 2.0]]))
+    assert np.allclose(z, [[0, 0], [-1, 1]])

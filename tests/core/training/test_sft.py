@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from cprec_core.config import SASRecConfig, load_config_file
 from cprec_core.data.build import main as build_corpus
 from cprec_core.data.domain_users import build_domain_users, load_domain_data
+from cprec_core.evaluation.candidates import build_candidate_sets
 from cprec_core.training.cpt import run as run_cpt
 from cprec_core.training.next_item import train_next_item
 from cprec_core.training.sft import SFTError, SFTTrainer, run
@@ -29,6 +30,7 @@ def profile(tmp_path, fixture_config):
                                 checkpoint_every=2, dtype="fp32"))
     with duckdb.connect(str(profile.layout.database)) as con:
         build_domain_users(con, "crime")
+        build_candidate_sets(con, "crime", negatives=2)
         data = load_domain_data(con, "crime")
     train_next_item(data, SASRecConfig(max_epochs=3, max_len=10), profile.layout.next_item_model("sasrec", "crime"),
                  log=lambda *_: None)
@@ -102,3 +104,61 @@ def test_missing_inputs_are_clear_errors(profile):
         SFTTrainer(profile, "crime", "llara").setup()
     with pytest.raises(Exception, match="not a domain partition key"):
         SFTTrainer(profile, "../etc", "llara")
+
+
+@pytest.fixture
+def rank_profile(profile):
+    """cprec_rank: two epochs over 8 windows, validation scored every 2 steps."""
+    rank = dataclasses.replace(profile.sft.rank, epochs=2, max_samples=8, select_every=2)
+    return dataclasses.replace(profile, sft=dataclasses.replace(
+        profile.sft, rank=rank, validation_cases=6))
+
+
+def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_profile):
+    trainer = SFTTrainer(rank_profile, "crime", "cprec_rank")
+    trainer.setup()
+    first, second = trainer.epochs
+    assert [(s.user, s.history, s.target) for s in first] == [
+        (s.user, s.history, s.target) for s in second]  # the same windows,
+    assert [s.candidates for s in first] != [s.candidates for s in second]  # new negatives
+    assert trainer.item_table[1:].mean(0).abs().max() < 1e-4  # standardised inputs
+    rank = rank_profile.sft.rank  # LoRA and the projector learn at their own rates
+    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [rank.lr,
+                                                                          rank.projector_lr]
+    result = run(rank_profile, "crime", "cprec_rank")
+    assert result["finished"] and result["steps"] == 8  # 2 epochs x 8 windows / batch 2
+    out = rank_profile.layout.sft_run("cprec_rank", "crime", 0)
+    rows = [json.loads(x) for x in out.train_log.read_text().splitlines()]
+    assert all(r["rank_loss"] >= 0 and r["ntp_loss"] >= 0 for r in rows)
+    curve = [json.loads(x) for x in out.validation_log.read_text().splitlines()]
+    assert [r["step"] for r in curve] == [2, 4, 6, 8] and curve[0]["cases"] == 6
+    manifest = json.loads(out.manifest.read_text())
+    best = max(curve, key=lambda r: (max(r["hr@1 (sum)"], r["hr@1 (mean)"]),
+                                     -r["loss per answer"], r["step"]))
+    assert manifest["validation"] == best and manifest["scoring"] in ("sum", "mean")
+    assert manifest["objective"] == "rank" and manifest["epochs"] == 2
+    injection = manifest["injection"]
+    assert injection["before"]["items"] == injection["after"]["items"] > 0
+    assert 0 < injection["after"]["item_specific_share"] <= 1.5
+    assert not out.best.exists()  # the kept adapters are gone once the final one is written
+
+
+def test_killed_rank_run_resumes_to_the_same_selected_weights(rank_profile):
+    run(rank_profile, "crime", "cprec_rank")
+    out = rank_profile.layout.sft_run("cprec_rank", "crime", 0)
+    reference = {**load_file(out.adapter_weights), **load_file(out.projector)}
+    curve = out.validation_log.read_text()
+    shutil.rmtree(out.path)
+    assert not run(rank_profile, "crime", "cprec_rank", stop_after=5)["finished"]  # ckpt at 4
+    assert run(rank_profile, "crime", "cprec_rank")["steps_run"] == 4
+    assert out.validation_log.read_text() == curve
+    resumed = {**load_file(out.adapter_weights), **load_file(out.projector)}
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=0, rtol=0)
+
+
+def test_paper_recipe_is_scored_on_validation_without_selection(profile):
+    run(profile, "crime", "llara")
+    manifest = json.loads(profile.layout.sft_run("llara", "crime", 0).manifest.read_text())
+    assert manifest["objective"] == "ntp" and manifest["validation"]["step"] == manifest["steps"]
+    assert manifest["injection"]["before"]["mean_pairwise_cosine"] > 0
