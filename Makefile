@@ -36,15 +36,16 @@ bench: install
 	$(PY) benchmarks/bench_corpus.py
 	$(PY) benchmarks/bench_cpt.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_scoring_bound.py
 
-RESULTS_PROFILE ?= study
+RESULTS_PROFILE ?= study-rank
 RESULTS_OUT ?= docs/RESULTS.md
-results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study)
+results: install  ## $(RESULTS_OUT) from the leaderboard of RESULTS_PROFILE (default: study-rank)
 	$(PY) -m cprec_core.evaluation.results --profile $(RESULTS_PROFILE) --out $(RESULTS_OUT)
 
-STUDY_PROFILE ?= study
-study: install  ## the evaluation study (about 3 hours on 2 cores), then `make results`; STUDY_PROFILE=study-2h RESULTS_OUT=docs/RESULTS-2h.md for the two-hour sizes
+STUDY_PROFILE ?= study-rank
+study: install  ## the candidate-aware study (profile study-rank), then `make results`; STUDY_PROFILE=study RESULTS_OUT=docs/RESULTS-paper.md for the paper-recipe study of every CPT variant
 	CPREC_PROFILE=$(STUDY_PROFILE) $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=$(STUDY_PROFILE)
 

@@ -127,23 +127,33 @@ def main(argv: list[str] | None = None) -> None:
     print(md_table(["domain", "model", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
                     "test NDCG@10"], sas))
     print()
-    print("SFT adapters (LLaRA recipe; hybrid = steps with the hybrid prompt)")
+    print("SFT adapters (objective: ntp = LLaRA's recipe, rank = candidate-aware; hybrid ="
+          " steps with the hybrid prompt; validation: HR@1 sum/mean and loss per answer of the"
+          " weights kept; specific: item-specific share of the injected vectors, before ->"
+          " after)")
     sft = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
         for name in profile.sft.systems:
             for seed in profile.sft.seeds_for(name):
                 m = json.loads(layout.sft_run(name, key, seed).manifest.read_text())
-                sft.append((m["domain"], name, seed, m["samples"], m["steps"], m["hybrid_steps"],
-                            m["final_loss"], m["tokens_per_second"], lora_init(name)))
-    print(md_table(["domain", "system", "seed", "samples", "steps", "hybrid", "final loss",
-                    "tokens/s", "LoRA init"], sft))
+                v, inj = m.get("validation"), m.get("injection", {})
+                sft.append((m["domain"], name, seed, m.get("objective", "ntp"), m["samples"],
+                            m["steps"], m["hybrid_steps"], m["final_loss"],
+                            f"{v['hr@1 (sum)']:.2f}/{v['hr@1 (mean)']:.2f}/"
+                            f"{v['loss per answer']:.2f}" if v else "",
+                            f"{inj['before']['item_specific_share']:.2f} ->"
+                            f" {inj['after']['item_specific_share']:.2f}" if inj else "",
+                            m["tokens_per_second"], lora_init(name)))
+    print(md_table(["domain", "system", "seed", "objective", "samples", "steps", "hybrid",
+                    "final loss", "validation", "specific", "tokens/s", "LoRA init"], sft))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",
                     "final loss", "tokens/s", "dtype"], rows))
     print()
     print("Leaderboard: test cases on the fixed 20-candidate sets. HR@1 ranking = scores"
-          " (classic) or likelihood per token (LLM); generation = greedy answer (ValidRatio,"
+          " (classic, fused) or likelihood, summed or per token as chosen on validation (LLM);"
+          " generation = greedy answer (ValidRatio,"
           " HR@1 over valid answers and over all cases).")
     with cprec.connect() as con:
         print(leaderboard_markdown(con))

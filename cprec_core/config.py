@@ -423,8 +423,8 @@ PROFILES: dict[str, dict[str, Any]] = {
              "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
              "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
                      "checkpoint_every": 3, "validation_cases": 32,
-                     "rank": {"epochs": 1, "max_samples": 48}},
-             "evaluation": {"max_cases": 50, "max_new_tokens": 24}},
+                     "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
+             "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False}},
     # The evaluation study on CPU (docs/RESULTS.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
@@ -433,6 +433,23 @@ PROFILES: dict[str, dict[str, Any]] = {
     # (benchmarks/bench_scoring_bound.py says what it costs on a given machine).
     "study-2h": _cpu_study("study-2h", cpt_tokens=40_000, sft_samples=32, cpt_every=4,
                            sft_every=2),
+    # The candidate-aware study on CPU (`make study`, docs/RESULTS.md): the paper recipes,
+    # the candidate-aware systems and their control arm over two seeds (the control one),
+    # the fused system and the shuffled-vector ablation, on a seeded 100 test users per
+    # domain. Sized for about two hours on 2 cores without bf16 (AMD EPYC Zen 2, fp32):
+    # a small fraction of LLaRA's scale; docs/RESULTS.md ("Compute") has the times.
+    "study-rank": {
+        "name": "study-rank", "device": "cpu", **_ML100K_DEMO,
+        "cpt": {"variants": ["wsa", "shuffled_control"], "max_tokens": 30_000,
+                "checkpoint_every": 5},
+        "sft": {"systems": ["llara", "cprec", "llara_rank", "cprec_rank",
+                            "cprec_shuffled_control_rank"],
+                "seeds": [0, 1], "max_samples": 32, "checkpoint_every": 5,
+                "validation_cases": 40,
+                "rank": {"max_samples": 40, "epochs": 2, "select_every": 5,
+                         "listing": False}},
+        "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
+                       "batch_size": 16}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.

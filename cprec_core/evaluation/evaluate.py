@@ -302,8 +302,9 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     if with_llm and partner and cfg.fusion:
         seeds = [seed for name, seed in llm_systems(profile, slug, log) if name == cfg.fusion]
         if seeds:
-            fusion = llm_results(titles, profile, slug, splits["valid"], log,
-                                 [(cfg.fusion, seed, False) for seed in seeds])
+            fusion = {seed: run for (_, seed), run in llm_results(
+                titles, profile, slug, splits["valid"], log,
+                [(cfg.fusion, seed, False) for seed in seeds]).items()}
     for split, cases in splits.items():
         activity = np.asarray(cases.activity)
         target_col = cases.target_col
@@ -313,8 +314,8 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
         if not (with_llm and split == "test"):
             continue
-        for (system, seed), run in fusion.items():  # its validation scoring, a cost too
-            costs.append((domain, "valid", system, seed, len(run.cases), run.load_seconds,
+        for seed, run in fusion.items():  # its validation scoring, a cost too
+            costs.append((domain, "valid", cfg.fusion, seed, len(run.cases), run.load_seconds,
                           run.score_seconds, None, None, run.device, run.threads))
         llm = llm_results(titles, profile, slug, cases, log)
         for (system, seed), run in llm.items():
@@ -330,7 +331,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                 ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
                 results += _aggregate(domain, split, system, seed, family, activity, ranks)
                 case_rows += _case_rows(domain, split, system, seed, family, cases, ranks)
-            if cfg.generation:
+            if run.answers_read_off is not None:  # generated (never for a shuffled run)
                 chosen = [r.chosen for r in scored]
                 valid = np.array([c is not None for c in chosen])
                 hits = np.array([c == int(t) for c, t in zip(chosen, cases.targets)])

@@ -31,12 +31,13 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         assert result.success
         meta = result.asset_materializations_for_node("cpt_adapter")[0].metadata
         per_domain = dg.materialize(
-            everything, selection=["domain_users", "sasrec", "gru4rec", "sft_adapter",
-                                   "llara_adapter"],
+            everything, selection=["domain_users", "sasrec", "gru4rec", "candidate_sets",
+                                   "sft_adapter", "llara_adapter", "sft_rank_adapter"],
             partition_key="crime", resources=resources, instance=instance)
         assert per_domain.success
         sft = per_domain.asset_materializations_for_node("sft_adapter")[0].metadata
         llara = per_domain.asset_materializations_for_node("llara_adapter")[0].metadata
+        rank = per_domain.asset_materializations_for_node("sft_rank_adapter")[0].metadata
         scored = dg.materialize(everything, selection=["candidate_sets", "evaluation"],
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
@@ -62,14 +63,31 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         assert f"| {system} | ranking |" in results, system
     assert per_domain.asset_materializations_for_node("gru4rec")[0].metadata["epochs"].value >= 1
     # every LLM system is ranked by likelihood and answers by generation, same candidate sets
-    for system in ("cprec", "llara", "base", "cprec_zero_shot"):
+    for system in ("cprec", "llara", "base", "cprec_zero_shot", "cprec_rank"):
         for family in ("likelihood (mean)", "likelihood (sum)", "generation"):
             assert f"| {system} | {family} |" in results, (system, family)
+    # the ablation (likelihood only), and the fused system with what validation chose for it
+    for system in ("llara", "cprec", "cprec_rank"):
+        assert f"| {system} (shuffled emb) | likelihood (sum) |" in results, system
+        assert f"| {system} (shuffled emb) | generation |" not in results
+    assert "| fused | ranking |" in results
+    chosen = scored_meta["chosen_on_validation"].value
+    assert "| fused | 0 | lambda |" in chosen and "| cprec_rank | 0 | scoring |" in chosen
+    # the candidate-aware adapter's diagnostics and validation curve in the UI
+    assert "| before |" in rank["injected_vectors"].value and "| after |" in rank[
+        "injected_vectors"].value
+    assert "| step | hr@1 (sum) |" in rank["validation"].value
+    assert rank["scoring"].value in ("sum", "mean")
     checks_run = {e.check_name: e for e in scored.get_asset_check_evaluations()}
     assert checks_run["every_system_saw_the_stored_candidate_sets"].passed
     assert "valid_ratio_above_floor" in checks_run  # a warning (random weights rarely answer)
     assert "### Crime (test cases:" in board_meta["leaderboard"].value
-    assert "Paired test: CPRec vs LLaRA" in board_meta["leaderboard"].value
+    assert "| Crime | cprec vs llara | ranking |" in board_meta["leaderboard"].value
+    assert "| Crime | cprec_rank vs cprec | ranking |" in board_meta["leaderboard"].value
+    assert re.search(r"\| Crime \| fused vs (sasrec|gru4rec) \| ranking \|",
+                     board_meta["leaderboard"].value)
+    assert "| Crime | cprec_rank vs cprec_rank (shuffled emb) | ranking |" in board_meta[
+        "leaderboard"].value
     assert board_meta["chart"].value.startswith("![leaderboard](data:image/png;base64,")
     # `make results` renders the same leaderboard into a markdown file with its provenance
     from cprec_core.evaluation.results import main as write_results
