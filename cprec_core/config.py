@@ -425,7 +425,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "checkpoint_every": 3, "validation_cases": 32,
                      "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False}},
-    # The evaluation study on CPU (docs/RESULTS.md, with its recorded compute): every CPT
+    # The paper-recipe study on CPU (docs/RESULTS-paper.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
     # The same study with less training, sized for two hours on a 2-core CPU with fast bf16;

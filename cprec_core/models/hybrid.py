@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cprec_core.models.candidate_tree import build_tree, summed_logprobs
-from cprec_core.models.causal_lm import chunked_token_logprobs
+from cprec_core.models.causal_lm import chunked_cross_entropy_sum, chunked_token_logprobs
 from cprec_core.prompts import PLACEHOLDER
 
 
@@ -138,8 +138,6 @@ class HybridLM(nn.Module):
 
     def forward(self, input_ids=None, labels=None, attention_mask=None, slot_items=None,
                 hybrid: bool = True, candidates: CandidateInputs | None = None):
-        from cprec_core.models.causal_lm import chunked_cross_entropy_sum
-
         if candidates is not None:
             return self.candidate_logprobs(candidates, hybrid)
         base = self.model.get_base_model()

@@ -1,6 +1,7 @@
 """LLM scoring: the tree-masked single forward equals a full forward per candidate, greedy
 decoding from the cut cache equals uncached decoding, answer parsing, zero-shot prompt."""
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -219,3 +220,22 @@ def test_evaluate_batches_by_length_and_returns_the_given_order():
     for single, many in zip(one_by_one, batched):
         assert abs(single.summed - many.summed).max() < 1e-3
         assert single.answer == many.answer
+
+
+def test_shuffled_vectors_change_only_what_the_model_reads():
+    """The ablation's mapping replaces each injected vector by another item's: the identity
+    mapping scores as the plain scorer does, a permutation changes the scores."""
+    s, sample = scorer()
+    plain = s.score([sample], TITLES)[0].summed
+    s.shuffled = {i: i for i in ITEMS}
+    assert np.allclose(s.score([sample], TITLES)[0].summed, plain)
+    s.shuffled = dict(zip(ITEMS, ITEMS[1:] + ITEMS[:1]))
+    assert not np.allclose(s.score([sample], TITLES)[0].summed, plain, atol=1e-4)
+
+
+def test_prompt_without_listing_has_slots_for_the_history_only():
+    s, sample = scorer()
+    s.listing = False
+    ids, _ = s.prompt(sample, TITLES)
+    assert int((ids == s.placeholder_id).sum()) == len(sample.history)
+    assert len(s.score([sample], TITLES)[0].summed) == len(sample.candidates)
