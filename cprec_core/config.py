@@ -19,7 +19,9 @@ import yaml
 
 from cprec_core.layout import Layout, LayoutError
 from cprec_core.prompts import UNIFIED_TEMPLATE
-from cprec_core.systems import CPT_VARIANT_NAMES, SFT_SYSTEM_NAMES, system
+from cprec_core.systems import CPT_VARIANT_NAMES, SFT_SYSTEM_NAMES, SFT_SYSTEMS, system
+
+PAPER_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS if not s.ranks_candidates)
 
 
 class ConfigError(ValueError):
@@ -411,7 +413,7 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
     return {"name": name, "device": "cpu", **_ML100K_DEMO,
             "cpt": {"variants": list(CPT_VARIANT_NAMES), "max_tokens": cpt_tokens,
                     "checkpoint_every": cpt_every},
-            "sft": {"systems": list(SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
+            "sft": {"systems": list(PAPER_SYSTEM_NAMES), "seeds": [0, 1, 2],
                     "max_samples": sft_samples, "checkpoint_every": sft_every},
             "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}}
 
@@ -458,7 +460,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                           "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
                   "sft": {"systems": list(SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
                           "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
-                          "checkpoint_every": 32},
+                          "checkpoint_every": 32,
+                          # the candidate-aware systems at LLaRA's scale: every window
+                          "rank": {"epochs": 3, "max_samples": 0, "select_every": 32}},
                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 128}},
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {

@@ -25,6 +25,23 @@ def test_every_named_profile_loads_into_its_own_folder():
     assert two_hours.sft.max_samples < study.sft.max_samples
     assert two_hours.sft.seeds == study.sft.seeds == (0, 1, 2)
     assert two_hours.evaluation.max_cases == 0
+    # the paper-recipe studies train the paper's systems; the candidate-aware study both kinds
+    assert not any(name.endswith("_rank") for name in study.sft.systems)
+    rank = load_profile("study-rank")
+    assert {"llara", "cprec", "llara_rank", "cprec_rank",
+            "cprec_shuffled_control_rank"} == set(rank.sft.systems)
+    assert rank.sft.seeds_for("cprec_rank") == (0, 1) and rank.evaluation.fusion == "cprec_rank"
+    assert "shuffled_control" in rank.cpt.variants
+
+
+def test_rank_and_fusion_settings_are_checked():
+    with pytest.raises(ConfigError, match="sft.rank.ntp_weight"):
+        load_profile("demo", {"sft": {"rank": {"ntp_weight": -1}}})
+    with pytest.raises(ConfigError, match="sft.rank: epochs"):
+        load_profile("demo", {"sft": {"rank": {"epochs": 0}}})
+    with pytest.raises(ConfigError, match="evaluation.fusion 'sasrec' is not an SFT system"):
+        load_profile("demo", {"evaluation": {"fusion": "sasrec"}})
+    assert load_profile("demo", {"evaluation": {"fusion": ""}}).evaluation.fusion == ""
 
 
 def test_unknown_keys_and_wrong_types_fail_at_load():
