@@ -32,6 +32,8 @@ from scipy.stats import binomtest
 from cprec_core.systems import PAIRED_TESTS, SHUFFLED_SUFFIX, is_cprec, leaderboard_rank
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
+# the systems whose HR@1 is set against the best system built without CPT, in the markdown
+VERDICTS = (("cprec", "CPRec"), ("cprec_rank", "cprec_rank"), ("fused", "fused"))
 
 SCHEMA = """
 CREATE OR REPLACE TABLE leaderboard (
@@ -210,14 +212,15 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
             by = family.removeprefix("likelihood (").removesuffix(")")
             out.append(f"| {s}{mark} | {by} | {seeds} | {hr_text} | {_fmt(lo)}-{_fmt(hi)} |"
                        f" {_fmt(ndcg)} | {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
-        cprec = next((r for r in rows if r[0] == "cprec"), None)
-        if cprec and best:
-            rel = (cprec[3] - best[3]) / best[3] if best[3] else float("nan")
-            verdict = "beats" if cprec[5] > best[6] else "loses to" if cprec[6] < best[5] else \
-                "is not distinguishable from"
-            out.append(f"\nCPRec HR@1 {_fmt(cprec[3])} vs the best baseline ({best[0]})"
-                       f" {_fmt(best[3])}: {rel:+.1%} relative; CPRec {verdict} it"
-                       " (95 % intervals).")
+        for name, label in VERDICTS:
+            found = next((r for r in rows if r[0] == name), None)
+            if found and best:
+                rel = (found[3] - best[3]) / best[3] if best[3] else float("nan")
+                verdict = "beats" if found[5] > best[6] else "loses to" if found[6] < best[5] \
+                    else "is not distinguishable from"
+                out.append(f"\n{label} HR@1 {_fmt(found[3])} vs the best baseline ({best[0]})"
+                           f" {_fmt(best[3])}: {rel:+.1%} relative; {label} {verdict} it"
+                           " (95 % intervals).")
         out.append("")
     tests = con.execute("""SELECT domain, family, system_a, system_b, pairs, "a_hr@1", "b_hr@1",
                            a_only, b_only, diff, diff_low, diff_high, p_value
