@@ -35,18 +35,26 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        rows = torch.arange(min(ctx.chunk, hidden.shape[0]), device=hidden.device)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            h = hidden[s:s + ctx.chunk]
-            probs = (h @ weight.t()).float().sub_(lse[s:s + ctx.chunk, None]).exp_()
-            probs[rows[: h.shape[0]], targets[s:s + ctx.chunk]] -= 1.0
-            g = probs.mul_(grad).to(hidden.dtype)
-            grad_hidden[s:s + ctx.chunk] = g @ weight
-            if grad_weight is not None:
-                grad_weight += g.t() @ h
-        return grad_hidden, grad_weight, None, None
+        return (*_head_backward(hidden, weight, targets, lse, lambda s, e: grad, ctx.chunk,
+                                ctx.needs_input_grad[1]), None, None)
+
+
+def _head_backward(hidden, weight, targets, lse, scale, chunk: int, weight_grad: bool):
+    """Gradients of sum_i scale_i * CE_i through the LM head, chunk by chunk: the logits are
+    recomputed, d CE_i / d logits_i = softmax_i - onehot(y_i). ``scale(start, end)``: the
+    scalar or (rows, 1) factor of those rows."""
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight) if weight_grad else None
+    rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+    for s in range(0, hidden.shape[0], chunk):
+        h = hidden[s:s + chunk]
+        probs = (h @ weight.t()).float().sub_(lse[s:s + chunk, None]).exp_()
+        probs[rows[: h.shape[0]], targets[s:s + chunk]] -= 1.0
+        g = probs.mul_(scale(s, s + chunk)).to(hidden.dtype)
+        grad_hidden[s:s + chunk] = g @ weight
+        if grad_weight is not None:
+            grad_weight += g.t() @ h
+    return grad_hidden, grad_weight
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -67,19 +75,10 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        rows = torch.arange(min(ctx.chunk, hidden.shape[0]), device=hidden.device)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            h, g_out = hidden[s:s + ctx.chunk], grad[s:s + ctx.chunk, None].float()
-            # d logp_i / d logits = onehot(y_i) - softmax_i
-            g = (h @ weight.t()).float().sub_(lse[s:s + ctx.chunk, None]).exp_().neg_()
-            g[rows[: h.shape[0]], targets[s:s + ctx.chunk]] += 1.0
-            g = g.mul_(g_out).to(hidden.dtype)
-            grad_hidden[s:s + ctx.chunk] = g @ weight
-            if grad_weight is not None:
-                grad_weight += g.t() @ h
-        return grad_hidden, grad_weight, None, None
+        # log p_i = -CE_i: row i's factor is -grad_i
+        neg = grad.float().neg()[:, None]
+        return (*_head_backward(hidden, weight, targets, lse, lambda s, e: neg[s:e], ctx.chunk,
+                                ctx.needs_input_grad[1]), None, None)
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
