@@ -438,8 +438,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The candidate-aware study on CPU (`make study`, docs/RESULTS.md): the paper recipes,
     # the candidate-aware systems and their control arm over two seeds (the control one),
     # the fused system and the shuffled-vector ablation, on a seeded 100 test users per
-    # domain. Sized for about two hours on 2 cores without bf16 (AMD EPYC Zen 2, fp32):
-    # a small fraction of LLaRA's scale; docs/RESULTS.md ("Compute") has the times.
+    # domain: a small fraction of LLaRA's scale. On 2 cores without bf16 (AMD EPYC Zen 2,
+    # fp32) it takes about three hours: CPT 12 min, then per domain about 42 min of SFT and
+    # 35 of scoring (CHANGELOG.md); a CPU with AMX runs bf16 several times faster.
     "study-rank": {
         "name": "study-rank", "device": "cpu", **_ML100K_DEMO,
         "cpt": {"variants": ["wsa", "shuffled_control"], "max_tokens": 30_000,
