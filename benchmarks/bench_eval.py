@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from cprec_core.config import load_profile  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.allocator import keep_freed_heap  # noqa: E402
-from cprec_core.evaluation.baselines import load_cases  # noqa: E402
+from cprec_core.data.cases import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
 from cprec_core.prompts import Case  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402

@@ -44,7 +44,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from cprec_core.config import load_config_file, load_profile  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.data.interactions import domain_slug  # noqa: E402
-from cprec_core.evaluation.baselines import load_cases  # noqa: E402
+from cprec_core.data.cases import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
 from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402

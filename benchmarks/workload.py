@@ -16,7 +16,7 @@ from torch import nn
 
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.data.domain_users import domain_for_slug
-from cprec_core.evaluation.baselines import load_cases
+from cprec_core.data.cases import load_cases
 from cprec_core.evaluation.evaluate import planned_llm_systems
 from cprec_core.prompts import Case, prompt_text
 from cprec_core.systems import ZERO_SHOT_SYSTEM_NAMES

@@ -299,6 +299,11 @@ class SFTConfig:
         leaderboard; the ablations the first seed only."""
         return self.seeds if system(name).all_seeds else self.seeds[:1]
 
+    def listing_for(self, name: str) -> bool:
+        """Whether system ``name``'s hybrid prompt lists the candidates: always for the paper
+        recipes (LLaRA's prompt), ``rank.listing`` for the candidate-aware systems."""
+        return self.rank.listing if system(name).ranks_candidates else True
+
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ConfigError(f"sft.seeds must be distinct non-negative integers, got {self.seeds}")

@@ -32,9 +32,9 @@ hybrid system's first seed once more with its injected vectors shuffled among it
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
-import json
 from typing import Callable, ContextManager
 
 import duckdb
@@ -42,8 +42,8 @@ import numpy as np
 
 from cprec_core.config import Profile
 from cprec_core.data.domain_users import domain_for_slug
-from cprec_core.evaluation.baselines import (Cases, item_knn, load_cases, popularity,
-                                             sequential_scores)
+from cprec_core.data.cases import Cases, load_cases
+from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
 from cprec_core.metrics import ranking_report, ranks_from_scores
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
@@ -169,11 +169,8 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 
     from cprec_core.evaluation.allocator import release_freed_heap
     from cprec_core.evaluation.llm import LLMScorer
-    from cprec_core.prompts import Case
 
-    samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
-               for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
-                                        cases.targets)]
+    samples = cases.prompt_cases(profile.sft.history)
     cfg, out = profile.evaluation, {}
     for name, seed, shuffled in planned_runs(profile, slug, log) if runs is None else runs:
         torch.manual_seed(0)

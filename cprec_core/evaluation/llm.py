@@ -181,7 +181,7 @@ class LLMScorer:
             order = [int(i) for i in index]
             moved = np.random.default_rng(shuffle_seed).permutation(order).tolist()
             shuffled = dict(zip(order, moved))
-        listing = profile.sft.rank.listing if entry.ranks_candidates else True
+        listing = profile.sft.listing_for(name)
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
                    profile.corpus, torch.device(device), listing=listing, shuffled=shuffled)

@@ -51,10 +51,10 @@ from transformers import AutoTokenizer, get_wsd_schedule
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
+from cprec_core.data.cases import load_cases
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.layout import TrainedAdapter
-from cprec_core.evaluation.baselines import load_cases
 from cprec_core.models.candidate_tree import TREE_ATTENTION
 from cprec_core.models.hybrid import (HybridLM, Projector, add_placeholder_token, collab_inputs,
                                       injection_diagnostics)
@@ -84,7 +84,7 @@ class SFTTrainer:
         self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.reporter = reporter or Reporter()
         self.ranking = registered(system).ranks_candidates
-        self.listing = self.cfg.rank.listing if self.ranking else True
+        self.listing = self.cfg.listing_for(system)
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -152,6 +152,7 @@ class SFTTrainer:
         batch = rank_batch(self.epochs[0][:64], self.titles, self.tokenizer, self.placeholder_id,
                            self.local, True, self.listing, "cpu")
         return max(len(p) for p in batch.inputs.prompt_ids) + int(batch.answer_tokens.sum(1).max())
+
     def _init_run(self):
         """The CPT run whose adapter this system's LoRA starts from (None: fresh LoRA)."""
         variant = registered(self.system).cpt_variant
@@ -220,9 +221,7 @@ class SFTTrainer:
         except (ValueError, duckdb.CatalogException):
             self.reporter.log(f"{domain}: no validation candidate sets, no validation scoring")
             return []
-        return [Case(int(u), h[-self.cfg.history:], [int(c) for c in cand], int(t))
-                for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
-                                         cases.targets)]
+        return cases.prompt_cases(self.cfg.history)
 
     def _tokenize(self) -> None:
         if self.ranking:  # prompts are encoded per batch (candidates change every epoch)
@@ -270,7 +269,7 @@ class SFTTrainer:
         micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                     if self.dtype == torch.bfloat16 else nullcontext())
-        sums = torch.zeros(3, device=self.device)
+        sums = torch.zeros(4, device=self.device)  # loss, its two parts, tokens
         for k, part in enumerate(micro):
             batch = self._rank_batch(part, hybrid, self.listing)
             sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
@@ -278,8 +277,12 @@ class SFTTrainer:
                 scores = self.model(candidates=batch.inputs, hybrid=hybrid)
             loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight)
             acc.backward(loss.total * acc.num_processes / len(cases))
-            sums += torch.stack([loss.total.detach(), loss.ranking, loss.ntp])
-        total, ranking, ntp = (acc.reduce(sums, reduction="sum") / len(cases)).tolist()
+            tokens = sum(len(p) for p in batch.inputs.prompt_ids) + batch.answer_tokens.sum()
+            sums += torch.stack([loss.total.detach(), loss.ranking, loss.ntp,
+                                 tokens.to(sums.device)])
+        sums = acc.reduce(sums, reduction="sum")
+        total, ranking, ntp = (sums[:3] / len(cases)).tolist()
+        self.last_tokens = int(sums[3])
         return {"loss": total, "rank_loss": round(ranking, 5), "ntp_loss": round(ntp, 5)}
 
     def train_step(self, step: int) -> tuple[float, bool]:
@@ -440,13 +443,11 @@ class SFTTrainer:
         return result
 
     def _step_tokens(self, step: int, hybrid: bool) -> int:
-        """Tokens through the model at ``step`` (ranking: each prompt once, every candidate's
-        answer)."""
-        if not self.ranking:
-            return sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step])
-        cases = [self.epochs[self.step_epoch[step]][i] for i in self.steps[step]]
-        batch = self._rank_batch(cases, hybrid, self.listing)
-        return sum(len(p) for p in batch.inputs.prompt_ids) + int(batch.answer_tokens.sum())
+        """Tokens through the model at ``step``, just run (ranking: each prompt once, every
+        candidate's answer, as ``rank_step`` counted them)."""
+        if self.ranking:
+            return self.last_tokens
+        return sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step])
 
     # -- checkpoints ------------------------------------------------------------------------
     def _projector_state(self) -> dict[str, torch.Tensor]:

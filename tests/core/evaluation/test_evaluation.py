@@ -7,7 +7,8 @@ import pytest
 from cprec_core.data.domain_users import build_domain_users
 from cprec_core.data.interactions import build_interactions
 from cprec_core.evaluation import evaluate as evaluate_module
-from cprec_core.evaluation.baselines import item_knn, load_cases, popularity
+from cprec_core.data.cases import load_cases
+from cprec_core.evaluation.baselines import item_knn, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
                                              evaluate_domain, mismatched_candidates,
