@@ -186,6 +186,13 @@ class Layout:
         return TrainedAdapter(self.root / "sft" / _part(system, "system name")
                               / check_partition_key(slug) / f"seed-{int(seed)}")
 
+    def lever_run(self, lever: str, system: str, slug: str, seed: int) -> TrainedAdapter:
+        """An SFT run trained beside the study's by a lever benchmark (benchmarks/), never
+        read by the evaluation."""
+        own = self.sft_run(system, slug, seed)  # checks the names
+        return TrainedAdapter(self.root / "levers" / _part(lever, "lever name")
+                              / own.path.relative_to(self.root / "sft"))
+
     def trained_cpt_adapters(self) -> list[TrainedAdapter]:
         """Every CPT run that finished (has a manifest), by variant name."""
         return [TrainedAdapter(m.parent) for m in sorted(self.root.glob("cpt/*/manifest.json"))]

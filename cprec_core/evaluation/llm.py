@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, DynamicCache
 
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.evaluation.allocator import keep_freed_heap
+from cprec_core.layout import TrainedAdapter
 from cprec_core.models.candidate_tree import TREE_ATTENTION, build_tree
 from cprec_core.models.hybrid import (Projector, add_placeholder_token, collab_inputs,
                                       hybrid_embeds)
@@ -144,11 +145,13 @@ class LLMScorer:
 
     @classmethod
     def load(cls, profile: Profile, slug: str, name: str, seed: int = 0,
-             shuffle_seed: int | None = None) -> "LLMScorer":
+             shuffle_seed: int | None = None, run: TrainedAdapter | None = None
+             ) -> "LLMScorer":
         """A registered LLM system (cprec_core.systems): an SFT adapter with its projector
         (hybrid prompt), or a zero-shot model (text prompt), LoRA merged. With
         ``shuffle_seed``, every injected vector is another item's, by a seeded permutation of
-        the domain's items (the shuffled-embedding ablation)."""
+        the domain's items (the shuffled-embedding ablation). ``run``: the SFT adapter's
+        folder when it is not the profile's run of (name, slug, seed)."""
         if profile.evaluation.keep_freed_heap:
             keep_freed_heap()
         entry, layout = registered(name), profile.layout
@@ -167,7 +170,7 @@ class LLMScorer:
                 model = PeftModel.from_pretrained(base, run.adapter).merge_and_unload()
             return cls(model.eval(), tokenizer, None, None, {}, None, dtype, profile.corpus,
                        torch.device(device))
-        run = layout.sft_run(name, slug, seed)
+        run = layout.sft_run(name, slug, seed) if run is None else run
         if not run.exists():
             raise FileNotFoundError(f"{run.adapter}: no SFT adapter; materialise {entry.asset}")
         placeholder_id = add_placeholder_token(tokenizer, base)

@@ -77,11 +77,15 @@ class SFTError(RuntimeError):
 
 class SFTTrainer:
     def __init__(self, profile: Profile, domain: str, system: str,
-                 reporter: Reporter | None = None, seed: int | None = None):
+                 reporter: Reporter | None = None, seed: int | None = None,
+                 run: TrainedAdapter | None = None):
+        """``run``: where the adapter is written; the profile's run of (system, domain,
+        seed) unless given (a lever benchmark trains a variant beside the study's run)."""
         self.profile, self.cfg = profile, profile.sft
         self.slug, self.system = domain, system
         self.seed = self.cfg.seeds[0] if seed is None else seed
-        self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
+        own = profile.layout.sft_run(system, domain, self.seed)  # checks the key
+        self.run = own if run is None else run
         self.reporter = reporter or Reporter()
         self.ranking = registered(system).ranks_candidates
         self.listing = self.cfg.listing_for(system)

@@ -38,3 +38,15 @@ def test_finished_runs_are_found_by_their_manifests(tmp_path):
     layout.sft_run("cprec", "crime", 0).path.mkdir(parents=True)  # started, not finished
     assert layout.trained_cpt_adapters() == [layout.cpt_adapter("wsa")]
     assert layout.trained_sft_runs() == [layout.sft_run("llara", "crime", 0)]
+
+
+def test_lever_runs_lie_beside_the_study_never_in_it(tmp_path):
+    layout = Layout(tmp_path, "demo")
+    lever = layout.lever_run("listing", "cprec_rank", "crime", 0)
+    assert lever.path == tmp_path / "demo/levers/listing/cprec_rank/crime/seed-0"
+    assert layout.trained_sft_runs() == [] and not lever.path.is_relative_to(tmp_path / "demo/sft")
+    for bad in ("../sft", "a b"):
+        with pytest.raises(LayoutError):
+            layout.lever_run(bad, "cprec_rank", "crime", 0)
+    with pytest.raises(LayoutError):
+        layout.lever_run("listing", "cprec_rank", "../etc", 0)

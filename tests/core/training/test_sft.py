@@ -104,6 +104,10 @@ def test_missing_inputs_are_clear_errors(profile):
         SFTTrainer(profile, "crime", "llara").setup()
     with pytest.raises(Exception, match="not a domain partition key"):
         SFTTrainer(profile, "../etc", "llara")
+    with pytest.raises(Exception, match="not a domain partition key"):  # even with its own run
+        SFTTrainer(profile, "../etc", "llara", run=profile.layout.sft_run("llara", "crime", 0))
+    lever = profile.layout.lever_run("listing", "llara", "crime", 0)
+    assert SFTTrainer(profile, "crime", "llara", run=lever).run == lever
 
 
 @pytest.fixture
