@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -23,7 +24,7 @@ from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_ch
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import corpus_summary, md_table
-from cprec_core.systems import lora_init
+from cprec_core.systems import SHUFFLED_SUFFIX, lora_init
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -108,6 +109,70 @@ def validation_section(sft: list[dict]) -> list[str]:
                    m["injection"]["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
 
 
+GOAL_P = 0.05  # a paired difference counts when McNemar's p is below this
+
+
+def goals_section(con: duckdb.DuckDBPyConnection, sft: list[dict]) -> list[str]:
+    """The candidate-aware study's goals, each read off the leaderboard and the SFT
+    manifests per target domain, and whether it is met: where one is not, the table says
+    so. Empty when no domain has ``cprec_rank`` on the leaderboard."""
+    hr = {(d, s): h for d, s, h in con.execute(
+        'SELECT domain, system, "hr@1" FROM leaderboard').fetchall()}
+    tests = {(d, a, b): (diff, p) for d, a, b, diff, p in con.execute(
+        """SELECT domain, system_a, system_b, diff, p_value FROM leaderboard_tests
+           WHERE family = 'ranking'""").fetchall()}
+    domains = sorted({d for d, s in hr if s == "cprec_rank"})
+    if not domains:
+        return []
+
+    def above(d: str, a: str, b: str) -> tuple[str, bool | None]:
+        if (d, a, b) not in tests:
+            return "not tested", None
+        diff, p = tests[(d, a, b)]
+        return f"{diff:+.3f}, p {p:.2g}", diff > 0 and p < GOAL_P
+
+    def over_popularity(d: str) -> tuple[str, bool | None]:
+        if (d, "popularity") not in hr:
+            return "no popularity row", None
+        return (f"{hr[(d, 'cprec_rank')]:.3f} vs {hr[(d, 'popularity')]:.3f}",
+                hr[(d, "cprec_rank")] > hr[(d, "popularity")])
+
+    def validation_loss(d: str) -> tuple[str, bool | None]:
+        losses = [m["validation"]["loss per answer"] for m in sft
+                  if m["system"] == "cprec_rank" and m["domain"] == d and m.get("validation")]
+        if not losses:
+            return "not recorded", None
+        return f"{min(losses):.2f}-{max(losses):.2f}", max(losses) < math.log(20)
+
+    def fused(d: str) -> tuple[str, bool | None]:
+        partner = next((b for (dd, a, b) in tests if dd == d and a == "fused"), None)
+        if partner is None:
+            return "no fused system", None
+        text, met = above(d, "fused", partner)
+        return f"vs {partner}: {text}", met
+
+    goals = [
+        ("`cprec_rank` HR@1 above popularity", over_popularity),
+        (f"`cprec_rank` above `cprec`, paired p < {GOAL_P}",
+         lambda d: above(d, "cprec_rank", "cprec")),
+        ("validation loss per answer of the kept `cprec_rank` weights below ln 20 = 3.00",
+         validation_loss),
+        (f"`fused` above its classic system, paired p < {GOAL_P}", fused),
+        (f"`cprec_rank` above its shuffled-vector ablation, paired p < {GOAL_P}",
+         lambda d: above(d, "cprec_rank", "cprec_rank" + SHUFFLED_SUFFIX)),
+    ]
+    rows = []
+    for label, check in goals:
+        found = [check(d) for d in domains]
+        verdict = ("yes" if all(m for _, m in found)
+                   else "not measured" if any(m is None for _, m in found) else "no")
+        rows.append((label, *[t for t, _ in found], verdict))
+    return ["## Goals of the candidate-aware study", "",
+            "Each goal per target domain, read off the tables below; `met` is `yes` only"
+            " where it holds on every domain.", "",
+            md_table(["goal", *domains, "met"], rows), ""]
+
+
 def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
            outputs: tuple[Path, ...] = ()) -> str:
     cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
@@ -153,6 +218,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f" greedy generation capped at {profile.evaluation.max_new_tokens} tokens;"
         f" {profile.evaluation.bootstrap} bootstrap resamples.",
         "",
+        *goals_section(con, sft),
         "## Data",
         "",
         corpus_summary(con),

@@ -156,6 +156,39 @@ def test_compute_summary_says_which_scoring_was_not_recorded():
     assert "| Crime | llara | 1 | 4 | 298.5 | 20 | 0.75 | cpu x2 |" in text
 
 
+def test_goals_section_says_per_domain_which_goal_is_met():
+    from cprec_core.evaluation.leaderboard import SCHEMA as LEADERBOARD_SCHEMA
+    from cprec_core.evaluation.results import goals_section
+
+    con = duckdb.connect()
+    con.execute(LEADERBOARD_SCHEMA)
+    assert goals_section(con, []) == []  # no cprec_rank on the leaderboard: no section
+    for domain, rank_hr in (("Crime", 0.3), ("Sci-Fi", 0.1)):
+        for system, hr in (("popularity", 0.2), ("cprec", 0.1), ("cprec_rank", rank_hr)):
+            con.execute("INSERT INTO leaderboard (domain, system, \"hr@1\") VALUES (?, ?, ?)",
+                        [domain, system, hr])
+        for a, b, diff, p in (("cprec_rank", "cprec", 0.2, 0.001), ("fused", "gru4rec", 0.02, 0.4),
+                              ("cprec_rank", "cprec_rank (shuffled emb)", 0.1, 0.01)):
+            con.execute("""INSERT INTO leaderboard_tests (domain, family, system_a, system_b,
+                           diff, p_value) VALUES (?, 'ranking', ?, ?, ?, ?)""",
+                        [domain, a, b, diff, p])
+    sft = [{"system": "cprec_rank", "domain": d, "validation": {"loss per answer": x}}
+           for d, x in (("Crime", 2.1), ("Crime", 2.9), ("Sci-Fi", 2.5))]
+    lines = "\n".join(goals_section(con, sft)).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+             if line.startswith("| ") and "---" not in line]
+    assert cells[0] == ["goal", "Crime", "Sci-Fi", "met"]
+    goals = {row[0]: row[1:] for row in cells[1:]}
+    assert goals["`cprec_rank` HR@1 above popularity"] == ["0.300 vs 0.200", "0.100 vs 0.200",
+                                                          "no"]
+    assert goals["`cprec_rank` above `cprec`, paired p < 0.05"][-1] == "yes"
+    assert goals["validation loss per answer of the kept `cprec_rank` weights below ln 20 ="
+                 " 3.00"] == ["2.10-2.90", "2.50-2.50", "yes"]
+    assert goals["`fused` above its classic system, paired p < 0.05"] == [
+        "vs gru4rec: +0.020, p 0.4", "vs gru4rec: +0.020, p 0.4", "no"]
+    assert goals["`cprec_rank` above its shuffled-vector ablation, paired p < 0.05"][-1] == "yes"
+
+
 def test_results_of_the_layout_before_git_revision_are_kept():
     con = duckdb.connect()
     con.execute(SCHEMA.replace(", git_revision VARCHAR", ""))
