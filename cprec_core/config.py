@@ -444,8 +444,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the candidate-aware systems and their control arm over two seeds (the control one),
     # the fused system and the shuffled-vector ablation, on a seeded 100 test users per
     # domain: a small fraction of LLaRA's scale. On 2 cores without bf16 (AMD EPYC Zen 2,
-    # fp32) it takes about three hours: CPT 12 min, then per domain about 42 min of SFT and
-    # 35 of scoring (CHANGELOG.md); a CPU with AMX runs bf16 several times faster.
+    # fp32) it takes about 2 h 50 min: corpus and CPT 13 min, SASRec and GRU4Rec 2 min,
+    # then per domain about 40 min of SFT and 33-35 of scoring (CHANGELOG.md); a CPU with
+    # AMX runs bf16 several times faster.
     "study-rank": {
         "name": "study-rank", "device": "cpu", **_ML100K_DEMO,
         "cpt": {"variants": ["wsa", "shuffled_control"], "max_tokens": 30_000,
