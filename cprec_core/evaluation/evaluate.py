@@ -23,10 +23,10 @@ Systems: random, popularity, item-kNN (domain and all domains), SASRec and GRU4R
 (validation and test); on the test split, the LLM systems: ``base`` and ``cprec_zero_shot``
 (text prompt, when ``evaluation.zero_shot``) and every SFT adapter of ``sft.systems`` for
 each of its seeds, each by likelihood (sum and mean per token) and, with
-``evaluation.generation``, greedy generation; with ``evaluation.shuffled_ablation`` each
-hybrid system's first seed once more with its injected vectors shuffled among items; with
-``evaluation.fusion``, that system on the validation split too, and the ``fused`` system
-(``fuse``).
+``evaluation.generation``, greedy generation where the prompt lists the candidates; with
+``evaluation.shuffled_ablation`` each hybrid system's first seed once more with its injected
+vectors shuffled among items; with ``evaluation.fusion``, that system on the validation
+split too, and the ``fused`` system (``fuse``).
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
                 log=print, runs: list[tuple[str, int, bool]] | None = None
                 ) -> dict[tuple[str, int], LLMRun]:
     """{(system, seed): LLMRun} for every run of ``runs`` (default ``planned_runs``), each
-    timed (load and scoring apart). A shuffled run's key is ``<system> (shuffled emb)``; it
-    is scored by likelihood only."""
+    timed (load and scoring apart). A shuffled run's key is ``<system> (shuffled emb)``; it,
+    and a system whose prompt does not list the candidates, is scored by likelihood only."""
     import torch
 
     from cprec_core.evaluation.allocator import release_freed_heap
@@ -175,10 +175,11 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
     for name, seed, shuffled in planned_runs(profile, slug, log) if runs is None else runs:
         torch.manual_seed(0)
         system = name + SHUFFLED_SUFFIX if shuffled else name
-        generation = cfg.generation and not shuffled
         loading = time.perf_counter()
         scorer = LLMScorer.load(profile, slug, name, seed,
                                 shuffle_seed=cfg.seed if shuffled else None)
+        # a greedy answer can name a candidate only when the prompt lists them
+        generation = cfg.generation and not shuffled and scorer.listing
         started, last = time.perf_counter(), [0.0]
 
         def progress(done: int, total: int) -> None:

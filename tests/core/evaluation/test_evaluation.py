@@ -156,6 +156,43 @@ def test_compute_summary_says_which_scoring_was_not_recorded():
     assert "| Crime | llara | 1 | 4 | 298.5 | 20 | 0.75 | cpu x2 |" in text
 
 
+def test_generation_only_where_the_prompt_lists_the_candidates(tmp_path, monkeypatch):
+    import torch
+
+    from cprec_core.config import load_profile
+    from cprec_core.evaluation.llm import LLMScorer
+
+    profile = load_profile("demo", {"data_dir": str(tmp_path)})
+
+    asked = {}
+
+    class Scorer:
+        device, answers_read_off, answers_decoded = torch.device("cpu"), 0, 0
+
+        def __init__(self, name, shuffled):
+            self.name, self.shuffled = name, shuffled
+            self.listing = name != "cprec_rank"  # as with sft.rank.listing false
+
+        def evaluate(self, samples, titles, batch_size, generate, max_new_tokens, progress):
+            asked[(self.name, self.shuffled)] = generate
+            return []
+
+    def load(cls, profile, slug, name, seed, shuffle_seed=None):
+        return Scorer(name, shuffled=shuffle_seed is not None)
+
+    monkeypatch.setattr(LLMScorer, "load", classmethod(load))
+
+    class NoCases:
+        def prompt_cases(self, history):
+            return []
+
+    assert profile.evaluation.generation
+    out = evaluate_module.llm_results({}, profile, "crime", NoCases(), runs=[
+        ("cprec", 0, False), ("cprec", 0, True), ("cprec_rank", 0, False)])
+    assert asked == {("cprec", False): True, ("cprec", True): False, ("cprec_rank", False): False}
+    assert out[("cprec_rank", 0)].answers_read_off is None  # no generation rows follow
+
+
 def test_goals_section_says_per_domain_which_goal_is_met():
     from cprec_core.evaluation.leaderboard import SCHEMA as LEADERBOARD_SCHEMA
     from cprec_core.evaluation.results import goals_section
