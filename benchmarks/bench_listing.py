@@ -30,10 +30,22 @@ from cprec_core.data.db import connect
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.leaderboard import paired_test
 from cprec_core.evaluation.llm import LLMScorer
+from cprec_core.layout import LayoutError
 from cprec_core.metrics import ranks_from_scores
 from cprec_core.provenance import processor
 from cprec_core.reporting import md_table
 from cprec_core.training.sft import SFTTrainer
+
+
+def scoring(manifest: dict) -> str:
+    """The family a run is ranked by: chosen on validation, else the mean (as the
+    evaluation does, cprec_core.evaluation.evaluate.chosen_scoring)."""
+    return (manifest.get("validation") or {}).get("scoring", "mean")
+
+
+def validation_hr1(manifest: dict) -> float | None:
+    found = manifest.get("validation")
+    return found[f"hr@1 ({found['scoring']})"] if found else None
 
 
 def train_cost(manifest: dict) -> tuple[float, float]:
@@ -52,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     base = load_profile(args.profile, {"data_dir": args.data_dir})
     layout, cfg = base.layout, base.evaluation
-    study_run = layout.sft_run(args.system, args.domain, args.seed)
+    try:  # the layout checks the names before any path is built from them
+        study_run = layout.sft_run(args.system, args.domain, args.seed)
+        variant_run = layout.lever_run("listing", args.system, args.domain, args.seed)
+    except LayoutError as exc:
+        raise SystemExit(f"bench_listing: {exc}") from None
     if not study_run.exists():
         raise SystemExit(f"{study_run.path}: no trained run; run `make study` first")
     study = json.loads(study_run.manifest.read_text())
@@ -62,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     listing = not study["listing"]
     profile = dataclasses.replace(base, sft=dataclasses.replace(
         base.sft, rank=dataclasses.replace(base.sft.rank, listing=listing)))
-    variant_run = layout.lever_run("listing", args.system, args.domain, args.seed)
 
     if not variant_run.exists():
         variant_run.path.mkdir(parents=True, exist_ok=True)
@@ -79,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         cases = load_cases(con, domain, "test", cfg.max_cases, cfg.seed)
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
-        family = f"likelihood ({study['scoring']})"
+        family = f"likelihood ({scoring(study)})"
         rows = con.execute("""SELECT user_idx, hit FROM evaluation_cases WHERE domain = ?
                               AND split = 'test' AND system = ? AND seed = ? AND family = ?
                               ORDER BY user_idx""",
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     scored = scorer.evaluate(cases.prompt_cases(profile.sft.history), titles, cfg.batch_size,
                              False, cfg.max_new_tokens)
     variant_score_seconds = (time.perf_counter() - started) / len(scored)
-    attr = "summed" if variant["scoring"] == "sum" else "mean"
+    attr = "summed" if scoring(variant) == "sum" else "mean"
     ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), cases.target_col)
     variant_hits = np.asarray(ranks == 0)[:, None]
     baseline_hits = np.asarray([study_hits[int(u)] for u in cases.users], bool)[:, None]
@@ -112,9 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     for manifest, s_case, hr1, source in arms:
         s_sample, tok_s = train_cost(manifest)
         table.append(("listing" if manifest["listing"] else "no listing", source,
-                      round(s_sample, 2), tok_s, round(s_case, 2), manifest["scoring"],
-                      manifest["validation"]["hr@1 (" + manifest["scoring"] + ")"],
-                      round(hr1, 3)))
+                      round(s_sample, 2), tok_s, round(s_case, 2), scoring(manifest),
+                      validation_hr1(manifest), round(hr1, 3)))
     print(md_table(["prompt", "run", "train s/sample", "train tokens/s", "score s/case",
                     "scoring", "valid HR@1", "test HR@1"], table))
     print(f"\nHR@1 {'listing' if listing else 'no listing'} minus the study's: {test.diff:+.3f}"
