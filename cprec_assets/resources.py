@@ -19,8 +19,9 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from cprec_core.config import Profile, load_config_file, load_profile
+from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
 from cprec_core.data.db import connect
+from cprec_core.layout import LayoutError, check_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +43,11 @@ class ProfileResource(dg.ConfigurableResource):
         self._profile = self._read()
 
     def _read(self) -> Profile:
-        profile = (load_config_file(self.config_file) if self.config_file
+        """The profile; every path the launchpad can set is checked here, where it enters
+        (cprec_core.layout.check_folder: a ``ConfigError`` naming the field)."""
+        profile = (load_config_file(_folder(self.config_file, "config_file")) if self.config_file
                    else load_profile(self.profile_name))
-        data_dir = Path(self.data_dir or profile.data_dir)
+        data_dir = _folder(self.data_dir, "data_dir") if self.data_dir else Path(profile.data_dir)
         if not data_dir.is_absolute():
             data_dir = REPO_ROOT / data_dir
         return dataclasses.replace(profile, data_dir=str(data_dir.resolve()))
@@ -57,7 +60,7 @@ class ProfileResource(dg.ConfigurableResource):
     def landing_root(self) -> Path:
         """The landing folder (created if missing, so the sensor can watch it)."""
         if self.landing_dir:
-            root = Path(self.landing_dir)
+            root = _folder(self.landing_dir, "landing_dir")
             root = root if root.is_absolute() else REPO_ROOT / root
         else:
             root = self.profile.layout.landing_dir
@@ -73,6 +76,13 @@ class ProfileResource(dg.ConfigurableResource):
             yield con
         finally:
             con.close()
+
+
+def _folder(value: str, field: str) -> Path:
+    try:
+        return check_folder(value, field)
+    except LayoutError as exc:
+        raise ConfigError(f"cprec resource: {exc}") from exc
 
 
 def get_env() -> dict[str, str]:

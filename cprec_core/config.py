@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cprec_core.layout import Layout, LayoutError
+from cprec_core.layout import Layout, LayoutError, check_folder
 from cprec_core.prompts import UNIFIED_TEMPLATE
 from cprec_core.systems import CPT_VARIANT_NAMES, SFT_SYSTEM_NAMES, SFT_SYSTEMS, system
 
@@ -380,6 +380,10 @@ class Profile:
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r} is not cpu, auto (the GPU if there is"
                               " one), cuda or cuda:N")
+        try:
+            check_folder(self.data_dir, "data_dir")
+        except LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
         try:
             self.layout
         except LayoutError as exc:

@@ -23,6 +23,9 @@ from pathlib import Path
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a folder name: profiles, systems, partition keys
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class LayoutError(ValueError):
     """A name or partition key that cannot be a folder name here."""
 
@@ -31,6 +34,19 @@ def _part(value: str, what: str) -> str:
     if not NAME.fullmatch(value):
         raise LayoutError(f"{value!r} is not a {what}")
     return value
+
+
+def check_folder(value: object, what: str = "data folder") -> Path:
+    """``value`` as a folder path if it can be one: a non-empty string with no NUL or other
+    control character (they truncate paths in C libraries and corrupt log lines). Quotes,
+    ``;``, ``..`` and absolute paths are allowed: a folder is the user's choice, and no path
+    is ever written into SQL text (DuckDB is given paths as parameters or through its Python
+    API), so such characters are harmless here."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise LayoutError(f"{what} must be a non-empty path, got {value!r}")
+    if CONTROL.search(str(value)):
+        raise LayoutError(f"{what} {str(value)!r} contains a NUL or control character")
+    return Path(value)
 
 
 def check_partition_key(slug: str) -> str:
@@ -127,7 +143,7 @@ class Layout:
     name: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "data_dir", check_folder(self.data_dir))
         _part(self.name, "profile name (lower-case letters, digits, '-' and '_')")
 
     @property

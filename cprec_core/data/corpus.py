@@ -121,7 +121,7 @@ def export_snapshot(con: duckdb.DuckDBPyConnection, layout: Layout, tokenizer) -
         (layout.corpus_items, "SELECT item_idx, domain, title FROM items ORDER BY item_idx"),
     ):
         tmp = target.with_name(f".{target.name}.tmp")
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
+        con.sql(query).write_parquet(str(tmp))  # the path never enters SQL text
         tmp.rename(target)
     tokenizer.save_pretrained(layout.tokenizer_dir)
     digest = hashlib.sha256(layout.corpus_parquet.read_bytes()).hexdigest()[:16]

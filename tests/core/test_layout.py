@@ -1,8 +1,13 @@
 """The layout owns every artifact path and refuses names that would leave the data folder."""
 
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from cprec_core.config import ConfigError, load_profile
+from cprec_core.data.corpus import export_snapshot
+from cprec_core.data.db import connect
 from cprec_core.layout import Layout, LayoutError
 
 
@@ -50,3 +55,38 @@ def test_lever_runs_lie_beside_the_study_never_in_it(tmp_path):
             layout.lever_run(bad, "cprec_rank", "crime", 0)
     with pytest.raises(LayoutError):
         layout.lever_run("listing", "cprec_rank", "../etc", 0)
+
+
+@pytest.mark.parametrize("folder", ["a\0b", "line\nbreak", "tab\there", "", "   "])
+def test_a_data_folder_with_nul_or_control_characters_is_refused(folder):
+    with pytest.raises(ConfigError, match="data_dir"):
+        load_profile("demo", {"data_dir": folder})
+
+
+class _Tokenizer:
+    def save_pretrained(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "tokenizer_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("folder", ["da'ta", "x'; COPY (SELECT 42) TO 'pwned.csv'; --",
+                                    "..", "/abs"])
+def test_quotes_semicolons_and_dots_in_the_data_folder_never_reach_sql(tmp_path, monkeypatch,
+                                                                        folder):
+    """A folder is the user's choice (``..`` and absolute paths included); DuckDB only ever
+    gets it through its Python API, so no character of it can run SQL."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data_dir = str(tmp_path / "root" / folder.lstrip("/")) if folder == "/abs" else folder
+    profile = load_profile("demo", {"data_dir": data_dir})
+    assert profile.layout.database == Path(data_dir) / "demo" / "cprec.duckdb"
+    with connect(profile.layout.database) as con:
+        con.execute("CREATE TABLE cpt_corpus AS SELECT 0 AS doc_id, 'domain' AS kind,"
+                    " ['A'] AS domains, [1] AS item_idxs, [5, 6] AS input_ids, 2 AS n_tokens")
+        con.execute("CREATE TABLE items AS SELECT 1 AS item_idx, 'A' AS domain, 'Film' AS title")
+        con.execute("CREATE TABLE cpt_corpus_info AS SELECT 'x' AS tokenizer")
+        export_snapshot(con, profile.layout, _Tokenizer())
+    assert pq.read_table(profile.layout.corpus_parquet).num_rows == 1
+    assert pq.read_table(profile.layout.corpus_items).column("title").to_pylist() == ["Film"]
+    assert not list(tmp_path.rglob("pwned.csv"))
