@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cprec_core.config import load_profile  # noqa: E402
+from cprec_core.data.db import connect  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.evaluation.allocator import keep_freed_heap  # noqa: E402
 from cprec_core.data.cases import load_cases  # noqa: E402
@@ -71,7 +72,7 @@ def main() -> None:
     # the scorer starts on glibc's default heap, for the first (baseline) mode
     profile = dataclasses.replace(profile, evaluation=dataclasses.replace(
         profile.evaluation, keep_freed_heap=False))
-    with duckdb.connect(str(profile.layout.database), read_only=True) as con:
+    with connect(profile.layout.database, read_only=True) as con:
         domain, _ = domain_for_slug(con, args.domain)
         cases = load_cases(con, domain, "test")
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",

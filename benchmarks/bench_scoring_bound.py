@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from cprec_core.config import load_config_file, load_profile  # noqa: E402
+from cprec_core.data.db import connect  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.data.interactions import domain_slug  # noqa: E402
 from cprec_core.data.cases import load_cases  # noqa: E402
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(profile.layout.tokenizer_dir)
     add_placeholder_to_tokenizer(tokenizer)
     slugs = [domain_slug(d) for d in profile.data.target_domains]
-    with duckdb.connect(str(profile.layout.database), read_only=True) as con:
+    with connect(profile.layout.database, read_only=True) as con:
         missing = [slug for slug in slugs if not _has_test_cases(con, slug)]
         if missing:
             sys.exit(f"{profile.layout.database}: no test candidate sets for {missing}; materialise them"
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         # SFT system: its projector reads that domain's SASRec items)
         if slug != slugs[0] and scorer.hybrid:
             scorer = LLMScorer.load(profile, slug, args.system, profile.sft.seeds[0])
-        with duckdb.connect(str(profile.layout.database), read_only=True) as con:
+        with connect(profile.layout.database, read_only=True) as con:
             domain, _ = domain_for_slug(con, slug)
             cases = load_cases(con, domain, "test", args.cases + batch)
             titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",

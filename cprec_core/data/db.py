@@ -9,8 +9,11 @@ short data loads) wait here until the writer of the moment is done.
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 
@@ -21,24 +24,43 @@ class DatabaseBusy(TimeoutError):
     """The database stayed locked by another process for longer than the wait allows."""
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def lock_holder(exc: Exception) -> str:
+    """Who holds the lock, as DuckDB words it (program and PID), or its whole message."""
+    found = re.search(r"Conflicting lock is held in (.+?)(?:\. See also|$)", str(exc), re.S)
+    return found.group(1).strip() if found else str(exc)
+
+
 def connect(path: str | Path, read_only: bool = False,
-            wait_seconds: float = DEFAULT_WAIT_SECONDS) -> duckdb.DuckDBPyConnection:
+            wait_seconds: float = DEFAULT_WAIT_SECONDS,
+            on_wait: Callable[[str], None] = _stderr) -> duckdb.DuckDBPyConnection:
     """A connection to ``path``, retried with back-off (0.1 s doubling to 5 s) while another
-    process holds the file's lock; any other error is raised at once. A writer creates the
+    process holds the file's lock; any other error is raised at once. While it waits it says
+    so through ``on_wait`` (stderr by default: the console of a command, the compute log of
+    a Dagster step), naming the holder, at once and then every minute. A writer creates the
     folder of a new database."""
     if not read_only:  # a new profile's first writer creates its folder
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_seconds
-    delay = 0.1
+    started = time.monotonic()
+    deadline = started + wait_seconds
+    delay, told = 0.1, None
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
-                raise DatabaseBusy(f"{path}: still locked by another process after"
-                                   f" {wait_seconds:g} s ({exc})") from exc
+                raise DatabaseBusy(f"{path}: still locked after {wait_seconds:g} s by"
+                                   f" {lock_holder(exc)}") from exc
+            if told is None or now - told >= 60:
+                on_wait(f"{path} is locked by {lock_holder(exc)}; waiting"
+                        f" ({now - started:.0f} s so far, at most {wait_seconds:g} s)")
+                told = now
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)

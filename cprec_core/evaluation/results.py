@@ -19,6 +19,7 @@ import duckdb
 
 from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
 from cprec_core.config import Profile
+from cprec_core.data.db import connect
 from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     def work() -> None:
-        with duckdb.connect(str(profile.layout.database)) as con:
+        with connect(profile.layout.database) as con:  # waits while another process writes
             require_evaluation(con, profile.layout.database)
             build_leaderboard(con, profile.evaluation.bootstrap)
             chart = leaderboard_chart(con, out.with_name(f"results_{profile.name}.png"))
