@@ -74,6 +74,8 @@ def interactions(context: dg.AssetExecutionContext,
         "target_partitions": ", ".join(targets),
         "new_domains_from_landing": table(["domain", "role"],
                                           list(report.landed_domains.items())),
+        "merged_domain_spellings": table(["raw spelling", "loaded as"],
+                                         list(report.merged_domains.items())),
         **markdown(previews),
     })
 

@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import duckdb
@@ -43,11 +44,32 @@ class DataError(ValueError):
 
 
 def domain_slug(domain: str) -> str:
-    """A partition key for a domain name: ``Children's`` -> ``childrens``, ``Sci-Fi`` -> ``sci-fi``."""
-    slug = re.sub(r"[^a-z0-9]+", "-", domain.lower().replace("'", "")).strip("-")[:64]
+    """A partition key for a domain name: ``Children's`` -> ``childrens``, ``Sci-Fi`` ->
+    ``sci-fi``, ``Café`` -> ``cafe``. A name with no Latin letter or digit left (another
+    script, only punctuation) gets ``d-`` and 8 hex digits of its SHA-256, so every name has a
+    key and the same name always the same one."""
+    ascii_name = unicodedata.normalize("NFKD", domain).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower().replace("'", "")).strip("-")[:64]
     if not SLUG.match(slug):
-        raise DataError(f"domain {domain!r} has no usable partition key (got {slug!r})")
+        slug = "d-" + hashlib.sha256(domain.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return slug
+
+
+def domain_names(counts: dict[str, int], configured: tuple[str, ...]) -> dict[str, str]:
+    """Each raw domain name -> the domain it is loaded as. Names with the same partition key
+    (``drama`` next to ``Drama``, ``Sci Fi`` next to ``Sci-Fi``) are one domain spelt two
+    ways, so their rows are merged under one name: the configured name if the profile names
+    one of them, else the spelling with the most rows (``counts``), ties broken by sort
+    order."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(counts):
+        groups.setdefault(domain_slug(name), []).append(name)
+    mapping = {}
+    for group in groups.values():
+        named = [n for n in group if n in configured]
+        canonical = named[0] if named else min(group, key=lambda n: (-counts[n], n))
+        mapping.update({n: canonical for n in group})
+    return mapping
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class InteractionsReport:
     items: int
     kcore_rounds: int
     landed_domains: dict[str, str] = field(default_factory=dict)  # new domain -> its role and why
+    merged_domains: dict[str, str] = field(default_factory=dict)  # raw spelling -> domain
 
     @property
     def reconciled(self) -> bool:
@@ -96,22 +119,31 @@ def _kcore(con: duckdb.DuckDBPyConnection, user_core: int, item_core: int) -> in
             return rounds
 
 
-def _roles(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> set[str]:
+def _domain_map(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> dict[str, str]:
+    """The ``_domain_names`` table (raw name -> domain, see ``domain_names``); returns the
+    names that were merged into another spelling."""
+    counts = dict(con.execute("SELECT domain, count(*) FROM raw_interactions GROUP BY ALL").fetchall())
+    mapping = domain_names(counts, (*cfg.source_domains, *cfg.target_domains))
+    con.execute("CREATE OR REPLACE TEMP TABLE _domain_names (raw VARCHAR, domain VARCHAR)")
+    con.executemany("INSERT INTO _domain_names VALUES (?, ?)", sorted(mapping.items()))
+    return {raw: name for raw, name in mapping.items() if raw != name}
+
+
+def _roles(con: duckdb.DuckDBPyConnection, cfg: DataConfig, names: dict[str, str]) -> set[str]:
     """The ``_roles`` table; returns the new domains of landed files (tentative targets)."""
-    present = {r[0] for r in con.execute("SELECT DISTINCT domain FROM raw_interactions").fetchall()}
+    present = set(names.values())
     missing = [d for d in (*cfg.source_domains, *cfg.target_domains) if d not in present]
     if missing:
         raise DataError(f"configured domain(s) {missing} not in the data; present: {sorted(present)}")
-    landed = landed_only_domains(con) - set(cfg.source_domains) - set(cfg.target_domains)
+    landed_raw = landed_only_domains(con)
+    landed = ({names[d] for d in landed_raw} - {names[d] for d in set(names) - landed_raw}
+              - set(cfg.source_domains) - set(cfg.target_domains))
     sources = set(cfg.source_domains) or (present - set(cfg.target_domains) - landed)
     rows = []
     for d in sorted(present):
         role = ("target" if d in cfg.target_domains or d in landed
                 else "source" if d in sources else "unused")
         rows.append((d, domain_slug(d), role))
-    slugs = [r[1] for r in rows]
-    if len(set(slugs)) != len(slugs):
-        raise DataError(f"two domains map to the same partition key: {sorted(slugs)}")
     con.execute("CREATE OR REPLACE TEMP TABLE _roles (domain VARCHAR, slug VARCHAR, role VARCHAR)")
     con.executemany("INSERT INTO _roles VALUES (?, ?, ?)", rows)
     return landed
@@ -140,17 +172,21 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
     if raw_rows == 0:
         raise DataError("raw_interactions is empty: every input row was rejected or no file was read"
                         " (see rejected_rows and source_files)")
-    landed = _roles(con, cfg)
+    names = {r[0]: r[0] for r in con.execute("SELECT DISTINCT domain FROM raw_interactions").fetchall()}
+    merged = _domain_map(con, cfg)
+    names.update(merged)
+    landed = _roles(con, cfg, names)
     _titles(con, cfg.max_title_chars)
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _work AS
-        SELECT r.source_file, r.line, r.user_id, r.item_id, t.clean AS title, r.ts, r.domain,
+        SELECT r.source_file, r.line, r.user_id, r.item_id, t.clean AS title, r.ts, n.domain,
                r.rating,
-               CASE WHEN row_number() OVER (PARTITION BY r.domain, r.user_id, r.item_id
+               CASE WHEN row_number() OVER (PARTITION BY n.domain, r.user_id, r.item_id
                                             ORDER BY r.ts, r.source_file, r.line) > 1
                     THEN 'duplicate: same user, item and domain seen earlier' END AS drop_reason
         FROM raw_interactions r JOIN _titles t ON t.raw = r.title
+        JOIN _domain_names n ON n.raw = r.domain
         """
     )
     rounds = _kcore(con, cfg.user_core, cfg.item_core)
@@ -206,7 +242,8 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
     (kept,) = con.execute("SELECT count(*) FROM interactions").fetchall()[0]
     (users,) = con.execute("SELECT count(*) FROM users").fetchall()[0]
     (items,) = con.execute("SELECT count(*) FROM items").fetchall()[0]
-    return InteractionsReport(raw_rows, kept, filtered, users, items, rounds, landed_roles)
+    return InteractionsReport(raw_rows, kept, filtered, users, items, rounds, landed_roles,
+                              merged)
 
 
 def _check_targets(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:

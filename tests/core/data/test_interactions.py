@@ -93,5 +93,31 @@ def test_domain_slugs_are_safe_partition_keys():
     assert domain_slug("Sci-Fi") == "sci-fi"
     assert domain_slug("Children's") == "childrens"
     assert domain_slug("Clothing, Shoes and Jewelry") == "clothing-shoes-and-jewelry"
-    with pytest.raises(DataError):
-        domain_slug("???")
+    assert domain_slug("Café") == "cafe"
+    # no Latin letter left: a stable hashed key instead of a failed build
+    assert domain_slug("ドラマ") == domain_slug("ドラマ") != domain_slug("???")
+    assert domain_slug("ドラマ").startswith("d-") and len(domain_slug("???")) == 10
+
+
+def test_a_domain_without_a_latin_name_is_built_under_its_hashed_key():
+    con = load_rows([("u1", "a1", "A", 1), ("u1", "a2", "A", 2),
+                     ("u1", "x1", "ドラマ", 1), ("u1", "x2", "ドラマ", 2), ("u1", "x3", "ドラマ", 3)])
+    report = build_interactions(con, data_config(target_domains=("ドラマ",)))
+    assert report.reconciled and report.kept_rows == 5
+    assert rows_of(con, "SELECT slug, role FROM domains WHERE domain = 'ドラマ'") == [
+        (domain_slug("ドラマ"), "target")]
+
+
+def test_spellings_of_one_partition_key_merge_under_one_name():
+    rows = [("u1", "a1", "Drama", 1), ("u1", "a2", "drama", 2), ("u2", "a1", "drama", 3),
+            ("u2", "a3", "DRAMA", 4),
+            ("u1", "t1", "T", 1), ("u1", "t2", "T", 2), ("u1", "t3", "T", 3)]
+    report = build_interactions(load_rows(rows), data_config())
+    # nothing configured: the most frequent spelling names the domain
+    assert report.merged_domains == {"Drama": "drama", "DRAMA": "drama"}
+    con = load_rows(rows)
+    report = build_interactions(con, data_config(source_domains=("DRAMA",)))
+    assert report.reconciled and report.merged_domains == {"Drama": "DRAMA", "drama": "DRAMA"}
+    assert rows_of(con, "SELECT domain, slug, items FROM domains WHERE role = 'source'") == [
+        ("DRAMA", "drama", 3)]
+    assert rows_of(con, "SELECT DISTINCT domain FROM filtered_interactions") == []
