@@ -21,8 +21,11 @@ when its size and modification time did not change between two scans and it is a
 requested once.
 
 Loaded once: ``ingest`` keys each delivery on the SHA-256 of its content (review + meta file
-for Amazon pairs) in the ``landed_files`` ledger; the same content delivered again, under any
-name, is recorded as a duplicate and adds no rows. The rows live in their own tables
+for Amazon pairs) and the domain folder it was delivered to, in the ``landed_files`` ledger;
+the same content delivered again for the same domain, under any name, is recorded as a
+duplicate and adds no rows (the same file dropped into two domain folders loads for each).
+Every file of a delivery (an Amazon meta file too) must stay inside the landing folder: a link
+out of it is never read. The rows live in their own tables
 (``landed_raw``, ``landed_rejected``, ``landed_source_files``, same columns as
 ``raw_interactions``, ``rejected_rows``, ``source_files``), so rebuilding ``raw_interactions``
 from the configured sources keeps them: ``append_landed`` copies them in after the sources.
@@ -60,6 +63,7 @@ CREATE TABLE IF NOT EXISTS landed_files (
     rows_read BIGINT NOT NULL DEFAULT 0, rows_loaded BIGINT NOT NULL DEFAULT 0,
     rows_rejected BIGINT NOT NULL DEFAULT 0, domains VARCHAR[],
     landed_at TIMESTAMP DEFAULT current_timestamp);
+ALTER TABLE landed_files ADD COLUMN IF NOT EXISTS delivered_for VARCHAR;
 CREATE TABLE IF NOT EXISTS landed_raw (
     source_file VARCHAR NOT NULL, line BIGINT NOT NULL, user_id VARCHAR NOT NULL,
     item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, ts TIMESTAMP NOT NULL,
@@ -95,6 +99,11 @@ class Delivery:
     meta: Path | None = None  # Amazon meta file
     meta_size: int = 0
     meta_mtime_ns: int = 0
+    root: Path | None = None  # the landing folder, to check links again when it is read
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path] + ([self.meta] if self.meta is not None else [])
 
     @property
     def stamp(self) -> str:
@@ -135,15 +144,27 @@ def scan(root: str | Path) -> Scan:
             rel = "/".join(rel_parts)
             if _skipped(rel_parts) or name.endswith(MARKER):
                 continue
-            if not path.resolve().is_relative_to(real_root):
+            if _outside(real_root, path):
                 ignored[rel] = "a link pointing outside the landing folder"
                 continue
             if not path.is_file():
                 continue
-            delivery = _delivery(root, path, rel, rel_parts, ignored)
-            if delivery is not None:
-                deliveries.append(delivery)
+            try:
+                delivery = _delivery(root, path, rel, rel_parts, ignored)
+            except FileNotFoundError:  # removed while the folder was being listed
+                continue
+            if delivery is None:
+                continue
+            if delivery.meta is not None and _outside(real_root, delivery.meta):
+                ignored[rel] = f"its meta file {delivery.meta.name} is a link pointing outside the landing folder"
+                continue
+            deliveries.append(delivery)
     return Scan(deliveries, ignored)
+
+
+def _outside(real_root: Path, path: Path) -> bool:
+    """Whether ``path`` (or a link on its way) leads out of the landing folder."""
+    return not path.resolve().is_relative_to(real_root)
 
 
 def _delivery(root: Path, path: Path, rel: str, parts: tuple[str, ...],
@@ -164,10 +185,12 @@ def _delivery(root: Path, path: Path, rel: str, parts: tuple[str, ...],
             layout = AMAZON_SUFFIXES[amazon]
             mst = meta.stat()
             return Delivery(rel, path, layout.version, st.st_size, st.st_mtime_ns, marker,
-                            meta=meta, meta_size=mst.st_size, meta_mtime_ns=mst.st_mtime_ns)
+                            meta=meta, meta_size=mst.st_size, meta_mtime_ns=mst.st_mtime_ns,
+                            root=root)
     if _suffix(name, TABLE_SUFFIXES):
         domain = parts[0] if len(parts) > 1 else None
-        return Delivery(rel, path, "table", st.st_size, st.st_mtime_ns, marker, domain=domain)
+        return Delivery(rel, path, "table", st.st_size, st.st_mtime_ns, marker, domain=domain,
+                        root=root)
     if amazon:
         ignored[rel] = (f"Amazon review file without its meta file (meta_{name}); .json files"
                         " are read only as Amazon 2018 pairs")
@@ -263,65 +286,89 @@ def _relabel(record: Record, labels: dict[str, str]) -> Record:
 
 def ingest(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> IngestReport:
     """Load each delivery once (see the module docstring); returns what happened to each.
+    One delivery's failure never stops the others.
 
-    Status per delivery: ``loaded``; ``duplicate`` (same content already loaded, nothing
-    added); ``failed`` (the whole file cannot be read: the reason names the file and what
-    was expected; nothing added, a corrected file can be delivered again); ``changed`` (the
-    file changed while it was read; nothing added, it is read again once complete)."""
+    Status per delivery: ``loaded``; ``duplicate`` (the same content already loaded for the
+    same domain folder, nothing added); ``failed`` (the whole file cannot be read, or one of
+    its files is a link out of the landing folder: the reason names the file; nothing added,
+    a corrected file can be delivered again); ``changed`` (the file changed while it was
+    read; nothing added, it is read again once complete); ``gone`` (removed before or while
+    it was read; nothing added)."""
 
     con.execute(SCHEMA)
     rows, reasons = [], Counter()
     for d in deliveries:
-        sha = _content_sha(d)
-        label = f"{LABEL_PREFIX}{d.rel}#{sha[:12]}"
-        row = dict(delivery=d.rel, source_file=label, kind=d.kind, sha256=sha, size=d.size,
+        row = dict(delivery=d.rel, source_file=None, kind=d.kind, sha256="", size=d.size,
                    status="loaded", detail=None, rows_read=0, rows_loaded=0, rows_rejected=0,
-                   domains=None)
-        earlier = con.execute(
-            "SELECT delivery, landed_at FROM landed_files WHERE sha256 = ? AND status = 'loaded'"
-            " ORDER BY landed_at LIMIT 1", [sha]).fetchall()
-        if earlier:
-            row.update(status="duplicate", source_file=None,
-                       detail=f"same content as {earlier[0][0]}, loaded {earlier[0][1]:%Y-%m-%d %H:%M:%S}")
+                   domains=None, delivered_for=d.domain)
+        try:
+            escaped = [f for f in d.files if d.root is not None and _outside(d.root.resolve(), f)]
+            sha = _content_sha(d)
+        except FileNotFoundError as exc:
+            row.update(status="gone", detail=f"{exc.filename}: removed before it was read")
         else:
-            labels = {str(d.path): label}
-            if d.meta is not None:
-                meta_rel = PurePosixPath(d.rel).parent / d.meta.name
-                labels[str(d.meta)] = f"{LABEL_PREFIX}{meta_rel}#{sha[:12]}"
-            con.execute("BEGIN TRANSACTION")
-            try:
-                writer = Writer(con, tables=LANDED_TABLES)
-                for record in _records(d):
-                    writer.add(_relabel(record, labels))
-                writer.flush()
-                st = d.path.stat()
-                if (st.st_size, st.st_mtime_ns) != (d.size, d.mtime_ns):
-                    raise _Changed()
-            except SourceError as exc:
-                con.execute("ROLLBACK")
-                row.update(status="failed", source_file=None, detail=str(exc))
-            except _Changed:
-                con.execute("ROLLBACK")
-                row.update(status="changed", source_file=None,
-                           detail=f"{d.path}: changed while being read; read again once complete")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            row["sha256"] = sha
+            if escaped:
+                row.update(status="failed", detail=f"{escaped[0]}: a link pointing outside the"
+                                                   " landing folder; not read")
             else:
-                mine = [f for f in writer.files if f["source_file"] == label][0]
-                domains = [r[0] for r in con.execute(
-                    "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
-                    [label]).fetchall()]
-                row.update(rows_read=mine["rows_read"], rows_loaded=mine["rows_loaded"],
-                           rows_rejected=mine["rows_rejected"], domains=domains)
-                reasons.update(writer.reasons)
-                _ledger(con, row)
-                con.execute("COMMIT")
-                rows.append(row)
-                continue
+                row.update(_load(con, d, sha, reasons))
         _ledger(con, row)
         rows.append(row)
     return IngestReport(rows, dict(reasons.most_common()))
+
+
+def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counter) -> dict:
+    """Reads one delivery into the landed tables in one transaction; returns the ledger
+    fields that say what happened."""
+    earlier = con.execute(
+        "SELECT delivery, landed_at FROM landed_files WHERE sha256 = ? AND status = 'loaded'"
+        " AND delivered_for IS NOT DISTINCT FROM ? ORDER BY landed_at LIMIT 1",
+        [sha, d.domain]).fetchall()
+    if earlier:
+        return dict(status="duplicate",
+                    detail=f"same content as {earlier[0][0]}, loaded {earlier[0][1]:%Y-%m-%d %H:%M:%S}")
+    label = f"{LABEL_PREFIX}{d.rel}#{sha[:12]}"
+    labels = {str(d.path): label}
+    if d.meta is not None:
+        meta_rel = PurePosixPath(d.rel).parent / d.meta.name
+        labels[str(d.meta)] = f"{LABEL_PREFIX}{meta_rel}#{sha[:12]}"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        writer = Writer(con, tables=LANDED_TABLES)
+        for record in _records(d):
+            writer.add(_relabel(record, labels))
+        writer.flush()
+        st = d.path.stat()
+        if (st.st_size, st.st_mtime_ns) != (d.size, d.mtime_ns):
+            raise _Changed()
+    except duckdb.Error:
+        con.execute("ROLLBACK")
+        raise  # the database itself failed: not this file's fault
+    except _Changed:
+        con.execute("ROLLBACK")
+        return dict(status="changed", detail=f"{d.path}: changed while being read; read again"
+                                             " once complete")
+    except FileNotFoundError as exc:
+        con.execute("ROLLBACK")
+        return dict(status="gone", detail=f"{exc.filename or d.path}: removed while it was read")
+    except SourceError as exc:
+        con.execute("ROLLBACK")
+        return dict(status="failed", detail=str(exc))
+    except Exception as exc:  # a reader defect must not stop the other deliveries
+        con.execute("ROLLBACK")
+        return dict(status="failed", detail=f"{d.path}: {type(exc).__name__}: {exc}")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    mine = [f for f in writer.files if f["source_file"] == label][0]
+    domains = [r[0] for r in con.execute(
+        "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
+        [label]).fetchall()]
+    reasons.update(writer.reasons)
+    con.execute("COMMIT")
+    return dict(source_file=label, rows_read=mine["rows_read"], rows_loaded=mine["rows_loaded"],
+                rows_rejected=mine["rows_rejected"], domains=domains)
 
 
 class _Changed(Exception):
@@ -331,9 +378,11 @@ class _Changed(Exception):
 def _ledger(con: duckdb.DuckDBPyConnection, row: dict) -> None:
     con.execute(
         "INSERT INTO landed_files (delivery, source_file, kind, sha256, size, status, detail,"
-        " rows_read, rows_loaded, rows_rejected, domains) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " rows_read, rows_loaded, rows_rejected, domains, delivered_for)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [row[k] for k in ("delivery", "source_file", "kind", "sha256", "size", "status", "detail",
-                          "rows_read", "rows_loaded", "rows_rejected", "domains")])
+                          "rows_read", "rows_loaded", "rows_rejected", "domains",
+                          "delivered_for")])
 
 
 def has_landed(con: duckdb.DuckDBPyConnection) -> bool:

@@ -189,3 +189,65 @@ def test_landed_rows_survive_a_rebuild_and_new_domain_becomes_target(tmp_path):
     # the new domains never reach the corpus: they are not source domains
     assert con.execute("SELECT DISTINCT role FROM interactions WHERE domain IN ('Western', 'Noir')"
                        " ORDER BY 1").fetchall() == [("target",), ("unused",)]
+
+
+def test_one_bad_delivery_never_stops_the_batch(tmp_path, monkeypatch):
+    root = tmp_path / "landing"
+    done(write_parquet(root / "Western" / "a.parquet", rows_for(None, 2, 3, 2)))
+    done(write_parquet(root / "Western" / "b.parquet", rows_for(None, 2, 3, 2, prefix="b")))
+    done(write_parquet(root / "Western" / "c.parquet", rows_for(None, 2, 3, 2, prefix="c")))
+    import cprec_core.data.landing as landing
+
+    real = landing._records
+
+    def flaky(d):  # a reader defect on one file, not a SourceError
+        if d.path.name == "b.parquet":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(d)
+
+    monkeypatch.setattr(landing, "_records", flaky)
+    deliveries = scan(root).deliveries
+    (root / "Western" / "c.parquet").unlink()  # removed between the scan and the load
+    con = duckdb.connect()
+    report = ingest(con, deliveries)
+    got = {f["delivery"]: (f["status"], f["detail"]) for f in report.files}
+    assert got["Western/a.parquet"] == ("loaded", None)
+    assert got["Western/b.parquet"][0] == "failed"
+    assert got["Western/b.parquet"][1].startswith(f"{root / 'Western' / 'b.parquet'}: RecursionError")
+    assert got["Western/c.parquet"][0] == "gone" and "removed before it was read" in got["Western/c.parquet"][1]
+    assert con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0] == 4
+
+
+def test_the_same_content_delivered_for_two_domains_loads_for_each(tmp_path):
+    root = tmp_path / "landing"
+    rows = rows_for(None, 2, 3, 2)
+    done(write_parquet(root / "Western" / "a.parquet", rows))
+    done(write_parquet(root / "Noir" / "a.parquet", rows))
+    con = duckdb.connect()
+    report = ingest(con, scan(root).deliveries)
+    assert sorted((f["status"], tuple(f["domains"])) for f in report.files) == [
+        ("loaded", ("Noir",)), ("loaded", ("Western",))]
+    done(write_parquet(root / "Noir" / "again.parquet", rows))
+    again = ingest(con, [d for d in scan(root).deliveries if d.rel == "Noir/again.parquet"])
+    assert again.files[0]["status"] == "duplicate" and "Noir/a.parquet" in again.files[0]["detail"]
+
+
+def test_no_file_of_a_delivery_may_link_out_of_the_landing_folder(tmp_path):
+    root = tmp_path / "landing"
+    outside = write_jsonl_gz(tmp_path / "secret" / "meta_Books.jsonl.gz", [])
+    write_jsonl_gz(root / "amazon" / "Books.jsonl.gz", [])
+    (root / "amazon" / "meta_Books.jsonl.gz").symlink_to(outside)
+    found = scan(root)
+    assert found.deliveries == []
+    assert "meta file meta_Books.jsonl.gz is a link pointing outside" in found.ignored[
+        "amazon/Books.jsonl.gz"]
+
+    # swapped for a link after the scan: not read either
+    write_jsonl_gz(root / "amazon" / "Toys.jsonl.gz", [])
+    meta = write_jsonl_gz(root / "amazon" / "meta_Toys.jsonl.gz", [])
+    deliveries = [d for d in scan(root).deliveries if d.rel == "amazon/Toys.jsonl.gz"]
+    meta.unlink()
+    meta.symlink_to(outside)
+    report = ingest(duckdb.connect(), deliveries)
+    assert report.files[0]["status"] == "failed"
+    assert "a link pointing outside the landing folder" in report.files[0]["detail"]
