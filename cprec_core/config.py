@@ -60,6 +60,11 @@ class SourceConfig:
             raise ConfigError(f"source kind {self.kind!r} is not one of {kinds}")
         if self.kind != "embedded" and not self.path:
             raise ConfigError(f"source kind {self.kind!r} needs a path")
+        if self.kind != "embedded":
+            try:
+                check_folder(self.path, f"source path of kind {self.kind!r}")
+            except LayoutError as exc:
+                raise ConfigError(str(exc)) from exc
         if self.genre_rule not in ("first", "priority"):
             raise ConfigError(f"genre_rule {self.genre_rule!r} is not 'first' or 'priority'")
         if self.timestamp_unit not in ("auto", "s", "ms"):
@@ -121,6 +126,12 @@ class ModelConfig:
 
     name: str = "smollm2-135m"
     trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            check_folder(self.name, "model.name")
+        except LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
 LLARA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -90,3 +90,13 @@ def test_quotes_semicolons_and_dots_in_the_data_folder_never_reach_sql(tmp_path,
     assert pq.read_table(profile.layout.corpus_parquet).num_rows == 1
     assert pq.read_table(profile.layout.corpus_items).column("title").to_pylist() == ["Film"]
     assert not list(tmp_path.rglob("pwned.csv"))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"data": {"sources": [{"kind": "table", "path": "logs\0.csv"}]}},
+    {"data": {"sources": [{"kind": "table", "path": "logs\n.csv"}]}},
+    {"model": {"name": "models/\0evil"}},
+])
+def test_source_paths_and_model_folders_with_nul_are_refused(overrides):
+    with pytest.raises(ConfigError, match="NUL or control"):
+        load_profile("demo", overrides)
