@@ -11,6 +11,7 @@ from cprec_assets.automation import TRAIN
 from cprec_assets.metadata import table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.run_log import run_log
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.training.next_item import train_next_item
 
@@ -24,7 +25,7 @@ def _next_item_asset(kind: str, description: str) -> dg.AssetsDefinition:
         with cprec.connect(read_only=True) as con:  # in pool `train`: waits for a writer
             data = load_domain_data(con, context.partition_key)
         files = profile.layout.next_item_model(kind, context.partition_key)
-        m = train_next_item(data, getattr(profile, kind), files, log=context.log.info)
+        m = train_next_item(data, getattr(profile, kind), files, log=run_log(context))
         version = hashlib.sha256(json.dumps([m["data_version"], m["config"], m["shape"]]).encode())
         curve = [(r["epoch"], r["loss"], r["hr@10"], r["ndcg@10"]) for r in m["history"]]
         return dg.MaterializeResult(data_version=dg.DataVersion(version.hexdigest()[:16]), metadata={

@@ -10,6 +10,7 @@ from cprec_assets.automation import DATA, EVALUATE
 from cprec_assets.metadata import markdown, png, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.run_log import run_log
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (evaluate_domain, evaluation_tables, low_valid_ratios,
                                             mismatched_candidates, scoring_seconds)
@@ -25,7 +26,8 @@ def candidate_sets(context: dg.AssetExecutionContext,
     """Target + 19 never-touched items per test and validation case, drawn once (fixed seed)."""
     negatives = cprec.profile.sft.negatives  # the same 1 + 19 candidates SFT trains on
     with cprec.connect() as con:
-        counts = build_candidate_sets(con, context.partition_key, negatives)
+        counts = build_candidate_sets(con, context.partition_key, negatives,
+                                      log=run_log(context))
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(counts.values()), **counts})
 
 
@@ -45,7 +47,7 @@ def evaluation(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.
     (zero-shot, LLaRA, CPRec and the ablations, every seed) likelihood ranking and greedy
     generation (ValidRatio, HR@1), per user subset."""
     rows = evaluate_domain(cprec.connect, cprec.profile, context.partition_key,
-                           log=context.log.info)
+                           log=run_log(context))
     with cprec.connect() as con:
         tables, seconds = evaluation_tables(con, rows[0][0]), scoring_seconds(con, rows[0][0])
     return dg.MaterializeResult(metadata={"dagster/row_count": len(rows), **markdown(tables),

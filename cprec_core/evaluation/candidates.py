@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 
 from cprec_core.data.domain_users import domain_for_slug
+from cprec_core.progress import Log, Progress
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS candidate_sets (
@@ -24,7 +25,11 @@ def _seed(domain: str, split: str, seed: int) -> int:
 
 
 def build_candidate_sets(con: duckdb.DuckDBPyConnection, slug: str, negatives: int = 19,
-                         seed: int = 0) -> dict[str, int]:
+                         seed: int = 0, log: Log = print,
+                         every_s: float | None = None) -> dict[str, int]:
+    """Draws and stores the domain's candidate sets; returns the count per split. Progress
+    (users drawn, time left) goes to ``log`` at most every ``every_s`` seconds
+    (cprec_core.progress)."""
     domain, _ = domain_for_slug(con, slug)
     items = np.asarray([r[0] for r in con.execute(
         "SELECT item_idx FROM items WHERE domain = ? ORDER BY item_idx", [domain]).fetchall()])
@@ -41,14 +46,17 @@ def build_candidate_sets(con: duckdb.DuckDBPyConnection, slug: str, negatives: i
     for split, column in (("valid", 1), ("test", 2)):
         rng = np.random.default_rng(_seed(domain, split, seed))
         rows = []
-        for row in users:
+        progress = Progress(log, f"{slug} candidate sets ({split})", len(users), "users",
+                            every_s)
+        for done, row in enumerate(users, 1):
             target = row[column]
             unseen = np.setdiff1d(items, row[4])
-            if target is None or len(unseen) < negatives:
-                continue
-            candidates = np.concatenate([[target], rng.choice(unseen, negatives, replace=False)])
-            rng.shuffle(candidates)
-            rows.append((domain, split, row[0], int(target), candidates.tolist(), row[3]))
+            if target is not None and len(unseen) >= negatives:
+                candidates = np.concatenate([[target],
+                                             rng.choice(unseen, negatives, replace=False)])
+                rng.shuffle(candidates)
+                rows.append((domain, split, row[0], int(target), candidates.tolist(), row[3]))
+            progress.update(done)
         con.executemany("INSERT INTO candidate_sets VALUES (?, ?, ?, ?, ?, ?)", rows)
         counts[split] = len(rows)
     return counts

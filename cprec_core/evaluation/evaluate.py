@@ -45,6 +45,7 @@ from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.data.cases import Cases, load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
 from cprec_core.metrics import ranking_report, ranks_from_scores
+from cprec_core.progress import Log, Progress, Throttled, duration
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
 from cprec_core.systems import SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES, system as registered
@@ -104,19 +105,38 @@ def candidates_hash(candidates) -> str:
     return hashlib.sha1(",".join(str(int(c)) for c in candidates).encode()).hexdigest()[:16]
 
 
-def classic_scores(con, profile: Profile, slug: str, cases: Cases) -> dict[str, np.ndarray]:
+def classic_scores(con, profile: Profile, slug: str, cases: Cases, log: Log = print,
+                   every_s: float | None = None) -> dict[str, np.ndarray]:
+    """{system: scores (cases x candidates)} of every classic system; each system's time
+    goes to ``log`` (at most every ``every_s`` seconds, all of them in a closing line)."""
     rng = np.random.default_rng(0)
-    scores = {
-        "random": rng.random(cases.candidates.shape),
-        "popularity": popularity(con, cases),
-        "item-knn (domain)": item_knn(con, cases, all_domains=False),
-        "item-knn (all domains)": item_knn(con, cases, all_domains=True),
+
+    def sequential(files) -> np.ndarray:
+        model, index = load_next_item_model(files)
+        return sequential_scores(model, index, cases, model.shape.max_len)
+
+    scorers = {
+        "random": lambda: rng.random(cases.candidates.shape),
+        "popularity": lambda: popularity(con, cases),
+        "item-knn (domain)": lambda: item_knn(con, cases, all_domains=False),
+        "item-knn (all domains)": lambda: item_knn(con, cases, all_domains=True),
     }
     for kind in ("sasrec", "gru4rec"):  # each when its model is trained
         files = profile.layout.next_item_model(kind, slug)
         if files.exists():
-            model, index = load_next_item_model(files)
-            scores[kind] = sequential_scores(model, index, cases, model.shape.max_len)
+            scorers[kind] = lambda files=files: sequential(files)
+    label = f"{slug} {cases.split}, {len(cases.users):,} cases"
+    throttled = Throttled(log, every_s)
+    scores, seconds = {}, {}
+    for i, (system, score) in enumerate(scorers.items(), 1):
+        started = time.perf_counter()
+        scores[system] = score()
+        seconds[system] = time.perf_counter() - started
+        throttled(lambda: f"{label}: {system} scored in {duration(seconds[system])}"
+                          f" ({i}/{len(scorers)} classic systems)")
+    throttled(f"{label}: {len(scorers)} classic systems scored in"
+              f" {duration(sum(seconds.values()))} ("
+              + ", ".join(f"{k} {duration(v)}" for k, v in seconds.items()) + ")", force=True)
     return scores
 
 
@@ -160,11 +180,16 @@ def planned_runs(profile: Profile, slug: str, log=print) -> list[tuple[str, int,
 
 
 def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases,
-                log=print, runs: list[tuple[str, int, bool]] | None = None
-                ) -> dict[tuple[str, int], LLMRun]:
+                log=print, runs: list[tuple[str, int, bool]] | None = None,
+                every_s: float | None = None) -> dict[tuple[str, int], LLMRun]:
     """{(system, seed): LLMRun} for every run of ``runs`` (default ``planned_runs``), each
     timed (load and scoring apart). A shuffled run's key is ``<system> (shuffled emb)``; it,
-    and a system whose prompt does not list the candidates, is scored by likelihood only."""
+    and a system whose prompt does not list the candidates, is scored by likelihood only.
+
+    Each run logs its loading, then its cases scored (time per case, time left: the cases
+    left at the mean time per case so far, an underestimate as batches go from the
+    shortest prompts to the longest) after the first batch and at most every ``every_s``
+    seconds, and its total."""
     import torch
 
     from cprec_core.evaluation.allocator import release_freed_heap
@@ -172,32 +197,30 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 
     samples = cases.prompt_cases(profile.sft.history)
     cfg, out = profile.evaluation, {}
-    for name, seed, shuffled in planned_runs(profile, slug, log) if runs is None else runs:
+    runs = planned_runs(profile, slug, log) if runs is None else runs
+    for n, (name, seed, shuffled) in enumerate(runs, 1):
         torch.manual_seed(0)
         system = name + SHUFFLED_SUFFIX if shuffled else name
+        label = f"{slug} {cases.split}: {system} seed {seed}"
+        log(f"{label}: loading (LLM run {n}/{len(runs)})")
         loading = time.perf_counter()
         scorer = LLMScorer.load(profile, slug, name, seed,
                                 shuffle_seed=cfg.seed if shuffled else None)
         # a greedy answer can name a candidate only when the prompt lists them
         generation = cfg.generation and not shuffled and scorer.listing
-        started, last = time.perf_counter(), [0.0]
-
-        def progress(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if now - last[0] > 30 or done == total:
-                last[0] = now
-                log(f"{system} seed {seed}: {done}/{total} cases,"
-                    f" {(now - started) / done:.2f} s/case")
-
+        started = time.perf_counter()
+        log(f"{label}: loaded in {duration(started - loading)}, scoring {len(samples):,} cases"
+            f" ({'likelihood and greedy generation' if generation else 'likelihood'})")
+        progress = Progress(log, label, len(samples), "cases", every_s, first=True)
         scored = scorer.evaluate(samples, titles, cfg.batch_size, generation,
-                                 cfg.max_new_tokens, progress)
+                                 cfg.max_new_tokens, lambda done, total: progress.update(done))
         out[(system, seed)] = LLMRun(
             scored, round(started - loading, 2), round(time.perf_counter() - started, 2),
             scorer.answers_read_off if generation else None,
             scorer.answers_decoded if generation else None,
             f"{scorer.device.type} ({processor(str(scorer.device))})", torch.get_num_threads())
         if generation:
-            log(f"{system} seed {seed}: {scorer.answers_read_off} greedy answers read off the"
+            log(f"{label}: {scorer.answers_read_off} greedy answers read off the"
                 f" likelihood forward, {scorer.answers_decoded} decoded")
         del scorer
         if cfg.keep_freed_heap:  # the next model starts from a small heap, not this one's peak
@@ -273,7 +296,8 @@ def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=
 
 
 def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
-                    profile: Profile, slug: str, with_llm: bool = True, log=print) -> list[tuple]:
+                    profile: Profile, slug: str, with_llm: bool = True, log=print,
+                    every_s: float | None = None) -> list[tuple]:
     """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows.
     Without ``with_llm`` only the classic systems are scored, and only their rows are
     replaced: the LLM systems' rows stay (adding a classic baseline to an evaluation whose
@@ -281,6 +305,8 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
 
     ``connect()`` opens the profile's database. The connection is closed while the LLM
     systems are scored (minutes to hours), so other domains' runs can use the file meanwhile.
+    Progress goes to ``log``: each classic system's time, each LLM run's cases scored and
+    time left, at most every ``every_s`` seconds (cprec_core.progress.EVERY_S by default).
     """
     cfg = profile.evaluation
     with connect() as con:
@@ -288,7 +314,9 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         create_tables(con)
         splits = {split: load_cases(con, domain, split, cfg.max_cases, cfg.seed)
                   for split in ("valid", "test")}
-        classic = {split: classic_scores(con, profile, slug, cases)
+        log(f"{slug}: {len(splits['valid'].users):,} validation and"
+            f" {len(splits['test'].users):,} test cases")
+        classic = {split: classic_scores(con, profile, slug, cases, log, every_s)
                    for split, cases in splits.items()}
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
@@ -302,7 +330,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         if seeds:
             fusion = {seed: run for (_, seed), run in llm_results(
                 titles, profile, slug, splits["valid"], log,
-                [(cfg.fusion, seed, False) for seed in seeds]).items()}
+                [(cfg.fusion, seed, False) for seed in seeds], every_s).items()}
     for split, cases in splits.items():
         activity = np.asarray(cases.activity)
         target_col = cases.target_col
@@ -315,7 +343,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         for seed, run in fusion.items():  # its validation scoring, a cost too
             costs.append((domain, "valid", cfg.fusion, seed, len(run.cases), run.load_seconds,
                           run.score_seconds, None, None, run.device, run.threads))
-        llm = llm_results(titles, profile, slug, cases, log)
+        llm = llm_results(titles, profile, slug, cases, log, every_s=every_s)
         for (system, seed), run in llm.items():
             scored = run.cases
             costs.append((domain, split, system, seed, len(scored), run.load_seconds,

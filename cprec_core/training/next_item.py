@@ -29,6 +29,7 @@ from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
+from cprec_core.progress import Throttled, counted, duration
 
 
 def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int],
@@ -49,6 +50,31 @@ def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[
     return {key: round(value / max(len(histories), 1), 4) for key, value in totals.items()}
 
 
+def _epoch_line(label: str, epoch: int, cfg: SASRecConfig | GRU4RecConfig, history: list[dict],
+                waited: int, seconds: float, validation: float, per_epoch: float) -> str:
+    """One epoch's report: loss, validation metrics, the best so far, patience and the
+    epochs left (early stopping ends training after the patience left without a better
+    epoch, ``max_epochs`` at the latest)."""
+    row = history[-1]
+    best = max(history, key=lambda r: r["ndcg@10"])
+    line = (f"{label}: epoch {epoch}/{cfg.max_epochs} in {duration(seconds)} (validation"
+            f" {duration(validation)}), loss {row['loss']:.4f}, valid NDCG@10"
+            f" {row['ndcg@10']:.4f} HR@10 {row['hr@10']:.4f}, ")
+    line += ("new best" if best is row else
+             f"best NDCG@10 {best['ndcg@10']:.4f} at epoch {best['epoch']}")
+    patience = cfg.patience - waited
+    most = cfg.max_epochs - epoch
+    if patience <= 0:
+        return line + f"; no better epoch in {cfg.patience}: stopping early"
+    if most == 0:
+        return line + f", patience {patience}/{cfg.patience} left; last epoch (max_epochs)"
+    least = min(patience, most)
+    span = (f"{most} more epochs (about {duration(most * per_epoch)})" if least == most else
+            f"{least} to {most} more epochs (about {duration(least * per_epoch)} to"
+            f" {duration(most * per_epoch)})")
+    return line + f", patience {patience}/{cfg.patience} left; {span}"
+
+
 MODELS = {"sasrec": (SASRec, SASRecShape), "gru4rec": (GRU4Rec, GRU4RecShape)}
 NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 
@@ -65,9 +91,16 @@ def model_kind(cfg: SASRecConfig | GRU4RecConfig) -> str:
 
 
 def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: NextItemFiles,
-                    log=print) -> dict:
+                    log=print, every_s: float | None = None) -> dict:
     """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
-    and saved to ``files``; returns its manifest."""
+    and saved to ``files``; returns its manifest.
+
+    Progress goes to ``log`` at most every ``every_s`` seconds (cprec_core.progress.EVERY_S
+    by default): within a long epoch its batches (loss so far, time left in the epoch), and
+    after an epoch its loss, validation NDCG@10 and HR@10, the best so far, the patience
+    left and the epochs left (at least the patience left, at most up to ``max_epochs``).
+    The first epoch, an epoch that took longer than the interval and the last one are
+    always reported."""
     kind = model_kind(cfg)
     name = NAMES[kind]
     if len(data.items) < 2 or not data.histories:
@@ -90,26 +123,47 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     generator = torch.Generator().manual_seed(cfg.seed)
     best, best_state, history, waited = -1.0, None, [], 0
     started = time.perf_counter()
+    label = f"{name} {data.domain}"
+    n_batches = math.ceil(len(seqs) / cfg.batch_size)
+    log(f"{label}: {len(seqs):,} training sequences ({n_batches:,}"
+        f" {'batch' if n_batches == 1 else 'batches'} of {cfg.batch_size}), {len(local):,}"
+        f" items, {len(valid_hist):,} validation users;"
+        f" up to {cfg.max_epochs} epochs, early stop after {cfg.patience} without a better"
+        f" validation NDCG@10")
+    throttled = Throttled(log, every_s)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         order = torch.randperm(len(seqs), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), cfg.batch_size):
+        total, epoch_started = 0.0, time.perf_counter()
+        for batch, start in enumerate(range(0, len(order), cfg.batch_size), 1):
             idx = order[start:start + cfg.batch_size]
             loss = model.loss(seqs[idx], targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
+            if batch < n_batches:
+                throttled(lambda: counted(
+                    f"{label} epoch {epoch}/{cfg.max_epochs}", batch, n_batches, "batches",
+                    time.perf_counter() - epoch_started,
+                    f", loss {total / min(start + cfg.batch_size, len(order)):.4f}",
+                    "left in this epoch"))
+        validating = time.perf_counter()
         metrics = evaluate(model, valid_hist, valid_target, cfg.max_len)
+        now = time.perf_counter()
         history.append({"epoch": epoch, "loss": round(total / len(order), 4), **metrics})
-        if metrics["ndcg@10"] > best:
+        improved = metrics["ndcg@10"] > best
+        if improved:
             best, waited = metrics["ndcg@10"], 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             waited += 1
-            if waited >= cfg.patience:
-                break
+        stop = waited >= cfg.patience or epoch == cfg.max_epochs
+        throttled(lambda: _epoch_line(label, epoch, cfg, history, waited, now - epoch_started,
+                                      now - validating, (now - started) / epoch),
+                  force=epoch == 1 or stop or now - epoch_started >= throttled.every_s)
+        if waited >= cfg.patience:
+            break
     model.load_state_dict(best_state)
     best_epoch = max(history, key=lambda r: r["ndcg@10"])["epoch"]
     manifest = {
@@ -122,11 +176,13 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         "seconds": round(time.perf_counter() - started, 1), "history": history,
     }
     files.path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, files.weights)
+    staged = files.weights.with_name(files.weights.name + ".tmp")  # whole, then renamed
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged)
+    staged.replace(files.weights)
     files.item_index.write_text(json.dumps(sorted(data.items)))
     files.manifest.write_text(json.dumps(manifest, indent=2))
-    log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}),"
-        f" valid {manifest['valid']}, test {manifest['test']}")
+    log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}) in"
+        f" {duration(manifest['seconds'])}, valid {manifest['valid']}, test {manifest['test']}")
     return manifest
 
 

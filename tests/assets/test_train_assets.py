@@ -42,6 +42,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
         scored_meta = scored.asset_materializations_for_node("evaluation")[0].metadata
+        # the in-process assets' progress lines reach the Dagster run log
+        trained_log = [e.user_message for e in instance.all_logs(per_domain.run_id)]
+        scored_log = [e.user_message for e in instance.all_logs(scored.run_id)]
         results = scored_meta["results"].value
         # what each LLM system run cost, from the same evaluation
         assert "| llara | 1 |" in scored_meta["scoring_cost"].value
@@ -58,6 +61,15 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                                instance=instance)
         assert board.success
         board_meta = board.asset_materializations_for_node("leaderboard")[0].metadata
+    for name in ("SASRec", "GRU4Rec"):
+        assert any(re.match(rf"{name} Crime: epoch 1/\d+ in .+, valid NDCG@10 [\d.]+ HR@10"
+                            r" [\d.]+, new best, patience \d+/\d+ left", m)
+                   for m in trained_log), name
+    assert any(m.startswith("crime candidate sets (test): ") for m in scored_log)
+    assert any(re.match(r"crime test: llara seed 0: \d+/\d+ cases in .+ each$", m)
+               for m in scored_log)
+    assert any(m.startswith("crime test, ") and "classic systems scored in" in m
+               for m in scored_log)
     # the classic systems rank the same candidate sets: GRU4Rec beside SASRec
     for system in ("popularity", "item-knn (all domains)", "sasrec", "gru4rec"):
         assert f"| {system} | ranking |" in results, system

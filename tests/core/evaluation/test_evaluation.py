@@ -1,3 +1,5 @@
+import dataclasses
+import re
 from contextlib import nullcontext
 
 import duckdb
@@ -105,7 +107,7 @@ def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
     build_candidate_sets(con, "crime", negatives=2)
     calls = []
 
-    def fake_llm_results(titles, profile, slug, cases, log=print):
+    def fake_llm_results(titles, profile, slug, cases, log=print, every_s=None):
         calls.append(len(cases.users))
         n = len(cases.users)
         scored = [CaseResult(np.arange(3.0), np.arange(3.0), "x", int(c[0]))
@@ -183,6 +185,8 @@ def test_generation_only_where_the_prompt_lists_the_candidates(tmp_path, monkeyp
     monkeypatch.setattr(LLMScorer, "load", classmethod(load))
 
     class NoCases:
+        split = "test"
+
         def prompt_cases(self, history):
             return []
 
@@ -328,3 +332,82 @@ def test_fusion_picks_lambda_on_validation():
     assert pick_lambda(classic, classic, np.array([0, 1]), (0.0, 1.0))[0] == 0.0  # ties: smallest
     z = zscore(np.array([[1.0, 1.0], [0.0, 2.0]]))
     assert np.allclose(z, [[0, 0], [-1, 1]])
+
+
+def test_candidate_sets_and_classic_scoring_report_progress(con):
+    """Every user of the candidate-set draw and every classic system's time, with no
+    interval (``every_s=0``); the closing lines whatever the interval."""
+    con, profile = con
+    lines = []
+    counts = build_candidate_sets(con, "crime", negatives=2, log=lines.append, every_s=0)
+    users = con.execute("SELECT count(*) FROM domain_users WHERE domain = 'Crime'").fetchone()[0]
+    assert len(lines) == 2 * users
+    assert lines[0].startswith(f"crime candidate sets (valid): 1/{users} users, ")
+    assert lines[-1].startswith(f"crime candidate sets (test): {users}/{users} users in ")
+    lines.clear()
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False,
+                    log=lines.append, every_s=0)
+    cases = min(counts["test"], profile.evaluation.max_cases or counts["test"])
+    assert lines[0].startswith("crime: ") and lines[0].endswith(f" and {cases:,} test cases")
+    test = [x for x in lines if x.startswith(f"crime test, {cases:,} cases: ")]
+    systems = ("random", "popularity", "item-knn (domain)", "item-knn (all domains)")
+    assert [x.split(": ")[1].split(" scored")[0] for x in test[:-1]] == list(systems)
+    assert test[1].endswith(" (2/4 classic systems)")
+    assert re.match(r"crime test, \d+ cases: 4 classic systems scored in .+ \(random .+,"
+                    r" popularity .+, item-knn \(domain\) .+, item-knn \(all domains\) .+\)$",
+                    test[-1])
+    lines.clear()
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False,
+                    log=lines.append)  # the default interval: the closing line per split
+    assert len(lines) == 3 and lines[1].startswith("crime valid, ")
+    assert lines[2].startswith(f"crime test, {cases:,} cases: 4 classic systems scored in ")
+
+
+def test_llm_scoring_reports_cases_done_and_time_left(tmp_path, monkeypatch):
+    """Each LLM run: loading, loaded, then its cases after every batch with ``every_s=0``
+    (time per case, time left), and the total; with the default interval a fast run shows
+    its first batch and the total."""
+    import torch
+
+    from cprec_core.config import load_profile
+    from cprec_core.evaluation.llm import LLMScorer
+
+    profile = load_profile("demo", {"data_dir": str(tmp_path)})
+    profile = dataclasses.replace(profile, evaluation=dataclasses.replace(
+        profile.evaluation, batch_size=2))  # 5 cases: batches of 2, 2 and 1
+
+    class Scorer:
+        device, answers_read_off, answers_decoded, listing = torch.device("cpu"), 3, 2, True
+
+        def evaluate(self, samples, titles, batch_size, generate, max_new_tokens, progress):
+            for start in range(0, len(samples), batch_size):
+                progress(min(start + batch_size, len(samples)), len(samples))
+            return [CaseResult(np.zeros(3), np.zeros(3)) for _ in samples]
+
+    monkeypatch.setattr(LLMScorer, "load", classmethod(lambda cls, *a, **k: Scorer()))
+
+    class FiveCases:
+        split = "test"
+
+        def prompt_cases(self, history):
+            return [object()] * 5
+
+    runs = [("llara", 0, False), ("llara", 0, True)]
+    lines = []
+    evaluate_module.llm_results({}, profile, "crime", FiveCases(), lines.append, runs, every_s=0)
+    first = [x for x in lines if x.startswith("crime test: llara seed 0: ")]
+    assert first[0] == "crime test: llara seed 0: loading (LLM run 1/2)"
+    assert first[1].startswith("crime test: llara seed 0: loaded in ")
+    assert first[1].endswith(", scoring 5 cases (likelihood and greedy generation)")
+    assert [x.split(": ")[2].split(",")[0].split(" in")[0] for x in first[2:-1]] == [
+        "2/5 cases", "4/5 cases", "5/5 cases"]
+    assert all(re.search(r": \d/5 cases, .+ each, about .+ left$", x) for x in first[2:4])
+    assert re.search(r": 5/5 cases in .+, .+ each$", first[4])
+    assert first[5] == ("crime test: llara seed 0: 3 greedy answers read off the likelihood"
+                        " forward, 2 decoded")
+    shuffled = [x for x in lines if x.startswith("crime test: llara (shuffled emb) seed 0: ")]
+    assert shuffled[0].endswith("(LLM run 2/2)") and shuffled[1].endswith("(likelihood)")
+    lines.clear()
+    evaluate_module.llm_results({}, profile, "crime", FiveCases(), lines.append, runs[:1])
+    scored = [x.split(": ")[2].split(",")[0].split(" in")[0] for x in lines if "/5 cases" in x]
+    assert scored == ["2/5 cases", "5/5 cases"]  # the first batch and the total
