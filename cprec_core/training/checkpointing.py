@@ -1,32 +1,103 @@
-"""Checkpoints shared by the trainers: one folder per step, written atomically.
+"""Checkpoints shared by the trainers: one folder per step, written atomically, verified on
+load, with a fallback to the previous one when the newest is damaged.
 
-``checkpoints/step-NNNNNN/`` holds the peft adapter, ``optimizer.pt``, ``scheduler.pt``,
-``rng_state.pt`` (python, numpy, torch and any extra generators), optional extra tensors
-(``extra.safetensors``, e.g. LLaRA's projector) and ``trainer_state.json`` (step and the
-fingerprint of what is being trained). Everything is loaded with ``weights_only=True`` or
-from safetensors: a checkpoint folder is never trusted to run code.
+``checkpoints/step-NNNNNN/`` holds the peft adapter (``adapter/``), ``optimizer.pt``,
+``scheduler.pt``, ``rng_state.pt`` (python, numpy, torch and any extra generators), optional
+extra tensors (``extra.safetensors``, e.g. LLaRA's projector), ``trainer_state.json`` (step
+and the fingerprint of what is being trained) and ``checksums.json`` (size and sha256 of
+every other file). Everything is loaded with ``weights_only=True`` or from safetensors: a
+checkpoint folder is never trusted to run code.
+
+Writing (``save``): every file goes into ``.step-NNNNNN.tmp/`` and is fsynced,
+``checksums.json`` is written last, then the folder is renamed to ``step-NNNNNN`` (and the
+parent fsynced). A crash mid-save leaves only the ``.tmp`` folder, which is never loaded and
+is removed by the next ``load``. The newest ``KEEP_CHECKPOINTS`` folders are kept.
+
+Loading (``load``): the newest folder is verified (``checksums.json``, then every file is
+read into memory and parsed, before any of it touches the model) and applied all or
+nothing: if applying fails half-way, the trainer's state is put back as it was. A damaged
+checkpoint is logged with the file and the reason ("checkpoint step-000008 damaged:
+optimizer.pt: ...; falling back to step-000004") and the next older one is tried; when none
+is left, training starts over from step 0 (logged), from exactly the state a fresh run has.
+
+Damaged folders are moved to ``checkpoints/damaged/`` rather than deleted or left in place:
+left in place they would be retried (and reported) on every restart and would count as one
+of the ``KEEP_CHECKPOINTS`` kept ones, pushing an intact checkpoint out at the next save;
+deleted, the evidence of a disk or copy problem would be gone. One folder per step name is
+kept there (a later damage of the same step replaces it); it goes with the checkpoints when
+a changed plan discards them.
+
+Checkpoints written before ``checksums.json`` existed are still loaded: with no checksums to
+compare, every file is read and parsed in full, which catches truncation (safetensors and
+torch's zip format check their own lengths, JSON must parse), though not a flipped byte in
+a tensor. Their resume is logged as unchecksummed.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import os
+import pickle
 import random
 import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = f"{ADAPTER_DIR}/adapter_model.safetensors"
+ADAPTER_CONFIG = f"{ADAPTER_DIR}/adapter_config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng_state.pt"
 EXTRA_FILE = "extra.safetensors"
 STATE_FILE = "trainer_state.json"
+CHECKSUMS_FILE = "checksums.json"
+DAMAGED_DIR = "damaged"
 KEEP_CHECKPOINTS = 2
+REQUIRED = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE,
+            STATE_FILE)
+
+# what reading or applying a damaged file raises (torch.load, safetensors, json, state dicts)
+LOAD_ERRORS = (OSError, EOFError, RuntimeError, ValueError, KeyError, IndexError, TypeError,
+               AttributeError, pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError)
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be loaded: ``file`` (relative to the folder) and why."""
+
+    def __init__(self, folder: Path, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.folder, self.file, self.reason = folder, file, reason
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read into memory (nothing applied yet)."""
+
+    folder: Path | None
+    state: dict
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    extra: dict[str, torch.Tensor]
+    checksummed: bool = True
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+
+# -- writing ---------------------------------------------------------------------------------
 def _np_state(state) -> list:
     return [state[0], torch.from_numpy(state[1].astype(np.int64)), *state[2:]]
 
@@ -36,52 +107,271 @@ def _np_restore(saved) -> tuple:
     return (kind, keys.numpy().astype(np.uint32), *rest)
 
 
+def _rng_state(generators: dict[str, np.random.Generator] | None) -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": _np_state(np.random.get_state()),
+            "generators": {k: json.dumps(g.bit_generator.state)
+                           for k, g in (generators or {}).items()}}
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder to disk (folders: where the platform allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def save(root: Path, step: int, state: dict, peft_model, optimizer, scheduler,
          extra: dict[str, torch.Tensor] | None = None,
          generators: dict[str, np.random.Generator] | None = None) -> Path:
+    """Writes the checkpoint of ``step`` (``state`` joins the step in trainer_state.json)
+    into a temporary folder, fsynced, with checksums.json last, and renames it into place;
+    keeps the newest ``KEEP_CHECKPOINTS``."""
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-    torch.save({"python": random.getstate(), "torch": torch.get_rng_state(),
-                "numpy": _np_state(np.random.get_state()),
-                "generators": {k: json.dumps(g.bit_generator.state)
-                               for k, g in (generators or {}).items()}}, tmp / RNG_FILE)
+    torch.save(_rng_state(generators), tmp / RNG_FILE)
     if extra:
         save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, tmp / EXTRA_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}))
+    files = {}
+    for name in _files(tmp):
+        _fsync(tmp / name)
+        files[name] = {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+    with open(tmp / CHECKSUMS_FILE, "w") as fh:  # last: its presence means all is written
+        fh.write(json.dumps({"files": files}, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+    for folder in {(tmp / name).parent for name in files} | {tmp}:
+        _fsync(folder)
     final = root / f"step-{step:06d}"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+    _fsync(root)
+    for old in checkpoint_folders(root)[KEEP_CHECKPOINTS:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest(root: Path) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint and its state, or None."""
-    checkpoints = sorted(root.glob("step-*"))
-    if not checkpoints:
-        return None
-    return checkpoints[-1], json.loads((checkpoints[-1] / STATE_FILE).read_text())
+# -- reading ---------------------------------------------------------------------------------
+def checkpoint_folders(root: Path) -> list[Path]:
+    """The ``step-*`` folders, newest first."""
+    return sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
 
 
-def restore(folder: Path, optimizer, scheduler,
-            generators: dict[str, np.random.Generator] | None = None) -> dict[str, torch.Tensor]:
-    """Optimiser, scheduler and RNG states; returns the extra tensors (adapter weights are
-    loaded by the caller, which knows its model)."""
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
-    rng = torch.load(folder / RNG_FILE, weights_only=True)
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(_np_restore(rng["numpy"]))
-    for name, generator in (generators or {}).items():
-        generator.bit_generator.state = json.loads(rng["generators"][name])
-    return load_file(folder / EXTRA_FILE) if (folder / EXTRA_FILE).is_file() else {}
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    text = text[0].split(". ")[0] if text else ""  # torch's first sentence says it all
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / ADAPTER_DIR / "adapter_model.safetensors")
+def verify(folder: Path) -> bool:
+    """Checks every file against ``checksums.json``; False where there is none (written by
+    an older version). Raises DamagedCheckpoint naming the first bad file."""
+    listing = folder / CHECKSUMS_FILE
+    if not listing.exists():
+        return False
+    try:
+        files = json.loads(listing.read_text())["files"]
+        entries = {str(name): (int(e["size"]), str(e["sha256"])) for name, e in files.items()}
+    except LOAD_ERRORS as exc:
+        raise DamagedCheckpoint(folder, CHECKSUMS_FILE, _reason(exc)) from exc
+    for name in REQUIRED:
+        if name not in entries:
+            raise DamagedCheckpoint(folder, name, f"not listed in {CHECKSUMS_FILE}")
+    for name, (size, digest) in sorted(entries.items()):
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise DamagedCheckpoint(folder, CHECKSUMS_FILE, f"lists a path outside: {name}")
+        if not path.is_file():
+            raise DamagedCheckpoint(folder, name, "missing")
+        actual = path.stat().st_size
+        if actual != size:
+            raise DamagedCheckpoint(folder, name, f"{actual} bytes, {size} were written"
+                                    + (" (truncated)" if actual < size else ""))
+        if _sha256(path) != digest:
+            raise DamagedCheckpoint(folder, name, f"sha256 differs from {CHECKSUMS_FILE}")
+    return True
+
+
+def _read(folder: Path, name: str, reader: Callable[[Path], object]):
+    try:
+        return reader(folder / name)
+    except LOAD_ERRORS as exc:
+        raise DamagedCheckpoint(folder, name, _reason(exc)) from exc
+
+
+def _torch_load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _json(path: Path) -> dict:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def read(folder: Path) -> Checkpoint:
+    """The checkpoint in ``folder``, verified and read into memory; raises DamagedCheckpoint."""
+    checksummed = verify(folder)
+    state = _read(folder, STATE_FILE, _json)
+    if not isinstance(state.get("step"), int) or folder.name != f"step-{state['step']:06d}":
+        raise DamagedCheckpoint(folder, STATE_FILE, f"step {state.get('step')!r} does not match"
+                                                    f" the folder name {folder.name}")
+    _read(folder, ADAPTER_CONFIG, _json)  # not applied (the model has its config): checked
+    adapter = _read(folder, ADAPTER_WEIGHTS, load_file)
+    optimizer = _read(folder, OPTIMIZER_FILE, _torch_load)
+    scheduler = _read(folder, SCHEDULER_FILE, _torch_load)
+    rng = _read(folder, RNG_FILE, _torch_load)
+    for name, value in (("optimizer", optimizer), ("scheduler", scheduler), ("rng", rng)):
+        if not isinstance(value, dict):
+            file = {"optimizer": OPTIMIZER_FILE, "scheduler": SCHEDULER_FILE}.get(name, RNG_FILE)
+            raise DamagedCheckpoint(folder, file, f"holds a {type(value).__name__}, not a dict")
+    missing = {"python", "torch", "numpy", "generators"} - set(rng)
+    if missing:
+        raise DamagedCheckpoint(folder, RNG_FILE, f"no {', '.join(sorted(missing))} state")
+    extra = _read(folder, EXTRA_FILE, load_file) if (folder / EXTRA_FILE).exists() else {}
+    return Checkpoint(folder, state, adapter, optimizer, scheduler, rng, extra, checksummed)
+
+
+# -- applying --------------------------------------------------------------------------------
+def _capture(peft_model, optimizer, scheduler, generators, extra_module) -> Checkpoint:
+    """The trainer's current state, in the form ``read`` returns (for a rollback)."""
+    from peft import get_peft_model_state_dict
+
+    adapter = {k: v.detach().clone() for k, v in
+               get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+    extra = ({k: v.detach().clone() for k, v in extra_module.state_dict().items()}
+             if extra_module is not None else {})
+    return Checkpoint(None, {"step": 0}, adapter, copy.deepcopy(optimizer.state_dict()),
+                      copy.deepcopy(scheduler.state_dict()), _rng_state(generators), extra)
+
+
+def _apply(checkpoint: Checkpoint, peft_model, optimizer, scheduler, generators,
+           extra_module) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    folder = checkpoint.folder
+    current = ADAPTER_WEIGHTS
+    try:
+        expected = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+        if set(expected) != set(checkpoint.adapter):
+            raise KeyError(f"tensors {sorted(set(expected) ^ set(checkpoint.adapter))[:3]}"
+                           " missing or unexpected")
+        for key, value in expected.items():
+            if tuple(value.shape) != tuple(checkpoint.adapter[key].shape):
+                raise ValueError(f"{key}: shape {tuple(checkpoint.adapter[key].shape)}, the"
+                                 f" model has {tuple(value.shape)}")
+        if extra_module is not None:
+            current = EXTRA_FILE
+            if not checkpoint.extra:
+                raise FileNotFoundError("missing")
+        current = OPTIMIZER_FILE  # validates everything before it changes anything
+        optimizer.load_state_dict(checkpoint.optimizer)
+        current = SCHEDULER_FILE
+        missing = set(scheduler.state_dict()) - set(checkpoint.scheduler)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
+        scheduler.load_state_dict(checkpoint.scheduler)
+        current = ADAPTER_WEIGHTS
+        set_peft_model_state_dict(peft_model, checkpoint.adapter)
+        current = RNG_FILE
+        rng = checkpoint.rng
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(_np_restore(rng["numpy"]))
+        for name, generator in (generators or {}).items():
+            generator.bit_generator.state = json.loads(rng["generators"][name])
+        if extra_module is not None:
+            current = EXTRA_FILE
+            extra_module.load_state_dict(checkpoint.extra)  # strict: every tensor, no other
+    except LOAD_ERRORS as exc:
+        raise DamagedCheckpoint(folder, current, _reason(exc)) from exc
+
+
+def restore(checkpoint: Checkpoint, peft_model, optimizer, scheduler,
+            generators: dict[str, np.random.Generator] | None = None,
+            extra_module: torch.nn.Module | None = None) -> None:
+    """Adapter weights, optimiser, scheduler, RNGs and (``extra_module``) the extra tensors,
+    all or nothing: on DamagedCheckpoint everything is as it was before the call."""
+    before = _capture(peft_model, optimizer, scheduler, generators, extra_module)
+    try:
+        _apply(checkpoint, peft_model, optimizer, scheduler, generators, extra_module)
+    except DamagedCheckpoint:
+        _apply(before, peft_model, optimizer, scheduler, generators, extra_module)
+        raise
+
+
+def set_aside(folder: Path) -> Path:
+    """Moves a damaged checkpoint to ``damaged/`` beside it (see the module docstring)."""
+    target = folder.parent / DAMAGED_DIR / folder.name
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(target)
+    return target
+
+
+def load(root: Path, plan: str, apply: Callable[[Checkpoint], None],
+         log: Callable[[str], None], main: bool = True,
+         barrier: Callable[[], None] | None = None) -> Checkpoint | None:
+    """Applies the newest intact checkpoint of ``plan`` through ``apply`` (which raises
+    DamagedCheckpoint, having changed nothing, when it cannot) and returns it; None: start
+    from step 0. Damaged checkpoints are logged and the next older one is tried; checkpoints
+    of another plan (``state["plan"]``) discard the whole folder. Every process walks the
+    same folders; after ``barrier`` only the main one moves or removes anything."""
+    folders = checkpoint_folders(root) if root.is_dir() else []
+    damaged: list[Path] = []
+    found, foreign = None, False
+    for i, folder in enumerate(folders):
+        try:
+            checkpoint = read(folder)
+            if checkpoint.state.get("plan") != plan:  # corpus, config or model changed
+                log(f"checkpoints in {root} are from another plan"
+                    f" ({checkpoint.state.get('plan')} != {plan}): starting over")
+                foreign = True
+                break
+            apply(checkpoint)
+        except DamagedCheckpoint as exc:
+            damaged.append(folder)
+            then = (f"falling back to {folders[i + 1].name}" if i + 1 < len(folders) else
+                    "no intact checkpoint left: starting over from step 0")
+            log(f"checkpoint {folder.name} damaged: {exc}; {then}")
+            continue
+        found = checkpoint
+        log(f"resumed from {folder} (step {checkpoint.step})" + (
+            "" if checkpoint.checksummed else f"; it has no {CHECKSUMS_FILE} (an older"
+            " version's checkpoint): checked by reading every file"))
+        break
+    if barrier is not None and folders:
+        barrier()
+    if main and root.is_dir():
+        if foreign:
+            shutil.rmtree(root)
+            return None
+        for folder in damaged:
+            log(f"moved damaged {folder.name} to {set_aside(folder)}")
+        for partial in root.glob(".step-*.tmp"):  # a save that did not finish
+            shutil.rmtree(partial, ignore_errors=True)
+    return found

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from peft import set_peft_model_state_dict
 from transformers import AutoTokenizer, get_wsd_schedule
 
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
@@ -209,22 +208,15 @@ class CPTTrainer:
                                self.peft_model, self.optimizer, self.scheduler)
 
     def load_checkpoint(self) -> int:
-        """The step to start from: 0, or the step of the newest complete checkpoint."""
-        found = checkpointing.latest(self.run.checkpoints)
-        if found is None:
-            return 0
-        last, state = found
-        if state["plan"] != self.plan_fingerprint:  # corpus, config or model changed
-            self.reporter.log(f"checkpoints in {last.parent} are from another plan"
-                              f" ({state['plan']} != {self.plan_fingerprint}): starting over")
-            self.accelerator.wait_for_everyone()
-            if self.accelerator.is_main_process:
-                shutil.rmtree(last.parent)
-            return 0
-        set_peft_model_state_dict(self.peft_model, checkpointing.adapter_weights(last))
-        checkpointing.restore(last, self.optimizer, self.scheduler)
-        self.reporter.log(f"resumed from {last} (step {state['step']})")
-        return state["step"]
+        """The step to start from: 0, or the step of the newest intact checkpoint of this
+        plan (a damaged one is reported and the one before it used: checkpointing.load)."""
+        found = checkpointing.load(
+            self.run.checkpoints, self.plan_fingerprint,
+            lambda checkpoint: checkpointing.restore(checkpoint, self.peft_model,
+                                                     self.optimizer, self.scheduler),
+            self.reporter.log, main=self.accelerator.is_main_process,
+            barrier=self.accelerator.wait_for_everyone)
+        return 0 if found is None else found.step
 
     def save_final(self, log_path: Path) -> dict:
         self.accelerator.wait_for_everyone()

@@ -175,12 +175,16 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         "test": evaluate(model, test_hist, test_target, cfg.max_len),
         "seconds": round(time.perf_counter() - started, 1), "history": history,
     }
+    # The weights file marks a finished model (NextItemFiles.exists): the old one goes first,
+    # the new one is renamed into place last, so a crash never pairs weights with another
+    # run's item index or manifest.
     files.path.mkdir(parents=True, exist_ok=True)
-    staged = files.weights.with_name(files.weights.name + ".tmp")  # whole, then renamed
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged)
-    staged.replace(files.weights)
+    files.weights.unlink(missing_ok=True)
     files.item_index.write_text(json.dumps(sorted(data.items)))
     files.manifest.write_text(json.dumps(manifest, indent=2))
+    staged = files.weights.with_name(files.weights.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged)
+    staged.replace(files.weights)
     log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}) in"
         f" {duration(manifest['seconds'])}, valid {manifest['valid']}, test {manifest['test']}")
     return manifest

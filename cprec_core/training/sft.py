@@ -466,21 +466,19 @@ class SFTTrainer:
                                generators={"curriculum": self.curriculum})
 
     def load_checkpoint(self) -> int:
-        found = checkpointing.latest(self.run.checkpoints)
-        if found is None:
-            return 0
-        last, state = found
-        if state["plan"] != self.fingerprint:
-            self.reporter.log(f"checkpoints in {last.parent} are from another plan: starting over")
-            if self.accelerator.is_main_process:
-                shutil.rmtree(last.parent)
-            return 0
-        set_peft_model_state_dict(self.peft_model, checkpointing.adapter_weights(last))
-        extra = checkpointing.restore(last, self.optimizer, self.scheduler,
-                                      {"curriculum": self.curriculum})
-        self.projector.load_state_dict(extra)
-        self.reporter.log(f"resumed from {last} (step {state['step']})")
-        return state["step"]
+        """The step to start from: 0, or the step of the newest intact checkpoint of this
+        plan (a damaged one is reported and the one before it used: checkpointing.load).
+        Adapter, projector, optimiser, scheduler and RNGs (the curriculum's too) come from
+        that one checkpoint; ``train`` then cuts the train and validation logs and the best
+        adapters back to its step."""
+        found = checkpointing.load(
+            self.run.checkpoints, self.fingerprint,
+            lambda checkpoint: checkpointing.restore(
+                checkpoint, self.peft_model, self.optimizer, self.scheduler,
+                {"curriculum": self.curriculum}, extra_module=self.projector),
+            self.reporter.log, main=self.accelerator.is_main_process,
+            barrier=self.accelerator.wait_for_everyone)
+        return 0 if found is None else found.step
 
     def _select_best(self) -> dict | None:
         """Load the best validation adapter into the model (selection), or score the final
