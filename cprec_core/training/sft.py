@@ -377,9 +377,12 @@ class SFTTrainer:
         if best is None or key > best[0]:
             if self.accelerator.is_main_process:
                 folder = self.run.best / f"step-{step:06d}"
+                staged = self.run.best / f".{folder.name}.tmp"  # whole, then renamed
+                shutil.rmtree(staged, ignore_errors=True)
+                self.peft_model.save_pretrained(staged / "adapter", save_embedding_layers=False)
+                save_file(self._projector_state(), staged / "projector.safetensors")
                 shutil.rmtree(folder, ignore_errors=True)
-                self.peft_model.save_pretrained(folder / "adapter", save_embedding_layers=False)
-                save_file(self._projector_state(), folder / "projector.safetensors")
+                staged.rename(folder)
 
     def _best_validation(self) -> tuple[tuple, dict] | None:
         """(selection key, validation row) of the best kept adapter."""
