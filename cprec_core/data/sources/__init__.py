@@ -7,12 +7,14 @@ from typing import Iterator
 
 from cprec_core.config import SourceConfig
 from cprec_core.data.sources.amazon import read_amazon2018, read_amazon2023
-from cprec_core.data.sources.base import Accepted, FileRead, Record, Rejected, SourceError
+from cprec_core.data.sources.base import (Accepted, FileRead, Record, Rejected, SourceError,
+                                         SourceFileGone)
 from cprec_core.data.sources.embedded import ensure_embedded
 from cprec_core.data.sources.movielens import read_movielens
 from cprec_core.data.sources.table import read_table
 
-__all__ = ["Accepted", "FileRead", "Record", "Rejected", "SourceError", "read_source"]
+__all__ = ["Accepted", "FileRead", "Record", "Rejected", "SourceError", "SourceFileGone",
+           "read_source"]
 
 
 def read_source(cfg: SourceConfig, cache_dir: str | Path) -> Iterator[Record]:

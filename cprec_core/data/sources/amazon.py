@@ -8,6 +8,13 @@ in ms) + ``meta_<Category>.jsonl[.gz]`` (parent_asin, title, main_category). Ite
 ``parent_asin`` (variants of one product are one item), as the 2023 benchmark scripts do.
 
 The domain of every row is the category named by its file pair.
+
+``SourceConfig.timestamp_unit`` applies to ``unixReviewTime`` (2018) and ``timestamp`` (2023):
+``auto`` (the default) reads numbers above 1e11 as milliseconds and others as seconds, which
+reads both published layouts right (2018 in seconds, 2023 in ms) and a 2023-style export in
+seconds too; ``s`` or ``ms`` force the unit. ``reviewTime`` ("09 13, 2009") has no unit.
+Ids are text or integers and titles text (rules in cprec_core.data.sources.base); a meta row
+whose title is unusable rejects every review of that item with the meta row's reason.
 """
 
 from __future__ import annotations
@@ -27,13 +34,16 @@ from cprec_core.data.sources.base import (
     RowProblem,
     SourceError,
     category_from_filename,
+    check_chars,
     check_ms_range,
-    file_sha256,
     json_rows,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
+    read_sha256,
     require_text,
+    show,
+    title_text,
 )
 
 
@@ -45,13 +55,12 @@ class Layout:
     user_key: str
     rating_key: str
     time_keys: tuple[str, ...]
-    time_unit: str
 
 
 AMAZON_2018 = Layout("amazon2018", (".json", ".json.gz"), "asin", "reviewerID", "overall",
-                     ("unixReviewTime", "reviewTime"), "s")
+                     ("unixReviewTime", "reviewTime"))
 AMAZON_2023 = Layout("amazon2023", (".jsonl", ".jsonl.gz"), "parent_asin", "user_id", "rating",
-                     ("timestamp",), "ms")
+                     ("timestamp",))
 
 
 def find_pairs(folder: Path, layout: Layout, categories: tuple[str, ...]) -> list[tuple[str, Path, Path]]:
@@ -95,8 +104,9 @@ def clean_title(value: str) -> str:
 
 
 def _read_meta(path: Path, layout: Layout) -> tuple[dict, list[Record]]:
-    """item -> (title or None, meta line). Defective meta rows are returned as records."""
-    items: dict[str, tuple[str | None, int]] = {}
+    """item -> (title or None, meta line, why there is no title). Defective meta rows are
+    returned as records."""
+    items: dict[str, tuple[str | None, int, str]] = {}
     records: list[Record] = []
     rows = 0
     for number, raw, obj in json_rows(path):
@@ -106,40 +116,52 @@ def _read_meta(path: Path, layout: Layout) -> tuple[dict, list[Record]]:
                 raise obj
             key = layout.item_key if layout.item_key in obj else "asin"
             item_id = require_text(obj, key, f"{layout.item_key}")
-            title = obj.get("title")
-            title = clean_title(title) if isinstance(title, str) else ""
             if item_id in items:
-                raise RowProblem(key, f"duplicate item {item_id!r}, first at line {items[item_id][1]}")
-            items[item_id] = (title or None, number)
-            if not title:
-                records.append(Rejected(str(path), number, "title", "item without title",
-                                        raw_text(raw)))
+                raise RowProblem(key, f"duplicate item {show(item_id)}, first at line {items[item_id][1]}")
+            try:
+                title = _title(obj.get("title"))
+            except RowProblem as p:  # the item is known, without a title
+                items[item_id] = (None, number, p.reason)
+                raise
+            items[item_id] = (title, number, "")
         except RowProblem as p:
             records.append(Rejected(str(path), number, p.field, p.reason, raw_text(raw)))
-    records.append(FileRead(str(path), "items", layout.version, rows, file_sha256(path)))
+    records.append(FileRead(str(path), "items", layout.version, rows, read_sha256(path)))
     return items, records
 
 
-def _timestamp(obj: dict, layout: Layout) -> int:
+def _title(value: object) -> str:
+    """A meta title: text, HTML entities decoded, whitespace collapsed."""
+    title = clean_title(title_text(value))
+    if not title:  # e.g. only "&nbsp;"
+        raise RowProblem("title", "item without title")
+    return check_chars(title, "title")  # entities may decode to control characters
+
+
+def _timestamp(obj: dict, layout: Layout, unit: str) -> int:
     for key in layout.time_keys:
         value = obj.get(key)
         if value is None or value == "":
             continue
         if key == "reviewTime":  # "09 13, 2009"
             try:
-                dt = datetime.strptime(str(value), "%m %d, %Y").replace(tzinfo=timezone.utc)
+                if not isinstance(value, str):
+                    raise ValueError
+                dt = datetime.strptime(value, "%m %d, %Y").replace(tzinfo=timezone.utc)
             except ValueError:
-                raise RowProblem(key, f"unparseable time {value!r}")
-            return check_ms_range(int(dt.timestamp() * 1000), value, key)
+                raise RowProblem(key, f"unparseable time {show(value)}")
+            return check_ms_range(dt.timestamp() * 1000, value, key)
         try:
-            return parse_timestamp_ms(value, layout.time_unit)
+            return parse_timestamp_ms(value, unit)
         except RowProblem as p:
             raise RowProblem(key, p.reason)
     raise RowProblem(layout.time_keys[0], "missing timestamp")
 
 
-def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout) -> Iterator[Record]:
-    """One category: its meta file (item titles), then its review file."""
+def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout,
+              unit: str = "auto") -> Iterator[Record]:
+    """One category: its meta file (item titles), then its review file. ``unit``: the
+    ``timestamp_unit`` of the numeric time key (see the module docstring)."""
     items, meta_records = _read_meta(meta_path, layout)
     yield from meta_records
     source = str(reviews_path)
@@ -152,22 +174,23 @@ def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout
             user_id = require_text(obj, layout.user_key)
             key = layout.item_key if obj.get(layout.item_key) else "asin"
             item_id = require_text(obj, key, layout.item_key)
-            ts_ms = _timestamp(obj, layout)
+            ts_ms = _timestamp(obj, layout, unit)
             rating = parse_rating(obj.get(layout.rating_key))
             if item_id not in items:
-                raise RowProblem(key, f"item {item_id!r} not in {meta_path.name}")
-            title, meta_line = items[item_id]
+                raise RowProblem(key, f"item {show(item_id)} not in {meta_path.name}")
+            title, meta_line, why = items[item_id]
             if title is None:
-                raise RowProblem("title", f"item without title ({meta_path.name} line {meta_line})")
-            yield Accepted(source, number, user_id, item_id, title, ts_ms, category, rating)
+                raise RowProblem("title", f"{why} ({meta_path.name} line {meta_line})")
+            domain = check_chars(category, "domain")
+            yield Accepted(source, number, user_id, item_id, title, ts_ms, domain, rating)
         except RowProblem as p:
             yield Rejected(source, number, p.field, p.reason, raw_text(raw))
-    yield FileRead(source, "interactions", layout.version, rows, file_sha256(reviews_path))
+    yield FileRead(source, "interactions", layout.version, rows, read_sha256(reviews_path))
 
 
 def read_amazon(path: str | Path, cfg: SourceConfig, layout: Layout) -> Iterator[Record]:
     for category, reviews_path, meta_path in find_pairs(Path(path), layout, cfg.categories):
-        yield from read_pair(category, reviews_path, meta_path, layout)
+        yield from read_pair(category, reviews_path, meta_path, layout, cfg.timestamp_unit)
 
 
 def read_amazon2018(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:

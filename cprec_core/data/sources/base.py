@@ -4,27 +4,56 @@ A reader is a generator of records: ``Accepted`` interactions, ``Rejected`` rows
 field, reason and the raw text, so nothing is silently lost) and one ``FileRead`` per file it
 finished, with the number of rows it read. The loader (cprec_core.data.raw) writes them to DuckDB
 and reconciles ``accepted + rejected == rows read`` per file.
+
+What a reader may raise: only ``SourceError``, naming the file (and the line where there is
+one). A defect of one row is a ``Rejected`` record; a file that cannot be read to its end
+(damaged gzip stream, unreadable Parquet page, I/O error) raises ``SourceError`` naming the
+file and the line (or Parquet row) after which reading stopped (``SourceFileGone`` if the
+file was removed meanwhile). The rows of that file yielded before it have no ``FileRead`` and
+must be discarded by the caller: the loader aborts the build, the landing folder rolls the
+delivery back.
+
+Field rules shared by every format (see ``id_text``, ``title_text``, ``parse_timestamp_ms``,
+``parse_rating``):
+  - ids (user, item): text or an integer. A float counts only when integral (``12.0`` ->
+    ``"12"``: pandas writes an integer column with gaps as floats). Bools, bytes, lists,
+    objects, dates and fractional numbers are the wrong type.
+  - title and domain: text only.
+  - None, NaN and blank text are "missing".
+  - text fields must not contain a NUL byte, another C0 control character (titles may hold
+    tab, LF and CR, which become spaces) or an unpaired surrogate (not encodable as UTF-8).
+  - rating: a finite number or numeric text; absent/blank = no rating.
 """
 
 from __future__ import annotations
 
+import ast
+import codecs
 import gzip
 import hashlib
 import json
-import ast
 import math
+import re
+import warnings
 import zlib
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 MIN_TS_MS = 0  # 1970-01-01
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01
 RAW_TEXT_LIMIT = 500
+SHOW_LIMIT = 60  # characters of a value quoted in a reason
+MAX_INT_ID = 2**63  # integer ids must fit a signed 64-bit column
+
+# errors of reading a (possibly gzip-compressed) file; gzip.BadGzipFile is an OSError
+READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 class SourceError(ValueError):
-    """A whole input cannot be read: missing file, unknown format, missing column."""
+    """A whole input cannot be read: missing file, unknown format, missing column, a file that
+    cannot be read to its end."""
 
 
 class Accepted(NamedTuple):
@@ -66,12 +95,30 @@ class RowProblem(Exception):
         self.reason = reason
 
 
+class SourceFileGone(SourceError):
+    """A file removed before or while it was read (``filename``): a caller may treat it as
+    gone rather than broken, as the landing folder does."""
+
+    def __init__(self, message: str, filename: str):
+        super().__init__(message)
+        self.filename = filename
+
+
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256; ``OSError`` if it cannot be read (see ``read_sha256``)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_sha256(path: Path) -> str:
+    """``file_sha256`` for a reader's ``FileRead``: an ``OSError`` becomes a ``SourceError``."""
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise stopped_reading(path, 0, exc) from exc
 
 
 def require_file(path: Path, expected: str) -> Path:
@@ -80,33 +127,84 @@ def require_file(path: Path, expected: str) -> Path:
     return path
 
 
+def stopped_reading(path: Path, line: int, exc: BaseException, unit: str = "line") -> SourceError:
+    """The error for a file that cannot be read to its end (``line``: the last one read);
+    ``SourceFileGone`` if the file was removed."""
+    if isinstance(exc, FileNotFoundError):
+        return SourceFileGone(f"{path}: removed before or while it was read ({exc})", str(path))
+    gz = path.name.endswith(".gz")
+    where = f"reading stopped after {unit} {line}" if line else "cannot be read"
+    return SourceError(f"{path}: {where} ({type(exc).__name__}: {exc}); expected a"
+                       f" {'gzip-compressed ' if gz else ''}file readable to its end")
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
     """(1-based line number, decoded text or None if not UTF-8, raw bytes) for each line.
 
-    LF and CRLF endings both work; ``.gz`` files are decompressed on the fly.
+    LF and CRLF endings both work; ``.gz`` files are decompressed on the fly; a UTF-8 byte order
+    mark (Windows editors write one) is dropped from the first line. A file that cannot be read
+    to its end raises ``SourceError`` naming the last line read.
     """
-    with open_binary(path) as fh:
-        try:
+    number = 0
+    try:
+        with open_binary(path) as fh:
             for number, raw in enumerate(fh, start=1):
                 raw = raw.rstrip(b"\r\n")
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
                 try:
-                    yield number, raw.decode("utf-8"), raw
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError:
-                    yield number, None, raw
-        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            raise SourceError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'text'}"
-                              f" ({exc}); expected a {'gzip-compressed ' if path.suffix == '.gz' else ''}"
-                              "text file") from exc
+                    text = None
+                yield number, text, raw
+    except READ_ERRORS as exc:
+        raise stopped_reading(path, number, exc) from exc
 
 
 def open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
 def raw_text(raw: bytes | str) -> str:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
-    return raw[:RAW_TEXT_LIMIT]
+    """At most ``RAW_TEXT_LIMIT`` characters of a row, always encodable: bytes that are not
+    UTF-8 (also when smuggled in as ``surrogateescape`` characters) become U+FFFD."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = raw.encode("utf-8", "replace")
+    return raw[: RAW_TEXT_LIMIT * 4 + 4].decode("utf-8", errors="replace")[:RAW_TEXT_LIMIT]
+
+
+def safe_repr(value: object) -> str:
+    """``repr`` that cannot fail: a 5,000-digit int or a 1,000-deep list cannot be shown."""
+    try:
+        return repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} too large to show>"
+
+
+def show(value: object) -> str:
+    """A value quoted in a reason: its repr, cut to ``SHOW_LIMIT`` characters."""
+    text = safe_repr(value)
+    return text if len(text) <= SHOW_LIMIT else text[: SHOW_LIMIT - 3] + "..."
+
+
+def kind(value: object) -> str:
+    """A value's type in words, for 'wrong type' reasons."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, Decimal)):
+        return "a number"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple, set)):
+        return "a list"
+    if isinstance(value, date):
+        return "a date"
+    return f"a {type(value).__name__}"
 
 
 def json_rows(path: Path) -> Iterator[tuple[int, bytes, dict | RowProblem]]:
@@ -126,82 +224,163 @@ def json_rows(path: Path) -> Iterator[tuple[int, bytes, dict | RowProblem]]:
 
 def parse_json_line(text: str) -> dict:
     """One JSON object per line. Falls back to a Python literal (the 2014-era Amazon dumps
-    wrote ``dict`` reprs); ``ast.literal_eval`` evaluates literals only, never code."""
+    wrote ``dict`` reprs); ``ast.literal_eval`` evaluates literals only, never code.
+
+    A number of over 4,300 digits (``ValueError``: Python's int conversion limit) and deeply
+    nested brackets (``RecursionError``) make the line malformed, like any syntax error.
+    """
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         try:
-            obj = ast.literal_eval(text)
+            with warnings.catch_warnings():  # "invalid escape sequence" etc. for junk lines
+                warnings.simplefilter("ignore")
+                obj = ast.literal_eval(text)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise RowProblem("json", f"malformed JSON: {exc.msg} at column {exc.colno}")
+    except ValueError as exc:  # int conversion limit: "Exceeds the limit (4300 digits) ..."
+        raise RowProblem("json", f"malformed JSON: a number too long to read ({exc})")
+    except RecursionError:
+        raise RowProblem("json", "malformed JSON: nested too deeply")
     if not isinstance(obj, dict):
         raise RowProblem("json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
+_ID_BAD = re.compile(r"[\x00-\x1f\ud800-\udfff]")
+_TITLE_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")  # tab, LF, CR are spaces
+
+
+def check_chars(text: str, field: str, title: bool = False) -> str:
+    """``text`` unless it holds a NUL byte, another C0 control character (titles may hold tab,
+    LF and CR) or an unpaired surrogate (a JSON ``\\ud800`` escape; cannot be stored)."""
+    bad = (_TITLE_BAD if title else _ID_BAD).search(text)
+    if bad:
+        char = bad.group()
+        if char == "\x00":
+            raise RowProblem(field, "contains a NUL byte")
+        if char >= "\ud800":
+            raise RowProblem(field, "contains an unpaired surrogate (not valid Unicode)")
+        raise RowProblem(field, f"contains control character U+{ord(char):04X}")
+    return text
+
+
+def is_missing(value: object) -> bool:
+    """None, NaN and blank text."""
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and not value.strip()))
+
+
+def id_text(value: object, field: str, what: str | None = None) -> str:
+    """An id as text: text or an integer; an integral float (12.0) is the integer 12."""
+    what = what or field
+    if is_missing(value):
+        raise RowProblem(field, f"missing {what}")
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
+    if isinstance(value, str):
+        return check_chars(value.strip(), field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= MAX_INT_ID:
+            raise RowProblem(field, f"{what} is an integer over 64 bits")
+        return str(value)
+    if isinstance(value, float):
+        raise RowProblem(field, f"{what} {show(value)} is not an integer")
+    raise RowProblem(field, f"{what} is {kind(value)}, expected text or an integer")
+
+
+def title_text(value: object, field: str = "title", missing: str = "item without title") -> str:
+    """A title: text, whitespace runs (tab and newlines too) collapsed to one space."""
+    return " ".join(plain_text(value, field, missing, title=True).split())
+
+
+def plain_text(value: object, field: str, missing: str, title: bool = False) -> str:
+    """A text field (title, domain), stripped; any other type is rejected."""
+    if is_missing(value):
+        raise RowProblem(field, missing)
+    if not isinstance(value, str):
+        raise RowProblem(field, f"{field} is {kind(value)}, expected text")
+    return check_chars(value.strip(), field, title)
+
+
 def parse_timestamp_ms(value: object, unit: str = "auto") -> int:
-    """Epoch seconds/milliseconds (number or numeric string), a datetime, or ISO-8601 text ->
-    epoch ms, within 1970-2100.
+    """Epoch seconds/milliseconds (number or numeric text), a datetime or date, or ISO-8601
+    text -> epoch ms, within 1970-2100. Any other type is unparseable.
 
     ``unit='auto'`` reads numbers above 1e11 as milliseconds (1e11 s is the year 5138).
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem("timestamp", "missing timestamp")
-    if isinstance(value, bool):
-        raise RowProblem("timestamp", f"unparseable time {value!r}")
     if isinstance(value, datetime):
-        ms = _datetime_ms(value)
-    elif isinstance(value, (int, float)):
-        ms = _number_ms(float(value), unit, value)
-    else:
-        text = str(value).strip()
+        ms = _datetime_ms(value, value)
+    elif isinstance(value, date):
+        ms = _datetime_ms(datetime(value.year, value.month, value.day), value)
+    elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        ms = _number_ms(value, unit)
+    elif isinstance(value, str):
+        text = value.strip()
         try:
-            ms = _number_ms(float(text), unit, value)
+            number = float(text)
         except ValueError:
             try:
-                ms = _datetime_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise RowProblem("timestamp", f"unparseable time {text[:40]!r}")
+                raise RowProblem("timestamp", f"unparseable time {show(text[:40])}")
+            ms = _datetime_ms(parsed, value)
+        else:
+            ms = _number_ms(number, unit, value)
+    else:
+        raise RowProblem("timestamp", f"unparseable time {show(value)}")
     return check_ms_range(ms, value)
 
 
-def _datetime_ms(dt: datetime) -> int:
+def _datetime_ms(dt: datetime, original: object) -> float:
     """Naive datetimes are read as UTC."""
-    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    try:
+        return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000
+    except (OverflowError, ValueError, OSError):
+        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100")
 
 
-def _number_ms(number: float, unit: str, original: object) -> int:
+def _number_ms(value: int | float | Decimal, unit: str, original: object = None) -> float:
+    original = value if original is None else original
+    try:
+        number = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100")
     if not math.isfinite(number):
-        raise RowProblem("timestamp", f"unparseable time {original!r}")
+        raise RowProblem("timestamp", f"unparseable time {show(original)}")
     is_ms = unit == "ms" or (unit == "auto" and abs(number) > 1e11)
-    return int(round(number if is_ms else number * 1000))
+    return number if is_ms else number * 1000
 
 
-def check_ms_range(ms: int, original: object, field: str = "timestamp") -> int:
+def check_ms_range(ms: float, original: object, field: str = "timestamp") -> int:
+    """``ms`` as an int, if within 1970-2100 (checked before the conversion: no overflow)."""
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise RowProblem(field, f"timestamp {original!r} outside 1970-2100")
-    return ms
+        raise RowProblem(field, f"timestamp {show(original)} outside 1970-2100")
+    return int(round(ms))
 
 
 def parse_rating(value: object) -> float | None:
-    if value is None or value == "":
+    """A finite number or numeric text; None and blank text are no rating."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        raise RowProblem("rating", f"rating {show(value)} is not a number")
     try:
         rating = float(value)
-    except (TypeError, ValueError):
-        raise RowProblem("rating", f"rating {value!r} is not a number")
+    except ValueError:
+        raise RowProblem("rating", f"rating {show(value)} is not a number")
+    except OverflowError:
+        raise RowProblem("rating", f"rating {show(value)} is not finite")
     if not math.isfinite(rating):
-        raise RowProblem("rating", f"rating {value!r} is not finite")
+        raise RowProblem("rating", f"rating {show(value)} is not finite")
     return rating
 
 
 def require_text(obj: dict, key: str, what: str | None = None) -> str:
-    value = obj.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise RowProblem(key, f"missing {what or key}")
-    if isinstance(value, (dict, list)):
-        raise RowProblem(key, f"{what or key} is a {type(value).__name__}, expected text")
-    return str(value).strip()
+    """``obj[key]`` as an id (see ``id_text``)."""
+    return id_text(obj.get(key), key, what)
 
 
 def category_from_filename(path: Path, prefix: str = "") -> str:

