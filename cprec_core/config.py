@@ -43,6 +43,8 @@ class SourceConfig:
       - ``first``: the first listed genre;
       - ``priority``: the first genre of ``genre_priority`` the movie has, else its first genre
         (lets small target genres claim their multi-genre movies).
+    ``timestamp_unit``: ``auto`` (numbers above 1e11 are milliseconds, others seconds), ``s``
+    or ``ms``; for every format with numeric timestamps (table, MovieLens, both Amazon ones).
     """
 
     kind: str = "embedded"

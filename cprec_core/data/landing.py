@@ -46,7 +46,8 @@ import duckdb
 
 from cprec_core.data.rows import Writer, reason_group
 from cprec_core.data.sources.amazon import AMAZON_2018, AMAZON_2023, read_pair
-from cprec_core.data.sources.base import Record, SourceError, category_from_filename, file_sha256
+from cprec_core.data.sources.base import (Record, SourceError, SourceFileGone,
+                                         category_from_filename, file_sha256)
 from cprec_core.data.sources.table import read_table_file
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
@@ -349,7 +350,7 @@ def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counte
         con.execute("ROLLBACK")
         return dict(status="changed", detail=f"{d.path}: changed while being read; read again"
                                              " once complete")
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SourceFileGone) as exc:
         con.execute("ROLLBACK")
         return dict(status="gone", detail=f"{exc.filename or d.path}: removed while it was read")
     except SourceError as exc:

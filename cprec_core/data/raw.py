@@ -57,17 +57,25 @@ class RawLoadReport:
 def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
                  with_landed: bool = False) -> RawLoadReport:
     """(Re)create the raw tables and fill them from ``records``; with ``with_landed``, the
-    rows of every file loaded from the landing folder follow (cprec_core.data.landing)."""
-    con.execute(SCHEMA)
-    writer = Writer(con)
-    for record in records:
-        writer.add(record)
-    writer.flush()
-    files, reasons = writer.files, writer.reasons
-    if with_landed:
-        landed_files, landed_reasons = append_landed(con)
-        files = files + landed_files
-        reasons = reasons + landed_reasons
+    rows of every file loaded from the landing folder follow (cprec_core.data.landing).
+    One transaction: when a file cannot be read to its end (``SourceError``), the tables stay
+    as the previous load left them, with none of the partial file's rows."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(SCHEMA)
+        writer = Writer(con)
+        for record in records:
+            writer.add(record)
+        writer.flush()
+        files, reasons = writer.files, writer.reasons
+        if with_landed:
+            landed_files, landed_reasons = append_landed(con)
+            files = files + landed_files
+            reasons = reasons + landed_reasons
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
     return RawLoadReport(files=files, reasons=dict(reasons.most_common()))
 
 

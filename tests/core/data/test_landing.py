@@ -15,6 +15,7 @@ from cprec_core.config import SourceConfig
 from cprec_core.data.interactions import build_interactions
 from cprec_core.data.landing import LandingCursor, complete, ingest, landed_only_domains, scan
 from cprec_core.data.raw import load_raw_interactions, raw_data_version, reconcile
+from cprec_core.data.sources.base import SourceFileGone
 from tests.conftest import data_config
 
 T0 = 1_700_000_000
@@ -196,6 +197,7 @@ def test_one_bad_delivery_never_stops_the_batch(tmp_path, monkeypatch):
     done(write_parquet(root / "Western" / "a.parquet", rows_for(None, 2, 3, 2)))
     done(write_parquet(root / "Western" / "b.parquet", rows_for(None, 2, 3, 2, prefix="b")))
     done(write_parquet(root / "Western" / "c.parquet", rows_for(None, 2, 3, 2, prefix="c")))
+    done(write_parquet(root / "Western" / "e.parquet", rows_for(None, 2, 3, 2, prefix="e")))
     import cprec_core.data.landing as landing
 
     real = landing._records
@@ -203,7 +205,13 @@ def test_one_bad_delivery_never_stops_the_batch(tmp_path, monkeypatch):
     def flaky(d):  # a reader defect on one file, not a SourceError
         if d.path.name == "b.parquet":
             raise RecursionError("maximum recursion depth exceeded")
+        if d.path.name == "e.parquet":
+            return half_then_gone(d)
         return real(d)
+
+    def half_then_gone(d):  # removed half-way through
+        yield next(real(d))
+        raise SourceFileGone(f"{d.path}: reading stopped after row 1", str(d.path))
 
     monkeypatch.setattr(landing, "_records", flaky)
     deliveries = scan(root).deliveries
@@ -215,6 +223,7 @@ def test_one_bad_delivery_never_stops_the_batch(tmp_path, monkeypatch):
     assert got["Western/b.parquet"][0] == "failed"
     assert got["Western/b.parquet"][1].startswith(f"{root / 'Western' / 'b.parquet'}: RecursionError")
     assert got["Western/c.parquet"][0] == "gone" and "removed before it was read" in got["Western/c.parquet"][1]
+    assert got["Western/e.parquet"][0] == "gone" and "removed while it was read" in got["Western/e.parquet"][1]
     assert con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0] == 4
 
 
