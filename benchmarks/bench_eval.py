@@ -42,7 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # naive_scorer.py beside this file
 
-import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

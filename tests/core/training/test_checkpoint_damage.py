@@ -9,7 +9,6 @@ import json
 import random
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
 import torch
@@ -17,15 +16,12 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import get_wsd_schedule
 
-from cprec_core.config import SASRecConfig, load_config_file
+from cprec_core.config import load_config_file
 from cprec_core.data.build import main as build_corpus
-from cprec_core.data.domain_users import build_domain_users, load_domain_data
-from cprec_core.evaluation.candidates import build_candidate_sets
 from cprec_core.progress import Reporter
 from cprec_core.training import checkpointing
 from cprec_core.training.checkpointing import DamagedCheckpoint
 from cprec_core.training.cpt import run as run_cpt
-from cprec_core.training.next_item import train_next_item
 from cprec_core.training.sft import run as run_sft
 
 KINDS = {  # every file a checkpoint holds
@@ -319,25 +315,6 @@ def test_cpt_resumes_past_damaged_checkpoints_to_the_same_adapter(cpt_profile):
             assert_same(adapter[key], reference[key])
         rows = [json.loads(x) for x in out.train_log.read_text().splitlines()]
         assert [r["loss"] for r in rows] == [json.loads(x)["loss"] for x in reference_log]
-
-
-@pytest.fixture
-def sft_profile(tmp_path, fixture_config):
-    """As tests/core/training/test_sft.py: corpus, domain users, SASRec, the WSA CPT adapter."""
-    assert build_corpus(["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]) == 0
-    base = load_config_file(fixture_config)
-    profile = dataclasses.replace(
-        base, data_dir=str(tmp_path / "data"),
-        sft=dataclasses.replace(base.sft, batch_size=2, micro_batch=1, max_samples=24, negatives=2,
-                                checkpoint_every=2, dtype="fp32"))
-    with duckdb.connect(str(profile.layout.database)) as con:
-        build_domain_users(con, "crime")
-        build_candidate_sets(con, "crime", negatives=2)
-        data = load_domain_data(con, "crime")
-    train_next_item(data, SASRecConfig(max_epochs=3, max_len=10),
-                    profile.layout.next_item_model("sasrec", "crime"), log=lambda *_: None)
-    run_cpt(profile, "wsa")
-    return profile
 
 
 def test_sft_falls_back_past_a_damaged_projector_to_the_same_weights(sft_profile):
