@@ -11,6 +11,7 @@ from cprec_assets.automation import DATA
 from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.run_log import run_log
 from cprec_core.data.corpus import build_corpus_snapshot, sample_documents
 from cprec_core.data.domain_users import (build_domain_users, domain_data_version,
                                           domain_users_preview)
@@ -32,7 +33,8 @@ def raw_interactions(context: dg.AssetExecutionContext,
     line; rows that cannot be used are in ``rejected_rows`` with the field and the reason."""
     profile = cprec.profile
     with cprec.connect() as con:
-        report = load_raw_interactions(con, profile.data.sources, profile.layout.cache_dir)
+        report = load_raw_interactions(con, profile.data.sources, profile.layout.cache_dir,
+                                       log=run_log(context))
         previews, version = raw_previews(con), raw_data_version(con)
     context.log.info(f"read {len(report.files)} files;"
                      f" {report.total('rows_loaded')} interactions loaded")

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = profile.layout
         with connect(layout.database) as con:  # waits while another process writes it
             started = time.perf_counter()
-            raw = load_raw_interactions(con, profile.data.sources, layout.cache_dir)
+            raw = load_raw_interactions(con, profile.data.sources, layout.cache_dir, log=print)
             print(f"raw: {raw.total('rows_loaded'):,} loaded, {raw.total('rows_rejected'):,} rejected")
             report = build_interactions(con, profile.data)
             print(f"interactions: {report.kept_rows:,} kept, {sum(report.filtered.values()):,} filtered")

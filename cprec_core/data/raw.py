@@ -22,6 +22,7 @@ from cprec_core.config import SourceConfig
 from cprec_core.data.landing import append_landed
 from cprec_core.data.rows import Writer
 from cprec_core.data.sources import Record, read_source
+from cprec_core.progress import Log, Throttled, duration
 from cprec_core.reporting import query_table
 
 SCHEMA = """
@@ -55,17 +56,23 @@ class RawLoadReport:
 
 
 def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
-                 with_landed: bool = False) -> RawLoadReport:
+                 with_landed: bool = False, log: Log | None = None,
+                 every_s: float | None = None) -> RawLoadReport:
     """(Re)create the raw tables and fill them from ``records``; with ``with_landed``, the
     rows of every file loaded from the landing folder follow (cprec_core.data.landing).
     One transaction: when a file cannot be read to its end (``SourceError``), the tables stay
-    as the previous load left them, with none of the partial file's rows."""
+    as the previous load left them, with none of the partial file's rows. With ``log``, a
+    line every ``every_s`` seconds (30) says how far reading got (large logs take minutes)."""
+    throttled = Throttled(log, every_s) if log else None
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(SCHEMA)
         writer = Writer(con)
-        for record in records:
+        for n, record in enumerate(records, start=1):
             writer.add(record)
+            if throttled is not None and throttled.due():
+                throttled(f"raw: {n:,} records read in {duration(throttled.elapsed)}"
+                          f" ({n / max(throttled.elapsed, 1e-9):,.0f}/s), now {record.source_file}")
         writer.flush()
         files, reasons = writer.files, writer.reasons
         if with_landed:
@@ -80,13 +87,13 @@ def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
 
 
 def load_raw_interactions(con: duckdb.DuckDBPyConnection, sources: Iterable[SourceConfig],
-                          cache_dir: str | Path) -> RawLoadReport:
+                          cache_dir: str | Path, log: Log | None = None) -> RawLoadReport:
     """The configured sources, then every landed file (they survive a rebuild)."""
     def records():
         for source in sources:
             yield from read_source(source, cache_dir)
 
-    return load_records(con, records(), with_landed=True)
+    return load_records(con, records(), with_landed=True, log=log)
 
 
 def raw_data_version(con: duckdb.DuckDBPyConnection) -> str:

@@ -60,7 +60,7 @@ from cprec_core.models.hybrid import (HybridLM, Projector, add_placeholder_token
                                       injection_diagnostics)
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora, load_trainable_lora
-from cprec_core.progress import Reporter
+from cprec_core.progress import Progress, Reporter
 from cprec_core.prompts import Case, encode_sft_example
 from cprec_core.provenance import git_revision, processor
 from cprec_core.systems import cpt_variant as cpt_variant_entry, system as registered
@@ -338,6 +338,8 @@ class SFTTrainer:
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                     if self.dtype == torch.bfloat16 else nullcontext())
         summed, tokens, target = [], [], []
+        progress = Progress(self.reporter.log, f"{self.system}[{self.slug}] validation",
+                            len(self.validation))
         try:
             for i in range(0, len(self.validation), self.cfg.micro_batch):
                 batch = self._rank_batch(self.validation[i:i + self.cfg.micro_batch], True,
@@ -346,6 +348,7 @@ class SFTTrainer:
                     summed.append(self.model(candidates=batch.inputs, hybrid=True).float().cpu())
                 tokens.append(batch.answer_tokens.cpu())
                 target.append(batch.target_index.cpu())
+                progress.update(min(i + self.cfg.micro_batch, len(self.validation)))
         finally:
             self.model.train()
             base.set_attn_implementation(before)

@@ -1742,3 +1742,16 @@ def test_a_file_removed_before_or_while_read_is_source_file_gone(tmp_path, name)
     with pytest.raises(SourceFileGone) as exc:
         list(records)
     assert exc.value.filename == str(path) and isinstance(exc.value, SourceError)
+
+
+def test_a_long_raw_load_says_how_far_it_got(tmp_path):
+    table = write_lines(tmp_path / "t.csv", [CSV_HEADER] + [f"u{k},i,T,1252800000,D,1"
+                                                            for k in range(5)])
+    lines = []
+    con = duckdb.connect()
+    try:
+        raw.load_records(con, read_table(table, t_cfg(table)), log=lines.append, every_s=0)
+    finally:
+        con.close()
+    assert len(lines) == 6  # every record with every_s=0: 5 rows and the file's ledger entry
+    assert lines[0].startswith("raw: 1 records read in") and lines[-1].endswith(str(table))
