@@ -19,7 +19,8 @@ import yaml
 
 from cprec_core.layout import Layout, LayoutError, check_folder
 from cprec_core.prompts import UNIFIED_TEMPLATE
-from cprec_core.systems import CPT_VARIANT_NAMES, SFT_SYSTEM_NAMES, SFT_SYSTEMS, system
+from cprec_core.systems import (CPT_VARIANT_NAMES, DPO_SYSTEM_NAMES, SFT_SYSTEM_NAMES,
+                                SFT_SYSTEMS, system)
 
 PAPER_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS if not s.ranks_candidates)
 
@@ -330,6 +331,56 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class DPOConfig:
+    """Preference post-training after SFT (cprec_core.training.dpo), the step the CPRec
+    authors name next. ``systems``: DPO systems of cprec_core.systems to train; each starts
+    from its SFT system's adapter (``cprec_rank`` for ``cprec_dpo``, ``llara_rank`` for
+    ``llara_dpo``), which is also the frozen reference.
+
+    Pairs (cprec_core.training.dpo_pairs): training windows with their own seeded candidates
+    (``max_windows``, 0 = all), each giving ``hard_negatives`` pairs against the SFT model's
+    highest-ranked wrong candidates and ``random_negatives`` against random wrong ones. Loss:
+    ``loss_type`` ``sigmoid`` (DPO) or ``ipo``, with ``beta``. ``batch_size`` windows per
+    optimiser step, ``micro_batch`` per forward. The evaluation warns when a DPO system's
+    ValidRatio falls more than ``valid_ratio_margin`` below its SFT system's."""
+
+    systems: tuple[str, ...] = ()
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    hard_negatives: int = 1
+    random_negatives: int = 1
+    max_windows: int = 0
+    window_seed: int = 7  # not an SFT draw: other candidates than the SFT saw
+    lr: float = 5e-5
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    batch_size: int = 8
+    micro_batch: int = 4
+    grad_clip: float = 1.0
+    checkpoint_every: int = 20
+    valid_ratio_margin: float = 0.02
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.systems if name not in DPO_SYSTEM_NAMES]
+        if unknown:
+            raise ConfigError(f"dpo.systems {unknown} not in {DPO_SYSTEM_NAMES}")
+        if self.loss_type not in ("sigmoid", "ipo"):
+            raise ConfigError(f"dpo.loss_type {self.loss_type!r} is not sigmoid or ipo")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ConfigError("dpo.beta and dpo.lr must be positive")
+        if min(self.hard_negatives, self.random_negatives) < 0 or (
+                self.hard_negatives + self.random_negatives == 0):
+            raise ConfigError("dpo: hard_negatives and random_negatives are 0 or more, and at"
+                              " least one is positive")
+        if self.epochs < 1 or self.max_windows < 0 or self.checkpoint_every < 1:
+            raise ConfigError("dpo: epochs and checkpoint_every must be at least 1,"
+                              " max_windows 0 or more")
+        if self.batch_size % self.micro_batch:
+            raise ConfigError("dpo.batch_size must be a multiple of dpo.micro_batch")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """``max_cases``: evaluate every system on the same seeded sample of this many cases per
     domain and split (0 = all cases). ``zero_shot``: also score the base model and the WSA CPT
@@ -387,6 +438,7 @@ class Profile:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = field(default_factory=GRU4RecConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:

@@ -94,6 +94,16 @@ class TrainedAdapter:
         return self.path / "validation_log.jsonl"
 
     @property
+    def pairs(self) -> Path:
+        """DPO: the preference pairs mined by the SFT adapter it starts from
+        (cprec_core.training.dpo_pairs), with ``pairs_info`` beside them."""
+        return self.path / "pairs.parquet"
+
+    @property
+    def pairs_info(self) -> Path:
+        return self.path / "pairs.json"
+
+    @property
     def best(self) -> Path:
         """SFT with model selection: ``step-NNNNNN/`` folders (adapter, projector) of the
         best validation scores, the newest kept once a checkpoint covers it."""

@@ -41,15 +41,19 @@ class System:
     """A recommender scored on the candidate sets.
 
     kind: ``classic`` (scores from interactions or a next-item model), ``zero_shot`` (an LLM
-    without SFT, text prompt), ``sft`` (an SFT adapter, LLaRA's hybrid prompt) or ``fused``
-    (a classic system's and an SFT system's scores combined in the evaluation).
+    without SFT, text prompt), ``sft`` (an SFT adapter, LLaRA's hybrid prompt), ``dpo`` (an
+    SFT adapter after preference post-training, cprec_core.training.dpo) or ``fused`` (a
+    classic system's and an SFT system's scores combined in the evaluation).
     asset: the asset that produces its weights (None: computed in the evaluation itself).
     cpt_variant: the CPT adapter its LoRA starts from (None: the base model / fresh LoRA).
     all_seeds: trained and scored for every seed of ``sft.seeds`` (else the first only).
     objective: how an SFT system learns: ``ntp`` (LLaRA's next-token loss on the target
     title, the paper's recipe) or ``rank`` (softmax over the candidates' summed
     log-likelihoods plus a weighted next-token loss, cprec_core.training.rank_loss), which
-    also standardises the SASRec inputs of the projector (cprec_core.models.hybrid).
+    also standardises the SASRec inputs of the projector (cprec_core.models.hybrid), or
+    ``dpo`` (the preference loss, from the SFT system ``sft_init``, whose prompt and inputs
+    it keeps).
+    sft_init: a ``dpo`` system's starting point and frozen reference.
     """
 
     name: str
@@ -59,10 +63,14 @@ class System:
     all_seeds: bool = False
     automated: bool = False
     objective: str = "ntp"
+    sft_init: str | None = None
 
     @property
     def ranks_candidates(self) -> bool:
-        """Trained with the candidate-aware objective (and standardised SASRec inputs)."""
+        """Trained with the candidate-aware objective (and standardised SASRec inputs), or
+        post-trained from a system that was."""
+        if self.sft_init is not None:
+            return _BY_NAME[self.sft_init].ranks_candidates
         return self.objective == "rank"
 
     @property
@@ -97,12 +105,17 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     _rank("cprec_rank", "wsa", "sft_rank_adapter", headline=True),
     *(_rank(f"cprec_{v.name}_rank", v.name, f"sft_rank_adapter_{v.name}") for v in CPT_VARIANTS
       if v.name != "wsa"),
+    # DPO after SFT (dpo.systems): not yet assets nor evaluated, trained by
+    # python -m cprec_core.training.dpo
+    System("llara_dpo", "dpo", None, None, objective="dpo", sft_init="llara_rank"),
+    System("cprec_dpo", "dpo", None, "wsa", objective="dpo", sft_init="cprec_rank"),
     System("fused", "fused"),  # best classic + lambda * cprec_rank (evaluation.fusion)
 )
 _BY_NAME = {s.name: s for s in SYSTEMS}
 
 SFT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "sft")
 SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS)
+DPO_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "dpo")
 ZERO_SHOT_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "zero_shot")
 # The leaderboard's paired tests (a, b), each where both were scored; the fused system's
 # classic partner and every shuffled-embedding ablation are added from the evaluation.

@@ -1,4 +1,6 @@
-"""DPO stage, step 2: preference pairs mined from the training windows by the SFT model.
+"""Preference pairs for DPO, mined from the training windows by the SFT model.
+
+    python -m cprec_core.training.dpo_pairs --profile demo --domain crime --system cprec_dpo
 
 Each training window (a sliding-window sample of a user's train history, as SFT builds them,
 with its own seeded draw of candidates: never the stored validation or test candidate
@@ -12,13 +14,28 @@ reference forward.
 
 from __future__ import annotations
 
+import argparse
+import gc
+import json
+import sys
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
+                            run_trainer)
+from cprec_core.config import Profile
+from cprec_core.data.db import connect
+from cprec_core.data.domain_users import load_domain_data
+from cprec_core.data.sources.base import file_sha256
+from cprec_core.progress import Progress, Reporter
 from cprec_core.prompts import Case
+from cprec_core.systems import system as registered
+from cprec_core.training.sft import SFTError
+from cprec_core.training.sft_samples import build_samples
 
 PAIR_SCHEMA = pa.schema([
     ("window", pa.int32()), ("user", pa.int32()), ("history", pa.list_(pa.int32())),
@@ -109,3 +126,90 @@ def pair_summary(pairs: pa.Table) -> dict:
             out[f"{kind}: reference margin"] = round(float(np.mean(chosen[mask] - rejected[mask])), 3)
             out[f"{kind}: chosen above rejected"] = round(float(np.mean(chosen[mask] > rejected[mask])), 4)
     return out
+
+
+def training_windows(profile: Profile, slug: str) -> tuple[list[Case], dict[int, str]]:
+    """The domain's sliding-window samples with a draw of candidates of their own
+    (``dpo.window_seed``), at most ``dpo.max_windows`` of them, and the item titles."""
+    cfg, sft = profile.dpo, profile.sft
+    with connect(profile.layout.database, read_only=True) as con:
+        data = load_domain_data(con, slug)
+        titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
+                                  [data.domain]).fetchall())
+    seen = [set(h) | {v for v in (valid, test) if v is not None}
+            for h, valid, test in zip(data.histories, data.valid, data.test)]
+    windows = build_samples(data.histories, data.items, seen, sft.history, sft.min_history,
+                            sft.negatives, cfg.window_seed)
+    if cfg.max_windows and len(windows) > cfg.max_windows:
+        pick = sorted(np.random.default_rng(cfg.window_seed).choice(len(windows), cfg.max_windows,
+                                                                   replace=False))
+        windows = [windows[i] for i in pick]
+    return windows, titles
+
+
+def ensure_pairs(profile: Profile, slug: str, system: str, seed: int,
+                 reporter: Reporter) -> dict:
+    """Mine the pairs of (system, domain, seed) unless the stored ones came from the same
+    SFT adapter with the same settings; returns ``pairs.json``."""
+    from cprec_core.evaluation.llm import LLMScorer
+
+    entry, cfg = registered(system), profile.dpo
+    run = profile.layout.sft_run(system, slug, seed)
+    source = profile.layout.sft_run(entry.sft_init, slug, seed)
+    if not source.exists():
+        raise SFTError(f"{source.adapter}: no {entry.sft_init} adapter for {slug!r} seed"
+                       f" {seed}; train it first")
+    settings = {"sft_fingerprint": json.loads(source.manifest.read_text())["fingerprint"],
+                "sft_adapter_sha256": file_sha256(source.adapter_weights),
+                "hard_negatives": cfg.hard_negatives, "random_negatives": cfg.random_negatives,
+                "max_windows": cfg.max_windows, "window_seed": cfg.window_seed,
+                "history": profile.sft.history, "negatives": profile.sft.negatives}
+    if run.pairs.is_file() and run.pairs_info.is_file():
+        info = json.loads(run.pairs_info.read_text())
+        if {k: info.get(k) for k in settings} == settings:
+            reporter.log(f"{system}[{slug}] pairs: {info['summary']['pairs']} stored pairs"
+                         " reused")
+            return info
+    windows, titles = training_windows(profile, slug)
+    reporter.log(f"{system}[{slug}] mining pairs: {len(windows)} windows scored by"
+                 f" {entry.sft_init} seed {seed}")
+    scorer = LLMScorer.load(profile, slug, entry.sft_init, seed)
+    progress = Progress(reporter.log, f"{system}[{slug}] mining", len(windows), "windows")
+    pairs = mine_pairs(scorer, windows, titles, cfg.hard_negatives, cfg.random_negatives,
+                       cfg.window_seed, profile.evaluation.batch_size,
+                       lambda done, total: progress.update(done))
+    del scorer
+    gc.collect()
+    run.path.mkdir(parents=True, exist_ok=True)
+    staged = run.pairs.with_name(f".{run.pairs.name}.tmp")
+    pq.write_table(pairs, staged)
+    staged.replace(run.pairs)
+    info = {**settings, "sft_system": entry.sft_init, "summary": pair_summary(pairs)}
+    run.pairs_info.write_text(json.dumps(info, indent=2))
+    reporter.log(f"{system}[{slug}] pairs: {info['summary']}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Preference pairs for DPO, per domain")))
+    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    parser.add_argument("--system", default="cprec_dpo", help="cprec_dpo or llara_dpo")
+    parser.add_argument("--seed", type=int, action="append",
+                        help="this seed only (repeatable); default: the SFT system's seeds")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+
+    def work(reporter: Reporter) -> dict:
+        entry = registered(args.system)
+        if entry.kind != "dpo":
+            raise SFTError(f"{args.system!r} is not a DPO system of cprec_core.systems")
+        seeds = tuple(args.seed) if args.seed else profile.sft.seeds_for(entry.sft_init)
+        infos = [ensure_pairs(profile, args.domain, args.system, seed, reporter) for seed in seeds]
+        return {"finished": True, **infos[0]["summary"]}
+
+    return run_trainer(work, (SFTError, ValueError), args.reporter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -179,6 +179,10 @@ class SFTTrainer:
         self.local = {item: j + 1 for j, item in enumerate(index)}
 
     def _setup_data(self) -> None:
+        self._build_samples(self._load_domain())
+
+    def _load_domain(self):
+        """Titles, the validation sample and the domain's users (``DomainData``)."""
         with connect(self.profile.layout.database, read_only=True) as con:  # waits for a writer
             data = load_domain_data(con, self.slug)
             self.titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
@@ -186,6 +190,9 @@ class SFTTrainer:
             self.validation = self._validation_cases(con, data.domain)
         self.domain = data.domain
         self.data_version = data.data_version
+        return data
+
+    def _build_samples(self, data) -> None:
         seen = [set(h) | {v for v in (valid, test) if v is not None}
                 for h, valid, test in zip(data.histories, data.valid, data.test)]
         # the paper recipe draws negatives once; the candidate-aware systems every epoch
@@ -500,6 +507,10 @@ class SFTTrainer:
         self.projector.load_state_dict(load_file(folder / "projector.safetensors"))
         return best[1]
 
+    def _manifest_extra(self) -> dict:
+        """Manifest fields a subclass adds or replaces (cprec_core.training.dpo)."""
+        return {}
+
     def save_final(self, log_path: Path) -> dict:
         chosen = self._select_best()
         self.diagnostics["after"] = self._injection()
@@ -514,7 +525,7 @@ class SFTTrainer:
             "base_model": self.profile.model.name,
             "init_adapter": str(self.init_run.adapter) if self.init_run else None,
             "init_manifest": (json.loads(self.init_run.manifest.read_text())
-                              ["corpus_fingerprint"] if self.init_run else None),
+                              .get("corpus_fingerprint") if self.init_run else None),
             "objective": registered(self.system).objective, "listing": self.listing,
             "samples": len(self.samples), "epochs": len(self.epochs) if self.ranking else
             self.cfg.epochs, "steps": self.total_steps, "fingerprint": self.fingerprint,
@@ -527,6 +538,7 @@ class SFTTrainer:
             "placeholder_id": self.placeholder_id, "config": dataclasses.asdict(self.cfg),
             "dtype": str(self.dtype).replace("torch.", ""), "git_revision": git_revision(),
             "processor": processor(str(self.device)),
+            **self._manifest_extra(),
         }
         if self.accelerator.is_main_process:
             staged = TrainedAdapter(self.run.scratch)  # written whole, then renamed into place
