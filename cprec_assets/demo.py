@@ -11,6 +11,7 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
     python -m cprec_assets.demo --stage domain --domain crime &    # all of one domain, or:
     python -m cprec_assets.demo --stage sasrec --domain crime      #   its data and SASRec,
     python -m cprec_assets.demo --stage sft --domain crime --system llara &  # each SFT system,
+    python -m cprec_assets.demo --stage dpo --domain crime         #   DPO after its SFT,
     python -m cprec_assets.demo --stage evaluation --domain crime  #   then its evaluation
     python -m cprec_assets.demo --stage summary
 """
@@ -53,7 +54,7 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label}: checks failed: {errors}")
 
 
-STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "evaluation", "summary")
+STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "dpo", "evaluation", "summary")
 
 
 def _chosen(flag: str, given: list[str] | None, known) -> list[str]:
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     if stage in ("all", "cpt"):
         for variant in _chosen("--variant", args.variant, profile.cpt.variants):
             run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_variant(variant).asset), instance)
-    parts = ("sasrec", "sft", "evaluation") if stage in ("all", "domain") else (stage,)
-    if set(parts) & {"sasrec", "sft", "evaluation"}:
+    parts = ("sasrec", "sft", "dpo", "evaluation") if stage in ("all", "domain") else (stage,)
+    if set(parts) & {"sasrec", "sft", "dpo", "evaluation"}:
         keys = instance.get_dynamic_partitions(domain_partitions.name)
         if not keys:
             sys.exit("no domain partitions yet: run --stage corpus first")
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
                 for name in systems:
                     asset = system(name).asset
                     run(f"{asset}[{key}]", dg.AssetSelection.assets(asset), instance, key)
+            if "dpo" in parts:
+                for name in profile.dpo.systems:
+                    entry = system(name)
+                    for asset in (entry.pairs_asset, entry.asset):
+                        run(f"{asset}[{key}]", dg.AssetSelection.assets(asset), instance, key)
             if "evaluation" in parts:
                 run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
     if stage not in ("all", "summary"):
@@ -146,6 +152,31 @@ def main(argv: list[str] | None = None) -> None:
                             m["tokens_per_second"], lora_init(name)))
     print(md_table(["domain", "system", "seed", "objective", "samples", "steps", "hybrid",
                     "final loss", "validation", "specific", "tokens/s", "LoRA init"], sft))
+    dpo = []
+    for key in instance.get_dynamic_partitions(domain_partitions.name):
+        for name in profile.dpo.systems:
+            for seed in profile.sft.seeds_for(system(name).sft_init):
+                path = layout.sft_run(name, key, seed).manifest
+                if not path.is_file():
+                    continue
+                m = json.loads(path.read_text())
+                rows_log = [json.loads(x) for x in
+                            layout.sft_run(name, key, seed).train_log.read_text().splitlines()]
+                v, pairs = m.get("validation"), m["pair_summary"]
+                dpo.append((m["domain"], name, seed, m["sft_system"], pairs["pairs"],
+                            pairs["sft_hr@1 on windows"], m["steps"], rows_log[0]["loss"],
+                            m["final_loss"], rows_log[-1]["margin"], rows_log[-1]["accuracy"],
+                            f"{v['hr@1 (sum)']:.2f}/{v['hr@1 (mean)']:.2f}/"
+                            f"{v['loss per answer']:.2f}" if v else "",
+                            m["tokens_per_second"]))
+    if dpo:
+        print()
+        print("DPO adapters (from the SFT adapter named; pairs mined on training windows;"
+              " SFT HR@1 on those windows; loss first -> last step, ln 2 = 0.693 at the start;"
+              " reward margin and accuracy of the last step; validation as above)")
+        print(md_table(["domain", "system", "seed", "from", "pairs", "SFT HR@1", "steps",
+                        "first loss", "final loss", "margin", "accuracy", "validation",
+                        "tokens/s"], dpo))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

@@ -500,6 +500,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
                      "checkpoint_every": 3, "validation_cases": 32,
                      "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
+             "dpo": {"systems": ["cprec_dpo"], "max_windows": 48, "checkpoint_every": 3},
              "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False}},
     # The paper-recipe study on CPU (docs/RESULTS-paper.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.

@@ -74,6 +74,11 @@ class System:
         return self.objective == "rank"
 
     @property
+    def pairs_asset(self) -> str | None:
+        """A DPO system's mined preference pairs (``dpo_pairs`` for ``dpo_adapter``)."""
+        return self.asset.removesuffix("_adapter") + "_pairs" if self.kind == "dpo" else None
+
+    @property
     def is_cprec(self) -> bool:
         """Built on continual pre-training (compared against the best system that is not)."""
         return self.cpt_variant is not None
@@ -105,22 +110,23 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     _rank("cprec_rank", "wsa", "sft_rank_adapter", headline=True),
     *(_rank(f"cprec_{v.name}_rank", v.name, f"sft_rank_adapter_{v.name}") for v in CPT_VARIANTS
       if v.name != "wsa"),
-    # DPO after SFT (dpo.systems): not yet assets nor evaluated, trained by
-    # python -m cprec_core.training.dpo
-    System("llara_dpo", "dpo", None, None, objective="dpo", sft_init="llara_rank"),
-    System("cprec_dpo", "dpo", None, "wsa", objective="dpo", sft_init="cprec_rank"),
+    # DPO after SFT (dpo.systems), from the candidate-aware SFT adapters
+    System("llara_dpo", "dpo", "llara_dpo_adapter", None, objective="dpo", sft_init="llara_rank"),
+    System("cprec_dpo", "dpo", "dpo_adapter", "wsa", objective="dpo", sft_init="cprec_rank"),
     System("fused", "fused"),  # best classic + lambda * cprec_rank (evaluation.fusion)
 )
 _BY_NAME = {s.name: s for s in SYSTEMS}
 
 SFT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "sft")
 SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS)
-DPO_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "dpo")
+DPO_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "dpo")
+DPO_SYSTEM_NAMES = tuple(s.name for s in DPO_SYSTEMS)
 ZERO_SHOT_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "zero_shot")
 # The leaderboard's paired tests (a, b), each where both were scored; the fused system's
 # classic partner and every shuffled-embedding ablation are added from the evaluation.
 PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "llara_rank"),
-                ("cprec_rank", "cprec_shuffled_control_rank"))
+                ("cprec_rank", "cprec_shuffled_control_rank"), ("cprec_dpo", "cprec_rank"),
+                ("cprec_dpo", "llara_dpo"))
 SHUFFLED_SUFFIX = " (shuffled emb)"  # a hybrid system scored with candidates' vectors shuffled
 
 

@@ -12,8 +12,9 @@ from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import (evaluate_domain, evaluation_tables, low_valid_ratios,
-                                            mismatched_candidates, scoring_seconds)
+from cprec_core.evaluation.evaluate import (dpo_format_drops, evaluate_domain, evaluation_tables,
+                                            low_valid_ratios, mismatched_candidates,
+                                            scoring_seconds)
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown)
 from cprec_core.systems import evaluation_inputs
@@ -71,6 +72,18 @@ def valid_ratio_above_floor(cprec: ProfileResource) -> dg.AssetCheckResult:
         low = low_valid_ratios(con, floor)
     return dg.AssetCheckResult(passed=not low, severity=dg.AssetCheckSeverity.WARN, metadata={
         "floor": floor, "below_floor": table(["domain", "system", "seed", "ValidRatio"], low)})
+
+
+@dg.asset_check(asset=evaluation, pool=DUCKDB_POOL)
+def dpo_keeps_the_answer_format(cprec: ProfileResource) -> dg.AssetCheckResult:
+    """DPO is known to damage the output format: a DPO system whose generation ValidRatio is
+    more than ``dpo.valid_ratio_margin`` below its SFT system's warns."""
+    margin = cprec.profile.dpo.valid_ratio_margin
+    with cprec.connect() as con:
+        drops = dpo_format_drops(con, margin)
+    return dg.AssetCheckResult(passed=not drops, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "margin": margin, "drops": table(
+            ["domain", "DPO system", "seed", "ValidRatio", "its SFT system's"], drops)})
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation], pool=DUCKDB_POOL,

@@ -9,6 +9,7 @@ import os
 import sys
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from cprec_assets.assets.collab import sasrec
 from cprec_assets.assets.data import cpt_corpus
@@ -16,8 +17,10 @@ from cprec_assets.automation import TRAIN
 from cprec_assets.metadata import png, table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
-from cprec_core.systems import CPT_VARIANTS, SFT_SYSTEMS, CPTVariant, System, cpt_variant
-from cprec_core.training.plots import training_curves
+from cprec_core.data.sources.base import file_sha256
+from cprec_core.systems import (CPT_VARIANTS, DPO_SYSTEMS, SFT_SYSTEMS, CPTVariant, System,
+                                cpt_variant, system as registered)
+from cprec_core.training.plots import preference_curves, training_curves
 
 TRAIN_POOL = "train"
 PIPES_REPORTER = "cprec_assets.pipes_reporter:open_pipes_reporter"
@@ -32,10 +35,15 @@ def accelerate_command(cprec: ProfileResource, module: str, *args: str) -> list[
               "--num_cpu_threads_per_process", str(threads)]
     if cprec.profile.device == "cpu":
         launch.append("--cpu")
+    return [*launch, "-m", module, *tool_arguments(cprec), *args]
+
+
+def tool_arguments(cprec: ProfileResource) -> list[str]:
+    """The arguments every ``cprec_core`` command of a run gets: its profile (or config
+    file), data folder and the Pipes reporter."""
     source = (["--config", cprec.config_file] if cprec.config_file
               else ["--profile", cprec.profile_name])
-    return [*launch, "-m", module, *source, "--data-dir", cprec.profile.data_dir,
-            "--reporter", PIPES_REPORTER, *args]
+    return [*source, "--data-dir", cprec.profile.data_dir, "--reporter", PIPES_REPORTER]
 
 
 def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
@@ -132,6 +140,70 @@ def sft_diagnostics(manifest: dict) -> dict:
     return out
 
 
+def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
+    """The mined preference pairs and the DPO adapter of one DPO system, per domain."""
+    sft = registered(system.sft_init)
+
+    def layout_of(cprec: ProfileResource, key: str):
+        """The first seed's run (as the SFT assets show theirs)."""
+        return cprec.profile.layout.sft_run(system.name, key, cprec.profile.sft.seeds_for(sft.name)[0])
+
+    @dg.asset(name=system.pairs_asset, group_name="dpo", deps=[sft.asset], pool=TRAIN_POOL,
+              partitions_def=domain_partitions, kinds={"pytorch", "parquet"},
+              tags={"system": system.name}, code_version="1",
+              description=f"Preference pairs for `{system.name}`: training windows scored by"
+                          f" the `{sft.name}` adapter; chosen = the target, rejected = its"
+                          " highest-ranked wrong candidates and random ones, with the scores"
+                          " that chose them (also DPO's reference log-likelihoods).")
+    def _pairs(context: dg.AssetExecutionContext, cprec: ProfileResource,
+               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        command = [sys.executable, "-m", "cprec_core.training.dpo_pairs",  # one process
+                   *tool_arguments(cprec), "--domain", context.partition_key,
+                   "--system", system.name]
+        reported = pipes_subprocess_client.run(
+            context=context, command=command).get_materialize_result().metadata or {}
+        run = layout_of(cprec, context.partition_key)
+        info = json.loads(run.pairs_info.read_text())
+        sample = pq.read_table(run.pairs).slice(0, 12).to_pylist()
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(file_sha256(run.pairs)[:16]), metadata={
+                **reported, "pairs_file": dg.MetadataValue.path(str(run.pairs)),
+                "summary": dg.MetadataValue.json(info["summary"]),
+                "sample": table(["window", "chosen", "rejected", "kind", "rejected_rank",
+                                 "ref_chosen", "ref_rejected"],
+                                [(r["window"], r["chosen"], r["rejected"], r["kind"],
+                                  r["rejected_rank"], round(r["ref_chosen"], 2),
+                                  round(r["ref_rejected"], 2)) for r in sample])})
+
+    @dg.asset(name=system.asset, group_name="dpo", deps=[system.pairs_asset], pool=TRAIN_POOL,
+              partitions_def=domain_partitions, kinds={"pytorch"},
+              tags={"system": system.name}, code_version="1",
+              description=f"DPO of the `{sft.name}` adapter on its mined pairs, that adapter"
+                          " frozen as the reference.")
+    def _dpo(context: dg.AssetExecutionContext, cprec: ProfileResource,
+             pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        command = accelerate_command(cprec, "cprec_core.training.dpo", "--domain",
+                                     context.partition_key, "--system", system.name)
+        reported = pipes_subprocess_client.run(
+            context=context, command=command).get_materialize_result().metadata or {}
+        run = layout_of(cprec, context.partition_key)
+        rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]
+        manifest = json.loads(run.manifest.read_text())
+        curves = preference_curves(run.train_log, run.curves, f"DPO {system.name}")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(manifest["fingerprint"]), metadata={
+                **reported, "sft_adapter": manifest["sft_adapter"],
+                "pairs_sha256": manifest["pairs_sha256"],
+                "adapter": dg.MetadataValue.path(str(run.adapter)), "curves": png(curves),
+                "train_log": table(["step", "lr", "loss", "margin", "accuracy", "pairs"], [
+                    (r["step"], f"{r['lr']:.2e}", r["loss"], r["margin"], r["accuracy"],
+                     r["pairs"]) for r in rows[-20:]]),
+                **sft_diagnostics(manifest)})
+
+    return [_pairs, _dpo]
+
+
 cpt_assets = [build_cpt_asset(v) for v in CPT_VARIANTS]
 cpt_checks = [build_cpt_check(v) for v in CPT_VARIANTS]
 sft_assets = [build_sft_asset(s) for s in SFT_SYSTEMS]
+dpo_assets = [asset for s in DPO_SYSTEMS for asset in build_dpo_assets(s)]

@@ -48,7 +48,8 @@ from cprec_core.metrics import ranking_report, ranks_from_scores
 from cprec_core.progress import Log, Progress, Throttled, duration
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
-from cprec_core.systems import SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES, system as registered
+from cprec_core.systems import (DPO_SYSTEMS, SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES,
+                                system as registered)
 from cprec_core.training.next_item import load_next_item_model
 
 SCHEMA = """
@@ -142,10 +143,13 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases, log: Log = pr
 
 def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
     """(system, seed) of every LLM system the profile evaluates, trained or not: the
-    zero-shot systems (with ``evaluation.zero_shot``), then ``sft.systems`` per seed."""
+    zero-shot systems (with ``evaluation.zero_shot``), then ``sft.systems`` per seed, then
+    ``dpo.systems`` per seed of the SFT system each starts from."""
     zero_shot = ZERO_SHOT_SYSTEM_NAMES if profile.evaluation.zero_shot else ()
     return [(name, 0) for name in zero_shot] + [
-        (name, seed) for name in profile.sft.systems for seed in profile.sft.seeds_for(name)]
+        (name, seed) for name in profile.sft.systems for seed in profile.sft.seeds_for(name)] + [
+        (name, seed) for name in profile.dpo.systems
+        for seed in profile.sft.seeds_for(registered(name).sft_init)]
 
 
 def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]:
@@ -174,7 +178,8 @@ def planned_runs(profile: Profile, slug: str, log=print) -> list[tuple[str, int,
     systems = llm_systems(profile, slug, log)
     runs = [(name, seed, False) for name, seed in systems]
     if profile.evaluation.shuffled_ablation:
-        firsts = dict.fromkeys(name for name, _ in systems if registered(name).kind == "sft")
+        firsts = dict.fromkeys(name for name, _ in systems
+                               if registered(name).kind in ("sft", "dpo"))
         runs += [(name, next(s for n, s in systems if n == name), True) for name in firsts]
     return runs
 
@@ -349,7 +354,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             costs.append((domain, split, system, seed, len(scored), run.load_seconds,
                           run.score_seconds, run.answers_read_off, run.answers_decoded,
                           run.device, run.threads))
-            if registered(system.removesuffix(SHUFFLED_SUFFIX)).kind == "sft":
+            if registered(system.removesuffix(SHUFFLED_SUFFIX)).kind in ("sft", "dpo"):
                 family, why = chosen_scoring(profile, slug, system.removesuffix(SHUFFLED_SUFFIX),
                                              seed)
                 choices.append((domain, system, seed, "scoring", family, why))
@@ -490,6 +495,23 @@ def evaluation_tables(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, 
         ORDER BY rowid""", [domain])
     return {"results": results, "by_user_subset": subsets, "validation": valid,
             "chosen_on_validation": choices, "scoring_cost": costs}
+
+
+def dpo_format_drops(con: duckdb.DuckDBPyConnection, margin: float) -> list[tuple]:
+    """(domain, DPO system, seed, its ValidRatio, its SFT system's) where DPO lowered the
+    share of well-formed answers by more than ``margin`` (DPO is known to damage the format)."""
+    pairs = [(s.name, s.sft_init) for s in DPO_SYSTEMS]
+    if not pairs:
+        return []
+    return con.execute(f"""
+        WITH g AS (SELECT domain, system, seed, valid_ratio FROM evaluation_results
+                   WHERE family = 'generation' AND subset = 'all' AND split = 'test'),
+             p(dpo, sft) AS (VALUES {", ".join(["(?, ?)"] * len(pairs))})
+        SELECT d.domain, d.system, d.seed, round(d.valid_ratio, 3), round(s.valid_ratio, 3)
+        FROM g d JOIN p ON d.system = p.dpo
+        JOIN g s ON s.domain = d.domain AND s.system = p.sft AND s.seed = d.seed
+        WHERE d.valid_ratio < s.valid_ratio - ?
+        ORDER BY 1, 2, 3""", [x for pair in pairs for x in pair] + [margin]).fetchall()
 
 
 def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple]:

@@ -42,3 +42,25 @@ def training_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def preference_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
+    """DPO per optimiser step: the loss (ln 2 where the policy is still the reference), the
+    reward margin of chosen over rejected, and the share of pairs it orders right."""
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
+    for ax, key, colour, label in zip(axes, ("loss", "margin", "accuracy"),
+                                      ("#1d4ed8", "#15803d", "#b91c1c"),
+                                      ("loss", "reward margin", "accuracy")):
+        ax.plot(steps, [r[key] for r in rows], color=colour, marker=".")
+        ax.set_ylabel(label)
+    axes[0].axhline(0.6931, color="grey", linestyle=":", linewidth=1)  # ln 2: no preference yet
+    axes[2].set_ylim(-0.05, 1.05)
+    axes[2].set_xlabel("optimiser step")
+    axes[0].set_title(title)
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

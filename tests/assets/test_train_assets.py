@@ -8,7 +8,8 @@ import dagster as dg
 from cprec_assets import checks
 from cprec_assets.assets import data
 from cprec_assets.assets import collab, evaluate
-from cprec_assets.assets.train import accelerate_command, cpt_assets, cpt_checks, sft_assets
+from cprec_assets.assets.train import (accelerate_command, cpt_assets, cpt_checks, dpo_assets,
+                                       sft_assets)
 from cprec_assets.resources import ProfileResource
 from cprec_core.evaluation.evaluate import evaluate_domain
 
@@ -22,9 +23,10 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
-                  evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
+                  *dpo_assets, evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
                   evaluate.every_system_saw_the_stored_candidate_sets,
-                  evaluate.valid_ratio_above_floor, *checks.data_checks, *cpt_checks]
+                  evaluate.valid_ratio_above_floor, evaluate.dpo_keeps_the_answer_format,
+                  *checks.data_checks, *cpt_checks]
     with dg.instance_for_test() as instance:
         result = dg.materialize(everything, selection=[a.key for a in STAGE] + [cpt_assets[0].key],
                                 resources=resources, instance=instance)
@@ -32,12 +34,15 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         meta = result.asset_materializations_for_node("cpt_adapter")[0].metadata
         per_domain = dg.materialize(
             everything, selection=["domain_users", "sasrec", "gru4rec", "candidate_sets",
-                                   "sft_adapter", "llara_adapter", "sft_rank_adapter"],
+                                   "sft_adapter", "llara_adapter", "sft_rank_adapter",
+                                   "dpo_pairs", "dpo_adapter"],
             partition_key="crime", resources=resources, instance=instance)
         assert per_domain.success
         sft = per_domain.asset_materializations_for_node("sft_adapter")[0].metadata
         llara = per_domain.asset_materializations_for_node("llara_adapter")[0].metadata
         rank = per_domain.asset_materializations_for_node("sft_rank_adapter")[0].metadata
+        pairs = per_domain.asset_materializations_for_node("dpo_pairs")[0].metadata
+        dpo = per_domain.asset_materializations_for_node("dpo_adapter")[0].metadata
         scored = dg.materialize(everything, selection=["candidate_sets", "evaluation"],
                                 partition_key="crime", resources=resources, instance=instance)
         assert scored.success
@@ -77,12 +82,16 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     # every LLM system is ranked by likelihood and answers by generation, same candidate
     # sets; cprec_rank's prompt has no candidate list (the demo's sft.rank.listing), so it
     # has no answers to generate
-    for system in ("cprec", "llara", "base", "cprec_zero_shot", "cprec_rank"):
+    for system in ("cprec", "llara", "base", "cprec_zero_shot", "cprec_rank", "cprec_dpo"):
         for family in ("likelihood (mean)", "likelihood (sum)", "generation"):
-            expected = not (system == "cprec_rank" and family == "generation")
+            expected = not (system in ("cprec_rank", "cprec_dpo") and family == "generation")
             assert (f"| {system} | {family} |" in results) == expected, (system, family)
     # the ablation (likelihood only), and the fused system with what validation chose for it
-    for system in ("llara", "cprec", "cprec_rank"):
+    # DPO: the pairs with the scores that chose them, then the adapter from cprec_rank's
+    assert pairs["summary"].value["pairs"] > 0 and "| window | chosen |" in pairs["sample"].value
+    assert dpo["sft_adapter"].value.endswith("sft/cprec_rank/crime/seed-0/adapter")
+    assert "| step | lr | loss | margin | accuracy | pairs |" in dpo["train_log"].value
+    for system in ("llara", "cprec", "cprec_rank", "cprec_dpo"):
         assert f"| {system} (shuffled emb) | likelihood (sum) |" in results, system
         assert f"| {system} (shuffled emb) | generation |" not in results
     assert "| fused | ranking |" in results

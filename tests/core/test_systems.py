@@ -42,7 +42,18 @@ def test_the_evaluation_reads_every_weight_and_waits_for_the_automated_ones():
     assert inputs - automated_assets() == {
         "sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled", "sft_adapter_shuffled_control",
         "sft_rank_adapter_ds_only", "sft_rank_adapter_ds_mix_shuffled",
-        "sft_rank_adapter_shuffled_control"}
+        "sft_rank_adapter_shuffled_control", "dpo_adapter", "llara_dpo_adapter"}
+
+
+def test_dpo_systems_start_from_the_candidate_aware_sft_systems():
+    dpo = system("cprec_dpo")
+    assert (dpo.kind, dpo.sft_init, dpo.asset, dpo.pairs_asset) == (
+        "dpo", "cprec_rank", "dpo_adapter", "dpo_pairs")
+    assert dpo.ranks_candidates and dpo.is_cprec and not system("llara_dpo").is_cprec
+    assert system("llara_dpo").pairs_asset == "llara_dpo_pairs"
+    assert system("cprec_rank").pairs_asset is None
+    with pytest.raises(ConfigError, match=r"dpo.systems \['cprec_rank'\]"):
+        load_profile("demo", {"dpo": {"systems": ["cprec_rank"]}})
 
 
 def test_profiles_name_only_registered_systems():

@@ -411,3 +411,20 @@ def test_llm_scoring_reports_cases_done_and_time_left(tmp_path, monkeypatch):
     evaluate_module.llm_results({}, profile, "crime", FiveCases(), lines.append, runs[:1])
     scored = [x.split(": ")[2].split(",")[0].split(" in")[0] for x in lines if "/5 cases" in x]
     assert scored == ["2/5 cases", "5/5 cases"]  # the first batch and the total
+
+
+def test_a_dpo_system_that_loses_the_answer_format_is_reported():
+    import duckdb
+
+    from cprec_core.evaluation.evaluate import SCHEMA, dpo_format_drops
+
+    con = duckdb.connect()
+    con.execute(SCHEMA)
+    rows = [("crime", "cprec_rank", 0, 0.90), ("crime", "cprec_dpo", 0, 0.85),
+            ("sci-fi", "cprec_rank", 0, 0.90), ("sci-fi", "cprec_dpo", 0, 0.89),
+            ("crime", "llara_rank", 0, 0.50), ("crime", "llara_dpo", 0, 0.60)]
+    con.executemany("INSERT INTO evaluation_results (domain, split, system, seed, family, subset,"
+                    " cases, valid_ratio) VALUES (?, 'test', ?, ?, 'generation', 'all', 50, ?)",
+                    rows)
+    assert dpo_format_drops(con, 0.02) == [("crime", "cprec_dpo", 0, 0.85, 0.9)]
+    assert dpo_format_drops(con, 0.1) == []
