@@ -31,6 +31,7 @@ from cprec_core.config import Profile
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.data.sources.base import file_sha256
+from cprec_core.layout import TrainedAdapter
 from cprec_core.progress import Progress, Reporter
 from cprec_core.prompts import Case
 from cprec_core.systems import system as registered
@@ -148,13 +149,14 @@ def training_windows(profile: Profile, slug: str) -> tuple[list[Case], dict[int,
 
 
 def ensure_pairs(profile: Profile, slug: str, system: str, seed: int,
-                 reporter: Reporter) -> dict:
+                 reporter: Reporter, run: TrainedAdapter | None = None) -> dict:
     """Mine the pairs of (system, domain, seed) unless the stored ones came from the same
-    SFT adapter with the same settings; returns ``pairs.json``."""
+    SFT adapter with the same settings; returns ``pairs.json``. ``run``: where they go
+    when not the profile's run of the DPO system (a benchmark)."""
     from cprec_core.evaluation.llm import LLMScorer
 
     entry, cfg = registered(system), profile.dpo
-    run = profile.layout.sft_run(system, slug, seed)
+    run = profile.layout.sft_run(system, slug, seed) if run is None else run
     source = profile.layout.sft_run(entry.sft_init, slug, seed)
     if not source.exists():
         raise SFTError(f"{source.adapter}: no {entry.sft_init} adapter for {slug!r} seed"
