@@ -36,23 +36,7 @@ from cprec_core.training.dpo import DPOTrainer
 from cprec_core.training.dpo_pairs import ensure_pairs
 from cprec_core.training.sft import SFTTrainer
 
-
-def timed_steps(trainer, steps: int, units) -> dict:
-    """Seconds and units (samples or pairs) of the plan's last ``steps`` steps."""
-    total = trainer.total_steps
-    if total < steps + 1:
-        raise SystemExit(f"{trainer.system}: the plan has {total} steps, fewer than 1 + --steps")
-    seconds, count, tokens = 0.0, 0, 0
-    for k, step in enumerate(range(total - steps - 1, total)):
-        t0 = time.perf_counter()
-        _, hybrid = trainer.train_step(step)
-        elapsed = time.perf_counter() - t0
-        if k:  # the first step warms up the kernels and the allocator
-            seconds += elapsed
-            count += units(trainer, step)
-            tokens += trainer._step_tokens(step, hybrid)
-    return {"s/step": seconds / steps, "units": count, "s/unit": seconds / count,
-            "tokens/s": tokens / seconds}
+from bench_sft import timed_steps  # noqa: E402 - benchmarks/ is the script's folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     sft = SFTTrainer(profile, args.domain, "cprec_rank", seed=99)
     sft.setup()
-    sft_arm = timed_steps(sft, args.steps, lambda t, s: len(t.steps[s]))
+    sft_arm = timed_steps(sft, args.steps)
     del sft
     with tempfile.TemporaryDirectory() as tmp:
         run = TrainedAdapter(Path(tmp) / "cprec_dpo")

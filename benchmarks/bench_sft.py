@@ -30,25 +30,34 @@ from cprec_core.reporting import md_table
 from cprec_core.training.sft import SFTTrainer
 
 
-def measure(profile, domain: str, system: str, steps: int) -> dict:
-    trainer = SFTTrainer(profile, domain, system, seed=99)
-    trainer.setup()
+def timed_steps(trainer, steps: int, units=lambda t, step: len(t.steps[step])) -> dict:
+    """Seconds, tokens and ``units`` (samples by default; DPO counts pairs) of the plan's
+    last ``steps`` steps; one step before them warms up the kernels and the allocator."""
     total = trainer.total_steps
     if total < steps + 1:
-        raise SystemExit(f"{system}: the plan has {total} steps, fewer than 1 + --steps")
-    seconds, tokens, samples, prompts = 0.0, 0, 0, []
+        raise SystemExit(f"{trainer.system}: the plan has {total} steps, fewer than 1 + --steps")
+    seconds, tokens, count, prompts = 0.0, 0, 0, []
     for k, step in enumerate(range(total - steps - 1, total)):
         t0 = time.perf_counter()
         _, hybrid = trainer.train_step(step)
         elapsed = time.perf_counter() - t0
-        if k:  # the first step warms up the kernels and the allocator
+        if k:
             seconds += elapsed
             tokens += trainer._step_tokens(step, hybrid)
-            samples += len(trainer.steps[step])
+            count += units(trainer, step)
             prompts.append("hybrid" if hybrid else "text")
-    return {"s/step": seconds / steps, "samples/s": samples / seconds,
-            "s/sample": seconds / samples, "tokens/sample": tokens / samples,
-            "tokens/s": tokens / seconds, "prompts": ",".join(prompts)}
+    return {"s/step": seconds / steps, "units": count, "s/unit": seconds / count,
+            "tokens/unit": tokens / count, "tokens/s": tokens / seconds,
+            "prompts": ",".join(prompts)}
+
+
+def measure(profile, domain: str, system: str, steps: int) -> dict:
+    trainer = SFTTrainer(profile, domain, system, seed=99)
+    trainer.setup()
+    m = timed_steps(trainer, steps)
+    return {"s/step": m["s/step"], "samples/s": 1 / m["s/unit"], "s/sample": m["s/unit"],
+            "tokens/sample": m["tokens/unit"], "tokens/s": m["tokens/s"],
+            "prompts": m["prompts"]}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,7 +52,7 @@ from cprec_core.prompts import Case, encode_answer, encode_prompt
 from cprec_core.systems import system as registered
 from cprec_core.training.dpo_pairs import ensure_pairs
 from cprec_core.training.preference_loss import preference_loss
-from cprec_core.training.sft import SFTError, SFTTrainer
+from cprec_core.training.sft import SFTError, SFTTrainer, over_seeds
 
 
 @dataclass(frozen=True)
@@ -248,8 +248,8 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
     from (``sft.seeds_for``); the result is the first seed's manifest."""
     reporter = reporter or Reporter()
     entry = registered(system)
-    results = []
-    for seed in seeds if seeds is not None else profile.sft.seeds_for(entry.sft_init):
+
+    def train_one(seed: int) -> dict:
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several processes: mined before
             ensure_pairs(profile, domain, system, seed, reporter)
         trainer = DPOTrainer(profile, domain, system, reporter, seed)
@@ -258,13 +258,10 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
                      f" windows, {sum(len(w.rejected) for w in trainer.windows)} pairs,"
                      f" {trainer.total_steps} steps, {trainer.dtype}, from"
                      f" {trainer.source_run.adapter}, starting at step {trainer.start_step}")
-        results.append(trainer.train(stop_after))
-        if not results[-1]["finished"]:
-            break
-    result = dict(results[0])
-    result["finished"] = all(r["finished"] for r in results)
-    result["seeds"] = ",".join(str(r["seed"]) for r in results)
-    return result
+        return trainer.train(stop_after)
+
+    return over_seeds(seeds if seeds is not None else profile.sft.seeds_for(entry.sft_init),
+                      train_one)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

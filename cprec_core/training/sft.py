@@ -555,12 +555,26 @@ class SFTTrainer:
         return manifest
 
 
+def over_seeds(seeds, train_one) -> tuple[dict, list[dict]]:
+    """``train_one(seed)`` for each seed in turn, stopping after the first that did not
+    finish (killed: its resume comes first); the first seed's result with ``finished`` over
+    all and the seeds run, and every seed's result."""
+    results = []
+    for seed in seeds:
+        results.append(train_one(seed))
+        if not results[-1]["finished"]:
+            break
+    result = dict(results[0])
+    result["finished"] = all(r["finished"] for r in results)
+    result["seeds"] = ",".join(str(r["seed"]) for r in results)
+    return result, results
+
+
 def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = None,
         stop_after: int | None = None, seeds: tuple[int, ...] | None = None) -> dict:
     """Train one adapter per seed (``sft.seeds_for(system)`` by default), one after another;
     the result is the first seed's manifest plus every seed's final loss."""
-    results = []
-    for seed in seeds if seeds is not None else profile.sft.seeds_for(system):
+    def train_one(seed: int) -> dict:
         trainer = SFTTrainer(profile, domain, system, reporter, seed)
         trainer.run.path.mkdir(parents=True, exist_ok=True)
         trainer.setup()
@@ -569,12 +583,10 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
             f" {trainer.total_steps} steps, {trainer.dtype}, LoRA from"
             f" {trainer.init_run.adapter if trainer.init_run else 'scratch'}, starting at step"
             f" {trainer.start_step}")
-        results.append(trainer.train(stop_after))
-        if not results[-1]["finished"]:
-            break
-    result = dict(results[0])
-    result["finished"] = all(r["finished"] for r in results)
-    result["seeds"] = ",".join(str(r["seed"]) for r in results)
+        return trainer.train(stop_after)
+
+    result, results = over_seeds(seeds if seeds is not None else profile.sft.seeds_for(system),
+                                 train_one)
     for r in results[1:]:
         if r["finished"]:
             result[f"final_loss_seed_{r['seed']}"] = r["final_loss"]
