@@ -228,6 +228,27 @@ def test_goals_section_says_per_domain_which_goal_is_met():
     assert goals["`fused` above its classic system, paired p < 0.05"] == [
         "vs gru4rec: +0.020, p 0.4", "vs gru4rec: +0.020, p 0.4", "no"]
     assert goals["`cprec_rank` above its shuffled-vector ablation, paired p < 0.05"][-1] == "yes"
+    assert not any("cprec_dpo" in goal for goal in goals)  # no DPO rows yet
+
+    # with DPO: above cprec_rank on one domain is enough; ValidRatio where generated
+    for domain, p in (("Crime", 0.01), ("Sci-Fi", 0.5)):
+        con.execute("INSERT INTO leaderboard (domain, system, \"hr@1\") VALUES (?, 'cprec_dpo', 0.3)",
+                    [domain])
+        con.execute("""INSERT INTO leaderboard_tests (domain, family, system_a, system_b, diff,
+                       p_value) VALUES (?, 'ranking', 'cprec_dpo', 'cprec_rank', 0.05, ?)""",
+                    [domain, p])
+    for system, ratio in (("cprec_rank", 0.90), ("cprec_dpo", 0.89)):
+        con.execute("UPDATE leaderboard SET valid_ratio = ? WHERE domain = 'Crime' AND system = ?",
+                    [ratio, system])
+    lines = "\n".join(goals_section(con, sft)).splitlines()
+    goals = {row[0]: row[1:] for row in ([c.strip() for c in line.strip("|").split("|")]
+                                         for line in lines if line.startswith("| ")
+                                         and "---" not in line)}
+    assert goals["`cprec_dpo` above `cprec_rank`, paired p < 0.05, on at least one domain"] == [
+        "+0.050, p 0.01", "+0.050, p 0.5", "yes"]
+    assert goals["`cprec_dpo` ValidRatio within 0.02 of `cprec_rank`'s"] == [
+        "0.890 vs 0.900", "no generation rows", "not measured"]
+    assert goals["`cprec_dpo` above `llara_dpo`, paired p < 0.05 (reported)"][-1] == "not measured"
 
 
 def test_results_of_the_layout_before_git_revision_are_kept():
