@@ -45,6 +45,17 @@ def run_tool(work: Callable[[], object], database) -> int:
     return 0
 
 
+def add_domain_run_arguments(parser: argparse.ArgumentParser, default_system: str,
+                             systems: str, seeds: str) -> argparse.ArgumentParser:
+    """What the per-domain trainers (SFT, DPO pairs, DPO) take: the domain's partition key,
+    the system and the seeds (repeatable; ``seeds`` says the default)."""
+    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    parser.add_argument("--system", default=default_system, help=systems)
+    parser.add_argument("--seed", type=int, action="append",
+                        help=f"this seed only (repeatable); default: {seeds}")
+    return parser
+
+
 def add_reporter_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--reporter", help="module:function returning a reporter context"
                         " (default: stdout); the Dagster assets pass their Pipes reporter")

@@ -36,10 +36,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, get_wsd_schedule
 
-from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
-                            run_trainer)
+from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
+                            add_reporter_argument, profile_from_args, run_trainer)
 from cprec_core.config import Profile
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.models.candidate_tree import TREE_ATTENTION
@@ -147,7 +148,6 @@ class DPOTrainer(SFTTrainer):
         base.set_attn_implementation(TREE_ATTENTION)
         self.projector = Projector(self.item_table.shape[1],
                                    base.get_input_embeddings().embedding_dim)
-        from safetensors.torch import load_file
         self.projector.load_state_dict(load_file(self.source_run.projector))
         self.projector.requires_grad_(False)
         self.model = HybridLM(self.peft_model, self.projector, self.item_table, self.placeholder_id)
@@ -265,18 +265,16 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_reporter_argument(add_profile_arguments(
-        argparse.ArgumentParser(description="DPO after SFT, per domain")))
-    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
-    parser.add_argument("--system", default="cprec_dpo", help="cprec_dpo or llara_dpo")
-    parser.add_argument("--seed", type=int, action="append",
-                        help="this seed only (repeatable); default: the SFT system's seeds")
+    parser = add_domain_run_arguments(add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="DPO after SFT, per domain"))),
+        "cprec_dpo", "cprec_dpo or llara_dpo", "the SFT system's seeds")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     seeds = tuple(args.seed) if args.seed else None
     return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
-                                            args.stop_after, seeds), (SFTError,), args.reporter)
+                                            args.stop_after, seeds), (SFTError, KeyError),
+                       args.reporter)  # KeyError: an unknown --system
 
 
 if __name__ == "__main__":

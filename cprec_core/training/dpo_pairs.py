@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
-                            run_trainer)
+from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
+                            add_reporter_argument, profile_from_args, run_trainer)
 from cprec_core.config import Profile
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
@@ -193,12 +193,9 @@ def ensure_pairs(profile: Profile, slug: str, system: str, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_reporter_argument(add_profile_arguments(
-        argparse.ArgumentParser(description="Preference pairs for DPO, per domain")))
-    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
-    parser.add_argument("--system", default="cprec_dpo", help="cprec_dpo or llara_dpo")
-    parser.add_argument("--seed", type=int, action="append",
-                        help="this seed only (repeatable); default: the SFT system's seeds")
+    parser = add_domain_run_arguments(add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Preference pairs for DPO, per domain"))),
+        "cprec_dpo", "cprec_dpo or llara_dpo", "the SFT system's seeds")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
 
@@ -210,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         infos = [ensure_pairs(profile, args.domain, args.system, seed, reporter) for seed in seeds]
         return {"finished": True, **infos[0]["summary"]}
 
-    return run_trainer(work, (SFTError, ValueError), args.reporter)
+    return run_trainer(work, (SFTError, ValueError, KeyError), args.reporter)  # KeyError: --system
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, get_wsd_schedule
 
-from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
-                            run_trainer)
+from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
+                            add_reporter_argument, profile_from_args, run_trainer)
 from cprec_core.config import Profile
 from cprec_core.data.cases import load_cases
 from cprec_core.data.db import connect
@@ -594,12 +594,9 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_reporter_argument(add_profile_arguments(
-        argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt")))
-    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
-    parser.add_argument("--system", default="cprec", help="llara, cprec or cprec_<variant>")
-    parser.add_argument("--seed", type=int, action="append",
-                        help="train this seed only (repeatable); default: sft.seeds")
+    parser = add_domain_run_arguments(add_reporter_argument(add_profile_arguments(
+        argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt"))),
+        "cprec", "llara, cprec or cprec_<variant>", "sft.seeds")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
