@@ -13,6 +13,7 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
     python -m cprec_assets.demo --stage sft --domain crime --system llara &  # each SFT system,
     python -m cprec_assets.demo --stage dpo --domain crime         #   DPO after its SFT,
     python -m cprec_assets.demo --stage evaluation --domain crime  #   then its evaluation
+    python -m cprec_assets.demo --stage evaluation --system cprec_dpo  # one LLM system re-scored
     python -m cprec_assets.demo --stage summary
 """
 
@@ -26,6 +27,7 @@ import dagster as dg
 
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
+from cprec_core.evaluation.evaluate import planned_llm_systems
 from cprec_core.evaluation.leaderboard import leaderboard_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import cpt_variant, lora_init, system
@@ -34,11 +36,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
 
 
-def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str | None = None):
+def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str | None = None,
+        ops: dict | None = None):
     started = time.perf_counter()
     result = dg.materialize(EVERYTHING, selection=selection, instance=instance,
                             resources=defs.resources, partition_key=partition_key,
-                            run_config=QUIET, raise_on_error=False, tags={"source": "make demo"})
+                            run_config={**QUIET, "ops": ops or {}}, raise_on_error=False,
+                            tags={"source": "make demo"})
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         sys.exit(f"{label} failed at {failed}; see `make ui` -> Runs -> {result.run_id}")
@@ -71,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="domain = sasrec + sft + evaluation of each domain in turn")
     parser.add_argument("--variant", action="append", help="CPT variant(s) of --stage cpt")
     parser.add_argument("--domain", action="append", help="domain partition(s) of the domain stages")
-    parser.add_argument("--system", action="append", help="SFT system(s) of --stage sft")
+    parser.add_argument("--system", action="append",
+                        help="SFT system(s) of --stage sft; LLM system(s) --stage evaluation"
+                             " scores (the others' rows stay)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -91,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         keys = instance.get_dynamic_partitions(domain_partitions.name)
         if not keys:
             sys.exit("no domain partitions yet: run --stage corpus first")
-        systems = _chosen("--system", args.system, profile.sft.systems)
+        # --system names the SFT systems to train, or the LLM systems to score
+        scoring_only = stage == "evaluation" and args.system
+        systems = [] if scoring_only else _chosen("--system", args.system, profile.sft.systems)
+        scored = _chosen("--system", args.system, dict.fromkeys(
+            name for name, _ in planned_llm_systems(profile))) if scoring_only else []
         for key in _chosen("--domain", args.domain, keys):
             if "sasrec" in parts:
                 run(f"domain[{key}]", dg.AssetSelection.assets(
@@ -106,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                     for asset in (entry.pairs_asset, entry.asset):
                         run(f"{asset}[{key}]", dg.AssetSelection.assets(asset), instance, key)
             if "evaluation" in parts:
-                run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key)
+                run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key,
+                    {"evaluation": {"config": {"systems": scored}}})
     if stage not in ("all", "summary"):
         return
     run("leaderboard", dg.AssetSelection.assets("leaderboard"), instance)

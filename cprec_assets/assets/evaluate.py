@@ -41,14 +41,22 @@ def twenty_distinct_candidates_with_the_target_once(
     return dg.AssetCheckResult(passed=bad == 0, metadata={"bad_rows": bad})
 
 
+class EvaluationRunConfig(dg.Config):
+    # LLM systems to score, e.g. a newly added or re-trained one; the other LLM systems'
+    # rows stay. Empty: every LLM system of the profile.
+    systems: list[str] = []
+
+
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[candidate_sets, *evaluation_inputs()],
           pool=DUCKDB_POOL, partitions_def=domain_partitions, automation_condition=EVALUATE)
-def evaluation(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
+def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
+               cprec: ProfileResource) -> dg.MaterializeResult:
     """Every system on the same candidate sets: classic rankings, and for the LLM systems
     (zero-shot, LLaRA, CPRec and the ablations, every seed) likelihood ranking and greedy
-    generation (ValidRatio, HR@1), per user subset."""
+    generation (ValidRatio, HR@1), per user subset. Launched with ``systems``, only those LLM
+    systems are scored and the others' rows kept."""
     rows = evaluate_domain(cprec.connect, cprec.profile, context.partition_key,
-                           log=run_log(context))
+                           config.systems or None, log=run_log(context))
     with cprec.connect() as con:
         tables, seconds = evaluation_tables(con, rows[0][0]), scoring_seconds(con, rows[0][0])
     return dg.MaterializeResult(metadata={"dagster/row_count": len(rows), **markdown(tables),

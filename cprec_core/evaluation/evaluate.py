@@ -35,12 +35,12 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, Collection, ContextManager
 
 import duckdb
 import numpy as np
 
-from cprec_core.config import Profile
+from cprec_core.config import ConfigError, Profile
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.data.cases import Cases, load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
@@ -300,13 +300,28 @@ def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=
     return rows
 
 
+def chosen_llm_systems(profile: Profile, systems: Collection[str] | None) -> set[str] | None:
+    """``systems`` checked against the profile's planned LLM systems (None: all of them)."""
+    if systems is None:
+        return None
+    planned = list(dict.fromkeys(name for name, _ in planned_llm_systems(profile)))
+    unknown = sorted(set(systems) - set(planned))
+    if unknown:
+        raise ConfigError(f"evaluation systems {unknown}: not LLM systems of profile"
+                          f" {profile.name!r}; its LLM systems are {planned}")
+    return set(systems)
+
+
 def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
-                    profile: Profile, slug: str, with_llm: bool = True, log=print,
-                    every_s: float | None = None) -> list[tuple]:
+                    profile: Profile, slug: str, systems: Collection[str] | None = None,
+                    log=print, every_s: float | None = None) -> list[tuple]:
     """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows.
-    Without ``with_llm`` only the classic systems are scored, and only their rows are
-    replaced: the LLM systems' rows stay (adding a classic baseline to an evaluation whose
-    LLM systems took hours to score).
+
+    ``systems`` names the LLM systems to score (default: every planned one). With a subset,
+    only the classic systems' rows and those systems' rows (their shuffled runs, and the
+    fused system's when the subset holds its LLM system) are replaced; the other LLM
+    systems' rows stay. That adds a system, or re-scores a re-trained one, without paying
+    again for LLM systems that took hours to score; ``()`` scores the classic systems only.
 
     ``connect()`` opens the profile's database. The connection is closed while the LLM
     systems are scored (minutes to hours), so other domains' runs can use the file meanwhile.
@@ -314,6 +329,11 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     time left, at most every ``every_s`` seconds (cprec_core.progress.EVERY_S by default).
     """
     cfg = profile.evaluation
+    subset = chosen_llm_systems(profile, systems)
+    with_llm = subset is None or bool(subset)
+    runs = [run for run in planned_runs(profile, slug, log)
+            if subset is None or run[0] in subset] if with_llm else []
+    with_fusion = bool(cfg.fusion) and (subset is None or cfg.fusion in subset)
     with connect() as con:
         domain, _ = domain_for_slug(con, slug)
         create_tables(con)
@@ -330,7 +350,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                   key=lambda s: float((ranks_from_scores(classic["valid"][s],
                                                         splits["valid"].target_col) == 0).mean()))
     fusion = {}  # seed -> validation LLMRun of the fusion system
-    if with_llm and partner and cfg.fusion:
+    if partner and with_fusion:
         seeds = [seed for name, seed in llm_systems(profile, slug, log) if name == cfg.fusion]
         if seeds:
             fusion = {seed: run for (_, seed), run in llm_results(
@@ -348,7 +368,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         for seed, run in fusion.items():  # its validation scoring, a cost too
             costs.append((domain, "valid", cfg.fusion, seed, len(run.cases), run.load_seconds,
                           run.score_seconds, None, None, run.device, run.threads))
-        llm = llm_results(titles, profile, slug, cases, log, every_s=every_s)
+        llm = llm_results(titles, profile, slug, cases, log, runs, every_s)
         for (system, seed), run in llm.items():
             scored = run.cases
             costs.append((domain, split, system, seed, len(scored), run.load_seconds,
@@ -386,17 +406,22 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                         (domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
                         (domain, FUSED, seed, "lambda", f"{lam:g}",
                          f"validation HR@1 by lambda: {grid}")]
+    # every system whose rows this run owns: those written now, and the chosen ones even
+    # where their weights are gone (their old rows would describe weights that no longer are)
+    replaced = {r[2] for r in results} | {c[2] for c in costs} | {c[1] for c in choices}
+    replaced |= {name + suffix for name in subset or () for suffix in ("", SHUFFLED_SUFFIX)}
+    if with_fusion and partner:
+        replaced.add(FUSED)
     with connect() as con:
-        con.execute("BEGIN")  # the domain's old rows are replaced as a whole or not at all
+        con.execute("BEGIN")  # the old rows are replaced as a whole or not at all
         try:
             for table in ("evaluation_results", "evaluation_cases", "evaluation_costs",
                           "evaluation_choices"):
-                if with_llm:
+                if subset is None:
                     con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-                elif table not in ("evaluation_costs", "evaluation_choices"):  # classic ones
+                else:
                     con.execute(f"DELETE FROM {table} WHERE domain = ?"
-                                " AND list_contains(?, system)",
-                                [domain, sorted({r[2] for r in results})])
+                                " AND list_contains(?, system)", [domain, sorted(replaced)])
             columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
             revision = git_revision()
             con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
@@ -524,9 +549,10 @@ def low_valid_ratios(con: duckdb.DuckDBPyConnection, floor: float) -> list[tuple
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cprec_core.evaluation.evaluate --profile study --domain crime
-    [--classic-only]``: the evaluation asset's work without Dagster; ``--classic-only``
-    re-scores the classic systems and keeps the LLM systems' rows. Rebuild the leaderboard
-    afterwards (the ``leaderboard`` asset, or ``python -m cprec_core.evaluation.leaderboard``)."""
+    [--system NAME ... | --classic-only]``: the evaluation asset's work without Dagster.
+    ``--system`` scores only the named LLM systems, ``--classic-only`` none; either way the
+    other LLM systems' rows stay. Rebuild the leaderboard afterwards (the ``leaderboard``
+    asset, or ``python -m cprec_core.evaluation.leaderboard``)."""
     import argparse
 
     from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
@@ -534,14 +560,22 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = add_profile_arguments(argparse.ArgumentParser(description="evaluate one domain"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
-    parser.add_argument("--classic-only", action="store_true",
-                        help="score the classic systems only and keep the LLM systems' rows")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--system", action="append",
+                       help="score only this LLM system (repeatable); the others' rows stay")
+    which.add_argument("--classic-only", action="store_true",
+                       help="score the classic systems only and keep the LLM systems' rows")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
+    systems = () if args.classic_only else args.system
+    try:
+        chosen_llm_systems(profile, systems)
+    except ConfigError as exc:
+        parser.error(str(exc))
 
     def work() -> None:
         rows = evaluate_domain(lambda: connect(profile.layout.database), profile, args.domain,
-                               with_llm=not args.classic_only)
+                               systems)
         print(f"{args.domain}: {len(rows)} result rows written to {profile.layout.database}")
 
     return run_tool(work, profile.layout.database)

@@ -22,5 +22,8 @@ def test_domain_stages_need_partitions_and_known_names(instance):
         demo.main(["--stage", "sft", "--domain", "horror"])
     with pytest.raises(SystemExit, match=r"--system \['gru4rec'\]"):
         demo.main(["--stage", "sft", "--domain", "crime", "--system", "gru4rec"])
+    with pytest.raises(SystemExit,
+                       match=r"--system \[.gru4rec.\]: not one of \[.base., .*.cprec_dpo.\]"):
+        demo.main(["--stage", "evaluation", "--system", "gru4rec"])  # not an LLM system
     with pytest.raises(SystemExit, match=r"--variant \['wsd'\]"):
         demo.main(["--stage", "cpt", "--variant", "wsd"])

@@ -4,6 +4,7 @@ import json
 import re
 
 import dagster as dg
+import pytest
 
 from cprec_assets import checks
 from cprec_assets.assets import data
@@ -11,6 +12,7 @@ from cprec_assets.assets import collab, evaluate
 from cprec_assets.assets.train import (accelerate_command, cpt_assets, cpt_checks, dpo_assets,
                                        sft_assets)
 from cprec_assets.resources import ProfileResource
+from cprec_core.config import ConfigError
 from cprec_core.evaluation.evaluate import evaluate_domain
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
@@ -58,10 +60,28 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         count = "SELECT system, count(*) FROM evaluation_cases GROUP BY ALL ORDER BY ALL"
         with cprec.connect() as con:
             before = con.execute(count).fetchall()
-        evaluate_domain(cprec.connect, cprec.profile, "crime", with_llm=False)
+        evaluate_domain(cprec.connect, cprec.profile, "crime", systems=())
         with cprec.connect() as con:
             assert con.execute(count).fetchall() == before
             assert {"llara", "gru4rec"} <= {r[0] for r in before}
+        # re-scoring one LLM system through the asset's config replaces its rows alone
+        costs = "SELECT system, split, seed, evaluated_at FROM evaluation_costs ORDER BY ALL"
+        with cprec.connect() as con:
+            costs_before = con.execute(costs).fetchall()
+        rescored = dg.materialize(
+            everything, selection=["evaluation"], partition_key="crime", resources=resources,
+            instance=instance, run_config={"ops": {"evaluation": {"config": {
+                "systems": ["cprec_dpo"]}}}})
+        assert rescored.success
+        with cprec.connect() as con:
+            assert con.execute(count).fetchall() == before
+            costs_after = con.execute(costs).fetchall()
+        kept = [r for r in costs_before if not r[0].startswith("cprec_dpo")]
+        assert [r for r in costs_after if not r[0].startswith("cprec_dpo")] == kept
+        new_dpo = [r for r in costs_after if r[0].startswith("cprec_dpo")]
+        assert new_dpo and min(r[3] for r in new_dpo) > max(r[3] for r in costs_before)
+        with pytest.raises(ConfigError, match=r"\['gpt'\]: not LLM systems of profile"):
+            evaluate_domain(cprec.connect, cprec.profile, "crime", systems=["gpt"])
         board = dg.materialize(everything, selection=["leaderboard"], resources=resources,
                                instance=instance)
         assert board.success
@@ -136,6 +156,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     from cprec_core.evaluation.leaderboard import main as leaderboard_cli
     args = ["--config", str(fixture_config), "--data-dir", str(tmp_path / "data")]
     assert evaluate_cli([*args, "--domain", "crime", "--classic-only"]) == 0
+    with pytest.raises(SystemExit) as refused:  # an unknown system: a usage error, nothing run
+        evaluate_cli([*args, "--domain", "crime", "--system", "gpt"])
+    assert refused.value.code == 2
     assert leaderboard_cli(args) == 0
     # reported by the child process through Pipes
     assert meta["finished"].value is True and meta["base_model"].value == "tiny-random"

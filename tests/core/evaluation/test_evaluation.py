@@ -74,7 +74,7 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     con, profile = con
     build_candidate_sets(con, "crime", negatives=2)
     rows = [dict(zip(RESULT_COLUMNS, r))
-            for r in evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)]
+            for r in evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())]
     assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {r["system"] for r in rows}
     test_all = [r for r in rows if r["subset"] == "all" and r["split"] == "test"]
     assert len({r["cases"] for r in test_all}) == 1  # same cases for every system
@@ -92,7 +92,7 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     assert mismatched_candidates(con) == len(test_all)
     # a second evaluation replaces the domain's rows instead of adding to them
     before = con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0]
-    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())
     assert con.execute("SELECT count(*) FROM evaluation_cases").fetchall()[0][0] == before
     # every result row names the code that scored it
     assert con.execute("SELECT DISTINCT git_revision FROM evaluation_results").fetchall() == [
@@ -107,7 +107,7 @@ def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
     build_candidate_sets(con, "crime", negatives=2)
     calls = []
 
-    def fake_llm_results(titles, profile, slug, cases, log=print, every_s=None):
+    def fake_llm_results(titles, profile, slug, cases, log=print, runs=None, every_s=None):
         calls.append(len(cases.users))
         n = len(cases.users)
         scored = [CaseResult(np.arange(3.0), np.arange(3.0), "x", int(c[0]))
@@ -128,7 +128,7 @@ def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
     assert [r[1] for r in scoring_costs(con)] == ["llara", "base"]  # the order they were scored
     # a second full evaluation replaces the domain's cost rows; a classic-only one keeps them
     evaluate_domain(lambda: nullcontext(con), profile, "crime")
-    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False)
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())
     assert con.execute("SELECT count(*), count(DISTINCT git_revision) FROM evaluation_costs"
                        ).fetchall() == [(3, 1)]
     assert len(calls) == 2
@@ -366,7 +366,7 @@ def test_candidate_sets_and_classic_scoring_report_progress(con):
     assert lines[0].startswith(f"crime candidate sets (valid): 1/{users} users, ")
     assert lines[-1].startswith(f"crime candidate sets (test): {users}/{users} users in ")
     lines.clear()
-    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False,
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=(),
                     log=lines.append, every_s=0)
     cases = min(counts["test"], profile.evaluation.max_cases or counts["test"])
     assert lines[0].startswith("crime: ") and lines[0].endswith(f" and {cases:,} test cases")
@@ -378,7 +378,7 @@ def test_candidate_sets_and_classic_scoring_report_progress(con):
                     r" popularity .+, item-knn \(domain\) .+, item-knn \(all domains\) .+\)$",
                     test[-1])
     lines.clear()
-    evaluate_domain(lambda: nullcontext(con), profile, "crime", with_llm=False,
+    evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=(),
                     log=lines.append)  # the default interval: the closing line per split
     assert len(lines) == 3 and lines[1].startswith("crime valid, ")
     assert lines[2].startswith(f"crime test, {cases:,} cases: 4 classic systems scored in ")
