@@ -527,6 +527,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "validation_cases": 40,
                 "rank": {"max_samples": 40, "epochs": 2, "select_every": 5,
                          "listing": False}},
+        # DPO from both candidate-aware systems, every seed: 96 fresh training windows,
+        # a hard and a random negative each, two epochs, at a fifth of the rank SFT's lr
+        "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
+                "lr": 1e-4, "checkpoint_every": 6},
         "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
                        "batch_size": 16}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
