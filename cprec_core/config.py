@@ -427,6 +427,33 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RecommendConfig:
+    """The product stage (cprec_core.recommend): for every user of a target domain, the top
+    ``k`` unseen items of a two-stage pipeline, retrieval of the top ``retrieve`` items over
+    the whole domain by the better classic model, then re-ranking of those by the best LLM
+    system. ``rerank_users``: re-rank only the first this many users (most recent activity
+    first; 0 = every user), the others keep the retrieval's order, each row saying which
+    stage produced it: re-ranking costs an LLM forward per user. ``full_ranking_cases``:
+    test users of the full-ranking evaluation (0 = all; the same seeded sample for every
+    system). ``keep_snapshots``: exported snapshots kept per domain (the service may still
+    read an older one)."""
+
+    k: int = 10
+    retrieve: int = 50
+    rerank_users: int = 0
+    full_ranking_cases: int = 0
+    keep_snapshots: int = 3
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.retrieve < self.k:
+            raise ConfigError(f"recommend: k must be at least 1 and retrieve at least k,"
+                              f" got k {self.k}, retrieve {self.retrieve}")
+        if min(self.rerank_users, self.full_ranking_cases) < 0 or self.keep_snapshots < 1:
+            raise ConfigError("recommend: rerank_users and full_ranking_cases are 0 (all) or"
+                              " more, keep_snapshots at least 1")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "demo"
     data_dir: str = "data"
@@ -440,6 +467,7 @@ class Profile:
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
@@ -501,7 +529,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                      "checkpoint_every": 3, "validation_cases": 32,
                      "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
              "dpo": {"systems": ["cprec_dpo"], "max_windows": 48, "checkpoint_every": 3},
-             "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False}},
+             "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False},
+             # every user gets a top 10; the LLM re-ranks the 50 most recently active
+             "recommend": {"retrieve": 20, "rerank_users": 50, "full_ranking_cases": 50}},
     # The paper-recipe study on CPU (docs/RESULTS-paper.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),
@@ -532,7 +562,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
                 "lr": 1e-4, "checkpoint_every": 6},
         "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
-                       "batch_size": 16}},
+                       "batch_size": 16},
+        "recommend": {"rerank_users": 100, "full_ranking_cases": 100}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.

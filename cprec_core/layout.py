@@ -9,6 +9,7 @@ checked before they become path parts, so a key cannot point outside the folder.
     data/<profile>/cpt/<variant>/                       a CPT adapter       (TrainedAdapter)
     data/<profile>/sft/<system>/<domain>/seed-<n>/      an SFT adapter      (TrainedAdapter)
     data/<profile>/<sasrec|gru4rec>/<domain>/           a next-item model   (NextItemFiles)
+    data/<profile>/recommendations/<domain>/            exported top-k      (RecommendationFiles)
     data/<profile>/leaderboard.png
     data/cache/                                         wheels, data sets, models (shared)
     data/landing/                                       deliveries of new data (default)
@@ -146,6 +147,28 @@ class NextItemFiles:
 
 
 @dataclass(frozen=True)
+class RecommendationFiles:
+    """One domain's exported recommendations: immutable snapshots, each a pair of Parquet
+    files named by its version, and ``current.json`` naming the newest. A snapshot is written
+    in full before ``current.json`` is atomically replaced, so a reader (the HTTP service)
+    always sees a whole snapshot and picks up the next one without a restart."""
+
+    path: Path
+
+    @property
+    def current(self) -> Path:
+        """JSON: version, file names, model and data versions of the served snapshot."""
+        return self.path / "current.json"
+
+    def recommendations(self, version: str) -> Path:
+        return self.path / f"recommendations-{_part(version, 'snapshot version')}.parquet"
+
+    def items(self, version: str) -> Path:
+        """The domain's items (item_idx, item_id, title) as that snapshot knew them."""
+        return self.path / f"items-{_part(version, 'snapshot version')}.parquet"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Paths of one profile (``name``) under ``data_dir``."""
 
@@ -230,3 +253,6 @@ class Layout:
 
     def next_item_model(self, kind: str, slug: str) -> NextItemFiles:
         return NextItemFiles(self.root / _part(kind, "model kind") / check_partition_key(slug))
+
+    def recommendation_files(self, slug: str) -> RecommendationFiles:
+        return RecommendationFiles(self.root / "recommendations" / check_partition_key(slug))

@@ -96,7 +96,8 @@ def fixture_config(tmp_path: Path, movielens_dir: Path) -> Path:
               "sft": {"negatives": 2, "batch_size": 2, "micro_batch": 1, "max_samples": 8,
                       "checkpoint_every": 2, "dtype": "fp32", "validation_cases": 6,
                       "rank": {"max_samples": 6, "select_every": 2}},
-              "evaluation": {"shuffled_ablation": True}}
+              "evaluation": {"shuffled_ablation": True},
+              "recommend": {"k": 3, "retrieve": 5}}
     path = tmp_path / "fixture.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -1,0 +1,226 @@
+"""Full-ranking evaluation (the SASRec and HSTU papers' protocol), beside the 20-candidate
+one: each test item ranked against every item of its domain, the user's history excluded,
+HR@10 and NDCG@10. Systems: popularity, item-kNN, SASRec, GRU4Rec and the two-stage
+pipeline (cprec_core.recommend.pipeline), whose retrieval recall@N is stored with it:
+re-ranking cannot recover a test item that retrieval missed.
+
+    python -m cprec_core.recommend.full_ranking --profile demo --domain crime
+
+Per-user ranks go to ``full_ranking_cases``, what each system was to ``full_ranking_runs``;
+``full_ranking_table`` turns them into the leaderboard's table with bootstrap intervals and
+the paired test of the pipeline against its retrieval model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, ContextManager
+
+import duckdb
+import numpy as np
+from scipy.stats import wilcoxon
+
+from cprec_core.config import Profile
+from cprec_core.data.domain_users import domain_for_slug
+from cprec_core.evaluation.leaderboard import bootstrap_interval
+from cprec_core.metrics import ranks_from_scores
+from cprec_core.progress import Progress, duration
+from cprec_core.provenance import git_revision
+from cprec_core.recommend.pipeline import (LLMReranking, choose_reranker, choose_retrieval,
+                                           describe)
+from cprec_core.recommend.retrieval import (domain_items, exclude_history, item_knn_scores,
+                                            popularity_scores, sequential_full_scores, top_n)
+
+K = 10
+PIPELINE = "two-stage"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS full_ranking_cases (
+    domain VARCHAR NOT NULL, system VARCHAR NOT NULL, user_idx INTEGER NOT NULL,
+    rank INTEGER NOT NULL, retrieved BOOLEAN);
+CREATE TABLE IF NOT EXISTS full_ranking_runs (
+    domain VARCHAR NOT NULL, system VARCHAR NOT NULL, cases INTEGER NOT NULL,
+    items INTEGER NOT NULL, seconds DOUBLE NOT NULL, detail VARCHAR,
+    evaluated_at TIMESTAMP DEFAULT current_timestamp, git_revision VARCHAR);
+"""
+
+
+def sample_test_users(con: duckdb.DuckDBPyConnection, domain: str, max_cases: int = 0,
+               seed: int = 0) -> tuple[list[int], list[list[int]], list[int]]:
+    """(users, histories, test items) of the domain's users with a test item; a history is
+    the train items then the validation item. With ``max_cases``, a seeded sample."""
+    rows = con.execute(
+        "SELECT user_idx, history, valid_item, test_item FROM domain_users"
+        " WHERE domain = ? AND test_item IS NOT NULL ORDER BY user_idx", [domain]).fetchall()
+    if max_cases and len(rows) > max_cases:
+        pick = np.random.default_rng(seed).choice(len(rows), max_cases, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
+    return ([r[0] for r in rows], [list(r[1]) + ([r[2]] if r[2] is not None else [])
+                                   for r in rows], [r[3] for r in rows])
+
+
+def pipeline_ranks(retrieved: np.ndarray, rerank_scores: np.ndarray,
+                   retrieval_ranks: np.ndarray, target_cols: np.ndarray) -> np.ndarray:
+    """The target's rank after re-ranking: its place among the re-ranked N where retrieval
+    found it (ties against it), else its retrieval rank (N or worse)."""
+    hit = retrieved == target_cols[:, None]
+    found = hit.any(1)
+    ranks = retrieval_ranks.copy()
+    if found.any():
+        ranks[found] = ranks_from_scores(rerank_scores[found], hit[found].argmax(1))
+    return ranks
+
+
+def full_ranking_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
+                        profile: Profile, slug: str, log=print,
+                        every_s: float | None = None) -> dict[str, dict]:
+    """Rank each sampled test user's test item among all the domain's items with every
+    system; replaces the domain's rows. Returns {system: {cases, hr@10, ndcg@10, ...}}."""
+    cfg = profile.recommend
+    with connect() as con:
+        domain, _ = domain_for_slug(con, slug)
+        items = domain_items(con, domain)
+        users, histories, targets = sample_test_users(con, domain, cfg.full_ranking_cases,
+                                               profile.evaluation.seed)
+        if not users:
+            raise ValueError(f"no test users in {domain!r}")
+        target_cols = items.columns(targets)
+        scorers = {"popularity": lambda: popularity_scores(con, items, len(users)),
+                   "item-knn (domain)": lambda: item_knn_scores(con, items, histories)}
+        for kind in ("sasrec", "gru4rec"):
+            files = profile.layout.next_item_model(kind, slug)
+            if files.exists():
+                scorers[kind] = lambda files=files: sequential_full_scores(files, items,
+                                                                           histories)
+        ranks, runs, full = {}, [], {}
+        for system, score in scorers.items():
+            started = time.perf_counter()
+            full[system] = exclude_history(score(), items, histories)
+            ranks[system] = ranks_from_scores(full[system], target_cols)
+            runs.append((system, time.perf_counter() - started, None))
+        retrieval = choose_retrieval(profile.layout, slug)
+        reranker = choose_reranker(con, profile, slug, domain)
+    log(f"{slug} full ranking: {len(users):,} test users, {len(items.ids):,} items;"
+        f" classic systems in {duration(sum(r[1] for r in runs))}")
+    started = time.perf_counter()
+    retrieved, retrieval_scores = top_n(full[retrieval.model], cfg.retrieve)
+    recall = ranks[retrieval.model] < cfg.retrieve
+    if reranker is None:
+        log(f"{slug} full ranking: no trained LLM system, the pipeline is retrieval alone")
+        rerank_scores = retrieval_scores
+    else:
+        reranking = LLMReranking(profile, slug, reranker, items)
+        progress = Progress(log, f"{slug} full ranking: re-ranking by {reranker.system}",
+                            len(users), "users", every_s, first=True)
+        rerank_scores = reranking.scores(users, histories, items.ids[retrieved],
+                                         retrieval_scores, lambda done, _: progress.update(done))
+    ranks[PIPELINE] = pipeline_ranks(retrieved, rerank_scores, ranks[retrieval.model],
+                                     target_cols)
+    runs.append((PIPELINE, time.perf_counter() - started,
+                 json.dumps({**describe(retrieval, reranker), "retrieve": cfg.retrieve})))
+    rows = [(domain, system, int(u), int(r), bool(recall[i]) if system == PIPELINE else None)
+            for system, system_ranks in ranks.items()
+            for i, (u, r) in enumerate(zip(users, system_ranks))]
+    revision = git_revision()
+    with connect() as con:
+        con.execute(SCHEMA)
+        con.execute("BEGIN")
+        try:
+            for table in ("full_ranking_cases", "full_ranking_runs"):
+                con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+            con.executemany("INSERT INTO full_ranking_cases VALUES (?, ?, ?, ?, ?)", rows)
+            con.executemany(
+                "INSERT INTO full_ranking_runs (domain, system, cases, items, seconds, detail,"
+                " git_revision) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(domain, system, len(users), len(items.ids), round(seconds, 2), detail,
+                  revision) for system, seconds, detail in runs])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    summary = {system: {"cases": len(users), "hr@10": float(np.mean(r < K)),
+                        "ndcg@10": float(np.mean(ndcg_at_k(r)))} for system, r in ranks.items()}
+    summary[PIPELINE].update({f"recall@{cfg.retrieve}": float(recall.mean()),
+                              "retrieval": retrieval.model,
+                              "reranker": reranker.system if reranker else None})
+    log(f"{slug} full ranking: " + ", ".join(
+        f"{s} NDCG@10 {m['ndcg@10']:.4f}" for s, m in summary.items()))
+    return summary
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int = K) -> np.ndarray:
+    """Per case: 1 / log2(rank + 2) within the top k, else 0."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def full_ranking_table(con: duckdb.DuckDBPyConnection, resamples: int = 1000
+                       ) -> tuple[list[str], list[tuple]]:
+    """(header, rows): per domain and system HR@10 and NDCG@10 with 95 % bootstrap
+    intervals, the pipeline's retrieval recall@N, and the paired test of the pipeline against
+    its retrieval model (NDCG@10 difference with its interval, Wilcoxon signed-rank p)."""
+    header = ["domain", "system", "cases", "HR@10 [95% CI]", "NDCG@10 [95% CI]",
+              "recall@N of retrieval", "vs retrieval: NDCG@10 diff [95% CI]", "p"]
+    if not con.execute("SELECT count(*) FROM information_schema.tables"
+                       " WHERE table_name = 'full_ranking_runs'").fetchone()[0]:
+        return header, []
+    out = []
+    runs = con.execute("SELECT domain, system, detail FROM full_ranking_runs"
+                       " ORDER BY domain, rowid").fetchall()
+    for domain, system, detail in runs:
+        cases = con.execute("SELECT user_idx, rank, retrieved FROM full_ranking_cases"
+                            " WHERE domain = ? AND system = ? ORDER BY user_idx",
+                            [domain, system]).fetchall()
+        ranks = np.asarray([c[1] for c in cases])
+        hits, gains = (ranks < K).astype(float), ndcg_at_k(ranks)
+        recall, diff, p = "", "", ""
+        if system == PIPELINE:
+            info = json.loads(detail)
+            base = np.asarray([r[0] for r in con.execute(
+                "SELECT rank FROM full_ranking_cases WHERE domain = ? AND system = ?"
+                " ORDER BY user_idx", [domain, info["retrieval"]["model"]]).fetchall()])
+            delta = gains - ndcg_at_k(base)
+            recall = f"{np.mean([c[2] for c in cases]):.3f} (N {info['retrieve']})"
+            low, high = bootstrap_interval(delta, resamples)
+            diff = f"{delta.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
+            p = f"{wilcoxon(delta).pvalue:.3g}" if np.any(delta) else "1 (no difference)"
+            system = pipeline_label(info)
+        h_low, h_high = bootstrap_interval(hits, resamples)
+        n_low, n_high = bootstrap_interval(gains, resamples)
+        out.append((domain, system, len(ranks), f"{hits.mean():.3f} [{h_low:.3f}, {h_high:.3f}]",
+                    f"{gains.mean():.4f} [{n_low:.4f}, {n_high:.4f}]", recall, diff, p))
+    return header, out
+
+
+def pipeline_label(info: dict) -> str:
+    """``two-stage: sasrec top 50 -> cprec_rank seed 0 (fused, lambda 0.5)``."""
+    retrieval, rerank = info["retrieval"], info["rerank"]
+    label = f"{PIPELINE}: {retrieval['model']} top {info['retrieve']} -> "
+    if rerank is None:
+        return label + "no LLM (retrieval order)"
+    label += f"{rerank['system']} seed {rerank['seed']}"
+    if rerank["fusion_lambda"] is not None:
+        label += f" (fused with {rerank['fusion_partner']}, lambda {rerank['fusion_lambda']:g})"
+    return label
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
+    from cprec_core.data.db import connect
+
+    parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
+    args = parser.parse_args(argv)
+    profile = profile_from_args(args)
+
+    def work() -> None:
+        summary = full_ranking_domain(lambda: connect(profile.layout.database), profile,
+                                      args.domain)
+        print(json.dumps(summary, indent=1))
+
+    return run_tool(work, profile.layout.database)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
