@@ -11,6 +11,10 @@
   target domain) is trained at once. Ablation variants are not automated: launch them by hand
   or as a backfill.
 
+* ``full_ranking`` and ``recommendations`` (``RECOMMEND``): eager, as soon as a model they
+  read has been re-trained (or the evaluation re-picked its fusion), so the shipped
+  recommendations follow the models without waiting for a schedule.
+
 Nothing runs until the automation sensor ``cprec_automation`` is switched on (UI: Automation
 -> cprec_automation -> toggle, or ``dagster sensor start cprec_automation``); see
 docs/OPERATIONS.md.
@@ -39,6 +43,13 @@ TRAIN = (
 # waits only for the automated ones: an ablation adapter no profile trains must not hold it.
 EVALUATE = TRAIN.ignore(dg.AssetSelection.assets(
     *(a for a in evaluation_inputs() if a not in automated_assets())))
+
+# The product stage (full_ranking, recommendations) follows its models: re-materialised as
+# soon as any model it reads (or the evaluation's fusion choice) is updated, once none is
+# missing or running; the unautomated ablation adapters are not waited for.
+RECOMMEND = (AC.eager() & _checks_passed).ignore(dg.AssetSelection.assets(
+    *(a for a in evaluation_inputs() if a not in automated_assets()))).with_label(
+    "eager on model updates, upstream blocking checks passed")
 
 # Runs started by the automation sensor: stopped by run monitoring after this long.
 MAX_RUNTIME_SECONDS = 6 * 3600

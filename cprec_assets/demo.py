@@ -14,6 +14,7 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
     python -m cprec_assets.demo --stage dpo --domain crime         #   DPO after its SFT,
     python -m cprec_assets.demo --stage evaluation --domain crime  #   then its evaluation
     python -m cprec_assets.demo --stage evaluation --system cprec_dpo  # one LLM system re-scored
+    python -m cprec_assets.demo --stage recommend --domain crime   #   full ranking, top-k export
     python -m cprec_assets.demo --stage summary
 """
 
@@ -29,6 +30,7 @@ from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.evaluation.evaluate import planned_llm_systems
 from cprec_core.evaluation.leaderboard import leaderboard_markdown
+from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import cpt_variant, lora_init, system
 
@@ -58,7 +60,9 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label}: checks failed: {errors}")
 
 
-STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "dpo", "evaluation", "summary")
+STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "dpo", "evaluation", "recommend",
+          "summary")
+PER_DOMAIN = ("sasrec", "sft", "dpo", "evaluation", "recommend")
 
 
 def _chosen(flag: str, given: list[str] | None, known) -> list[str]:
@@ -92,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     if stage in ("all", "cpt"):
         for variant in _chosen("--variant", args.variant, profile.cpt.variants):
             run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_variant(variant).asset), instance)
-    parts = ("sasrec", "sft", "dpo", "evaluation") if stage in ("all", "domain") else (stage,)
-    if set(parts) & {"sasrec", "sft", "dpo", "evaluation"}:
+    parts = PER_DOMAIN if stage in ("all", "domain") else (stage,)
+    if set(parts) & set(PER_DOMAIN):
         keys = instance.get_dynamic_partitions(domain_partitions.name)
         if not keys:
             sys.exit("no domain partitions yet: run --stage corpus first")
@@ -118,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
             if "evaluation" in parts:
                 run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key,
                     {"evaluation": {"config": {"systems": scored}}})
+            if "recommend" in parts:
+                run(f"recommend[{key}]", dg.AssetSelection.assets(
+                    "full_ranking", "recommendations"), instance, key)
     if stage not in ("all", "summary"):
         return
     run("leaderboard", dg.AssetSelection.assets("leaderboard"), instance)
@@ -199,6 +206,19 @@ def main(argv: list[str] | None = None) -> None:
           " HR@1 over valid answers and over all cases).")
     with cprec.connect() as con:
         print(leaderboard_markdown(con))
+        print()
+        for key in instance.get_dynamic_partitions(domain_partitions.name):
+            files = layout.recommendation_files(key)
+            if not files.current.is_file():
+                continue
+            info = json.loads(files.current.read_text())
+            rerank = info["models"]["rerank"]
+            print(f"Recommendations {info['domain']}: top {info['k']} for {info['users']:,} users"
+                  f" ({info['reranked_users']:,} re-ranked by"
+                  f" {rerank['system'] if rerank else 'no LLM'}), snapshot {info['version']}"
+                  f" in {files.path} (`make serve` serves it); the most recent users:")
+            print(md_table(["user", "recent history (oldest first)", "recommended (best first)"],
+                           recommendation_sample(con, info["domain"], users=3), max_cell=240))
     print("\nAt this demo scale the simple baselines are expected to win (method.md section 3);"
           " `make results` writes these tables to docs/RESULTS.md.")
 

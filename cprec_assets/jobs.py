@@ -30,7 +30,8 @@ corpus_job = dg.define_asset_job(
 domain_job = dg.define_asset_job(
     "domain_job",
     selection=dg.AssetSelection.assets("domain_users", "sasrec", "gru4rec", "llara_adapter",
-                                       "sft_adapter", "candidate_sets", "evaluation"),
+                                       "sft_adapter", "candidate_sets", "evaluation",
+                                       "full_ranking", "recommendations"),
     partitions_def=domain_partitions,
     description="Everything per target domain (one partition = one domain).",
     tags={"dagster/max_runtime": str(12 * HOUR)},

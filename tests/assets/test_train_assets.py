@@ -8,7 +8,7 @@ import pytest
 
 from cprec_assets import checks
 from cprec_assets.assets import data
-from cprec_assets.assets import collab, evaluate
+from cprec_assets.assets import collab, evaluate, recommend
 from cprec_assets.assets.train import (accelerate_command, cpt_assets, cpt_checks, dpo_assets,
                                        sft_assets)
 from cprec_assets.resources import ProfileResource
@@ -26,6 +26,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
                   *dpo_assets, evaluate.candidate_sets, evaluate.evaluation, evaluate.leaderboard,
+                  recommend.full_ranking, recommend.recommendations,
                   evaluate.every_system_saw_the_stored_candidate_sets,
                   evaluate.valid_ratio_above_floor, evaluate.dpo_keeps_the_answer_format,
                   *checks.data_checks, *cpt_checks]
@@ -82,10 +83,34 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
         assert new_dpo and min(r[3] for r in new_dpo) > max(r[3] for r in costs_before)
         with pytest.raises(ConfigError, match=r"\['gpt'\]: not LLM systems of profile"):
             evaluate_domain(cprec.connect, cprec.profile, "crime", systems=["gpt"])
+        # the product stage: full ranking and every user's top k, re-ranked by an LLM
+        shipped = dg.materialize(everything, selection=["full_ranking", "recommendations"],
+                                 partition_key="crime", resources=resources, instance=instance)
+        assert shipped.success
+        shipped_meta = shipped.asset_materializations_for_node("recommendations")[0].metadata
+        ranked_meta = shipped.asset_materializations_for_node("full_ranking")[0].metadata
         board = dg.materialize(everything, selection=["leaderboard"], resources=resources,
                                instance=instance)
         assert board.success
         board_meta = board.asset_materializations_for_node("leaderboard")[0].metadata
+    # every user of the domain has a top k; the LLM the evaluation's fusion names re-ranked
+    assert shipped_meta["reranked_users"].value == shipped_meta["users"].value > 0
+    assert shipped_meta["reranker"].value.startswith("cprec_rank seed ")
+    assert "| recommended (best first) |" in shipped_meta["sample"].value
+    with cprec.connect() as con:
+        stages = con.execute("SELECT DISTINCT stage, rerank_system FROM recommendations"
+                             ).fetchall()
+    assert stages == [("rerank", "cprec_rank")]
+    assert "two-stage: " in ranked_meta["full_ranking"].value
+    assert "### Full ranking" in board_meta["leaderboard"].value
+    # the service's slow path re-ranks with the served snapshot's model
+    from cprec_core.recommend.rerank import load_reranker
+    rerank = load_reranker(cprec.profile)
+    with cprec.connect() as con:
+        items = [i for (i,) in con.execute("SELECT item_idx FROM items WHERE domain = 'Crime'"
+                                           " ORDER BY item_idx").fetchall()]
+    scores = rerank("crime", items[:2], items[2:6])
+    assert len(scores) == 4 and all(isinstance(x, float) for x in scores)
     for name in ("SASRec", "GRU4Rec"):
         assert any(re.match(rf"{name} Crime: epoch 1/\d+ in .+, valid NDCG@10 [\d.]+ HR@10"
                             r" [\d.]+, new best, patience \d+/\d+ left", m)
