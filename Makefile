@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui bench results study study-gpu clean-data
+.PHONY: install demo test test-ui ui serve bench results study study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -31,6 +31,11 @@ test-ui: install  ## the browser test: Debian's chromium (apt) + playwright (pip
 
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopback)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+SERVE_ARGS ?=
+serve: install  ## the recommendations HTTP service on http://127.0.0.1:8000 (profile: $$CPREC_PROFILE or $$CPREC_CONFIG, default demo, and $$CPREC_DATA_DIR; SERVE_ARGS="--port 8080 ..."; no login: keep it on loopback, docs/SERVING.md)
+	$(PY) -m cprec_core.serving --profile $${CPREC_PROFILE:-demo} $${CPREC_CONFIG:+--config "$$CPREC_CONFIG"} \
+		$${CPREC_DATA_DIR:+--data-dir "$$CPREC_DATA_DIR"} $(SERVE_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_corpus.py
