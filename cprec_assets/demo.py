@@ -31,6 +31,7 @@ from cprec_assets.partitions import domain_partitions
 from cprec_core.evaluation.evaluate import planned_llm_systems
 from cprec_core.evaluation.leaderboard import leaderboard_markdown
 from cprec_core.recommend.batch import recommendation_sample
+from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import cpt_variant, lora_init, system
 
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
           " HR@1 over valid answers and over all cases).")
     with cprec.connect() as con:
         print(leaderboard_markdown(con))
+        print()
+        print(full_ranking_markdown(con))
         print()
         for key in instance.get_dynamic_partitions(domain_partitions.name):
             files = layout.recommendation_files(key)

@@ -17,6 +17,7 @@ from cprec_core.evaluation.evaluate import (dpo_format_drops, evaluate_domain, e
                                             scoring_seconds)
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown)
+from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.systems import evaluation_inputs
 
 
@@ -94,16 +95,18 @@ def dpo_keeps_the_answer_format(cprec: ProfileResource) -> dg.AssetCheckResult:
             ["domain", "DPO system", "seed", "ValidRatio", "its SFT system's"], drops)})
 
 
-@dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation], pool=DUCKDB_POOL,
-          automation_condition=DATA)
+@dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation, "full_ranking"],
+          pool=DUCKDB_POOL, automation_condition=DATA)
 def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """All target domains side by side: HR@1 with bootstrap intervals and seed spread,
-    generation ValidRatio, CPRec against the best baseline, and the paired CPRec-vs-LLaRA test.
-    ``make results`` writes the same tables to docs/RESULTS.md."""
+    generation ValidRatio, CPRec against the best baseline, and the paired CPRec-vs-LLaRA test;
+    then the full-ranking table (cprec_core.recommend.full_ranking). ``make results`` writes
+    the same tables to docs/RESULTS.md."""
     profile = cprec.profile
     with cprec.connect() as con:
         counts = build_leaderboard(con, profile.evaluation.bootstrap)
-        board = leaderboard_markdown(con)
+        board = "\n\n".join(filter(None, [
+            leaderboard_markdown(con), full_ranking_markdown(con, profile.evaluation.bootstrap)]))
         chart = leaderboard_chart(con, profile.layout.leaderboard_chart)
     context.log.info(f"leaderboard: {counts}")
     return dg.MaterializeResult(metadata={

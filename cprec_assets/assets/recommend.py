@@ -12,9 +12,8 @@ from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
-from cprec_core.evaluation.leaderboard import full_ranking_markdown
 from cprec_core.recommend.batch import recommend_domain, recommendation_sample
-from cprec_core.recommend.full_ranking import full_ranking_domain
+from cprec_core.recommend.full_ranking import full_ranking_domain, full_ranking_markdown
 from cprec_core.systems import evaluation_inputs
 
 UPSTREAM = [evaluation, "sasrec", "gru4rec", *evaluation_inputs()]

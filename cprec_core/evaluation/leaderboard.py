@@ -29,7 +29,6 @@ import duckdb
 import numpy as np
 from scipy.stats import binomtest
 
-from cprec_core.reporting import md_table
 from cprec_core.systems import PAIRED_TESTS, SHUFFLED_SUFFIX, is_cprec, leaderboard_rank
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
@@ -234,22 +233,7 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
         for d, fam, sa, sb, n, a, b, ao, bo, diff, lo, hi, p in tests:
             out.append(f"| {d} | {sa} vs {sb} | {fam} | {n} | {_fmt(a)} | {_fmt(b)} | {ao} | {bo} |"
                        f" {diff:+.3f} ({lo:+.3f} to {hi:+.3f}) | {p:.3g} |")
-    full = full_ranking_markdown(con)
-    return "\n".join(out + (["", full] if full else []))
-
-
-def full_ranking_markdown(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> str:
-    """The full-ranking table (cprec_core.recommend.full_ranking), where it was run."""
-    from cprec_core.recommend.full_ranking import full_ranking_table  # it imports this module
-
-    header, rows = full_ranking_table(con, resamples)
-    if not rows:
-        return ""
-    return ("### Full ranking (each test item against every item of its domain)\n\n"
-            "HR@10 and NDCG@10 with the user's history excluded, 95 % bootstrap intervals over"
-            " users; the two-stage pipeline re-ranks its retrieval model's top N, so its"
-            " recall@N bounds it; its paired test is against that retrieval model (NDCG@10"
-            " per user, Wilcoxon signed-rank).\n\n" + md_table(header, rows))
+    return "\n".join(out)
 
 
 def leaderboard_chart(con: duckdb.DuckDBPyConnection, png_path: Path) -> Path:

@@ -24,6 +24,7 @@ from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision, processor
+from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import SHUFFLED_SUFFIX, lora_init
 
@@ -278,6 +279,8 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         " (the paper's ValidRatio and HR@1 over valid answers).",
         "",
         leaderboard_markdown(con),
+        "",
+        full_ranking_markdown(con, profile.evaluation.bootstrap),
     ]
     if chart is not None:
         lines += ["", f"![HR@1 per system and domain]({chart.name})"]

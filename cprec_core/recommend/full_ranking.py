@@ -27,6 +27,7 @@ from cprec_core.evaluation.leaderboard import bootstrap_interval
 from cprec_core.metrics import ranks_from_scores
 from cprec_core.progress import Progress, duration
 from cprec_core.provenance import git_revision
+from cprec_core.reporting import md_table
 from cprec_core.recommend.pipeline import (LLMReranking, choose_reranker, choose_retrieval,
                                            describe)
 from cprec_core.recommend.retrieval import (domain_items, exclude_history, item_knn_scores,
@@ -189,6 +190,18 @@ def full_ranking_table(con: duckdb.DuckDBPyConnection, resamples: int = 1000
         out.append((domain, system, len(ranks), f"{hits.mean():.3f} [{h_low:.3f}, {h_high:.3f}]",
                     f"{gains.mean():.4f} [{n_low:.4f}, {n_high:.4f}]", recall, diff, p))
     return header, out
+
+
+def full_ranking_markdown(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> str:
+    """The full-ranking table with its heading and reading, where it was run ("" if not)."""
+    header, rows = full_ranking_table(con, resamples)
+    if not rows:
+        return ""
+    return ("### Full ranking (each test item against every item of its domain)\n\n"
+            "HR@10 and NDCG@10 with the user's history excluded, 95 % bootstrap intervals over"
+            " users; the two-stage pipeline re-ranks its retrieval model's top N, so its"
+            " recall@N bounds it; its paired test is against that retrieval model (NDCG@10"
+            " per user, Wilcoxon signed-rank).\n\n" + md_table(header, rows))
 
 
 def pipeline_label(info: dict) -> str:

@@ -102,7 +102,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                              ).fetchall()
     assert stages == [("rerank", "cprec_rank")]
     assert "two-stage: " in ranked_meta["full_ranking"].value
-    assert "### Full ranking" in board_meta["leaderboard"].value
+    assert "### Full ranking" in board_meta["leaderboard"].value  # after the 20-candidate tables
     # the service's slow path re-ranks with the served snapshot's model
     from cprec_core.recommend.rerank import load_reranker
     rerank = load_reranker(cprec.profile)
