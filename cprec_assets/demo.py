@@ -34,6 +34,7 @@ from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import cpt_variant, lora_init, system
+from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
@@ -171,31 +172,14 @@ def main(argv: list[str] | None = None) -> None:
                             m["tokens_per_second"], lora_init(name)))
     print(md_table(["domain", "system", "seed", "objective", "samples", "steps", "hybrid",
                     "final loss", "validation", "specific", "tokens/s", "LoRA init"], sft))
-    dpo = []
-    for key in instance.get_dynamic_partitions(domain_partitions.name):
-        for name in profile.dpo.systems:
-            for seed in profile.sft.seeds_for(system(name).sft_init):
-                path = layout.sft_run(name, key, seed).manifest
-                if not path.is_file():
-                    continue
-                m = json.loads(path.read_text())
-                rows_log = [json.loads(x) for x in
-                            layout.sft_run(name, key, seed).train_log.read_text().splitlines()]
-                v, pairs = m.get("validation"), m["pair_summary"]
-                dpo.append((m["domain"], name, seed, m["sft_system"], pairs["pairs"],
-                            pairs["sft_hr@1 on windows"], m["steps"], rows_log[0]["loss"],
-                            m["final_loss"], rows_log[-1]["margin"], rows_log[-1]["accuracy"],
-                            f"{v['hr@1 (sum)']:.2f}/{v['hr@1 (mean)']:.2f}/"
-                            f"{v['loss per answer']:.2f}" if v else "",
-                            m["tokens_per_second"]))
+    dpo = dpo_table(profile)
     if dpo:
         print()
         print("DPO adapters (from the SFT adapter named; pairs mined on training windows;"
               " SFT HR@1 on those windows; loss first -> last step, ln 2 = 0.693 at the start;"
-              " reward margin and accuracy of the last step; validation as above)")
-        print(md_table(["domain", "system", "seed", "from", "pairs", "SFT HR@1", "steps",
-                        "first loss", "final loss", "margin", "accuracy", "validation",
-                        "tokens/s"], dpo))
+              " reward margin and accuracy of the last step; validation HR@1 sum/mean beside"
+              " the SFT run's)")
+        print(md_table(DPO_TABLE_HEADER, dpo))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

@@ -27,6 +27,7 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import SHUFFLED_SUFFIX, lora_init
+from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -111,6 +112,19 @@ def validation_section(sft: list[dict]) -> list[str]:
                    m["injection"]["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
 
 
+def dpo_section(profile: Profile) -> list[str]:
+    """The DPO runs (cprec_core.training.dpo.dpo_table); empty when the profile has none."""
+    rows = dpo_table(profile)
+    if not rows:
+        return []
+    return ["DPO after SFT (docs/DPO.md): pairs mined by the SFT run named on fresh training"
+            " windows (a hard negative, the SFT run's best-ranked wrong candidate, and a random"
+            " one per window); loss from the first step to the last (ln 2 = 0.693 at the"
+            " start); the last step's reward margin and accuracy (chosen above rejected);"
+            " validation HR@1 of the weights kept beside the SFT run's:", "",
+            md_table(DPO_TABLE_HEADER, rows), ""]
+
+
 GOAL_P = 0.05  # a paired difference counts when McNemar's p is below this
 DPO_VALID_RATIO_MARGIN = DPOConfig.valid_ratio_margin  # the issue's 0.02, the check's default
 
@@ -156,7 +170,8 @@ def goals_section(con: duckdb.DuckDBPyConnection, sft: list[dict]) -> list[str]:
 
     def valid_ratio_kept(d: str) -> tuple[str, bool | None]:
         if (d, "cprec_dpo") not in ratios or (d, "cprec_rank") not in ratios:
-            return "no generation rows", None
+            return ("no generation rows (generation off, or prompts that do not list the"
+                    " candidates, so no answer can name one)"), None
         dpo, sft_ratio = ratios[(d, "cprec_dpo")], ratios[(d, "cprec_rank")]
         return f"{dpo:.3f} vs {sft_ratio:.3f}", dpo >= sft_ratio - DPO_VALID_RATIO_MARGIN
 
@@ -264,6 +279,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
                    round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
         "",
         *validation_section(sft),
+        *dpo_section(profile),
         "## Compute",
         "",
         compute_summary(con, cpt, sft),

@@ -61,3 +61,40 @@ def test_retraining_an_ablation_adapter_makes_that_evaluation_stale():
         materialize([dg.AssetKey("sft_adapter_ds_only")], "crime")  # an ablation, re-trained
         assert status("crime") == StaleStatus.STALE
         assert status("horror") == StaleStatus.FRESH
+
+
+def test_a_retrained_model_requests_that_domains_recommendations():
+    """The product stage follows its models (``RECOMMEND``): once everything is fresh, a
+    re-trained SASRec of one domain makes the automation request that domain's
+    ``full_ranking`` and ``recommendations``, and nothing of the other domain."""
+    stand_ins = [stand_in(a) for a in defs.assets]
+    project = dg.Definitions(assets=stand_ins)
+    graph = project.resolve_asset_graph()
+    keys = list(graph.get_all_asset_keys())
+    unpartitioned = [k for k in keys if not graph.get(k).is_partitioned]
+    partitioned = [k for k in keys if graph.get(k).is_partitioned]
+    product = {"full_ranking", "recommendations"}
+    selection = dg.AssetSelection.assets(*product)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(domain_partitions.name, ["crime", "horror"])
+
+        def materialize(selected, partition=None):
+            assert dg.materialize(stand_ins, selection=selected, instance=instance,
+                                  partition_key=partition).success
+
+        materialize(unpartitioned)
+        for domain in ("crime", "horror"):
+            materialize(partitioned, domain)
+
+        def tick(cursor):
+            result = dg.evaluate_automation_conditions(
+                defs=project, instance=instance, asset_selection=selection, cursor=cursor)
+            return result.cursor, {k.to_user_string(): set(result.get_requested_partitions(k))
+                                   for k in selection.resolve(graph)
+                                   if result.get_requested_partitions(k)}
+
+        cursor, requested = tick(None)
+        assert requested == {}  # everything fresh
+        materialize([dg.AssetKey("sasrec")], "crime")
+        cursor, requested = tick(cursor)
+        assert requested == {name: {"crime"} for name in product}

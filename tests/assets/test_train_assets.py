@@ -166,6 +166,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     text = out.read_text()
     assert "- **Command:** `python -m cprec_core.evaluation.results --config" in text
     assert "### Crime (test cases:" in text and "| llara | 0 |" in text
+    # the DPO run beside the SFT run it started from, and the full-ranking table
+    assert re.search(r"\| Crime \| cprec_dpo \| 0 \| cprec_rank \| \d+ \|", text)
+    assert "### Full ranking (each test item against every item of its domain)" in text
     assert re.search(r"## Compute\n\nRecorded: CPT \d+ min, SFT \d+ min, LLM scoring Crime \d+ min;",
                      text)
     assert re.search(r"\| Crime \| llara \| 1 \| \d+ \| [\d.]+ \|", text)
