@@ -48,11 +48,42 @@ class SharedLoraDropout(nn.Module):
         return y
 
 
+ALL_LINEAR = "all-linear"  # peft's name for every linear layer but the LM head
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (what ``target_modules`` names;
+    GPT-2-style models hold theirs as transformers' ``Conv1D``, which peft adapts too)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (nn.Linear, Conv1D)) and name})
+
+
+def resolve_target_modules(model: nn.Module, names) -> list[str] | str:
+    """``names`` checked against the model: each must be the last name of some linear
+    layer (architectures name them differently: ``q_proj`` in Llama, Qwen2 and Gemma 3,
+    ``c_attn`` in GPT-2), or the one value ``all-linear``. A clear error otherwise, naming
+    the setting and the model's linear layers."""
+    names = list(names)
+    if names == [ALL_LINEAR]:
+        return ALL_LINEAR
+    available = linear_module_names(model)
+    missing = [n for n in names if n not in available]
+    if missing or not names:
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(f"cpt.lora.target_modules {missing or names}: not linear layers of"
+                         f" this {kind} model; its linear layers are {available}"
+                         f" (or use [{ALL_LINEAR}])")
+    return names
+
+
 def apply_lora(model: nn.Module, settings: LoraSettings, adapter: str = "default") -> nn.Module:
     """A peft model with fresh LoRA weights in fp32 (the optimiser's master copies)."""
     peft_model = get_peft_model(model, LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules), task_type="CAUSAL_LM"))
+        target_modules=resolve_target_modules(model, settings.target_modules),
+        task_type="CAUSAL_LM"))
     return _for_training(peft_model, settings, adapter)
 
 

@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from cprec_core.config import LoraSettings
 from cprec_core.models.loader import TINY
-from cprec_core.models.lora import SharedLoraDropout, apply_lora, fast_dropout
+from cprec_core.models.lora import (SharedLoraDropout, apply_lora, fast_dropout,
+                                  resolve_target_modules)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
@@ -36,3 +38,21 @@ def test_peft_dropout_when_sharing_is_off():
     peft_model = apply_lora(model, LoraSettings(shared_dropout=False))
     drop = peft_model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"]
     assert isinstance(drop, torch.nn.Dropout)
+
+
+def test_target_modules_are_checked_against_the_architecture():
+    """Llama and Qwen2 name their projections alike; GPT-2 does not: a name the model lacks
+    is an error naming the setting and the model's linear layers; all-linear takes them all."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, **TINY))
+    peft_qwen = apply_lora(qwen, LoraSettings())
+    assert peft_qwen.base_model.model.model.layers[0].mlp.down_proj.lora_A
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match=r"cpt.lora.target_modules \['q_proj', .*\]: not linear"
+                                         r" layers of this gpt2 model; its linear layers are"
+                                         r" \['c_attn', 'c_fc', 'c_proj', 'lm_head'\]"):
+        resolve_target_modules(gpt2, LoraSettings().target_modules)
+    assert resolve_target_modules(gpt2, ["all-linear"]) == "all-linear"
+    peft_gpt2 = apply_lora(gpt2, LoraSettings(target_modules=("c_attn",)))
+    assert any("c_attn.lora_A" in name for name, _ in peft_gpt2.named_parameters())
