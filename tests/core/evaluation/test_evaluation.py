@@ -246,8 +246,9 @@ def test_goals_section_says_per_domain_which_goal_is_met():
                                          and "---" not in line)}
     assert goals["`cprec_dpo` above `cprec_rank`, paired p < 0.05, on at least one domain"] == [
         "+0.050, p 0.01", "+0.050, p 0.5", "yes"]
-    assert goals["`cprec_dpo` ValidRatio within 0.02 of `cprec_rank`'s"] == [
-        "0.890 vs 0.900", "no generation rows", "not measured"]
+    crime, scifi, met = goals["`cprec_dpo` ValidRatio within 0.02 of `cprec_rank`'s"]
+    assert (crime, met) == ("0.890 vs 0.900", "not measured")
+    assert scifi.startswith("no generation rows (generation off")  # says why
     assert goals["`cprec_dpo` above `llara_dpo`, paired p < 0.05 (reported)"][-1] == "not measured"
 
 
