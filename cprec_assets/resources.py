@@ -4,7 +4,9 @@
 docs/CONFIG.md) and ``CPREC_DATA_DIR`` (default: ``data/`` in this repository) pick the
 profile when the code location loads; ``CPREC_LANDING_DIR`` (default: ``<data dir>/landing``)
 is the folder the landing sensor watches for new files (docs/OPERATIONS.md). The launchpad
-can override the same fields per run.
+can override the same fields per run, and the ``launcher`` resource's (where the trainers
+run: a child process by default, or a Kubernetes pod; cprec_assets.launcher,
+docs/SCALING.md section 2).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
+from cprec_assets.launcher import TrainingLauncher
 from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
 from cprec_core.data.db import connect
 from cprec_core.layout import LayoutError, check_folder
@@ -95,6 +98,6 @@ def get_env() -> dict[str, str]:
 
 
 def build_resources(**env: str) -> dict:
-    """The resource map for one environment (defaults: the process environment)."""
-    return {"cprec": ProfileResource(**(env or get_env())),
-            "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    """The resource map for one environment (defaults: the process environment); the
+    trainers run as child processes unless the run config sets ``launcher``."""
+    return {"cprec": ProfileResource(**(env or get_env())), "launcher": TrainingLauncher()}

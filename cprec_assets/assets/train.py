@@ -1,12 +1,11 @@
 """Training assets: each runs a `cprec_core` trainer as a child process through Dagster Pipes
 (`accelerate launch -m cprec_core.training.<tool>`), so the same command scales to several
-GPUs, or moves to a cluster by swapping the Pipes client (see docs/SCALING.md). One CPT
-asset per registered variant and one SFT asset per registered system (cprec_core.systems)."""
+GPUs, or moves to a Kubernetes pod by setting the `launcher` resource (cprec_assets.launcher,
+docs/SCALING.md). One CPT asset per registered variant and one SFT asset per registered
+system (cprec_core.systems)."""
 
 import hashlib
 import json
-import os
-import sys
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -14,9 +13,11 @@ import pyarrow.parquet as pq
 from cprec_assets.assets.collab import sasrec
 from cprec_assets.assets.data import cpt_corpus
 from cprec_assets.automation import TRAIN
+from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.metadata import png, table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_core.config import ConfigError
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.systems import (CPT_VARIANTS, DPO_SYSTEMS, SFT_SYSTEMS, CPTVariant, System,
                                 cpt_variant, system as registered)
@@ -26,24 +27,42 @@ TRAIN_POOL = "train"
 PIPES_REPORTER = "cprec_assets.pipes_reporter:open_pipes_reporter"
 
 
-def accelerate_command(cprec: ProfileResource, module: str, *args: str) -> list[str]:
-    """``accelerate launch -m <module>`` for this run's profile, reporting through Pipes."""
-    threads = max(1, (os.cpu_count() or 1) // cprec.num_processes)
-    launch = [sys.executable, "-m", "accelerate.commands.launch",
+def accelerate_command(cprec: ProfileResource, module: str, *args: str,
+                       launcher: TrainingLauncher | None = None) -> list[str]:
+    """``accelerate launch -m <module>`` for this run's profile, reporting through Pipes;
+    the interpreter, cores and data folder are the launcher's (here, or its pod's)."""
+    launcher = launcher or TrainingLauncher()
+    if launcher.kind == "k8s":
+        launcher.check()
+        check_processes(cprec, launcher)
+    threads = max(1, launcher.cores() // cprec.num_processes)
+    launch = [launcher.python_executable(), "-m", "accelerate.commands.launch",
               "--num_processes", str(cprec.num_processes), "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no",
               "--num_cpu_threads_per_process", str(threads)]
     if cprec.profile.device == "cpu":
         launch.append("--cpu")
-    return [*launch, "-m", module, *tool_arguments(cprec), *args]
+    return [*launch, "-m", module, *tool_arguments(cprec, launcher), *args]
 
 
-def tool_arguments(cprec: ProfileResource) -> list[str]:
+def check_processes(cprec: ProfileResource, launcher: TrainingLauncher) -> None:
+    """A GPU pod runs at most one training process per GPU it was given."""
+    if launcher.gpus and cprec.num_processes > launcher.gpus:
+        raise ConfigError(f"cprec.num_processes ({cprec.num_processes}) is more than the pod's"
+                          f" launcher.gpus ({launcher.gpus}): one process per GPU")
+    if not launcher.gpus and cprec.profile.device.startswith("cuda"):
+        raise ConfigError(f"launcher.gpus is 0 but the profile's device is"
+                          f" {cprec.profile.device}: give the pod a GPU or use device cpu/auto")
+
+
+def tool_arguments(cprec: ProfileResource, launcher: TrainingLauncher | None = None) -> list[str]:
     """The arguments every ``cprec_core`` command of a run gets: its profile (or config
-    file), data folder and the Pipes reporter."""
+    file), data folder (in a pod: the mount of the data volume) and the Pipes reporter."""
+    launcher = launcher or TrainingLauncher()
     source = (["--config", cprec.config_file] if cprec.config_file
               else ["--profile", cprec.profile_name])
-    return [*source, "--data-dir", cprec.profile.data_dir, "--reporter", PIPES_REPORTER]
+    return [*source, "--data-dir", launcher.data_dir(cprec.profile.data_dir),
+            "--reporter", PIPES_REPORTER]
 
 
 def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
@@ -52,10 +71,11 @@ def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
               automation_condition=TRAIN if variant.automated else None,  # else by hand
               description=f"CPT LoRA adapter, variant `{variant.name}`: {variant.description}.")
     def _cpt(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", variant.name)
+             launcher: TrainingLauncher) -> dg.MaterializeResult:
+        command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", variant.name,
+                                     launcher=launcher)
         context.log.info(" ".join(command))
-        reported = pipes_subprocess_client.run(
+        reported = launcher.run(
             context=context, command=command).get_materialize_result().metadata or {}
         run = cprec.profile.layout.cpt_adapter(variant.name)
         manifest = json.loads(run.manifest.read_text())
@@ -95,10 +115,11 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
               automation_condition=TRAIN if system.automated else None,
               description=f"Per-domain SFT with LLaRA's hybrid prompt, {source}.")
     def _sft(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+             launcher: TrainingLauncher) -> dg.MaterializeResult:
         command = accelerate_command(cprec, "cprec_core.training.sft", "--domain",
-                                     context.partition_key, "--system", system.name)
-        reported = pipes_subprocess_client.run(
+                                     context.partition_key, "--system", system.name,
+                                     launcher=launcher)
+        reported = launcher.run(
             context=context, command=command).get_materialize_result().metadata or {}
         seeds = cprec.profile.sft.seeds_for(system.name)
         run = cprec.profile.layout.sft_run(system.name, context.partition_key, seeds[0])
@@ -156,11 +177,12 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
                           " highest-ranked wrong candidates and random ones, with the scores"
                           " that chose them (also DPO's reference log-likelihoods).")
     def _pairs(context: dg.AssetExecutionContext, cprec: ProfileResource,
-               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        command = [sys.executable, "-m", "cprec_core.training.dpo_pairs",  # one process
-                   *tool_arguments(cprec), "--domain", context.partition_key,
+               launcher: TrainingLauncher) -> dg.MaterializeResult:
+        # one process
+        command = [launcher.python_executable(), "-m", "cprec_core.training.dpo_pairs",
+                   *tool_arguments(cprec, launcher), "--domain", context.partition_key,
                    "--system", system.name]
-        reported = pipes_subprocess_client.run(
+        reported = launcher.run(
             context=context, command=command).get_materialize_result().metadata or {}
         run = layout_of(cprec, context.partition_key)
         info = json.loads(run.pairs_info.read_text())
@@ -181,10 +203,11 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
               description=f"DPO of the `{sft.name}` adapter on its mined pairs, that adapter"
                           " frozen as the reference.")
     def _dpo(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+             launcher: TrainingLauncher) -> dg.MaterializeResult:
         command = accelerate_command(cprec, "cprec_core.training.dpo", "--domain",
-                                     context.partition_key, "--system", system.name)
-        reported = pipes_subprocess_client.run(
+                                     context.partition_key, "--system", system.name,
+                                     launcher=launcher)
+        reported = launcher.run(
             context=context, command=command).get_materialize_result().metadata or {}
         run = layout_of(cprec, context.partition_key)
         rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]

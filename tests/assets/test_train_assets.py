@@ -11,6 +11,7 @@ from cprec_assets.assets import data
 from cprec_assets.assets import collab, evaluate, recommend
 from cprec_assets.assets.train import (accelerate_command, cpt_assets, cpt_checks, dpo_assets,
                                        sft_assets)
+from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.resources import ProfileResource
 from cprec_core.config import ConfigError
 from cprec_core.evaluation.evaluate import evaluate_domain
@@ -21,7 +22,7 @@ STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.m
 
 def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
-    resources = {"cprec": cprec, "pipes_subprocess_client": dg.PipesSubprocessClient()}
+    resources = {"cprec": cprec, "launcher": TrainingLauncher()}
     command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
