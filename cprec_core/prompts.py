@@ -113,11 +113,25 @@ def answer_text(title: str) -> str:
     return " " + title
 
 
+def bos_prefix(tokenizer) -> list[int]:
+    """The token ids the tokenizer puts before a text (its BOS, for Llama's and Gemma's
+    conventions; nothing for Qwen2's, GPT-2's or SmolLM2's). Prompts and CPT documents are
+    tokenised without special tokens (EOS is placed by hand), then get this prefix, so a
+    model that was pretrained on BOS-led documents (Gemma degrades badly without one)
+    reads them the same way in CPT, SFT and scoring."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a")["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
+
+
 def encode_prompt(case: Case, titles: dict[int, str], tokenizer, placeholder_id: int,
                   hybrid: bool, listing: bool = True) -> tuple[list[int], list[int]]:
-    """(token ids of LLaRA's prompt, item id behind each placeholder token)."""
+    """(token ids of LLaRA's prompt, led by the tokenizer's BOS where it uses one, item id
+    behind each placeholder token)."""
     prompt, slots = render_llara(case, titles, hybrid, listing)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = bos_prefix(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     n_slots = sum(1 for t in prompt_ids if t == placeholder_id)
     if n_slots != len(slots):
         raise ValueError(f"prompt has {n_slots} placeholder tokens for {len(slots)} items: the"

@@ -1,7 +1,8 @@
 """Stage 4: the CPT corpus. Both sequence kinds rendered with the unified prompt, tagged with
 their kind and domain(s), tokenised once for the configured model and stored in DuckDB, so
 training never re-tokenises. Each document ends with the tokenizer's EOS token, which is
-where packed training blocks may start a new document.
+where packed training blocks may start a new document, and starts with its BOS where the
+tokenizer puts one before a text (Llama, Gemma), as the SFT and scoring prompts do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow as pa
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.layout import Layout
 from cprec_core.models.tokenizer import load_tokenizer, tokenizer_fingerprint
-from cprec_core.prompts import render_unified
+from cprec_core.prompts import bos_prefix, render_unified
 
 TOKENIZE_BATCH = 2048
 
@@ -56,10 +57,11 @@ def build_cpt_corpus(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig, tokenize
     if eos is None:
         raise ValueError(f"tokenizer {tokenizer_name!r} has no EOS token to separate documents")
     ids: list[list[int]] = []
+    bos = bos_prefix(tokenizer)
     texts = [r[5] for r in rows]
     for start in range(0, len(texts), TOKENIZE_BATCH):
         batch = tokenizer(texts[start:start + TOKENIZE_BATCH], add_special_tokens=False)
-        ids.extend(seq + [eos] for seq in batch["input_ids"])
+        ids.extend(bos + seq + [eos] for seq in batch["input_ids"])
     table = pa.table({
         "doc_id": pa.array(range(len(rows)), pa.int32()),
         "kind": [r[0] for r in rows],

@@ -31,11 +31,12 @@ from transformers import AutoTokenizer, DynamicCache
 from cprec_core.config import CorpusConfig, Profile
 from cprec_core.evaluation.allocator import keep_freed_heap
 from cprec_core.layout import TrainedAdapter
-from cprec_core.models.candidate_tree import TREE_ATTENTION, build_tree
+from cprec_core.models.candidate_tree import TREE_ATTENTION, build_tree, sliding_window_of
 from cprec_core.models.hybrid import (Projector, add_placeholder_token, collab_inputs,
                                       hybrid_embeds)
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
-from cprec_core.prompts import Case, answer_text, parse_answer, prompt_text, render_llara
+from cprec_core.prompts import (Case, answer_text, bos_prefix, parse_answer, prompt_text,
+                                render_llara)
 from cprec_core.systems import system as registered
 from cprec_core.training.next_item import load_next_item_model
 
@@ -139,6 +140,7 @@ class LLMScorer:
     def __post_init__(self) -> None:
         self.model.to(self.device)
         self.model.set_attn_implementation(TREE_ATTENTION)
+        self.window = sliding_window_of(self.model.config)
         if self.projector is not None:
             self.projector.to(self.device)
             self.item_table = self.item_table.to(self.device)
@@ -200,7 +202,8 @@ class LLMScorer:
     def prompt(self, sample: Case, titles: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids (1, P), input embeddings (1, P, d)) of the case's prompt."""
         text, slots = prompt_text(sample, titles, self.hybrid, self.corpus, self.listing)
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]],
+        ids = torch.tensor([bos_prefix(self.tokenizer)
+                            + self.tokenizer(text, add_special_tokens=False)["input_ids"]],
                            device=self.device)
         if self.shuffled is not None:
             slots = [self.shuffled[i] for i in slots]
@@ -264,7 +267,8 @@ class LLMScorer:
                              " check candidate_sets")
         with self._autocast():
             tree = build_tree(prompts, conts, self.model.get_input_embeddings())
-            out = self.model.get_decoder()(**tree.forward_kwargs(), use_cache=generate)
+            out = self.model.get_decoder()(**tree.forward_kwargs(), use_cache=generate,
+                                           **self._cache_kwargs(generate))
         w, lengths, inputs = tree.width, tree.lengths, [[c[:-1] for c in cs] for cs in conts]
         hidden = out.last_hidden_state
         first_lp, first_top = self._head(hidden[torch.arange(len(samples)), lengths - 1],
@@ -289,6 +293,13 @@ class LLMScorer:
             pending = self._read_off(out.cache, w, lengths, first_top.tolist(), conts, tops,
                                      results, samples, titles, max_new_tokens)
         return results, pending
+
+    def _cache_kwargs(self, generate: bool) -> dict:
+        """With sliding-window layers, a cache that keeps every column: transformers' own
+        drops what falls out of the window, so it could not be cut back to the prompts
+        (``_read_off``) nor padded and stacked (``_decode``); ``_greedy`` applies the window
+        in its masks instead."""
+        return {"cache": DynamicCache()} if generate and self.window else {}
 
     def _ends_line(self, token: int) -> bool:
         return "\n" in self.tokenizer.decode([token])
@@ -332,7 +343,7 @@ class LLMScorer:
         if len(jobs) == 1:
             cache = jobs[0].cache
         else:
-            cache = DynamicCache(config=self.model.config)
+            cache = DynamicCache() if self.window else DynamicCache(config=self.model.config)
             for i in range(len(jobs[0].cache.layers)):
                 keys = [F.pad(j.cache.layers[i].keys, (0, 0, 0, width - j.width)) for j in jobs]
                 values = [F.pad(j.cache.layers[i].values, (0, 0, 0, width - j.width))
@@ -358,6 +369,9 @@ class LLMScorer:
         answer running to the cap would otherwise keep every finished row stepping too."""
         eos = self.tokenizer.eos_token_id
         token = torch.tensor(first, device=self.device)
+        # each cached column's position (prompt columns: their index; padding is masked)
+        key_positions = torch.arange(attention.shape[1], device=self.device).expand(
+            len(first), -1)
         generated = [[] for _ in first]
         done = [False] * len(first)
         active = list(range(len(first)))  # row of the batch -> row of ``first``
@@ -377,15 +391,30 @@ class LLMScorer:
                                     device=self.device)
                 cache.batch_select_indices(keep)
                 token, attention, positions = token[keep], attention[keep], positions[keep]
+                key_positions = key_positions[keep]
                 active = [b for b in active if not done[b]]
             attention = torch.cat([attention, attention.new_ones(len(active), 1)], 1)
+            key_positions = torch.cat([key_positions, (positions + step)[:, None]], 1)
             with self._autocast():
-                out = self.model.get_decoder()(input_ids=token[:, None], attention_mask=attention,
-                                               position_ids=(positions + step)[:, None],
-                                               cache=cache, use_cache=True)
+                out = self.model.get_decoder()(
+                    input_ids=token[:, None], position_ids=(positions + step)[:, None],
+                    attention_mask=self._step_masks(attention, key_positions, positions + step),
+                    cache=cache, use_cache=True)
             cache = out.cache
             token = self._head(out.last_hidden_state[:, -1], argmax=True)[1]
         return generated
+
+    def _step_masks(self, attention: torch.Tensor, key_positions: torch.Tensor,
+                    query_positions: torch.Tensor):
+        """A decoding step's attention mask: the (B, columns) padding mask, or with
+        sliding-window layers one 4D mask per layer type, the window counted in positions
+        (right-padded rows have columns that are not positions, which transformers' own
+        sliding mask would count)."""
+        if not self.window:
+            return attention
+        full = attention.bool()[:, None, None, :]
+        near = (query_positions[:, None] - key_positions < self.window)[:, None, None, :]
+        return {"full_attention": full, "sliding_attention": full & near}
 
     def evaluate(self, samples: list[Case], titles: dict[int, str], batch_size: int = 8,
                  generate: bool = True, max_new_tokens: int = 32, progress=None) -> list[CaseResult]:

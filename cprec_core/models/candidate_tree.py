@@ -26,20 +26,49 @@ TREE_ATTENTION = "cprec_tree"
 
 
 def tree_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                   **kwargs):
+                   sliding_window=None, **kwargs):
     """SDPA, except for a tree forward: a mask with fewer query rows than there are queries
     covers only the last rows (the continuations); the leading columns are right-padded
-    prompts and take plain causal attention, which costs less than one (W, W) mask."""
+    prompts and take plain causal attention, which costs less than one (W, W) mask.
+
+    A sliding-window layer (Gemma 3's local layers; ``sliding_window`` as transformers
+    passes it) sees only keys fewer than ``sliding_window`` positions back, as in a plain
+    forward: when a tree is longer than the window, both parts get that limit, by
+    ``position_ids`` (a continuation's positions follow its prompt, not its column)."""
     if attention_mask is None or attention_mask.shape[-2] == query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
+                                      dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
     w = query.shape[2] - attention_mask.shape[-2]
     gqa = query.shape[1] != key.shape[1]
-    prompt = F.scaled_dot_product_attention(query[:, :, :w], key[:, :, :w], value[:, :, :w],
-                                            is_causal=True, scale=scaling, enable_gqa=gqa)
-    conts = F.scaled_dot_product_attention(query[:, :, w:], key, value, attn_mask=attention_mask,
+    prompt_mask, conts_mask = None, attention_mask
+    positions = kwargs.get("position_ids")
+    if sliding_window is not None and query.shape[2] > sliding_window:
+        if positions is None:
+            raise ValueError("a tree forward through sliding-window attention needs position_ids")
+        near = (positions[:, :, None] - positions[:, None, :]) < sliding_window  # (B, q, k)
+        causal = torch.ones(w, w, dtype=torch.bool, device=query.device).tril()
+        prompt_mask = (causal & near[:, :w, :w])[:, None]
+        conts_mask = attention_mask & near[:, None, w:]
+    if prompt_mask is None:
+        prompt = F.scaled_dot_product_attention(query[:, :, :w], key[:, :, :w], value[:, :, :w],
+                                                is_causal=True, scale=scaling, enable_gqa=gqa)
+    else:
+        prompt = F.scaled_dot_product_attention(query[:, :, :w], key[:, :, :w], value[:, :, :w],
+                                                attn_mask=prompt_mask, scale=scaling,
+                                                enable_gqa=gqa)
+    conts = F.scaled_dot_product_attention(query[:, :, w:], key, value, attn_mask=conts_mask,
                                            scale=scaling, enable_gqa=gqa)
     return torch.cat([prompt, conts], 2).transpose(1, 2).contiguous(), None
+
+
+def sliding_window_of(config) -> int | None:
+    """The window of the model's sliding-window layers (Gemma 3's local layers; Qwen2's
+    with ``use_sliding_window``), None when every layer attends to the whole sequence."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return None
+    return getattr(config, "sliding_window", None)
 
 
 AttentionInterface.register(TREE_ATTENTION, tree_attention)

@@ -73,18 +73,35 @@ def add_placeholder_to_tokenizer(tokenizer) -> int:
 
 def add_placeholder_token(tokenizer, model) -> int:
     """Adds ``[emb]`` as a special token (one id, never split) and grows the embedding
-    matrix by one row, set to the mean of the other rows. The row is never read as an input
-    (it is always replaced); with tied embeddings it is also an output logit. It is not
-    trained, so adapters are saved without the embedding matrix."""
+    matrix by one row, set to the mean of the other rows (where the matrix has no spare row
+    for it: checkpoints often pad their vocabulary). The row is never read as an input (it
+    is always replaced) but is an output logit, in a tied or untied LM head alike. It is
+    not trained, so adapters are saved without the embedding matrix."""
     placeholder_id = add_placeholder_to_tokenizer(tokenizer)
     embeddings = model.get_input_embeddings()
     if embeddings.num_embeddings <= placeholder_id:
         old = embeddings.num_embeddings
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():  # deterministic: the mean of the existing rows
-            weight = model.get_input_embeddings().weight
-            weight[old:] = weight[:old].float().mean(0).to(weight.dtype)
+        # deterministic: the mean of the existing rows, in the LM head too when it is not
+        # tied to the input embeddings (its new row would otherwise be a random logit)
+        matrices = {id(m.weight): m.weight for m in (model.get_input_embeddings(),
+                                                     model.get_output_embeddings())
+                    if m is not None}
+        with torch.no_grad():
+            for weight in matrices.values():
+                weight[old:] = weight[:old].float().mean(0).to(weight.dtype)
     return placeholder_id
+
+
+def as_token_embeddings(embedding: nn.Module, vectors: torch.Tensor) -> torch.Tensor:
+    """``vectors`` (rows of the embedding matrix's space, what the projector outputs) as the
+    embedding module would return them for a token: Gemma 3 multiplies every looked-up row
+    by sqrt(hidden size) (``embed_scale``), so an injected vector gets the same factor, or
+    it would reach the decoder ~sqrt(d) times smaller than the tokens around it."""
+    scale = getattr(embedding, "embed_scale", None)
+    if scale is None:
+        return vectors
+    return vectors * (scale.to(vectors.dtype) if torch.is_tensor(scale) else scale)
 
 
 def inject(input_embeds: torch.Tensor, input_ids: torch.Tensor, placeholder_id: int,
@@ -104,10 +121,12 @@ def hybrid_embeds(model, projector: Projector, item_table: torch.Tensor,
                   hybrid: bool) -> torch.Tensor:
     """Input embeddings of a batch: token embeddings, with the placeholders replaced by
     projected SASRec embeddings when ``hybrid`` (text-only batches carry no placeholder)."""
-    embeds = model.get_input_embeddings()(input_ids)
+    embedding = model.get_input_embeddings()
+    embeds = embedding(input_ids)
     if not hybrid:
         return embeds
-    return inject(embeds, input_ids, placeholder_id, projector(item_table[slot_items]))
+    return inject(embeds, input_ids, placeholder_id,
+                  as_token_embeddings(embedding, projector(item_table[slot_items])))
 
 
 @dataclass
@@ -153,7 +172,8 @@ class HybridLM(nn.Module):
     def candidate_logprobs(self, batch: CandidateInputs, hybrid: bool) -> torch.Tensor:
         base = self.model.get_base_model()
         embed = base.get_input_embeddings()
-        vectors = self.projector(self.item_table[batch.slot_items]) if hybrid else None
+        vectors = (as_token_embeddings(embed, self.projector(self.item_table[batch.slot_items]))
+                   if hybrid else None)
         prompts, used = [], 0
         for ids in batch.prompt_ids:
             e = embed(ids)

@@ -6,8 +6,10 @@
   and loaded from there afterwards.
 - ``tiny-random``: a 2-layer Llama (d=64) with the tokenizer trained on the corpus; seconds
   to build, for tests.
-- anything else: a local folder or a Hugging Face id already in the local cache
-  (``local_files_only``; ``trust_remote_code`` only when the user sets it).
+- anything else: a local folder (``save_pretrained``'s: config.json, safetensors weights,
+  the tokenizer's files) or a Hugging Face id already in the local cache
+  (``local_files_only``; ``trust_remote_code`` only when the user sets it). Tested on tiny
+  Llama, Qwen2 and Gemma 3 checkpoints (tests/core/models/test_backbones.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from cprec_core.models.tokenizer import ModelLoadError, smollm2_gguf, tokenizer_fingerprint
+from cprec_core.models.quantization import quantization_kwargs
+from cprec_core.models.tokenizer import (ModelLoadError, local_model_folder, missing_model_error,
+                                        smollm2_gguf, tokenizer_fingerprint)
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
@@ -114,19 +118,40 @@ def model_path(name: str, cache_dir: str | Path, tokenizer=None) -> str:
         if tokenizer is None:
             raise ModelLoadError("tiny-random needs the corpus tokenizer to size its vocabulary")
         return str(_tiny_checkpoint(cache_dir, tokenizer))
-    return name
+    return str(local_model_folder(name))
+
+
+def check_head(model, name: str) -> None:
+    """The trainers and the scorer compute logits as ``hidden @ lm_head.weight.T`` chunk by
+    chunk (cprec_core.models.causal_lm), so a model whose head does more (Gemma 2's final
+    logit soft-capping, a logit scale, a bias) would be trained and scored on other logits
+    than its own: refused here rather than silently wrong."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    extras = [f"{key}={getattr(config, key)}" for key in ("final_logit_softcapping", "logit_scale")
+              if getattr(config, key, None) not in (None, 1, 1.0)]
+    head = model.get_output_embeddings()
+    if head is None:
+        extras.append("no output embeddings (LM head)")
+    elif getattr(head, "bias", None) is not None:
+        extras.append("an LM head with a bias")
+    if extras:
+        raise ModelLoadError(f"model.name {name!r}: unsupported LM head ({', '.join(extras)});"
+                             " the chunked loss and scorer read logits as hidden @ W.T")
 
 
 def load_base_model(name: str, cache_dir: str | Path, dtype: torch.dtype, tokenizer=None,
-                    trust_remote_code: bool = False):
+                    trust_remote_code: bool = False, quantization: str = "none",
+                    device: str | torch.device = "cpu"):
+    """The frozen base model, offline; ``quantization`` ``4bit`` loads it as NF4 on
+    ``device`` (cprec_core.models.quantization, CUDA only)."""
     path = model_path(name, cache_dir, tokenizer)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", local_files_only=True,
-            trust_remote_code=trust_remote_code)
+            path, attn_implementation="sdpa", local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            **{"dtype": dtype, **quantization_kwargs(quantization, device)})
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load model {name!r} offline from {path}: {exc}. Use smollm2-135m,"
-            " tiny-random, a local folder, or a model already in the Hugging Face cache"
-        ) from exc
+        raise missing_model_error(name, "weights", exc) from exc
+    check_head(model, name)
     return model

@@ -25,6 +25,42 @@ class ModelLoadError(RuntimeError):
     """The model or tokenizer cannot be loaded offline."""
 
 
+def looks_like_a_folder(name: str) -> bool:
+    """An absolute, ``~``, ``./`` or ``../`` path: meant as a folder, never a Hugging Face id
+    (``org/model`` is read as an id unless such a folder exists)."""
+    return name.startswith(("/", "~", "./", "../", ".\\", "..\\")) or Path(name).is_absolute()
+
+
+def missing_model_error(name: str, what: str, exc: Exception | None = None) -> ModelLoadError:
+    """A clear error naming ``model.name``: a folder that is not there, or an id that is
+    neither a folder nor in the Hugging Face cache."""
+    if looks_like_a_folder(name) and not Path(name).expanduser().is_dir():
+        return ModelLoadError(f"model.name {name!r}: no such folder (expected a saved Hugging"
+                              f" Face model: config.json, *.safetensors, tokenizer files)")
+    return ModelLoadError(
+        f"cannot load the {what} of model.name {name!r} offline: {str(exc).rstrip('.')}."
+        " Use smollm2-135m, tiny-random, a local folder, or a model already in the Hugging"
+        " Face cache")
+
+
+def local_model_folder(name: str) -> Path:
+    """``model.name`` as a folder on this machine: the folder itself, or the snapshot of a
+    Hugging Face id in the local cache, found without the network (given the id,
+    ``from_pretrained(local_files_only=True)`` still asks the Hub for an adapter config and
+    retries for ~20 s where there is no network)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    if looks_like_a_folder(name):
+        raise missing_model_error(name, "files")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except (OSError, ValueError) as exc:  # not in the cache, or not a valid id
+        raise missing_model_error(name, "files", exc) from exc
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -70,14 +106,12 @@ def load_tokenizer(name: str, cache_dir: str | Path, training_texts: list[str] |
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             tok.save_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder)
+    folder = local_model_folder(name)
     try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True,
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True,
                                              trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load the tokenizer of {name!r} offline: {exc}. Use a local folder or a"
-            " model already in the Hugging Face cache"
-        ) from exc
+        raise missing_model_error(name, "tokenizer", exc) from exc
 
 
 def tokenizer_fingerprint(tok: PreTrainedTokenizerFast) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cprec_core.config import CorpusConfig, CPTConfig
-from cprec_core.prompts import render_unified
+from cprec_core.prompts import bos_prefix, render_unified
 from cprec_core.training.packing import PackedBlocks, pack_documents
 
 
@@ -83,7 +83,8 @@ def shuffled_control(corpus: Corpus, titles: dict[int, str], cfg: CorpusConfig, 
             at += k
     texts = [render_unified([titles[j] for j in items], cfg) for items in new_items]
     eos = tokenizer.eos_token_id
-    ids = [np.asarray(x + [eos], dtype=np.int64)
+    bos = bos_prefix(tokenizer)
+    ids = [np.asarray(bos + x + [eos], dtype=np.int64)
            for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     return Corpus(corpus.kinds, corpus.domains, new_items, ids, corpus.fingerprint + "-control")
 
