@@ -125,16 +125,42 @@ class CorpusConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """The language model. ``name`` is ``smollm2-135m``, ``tiny-random``, a local folder
-    or a Hugging Face model id (loaded offline from the local cache)."""
+    or a Hugging Face model id (loaded offline from the local cache). ``quantization``:
+    ``none``, or ``4bit`` for QLoRA (NF4 weights, bf16 compute, bitsandbytes on a CUDA GPU;
+    cprec_core/models/quantization.py)."""
 
     name: str = "smollm2-135m"
     trust_remote_code: bool = False
+    quantization: str = "none"
 
     def __post_init__(self) -> None:
         try:
             check_folder(self.name, "model.name")
         except LayoutError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"model.quantization {self.quantization!r} is not one of"
+                              f" {QUANTIZATIONS}")
+
+
+QUANTIZATIONS = ("none", "4bit")
+DISTRIBUTED = ("none", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``accelerate launch`` spreads the trainers over processes. ``distributed``:
+    ``none`` (accelerate's defaults: one process, or plain data parallelism when launched
+    with several), ``ddp`` or ``fsdp`` (LoRA under FSDP full-shard, each decoder layer its
+    own unit): the launch command gets ``--config_file`` with the matching file of
+    cprec_core/training/accelerate/ (``accelerate_config_file``)."""
+
+    distributed: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"train.distributed {self.distributed!r} is not one of"
+                              f" {DISTRIBUTED}")
 
 
 LLARA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -461,6 +487,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = field(default_factory=GRU4RecConfig)
@@ -481,6 +508,10 @@ class Profile:
             self.layout
         except LayoutError as exc:
             raise ConfigError(f"name: {exc}") from exc
+        if self.model.quantization != "none" and self.train.distributed == "fsdp":
+            raise ConfigError("model.quantization 4bit does not combine with train.distributed"
+                              " fsdp here (sharded 4-bit weights need a quant storage dtype):"
+                              " use ddp or none")
 
     @property
     def layout(self) -> Layout:
@@ -591,6 +622,36 @@ PROFILES: dict[str, dict[str, Any]] = {
                           # the candidate-aware systems at LLaRA's scale: every window
                           "rank": {"epochs": 3, "max_samples": 0, "select_every": 32}},
                   "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 128}},
+    # The paper's scale: LLaMA-2-7B with LoRA (r 8, alpha 32, dropout 0.1 on the seven
+    # projections), one epoch of WSA CPT (5 % warmup) over the whole corpus, LLaRA's SFT
+    # (effective batch 128, lr 2e-4, 5 % warmup then cosine to lr/100, 5 epochs, 19
+    # negatives, history 10), every test user. The weights are the user's: download
+    # meta-llama/Llama-2-7b-hf (or any Llama-architecture folder) to model.name, or override
+    # model.name; `--dry-run` checks the plan and the memory first (docs/SCALING.md). Data:
+    # MovieLens-1M as `full` until data.sources points at the paper's Amazon categories.
+    "paper-7b": {
+        "name": "paper-7b",
+        "device": "auto",
+        "data": {
+            "sources": [
+                {"kind": "embedded", "name": "ml-1m", "genre_rule": "priority",
+                 "genre_priority": ["Crime", "Sci-Fi", "Horror"]},
+            ],
+            "source_domains": [],
+            "target_domains": ["Crime", "Sci-Fi", "Horror"],
+            "min_target_users": 500,
+        },
+        "model": {"name": "data/models/Llama-2-7b-hf"},
+        "cpt": {"variants": list(CPT_VARIANT_NAMES), "lr": 2e-4, "min_lr_ratio": 0.1,
+                "warmup_ratio": 0.05, "block_size": 1024, "blocks_per_step": 32,
+                "micro_batch": 4, "max_tokens": 0, "dtype": "auto",
+                "gradient_checkpointing": True, "checkpoint_every": 50},
+        "sft": {"systems": list(PAPER_SYSTEM_NAMES), "lr": 2e-4, "min_lr_ratio": 0.01,
+                "warmup_ratio": 0.05, "epochs": 5, "max_samples": 0, "batch_size": 128,
+                "micro_batch": 4, "history": 10, "negatives": 19, "seeds": [0],
+                "checkpoint_every": 50},
+        "evaluation": {"max_cases": 0, "batch_size": 16},
+    },
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",

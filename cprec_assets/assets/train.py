@@ -21,6 +21,7 @@ from cprec_core.config import ConfigError
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.systems import (CPT_VARIANTS, DPO_SYSTEMS, SFT_SYSTEMS, CPTVariant, System,
                                 cpt_variant, system as registered)
+from cprec_core.training.distributed import CONFIG_DIR, accelerate_config_file
 from cprec_core.training.plots import preference_curves, training_curves
 
 TRAIN_POOL = "train"
@@ -40,7 +41,14 @@ def accelerate_command(cprec: ProfileResource, module: str, *args: str,
               "--num_processes", str(cprec.num_processes), "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no",
               "--num_cpu_threads_per_process", str(threads)]
-    if cprec.profile.device == "cpu":
+    # accelerate's --cpu starts one process whatever --num_processes says: several processes
+    # (on CPUs or GPUs) run under the shipped DDP or FSDP config of train.distributed
+    config = accelerate_config_file(cprec.profile, module.rsplit(".", 1)[-1])
+    if config is None and cprec.num_processes > 1:
+        config = CONFIG_DIR / "ddp.yaml"
+    if config is not None:
+        launch += ["--config_file", str(config)]
+    elif cprec.profile.device == "cpu":
         launch.append("--cpu")
     return [*launch, "-m", module, *tool_arguments(cprec, launcher), *args]
 

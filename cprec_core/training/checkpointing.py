@@ -27,6 +27,13 @@ deleted, the evidence of a disk or copy problem would be gone. One folder per st
 kept there (a later damage of the same step replaces it); it goes with the checkpoints when
 a changed plan discards them.
 
+Under FSDP (``ShardedModel``) the LoRA weights and the optimiser state are sharded over the
+processes: every process takes part in gathering them whole (trainable tensors only, on CPU)
+before the main one writes the usual files, and in scattering them back on resume. The
+adapter files are the same as a single process writes; ``optimizer.pt`` is then keyed by
+parameter name (torch.distributed.checkpoint's form), so a checkpoint resumes under the
+sharding that wrote it (another one finds it unusable, logs it and starts over).
+
 Checkpoints written before ``checksums.json`` existed are still loaded: with no checksums to
 compare, every file is read and parsed in full, which catches truncation (safetensors and
 torch's zip format check their own lengths, JSON must parse), though not a flipped byte in
@@ -139,15 +146,20 @@ def _sha256(path: Path) -> str:
 
 def save(root: Path, step: int, state: dict, peft_model, optimizer, scheduler,
          extra: dict[str, torch.Tensor] | None = None,
-         generators: dict[str, np.random.Generator] | None = None) -> Path:
+         generators: dict[str, np.random.Generator] | None = None,
+         gathered: tuple[dict, dict] | None = None) -> Path:
     """Writes the checkpoint of ``step`` (``state`` joins the step in trainer_state.json)
     into a temporary folder, fsynced, with checksums.json last, and renames it into place;
-    keeps the newest ``KEEP_CHECKPOINTS``."""
+    keeps the newest ``KEEP_CHECKPOINTS``. ``gathered``: the LoRA and optimiser states
+    ``ShardedModel.gather`` collected (FSDP), written instead of the model's own."""
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    if gathered is None:
+        peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
+    else:
+        write_adapter(peft_model, tmp / ADAPTER_DIR, gathered[0])
+    torch.save(optimizer.state_dict() if gathered is None else gathered[1], tmp / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     torch.save(_rng_state(generators), tmp / RNG_FILE)
     if extra:
@@ -256,27 +268,110 @@ def read(folder: Path) -> Checkpoint:
     return Checkpoint(folder, state, adapter, optimizer, scheduler, rng, extra, checksummed)
 
 
+# -- FSDP -------------------------------------------------------------------------------------
+class ShardedModel:
+    """The LoRA weights and optimiser state of a model sharded by FSDP, gathered whole and
+    scattered back with torch.distributed.checkpoint.state_dict (FSDP1 and FSDP2 alike).
+    Built from the wrapper and its peft model *before* ``accelerator.prepare`` (peft names
+    the adapter tensors by walking the module tree, which FSDP's wrapped layers hide), then
+    ``attach``-ed to the prepared model. Gathering and scattering are collectives: every
+    process makes the same calls in the same order."""
+
+    def __init__(self, wrapper: torch.nn.Module, peft_model):
+        from peft import get_peft_model_state_dict
+
+        self.peft_model = peft_model
+        prefix = next(name for name, m in wrapper.named_modules() if m is peft_model)
+        self.prefix = f"{prefix}." if prefix else ""
+        own = peft_model.state_dict()
+        self.names = {}  # name in the peft model -> name in the saved adapter
+        for key, param in peft_model.named_parameters():
+            if param.requires_grad:
+                saved = get_peft_model_state_dict(peft_model, state_dict={key: own[key]},
+                                                  save_embedding_layers=False)
+                self.names.update({key: name for name in saved})
+        self.model = None
+
+    def attach(self, model: torch.nn.Module) -> "ShardedModel":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        self.model = model  # as accelerate prepared it
+        # gathered into CPU memory from a GPU; on CPU processes FSDP1's offload crashes
+        offload = next(model.parameters()).device.type != "cpu"
+        self.options = StateDictOptions(full_state_dict=True, cpu_offload=offload,
+                                        ignore_frozen_params=True)
+        return self
+
+    def adapter(self) -> dict:
+        """The adapter whole, named as peft saves it."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=self.options)
+        return {name: full[self.prefix + key].detach().cpu() for key, name in self.names.items()}
+
+    def optimizer_state(self, optimizer) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, optimizer, options=self.options)
+
+    def gather(self, optimizer) -> tuple[dict, dict]:
+        """(adapter, optimiser state), whole, for ``save(gathered=...)``."""
+        return self.adapter(), self.optimizer_state(optimizer)
+
+    def load_adapter(self, adapter: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict)
+
+        state = {self.prefix + key: adapter[name] for key, name in self.names.items()}
+        set_model_state_dict(self.model, state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def load_optimizer(self, optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, optimizer, state, options=self.options)
+
+
+def write_adapter(peft_model, folder: Path, adapter: dict) -> None:
+    """What ``peft_model.save_pretrained`` writes (adapter_model.safetensors and
+    adapter_config.json), from tensors gathered by ``ShardedModel``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in adapter.items()},
+              folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = copy.deepcopy(peft_model.peft_config[peft_model.active_adapter])
+    config.inference_mode = True
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = peft_model.base_model.model.__dict__.get("name_or_path")
+    config.save_pretrained(folder)
+
+
 # -- applying --------------------------------------------------------------------------------
-def _capture(peft_model, optimizer, scheduler, generators, extra_module) -> Checkpoint:
+def _capture(peft_model, optimizer, scheduler, generators, extra_module,
+             sharded: ShardedModel | None = None) -> Checkpoint:
     """The trainer's current state, in the form ``read`` returns (for a rollback)."""
     from peft import get_peft_model_state_dict
 
-    adapter = {k: v.detach().clone() for k, v in
-               get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+    if sharded is not None:
+        adapter, optimizer_state = sharded.gather(optimizer)
+    else:
+        adapter = {k: v.detach().clone() for k, v in
+                   get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
+        optimizer_state = copy.deepcopy(optimizer.state_dict())
     extra = ({k: v.detach().clone() for k, v in extra_module.state_dict().items()}
              if extra_module is not None else {})
-    return Checkpoint(None, {"step": 0}, adapter, copy.deepcopy(optimizer.state_dict()),
+    return Checkpoint(None, {"step": 0}, adapter, optimizer_state,
                       copy.deepcopy(scheduler.state_dict()), _rng_state(generators), extra)
 
 
 def _apply(checkpoint: Checkpoint, peft_model, optimizer, scheduler, generators,
-           extra_module) -> None:
+           extra_module, sharded: ShardedModel | None = None) -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     folder = checkpoint.folder
     current = ADAPTER_WEIGHTS
     try:
-        expected = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+        expected = (get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+                    if sharded is None else sharded.adapter())
         if set(expected) != set(checkpoint.adapter):
             raise KeyError(f"tensors {sorted(set(expected) ^ set(checkpoint.adapter))[:3]}"
                            " missing or unexpected")
@@ -289,14 +384,20 @@ def _apply(checkpoint: Checkpoint, peft_model, optimizer, scheduler, generators,
             if not checkpoint.extra:
                 raise FileNotFoundError("missing")
         current = OPTIMIZER_FILE  # validates everything before it changes anything
-        optimizer.load_state_dict(checkpoint.optimizer)
+        if sharded is None:
+            optimizer.load_state_dict(checkpoint.optimizer)
+        else:
+            sharded.load_optimizer(optimizer, checkpoint.optimizer)
         current = SCHEDULER_FILE
         missing = set(scheduler.state_dict()) - set(checkpoint.scheduler)
         if missing:
             raise KeyError(f"no {', '.join(sorted(missing))}")
         scheduler.load_state_dict(checkpoint.scheduler)
         current = ADAPTER_WEIGHTS
-        set_peft_model_state_dict(peft_model, checkpoint.adapter)
+        if sharded is None:
+            set_peft_model_state_dict(peft_model, checkpoint.adapter)
+        else:
+            sharded.load_adapter(checkpoint.adapter)
         current = RNG_FILE
         rng = checkpoint.rng
         random.setstate(rng["python"])
@@ -313,14 +414,16 @@ def _apply(checkpoint: Checkpoint, peft_model, optimizer, scheduler, generators,
 
 def restore(checkpoint: Checkpoint, peft_model, optimizer, scheduler,
             generators: dict[str, np.random.Generator] | None = None,
-            extra_module: torch.nn.Module | None = None) -> None:
+            extra_module: torch.nn.Module | None = None,
+            sharded: ShardedModel | None = None) -> None:
     """Adapter weights, optimiser, scheduler, RNGs and (``extra_module``) the extra tensors,
-    all or nothing: on DamagedCheckpoint everything is as it was before the call."""
-    before = _capture(peft_model, optimizer, scheduler, generators, extra_module)
+    all or nothing: on DamagedCheckpoint everything is as it was before the call.
+    ``sharded``: the model is under FSDP (every process calls this together)."""
+    before = _capture(peft_model, optimizer, scheduler, generators, extra_module, sharded)
     try:
-        _apply(checkpoint, peft_model, optimizer, scheduler, generators, extra_module)
+        _apply(checkpoint, peft_model, optimizer, scheduler, generators, extra_module, sharded)
     except DamagedCheckpoint:
-        _apply(before, peft_model, optimizer, scheduler, generators, extra_module)
+        _apply(before, peft_model, optimizer, scheduler, generators, extra_module, sharded)
         raise
 
 

@@ -2,6 +2,7 @@
 
     accelerate launch -m cprec_core.training.cpt --profile demo --variant wsa
     python -m cprec_core.training.cpt --config my.yaml --variant ds_only        # same, one process
+    python -m cprec_core.training.cpt --profile paper-7b --dry-run --processes 8  # plan only
 
 One epoch of next-token prediction over the corpus snapshot, in the order of the plan
 (cprec_core.training.cpt_plan): domain-specific blocks in warmup and stable, mixed blocks in
@@ -40,9 +41,11 @@ from cprec_core.layout import TrainedAdapter
 from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
+from cprec_core.models.quantization import (QuantizationError, check_quantization,
+                                            prepare_for_training)
 from cprec_core.progress import Reporter
 from cprec_core.provenance import git_revision, processor
-from cprec_core.training import checkpointing
+from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
                                   shuffled_control, subsample)
 from cprec_core.training.memory import available_memory, estimate_memory
@@ -71,6 +74,10 @@ class CPTTrainer:
         self.accelerator = Accelerator(cpu=device == "cpu")
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
+        try:  # before any weight is read
+            check_quantization(self.profile.model.quantization, str(self.device))
+        except QuantizationError as exc:
+            raise CPTError(str(exc)) from exc
         torch.manual_seed(self.cfg.seed)
         self.tokenizer = self._setup_tokenizer()
         self.plan = self._setup_plan(corpus)
@@ -82,7 +89,13 @@ class CPTTrainer:
             self.optimizer, num_warmup_steps=self.plan.warmup_steps,
             num_decay_steps=self.plan.anneal_steps, num_stable_steps=self.plan.stable_steps,
             decay_type="cosine", min_lr_ratio=self.cfg.min_lr_ratio)
+        self.sharded = None
+        if distributed.uses_fsdp(self.accelerator):
+            distributed.name_decoder_layers(self.accelerator, self.model)
+            self.sharded = checkpointing.ShardedModel(self.model, self.peft_model)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.sharded is not None:
+            self.sharded.attach(self.model)
         self.start_step = self.load_checkpoint() if resume else 0
 
     def _setup_tokenizer(self):
@@ -113,8 +126,11 @@ class CPTTrainer:
 
     def _setup_model(self) -> PackedCausalLM:
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
-                               self.tokenizer, self.profile.model.trust_remote_code)
-        need = estimate_memory(base, self.cfg, self.dtype)
+                               self.tokenizer, self.profile.model.trust_remote_code,
+                               self.profile.model.quantization, self.device)
+        shards = (self.accelerator.num_processes if distributed.uses_fsdp(self.accelerator)
+                  else 1)
+        need = estimate_memory(base, self.cfg, self.dtype, shards)
         have = available_memory(self.device)
         if need > 0.9 * have:
             raise CPTError(
@@ -122,6 +138,8 @@ class CPTTrainer:
                 f" available on {self.device}: lower cpt.micro_batch or cpt.block_size, or set"
                 " cpt.gradient_checkpointing: true")
         self.memory_estimate = need
+        base = prepare_for_training(base, self.profile.model.quantization,
+                                    self.cfg.gradient_checkpointing)
         if self.cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(self.cfg.seed)  # LoRA init must not depend on what loading consumed
@@ -131,6 +149,22 @@ class CPTTrainer:
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
+
+    def dry_run(self, processes: int | None = None) -> dict:
+        """The plan and a memory estimate for one step, without loading the model
+        (cprec_core.training.dry_run); the corpus tokenizer is the one the plan counts in."""
+        self.tokenizer = self._setup_tokenizer()
+        self.plan = plan = self._setup_plan(None)
+        lines = [f"CPT {self.variant}: {len(self.corpus)} documents,"
+                 f" {int(plan.blocks.tokens.sum())} tokens in {len(plan.blocks)} blocks of"
+                 f" {self.cfg.block_size} (fill {plan.blocks.fill:.1%}), {plan.total_steps}"
+                 f" steps of {self.cfg.blocks_per_step} blocks (warmup {plan.warmup_steps},"
+                 f" stable {plan.stable_steps}, anneal {plan.anneal_steps})"]
+        shape = dry_run.Shape(self.cfg.micro_batch, self.cfg.block_size,
+                              self.cfg.gradient_checkpointing, self.cfg.dtype)
+        result = dry_run.report(self.profile, "cpt", shape, self.cfg.lora, lines, self.tokenizer,
+                                self.profile.layout.tokenizer_dir, processes, self.reporter.log)
+        return {"dry_run": True, "steps": plan.total_steps, **result}
 
     @property
     def peft_model(self):
@@ -173,7 +207,9 @@ class CPTTrainer:
         """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
         plan = self.plan
         log_path = self.run.train_log
-        self._truncate_log(log_path, self.start_step)
+        if self.accelerator.is_main_process:  # one writer: another process reading the
+            self._truncate_log(log_path, self.start_step)  # half-written file would drop rows
+        self.accelerator.wait_for_everyone()
         self.model.train()
         started = time.perf_counter()
         end = plan.total_steps if stop_after is None else min(plan.total_steps,
@@ -202,10 +238,12 @@ class CPTTrainer:
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
+        gathered = None if self.sharded is None else self.sharded.gather(self.optimizer)
         if self.accelerator.is_main_process:
             checkpointing.save(self.run.checkpoints, step,
                                {"plan": self.plan_fingerprint, "total_steps": self.plan.total_steps},
-                               self.peft_model, self.optimizer, self.scheduler)
+                               self.peft_model, self.optimizer, self.scheduler,
+                               gathered=gathered)
 
     def load_checkpoint(self) -> int:
         """The step to start from: 0, or the step of the newest intact checkpoint of this
@@ -213,13 +251,15 @@ class CPTTrainer:
         found = checkpointing.load(
             self.run.checkpoints, self.plan_fingerprint,
             lambda checkpoint: checkpointing.restore(checkpoint, self.peft_model,
-                                                     self.optimizer, self.scheduler),
+                                                     self.optimizer, self.scheduler,
+                                                     sharded=self.sharded),
             self.reporter.log, main=self.accelerator.is_main_process,
             barrier=self.accelerator.wait_for_everyone)
         return 0 if found is None else found.step
 
     def save_final(self, log_path: Path) -> dict:
         self.accelerator.wait_for_everyone()
+        gathered = None if self.sharded is None else self.sharded.adapter()
         rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
         tokens = sum(r["tokens"] for r in rows)
         seconds = sum(r["seconds"] for r in rows)
@@ -251,7 +291,10 @@ class CPTTrainer:
         if self.accelerator.is_main_process:
             staged = self.run.scratch  # written whole, then renamed into place
             shutil.rmtree(staged, ignore_errors=True)
-            self.peft_model.save_pretrained(staged)
+            if gathered is None:
+                self.peft_model.save_pretrained(staged)
+            else:
+                checkpointing.write_adapter(self.peft_model, staged, gathered)
             shutil.rmtree(self.run.adapter, ignore_errors=True)
             staged.rename(self.run.adapter)
             self.run.manifest.write_text(json.dumps(manifest, indent=2))
@@ -266,7 +309,12 @@ class CPTTrainer:
 
 
 def run(profile: Profile, variant: str, reporter: Reporter | None = None,
-        stop_after: int | None = None, restart: bool = False) -> dict:
+        stop_after: int | None = None, restart: bool = False, dry: bool = False,
+        processes: int | None = None) -> dict:
+    """Trains the variant; ``dry``: prints the plan and the memory estimate for
+    ``processes`` processes instead, touching nothing."""
+    if dry:
+        return CPTTrainer(profile, variant, reporter).dry_run(processes)
     run = profile.layout.cpt_adapter(variant)
     if restart:
         shutil.rmtree(run.path, ignore_errors=True)
@@ -289,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="wsa")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
     parser.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    dry_run.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     return run_trainer(lambda reporter: run(profile, args.variant, reporter, args.stop_after,
-                                            args.restart), (CPTError, CorpusError), args.reporter)
+                                            args.restart, args.dry_run, args.processes),
+                       (CPTError, CorpusError, dry_run.PlanError), args.reporter)
 
 
 if __name__ == "__main__":

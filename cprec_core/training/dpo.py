@@ -2,6 +2,7 @@
 
     accelerate launch -m cprec_core.training.dpo --profile demo --domain crime --system cprec_dpo
     python -m cprec_core.training.dpo --profile demo --domain crime --system llara_dpo
+    python -m cprec_core.training.dpo --profile demo --domain crime --dry-run   # plan only
 
 The policy starts from the SFT adapter of the system's ``sft_init`` (``cprec_rank`` for
 ``cprec_dpo``), and that same adapter, frozen, is the reference. First the pairs are mined
@@ -45,13 +46,16 @@ from cprec_core.config import Profile
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.models.candidate_tree import TREE_ATTENTION
 from cprec_core.models.hybrid import (CandidateInputs, HybridLM, Projector,
+                                      add_placeholder_to_tokenizer,
                                       add_placeholder_token)
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import load_trainable_lora
+from cprec_core.models.quantization import prepare_for_training
 from cprec_core.progress import Reporter
 from cprec_core.prompts import Case, encode_answer, encode_prompt
 from cprec_core.systems import system as registered
-from cprec_core.training.dpo_pairs import ensure_pairs
+from cprec_core.training import dry_run
+from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
 from cprec_core.training.preference_loss import preference_loss
 from cprec_core.training.sft import SFTError, SFTTrainer, over_seeds
 
@@ -118,6 +122,7 @@ class DPOTrainer(SFTTrainer):
         self.accelerator = Accelerator(cpu=self.profile.device == "cpu")
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.profile.sft.dtype, str(self.device))
+        self.check_setup()
         self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
         self._setup_sasrec()
         self._load_domain()
@@ -138,7 +143,9 @@ class DPOTrainer(SFTTrainer):
             [file_sha256(self.run.pairs), dataclasses.asdict(self.dpo), self.system,
              self.profile.model.name]).encode()).hexdigest()[:16]
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
-                               self.tokenizer, self.profile.model.trust_remote_code)
+                               self.tokenizer, self.profile.model.trust_remote_code,
+                               self.profile.model.quantization, self.device)
+        base = prepare_for_training(base, self.profile.model.quantization, False)
         self.placeholder_id = add_placeholder_token(self.tokenizer, base)
         torch.manual_seed(self.seed)
         self.init_run = self.source_run
@@ -164,6 +171,37 @@ class DPOTrainer(SFTTrainer):
         self.curriculum = np.random.default_rng(self.seed + 1)  # unused; kept in checkpoints
         self.answers: dict[int, list[int]] = {}
         self.start_step = self.load_checkpoint()
+
+    def dry_run(self, processes: int | None = None) -> dict:
+        """The windows the pairs come from, the widest tree row (prompt, chosen answer and
+        the longest ``hard + random`` other answers) and a memory estimate for one
+        micro-batch of it; no model, no pairs needed (cprec_core.training.dry_run)."""
+        self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
+        placeholder = add_placeholder_to_tokenizer(self.tokenizer)
+        windows, titles = training_windows(self.profile, self.slug)
+        if not windows:
+            raise SFTError(f"domain {self.slug!r} has no training window for DPO")
+        rejected = self.dpo.hard_negatives + self.dpo.random_negatives
+        longest = 0
+        for case in windows[:256]:
+            prompt, _ = encode_prompt(case, titles, self.tokenizer, placeholder, True,
+                                      self.listing)
+            others = sorted((len(encode_answer(titles[i], self.tokenizer))
+                             for i in case.candidates if i != case.target), reverse=True)
+            longest = max(longest, len(prompt) + len(encode_answer(titles[case.target],
+                                                                   self.tokenizer))
+                          + sum(others[:rejected]))
+        steps = -(-len(windows) // self.dpo.batch_size) * self.dpo.epochs
+        source = (f"from {self.source_run.adapter}" if self.source_run.exists() else
+                  f"from {self.source} (not trained yet)")
+        lines = [f"DPO {self.system} seed {self.seed} on {self.slug}: {len(windows)} windows x"
+                 f" {rejected} pairs, {steps} steps of {self.dpo.batch_size} windows, widest"
+                 f" row {longest} tokens; {source}"]
+        shape = dry_run.Shape(self.dpo.micro_batch, longest, False, self.profile.sft.dtype)
+        result = dry_run.report(self.profile, "dpo", shape, self.profile.cpt.lora, lines,
+                                self.tokenizer, self.profile.layout.tokenizer_dir, processes,
+                                self.reporter.log)
+        return {"dry_run": True, "steps": steps, **result}
 
     def _selects(self, step: int) -> bool:
         """The final weights are scored on the validation sample (no selection)."""
@@ -243,11 +281,16 @@ class DPOTrainer(SFTTrainer):
 
 
 def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = None,
-        stop_after: int | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+        stop_after: int | None = None, seeds: tuple[int, ...] | None = None,
+        dry: bool = False, processes: int | None = None) -> dict:
     """Mine (or reuse) the pairs, then train, for each seed of the SFT system it starts
-    from (``sft.seeds_for``); the result is the first seed's manifest."""
+    from (``sft.seeds_for``); the result is the first seed's manifest. ``dry``: the first
+    seed's plan and memory estimate for ``processes`` processes instead, nothing mined."""
     reporter = reporter or Reporter()
     entry = registered(system)
+    if dry:
+        first = (seeds or profile.sft.seeds_for(entry.sft_init))[0]
+        return DPOTrainer(profile, domain, system, reporter, first).dry_run(processes)
 
     def train_one(seed: int) -> dict:
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several processes: mined before
@@ -297,11 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         argparse.ArgumentParser(description="DPO after SFT, per domain"))),
         "cprec_dpo", "cprec_dpo or llara_dpo", "the SFT system's seeds")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
+    dry_run.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     seeds = tuple(args.seed) if args.seed else None
     return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
-                                            args.stop_after, seeds), (SFTError, KeyError),
+                                            args.stop_after, seeds, args.dry_run,
+                                            args.processes),
+                       (SFTError, KeyError, dry_run.PlanError),
                        args.reporter)  # KeyError: an unknown --system
 
 

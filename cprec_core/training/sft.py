@@ -2,6 +2,7 @@
 
     accelerate launch -m cprec_core.training.sft --profile demo --domain crime --system cprec
     python -m cprec_core.training.sft --profile demo --domain crime --system llara
+    python -m cprec_core.training.sft --profile demo --domain crime --dry-run   # plan only
 
 Samples: cprec_core.training.sft_samples (sliding windows, 20 fixed-seed candidates). Each
 optimiser step reads the hybrid prompt with probability step / total (curriculum), else the
@@ -56,15 +57,18 @@ from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.layout import TrainedAdapter
 from cprec_core.models.candidate_tree import TREE_ATTENTION
-from cprec_core.models.hybrid import (HybridLM, Projector, add_placeholder_token, collab_inputs,
+from cprec_core.models.hybrid import (HybridLM, Projector, add_placeholder_to_tokenizer,
+                                      add_placeholder_token, collab_inputs,
                                       injection_diagnostics)
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora, load_trainable_lora
+from cprec_core.models.quantization import (QuantizationError, check_quantization,
+                                            prepare_for_training)
 from cprec_core.progress import Progress, Reporter
 from cprec_core.prompts import Case, encode_sft_example
 from cprec_core.provenance import git_revision, processor
 from cprec_core.systems import cpt_variant as cpt_variant_entry, system as registered
-from cprec_core.training import checkpointing
+from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_item import load_next_item_model
 from cprec_core.training.rank_loss import candidate_loss, rank_batch, validation_report
@@ -97,11 +101,14 @@ class SFTTrainer:
             DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.cfg.dtype, str(self.device))
+        self.check_setup()
         self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
         self._setup_sasrec()
         self._setup_data()
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
-                               self.tokenizer, self.profile.model.trust_remote_code)
+                               self.tokenizer, self.profile.model.trust_remote_code,
+                               self.profile.model.quantization, self.device)
+        base = prepare_for_training(base, self.profile.model.quantization, False)
         self.placeholder_id = add_placeholder_token(self.tokenizer, base)
         self._tokenize()
         longest = self._longest_row()
@@ -143,6 +150,42 @@ class SFTTrainer:
         self.curriculum = np.random.default_rng(self.seed + 1)
         self.answers: dict[int, list[int]] = {}  # answer token ids by item (ranking)
         self.start_step = self.load_checkpoint()
+
+    def dry_run(self, processes: int | None = None) -> dict:
+        """The samples, the widest row and a memory estimate for one micro-batch of it,
+        without loading the model (cprec_core.training.dry_run)."""
+        self.device = torch.device("cpu")  # where the plan's tensors are built
+        self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
+        self._setup_sasrec()
+        self._setup_data()
+        self.placeholder_id = add_placeholder_to_tokenizer(self.tokenizer)
+        self._tokenize()
+        longest = self._longest_row()
+        try:
+            init = self._init_run()
+            start = f"LoRA from {init.adapter}" if init else "fresh LoRA"
+        except SFTError as exc:
+            start = f"LoRA from a CPT adapter not trained yet ({exc})"
+        lines = [f"SFT {self.system} seed {self.seed} on {self.domain}: {len(self.samples)}"
+                 f" samples, {self.total_steps} steps of {self.cfg.batch_size} samples, widest"
+                 f" row {longest} tokens; {start}"]
+        shape = dry_run.Shape(self.cfg.micro_batch, longest, False, self.cfg.dtype)
+        result = dry_run.report(self.profile, "sft", shape, self.profile.cpt.lora, lines,
+                                self.tokenizer, self.profile.layout.tokenizer_dir, processes,
+                                self.reporter.log)
+        return {"dry_run": True, "steps": self.total_steps, **result}
+
+    def check_setup(self) -> None:
+        """Before any weight is read: ``model.quantization`` must be possible here, and the
+        processes not sharded (SFT and DPO run under DDP; FSDP is CPT's,
+        cprec_core.training.distributed)."""
+        if distributed.uses_fsdp(self.accelerator):
+            raise SFTError("SFT and DPO do not run under FSDP: launch them with"
+                           " cprec_core/training/accelerate/ddp.yaml (accelerate_config_file)")
+        try:
+            check_quantization(self.profile.model.quantization, str(self.device))
+        except QuantizationError as exc:
+            raise SFTError(str(exc)) from exc
 
     def _injection(self) -> dict:
         return injection_diagnostics(self.projector, self.item_table,
@@ -413,19 +456,22 @@ class SFTTrainer:
         for _, path in covered[:-1]:
             shutil.rmtree(path, ignore_errors=True)
 
+    def _forget_after(self, step: int) -> None:
+        """Drops what the run wrote after checkpoint ``step``: it is redone on resume."""
+        for log in (self.run.train_log, self.run.validation_log):
+            if log.exists():
+                keep = [x for x in log.read_text().splitlines()
+                        if x and json.loads(x)["step"] <= step]
+                log.write_text("".join(x + "\n" for x in keep))
+        for kept_step, path in self._best_runs():
+            if kept_step > step:
+                shutil.rmtree(path)
+
     def train(self, stop_after: int | None = None) -> dict:
         log_path = self.run.train_log
-        if log_path.exists():
-            keep = [x for x in log_path.read_text().splitlines()
-                    if x and json.loads(x)["step"] <= self.start_step]
-            log_path.write_text("".join(x + "\n" for x in keep))
-        if self.run.validation_log.exists():  # scorings after the checkpoint are redone
-            keep = [x for x in self.run.validation_log.read_text().splitlines()
-                    if x and json.loads(x)["step"] <= self.start_step]
-            self.run.validation_log.write_text("".join(x + "\n" for x in keep))
-        for step, path in self._best_runs():
-            if step > self.start_step:
-                shutil.rmtree(path)
+        if self.accelerator.is_main_process:  # one writer: another process reading a
+            self._forget_after(self.start_step)  # half-written log would drop its rows
+        self.accelerator.wait_for_everyone()
         self.model.train()
         end = self.total_steps if stop_after is None else min(self.total_steps,
                                                                self.start_step + stop_after)
@@ -571,9 +617,14 @@ def over_seeds(seeds, train_one) -> tuple[dict, list[dict]]:
 
 
 def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = None,
-        stop_after: int | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+        stop_after: int | None = None, seeds: tuple[int, ...] | None = None,
+        dry: bool = False, processes: int | None = None) -> dict:
     """Train one adapter per seed (``sft.seeds_for(system)`` by default), one after another;
-    the result is the first seed's manifest plus every seed's final loss."""
+    the result is the first seed's manifest plus every seed's final loss. ``dry``: the
+    first seed's plan and memory estimate for ``processes`` processes instead."""
+    if dry:
+        first = (seeds or profile.sft.seeds_for(system))[0]
+        return SFTTrainer(profile, domain, system, reporter, first).dry_run(processes)
     def train_one(seed: int) -> dict:
         trainer = SFTTrainer(profile, domain, system, reporter, seed)
         trainer.run.path.mkdir(parents=True, exist_ok=True)
@@ -598,11 +649,14 @@ def main(argv: list[str] | None = None) -> int:
         argparse.ArgumentParser(description="Per-domain SFT with LLaRA's hybrid prompt"))),
         "cprec", "llara, cprec or cprec_<variant>", "sft.seeds")
     parser.add_argument("--stop-after", type=int, help="stop after N steps (kill simulation)")
+    dry_run.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     seeds = tuple(args.seed) if args.seed else None
     return run_trainer(lambda reporter: run(profile, args.domain, args.system, reporter,
-                                            args.stop_after, seeds), (SFTError,), args.reporter)
+                                            args.stop_after, seeds, args.dry_run,
+                                            args.processes),
+                       (SFTError, dry_run.PlanError), args.reporter)
 
 
 if __name__ == "__main__":

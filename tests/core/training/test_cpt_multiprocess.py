@@ -1,28 +1,56 @@
 """The same CPT command under `accelerate launch` with two CPU processes: each rank reads its
-share of every step's blocks and gradients are averaged, so the losses match one process."""
+share of every step's blocks and gradients are averaged, so the losses match one process.
+Under FSDP full-shard (cprec_core/training/accelerate/fsdp.yaml) too, and a killed FSDP run
+resumes from its gathered checkpoint to the adapter of an uninterrupted one.
+
+`accelerate launch --cpu` starts a single process whatever --num_processes says (accelerate
+1.16 runs several CPU processes only through mpirun), so several processes are launched
+with the shipped ddp.yaml / fsdp.yaml and the trainer's ``Accelerator(cpu=True)`` puts them
+on the CPU with gloo; the log line's process count proves it."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
+from safetensors.torch import load_file
 
 from cprec_core.data.build import main as build_corpus
 
+ACCELERATE = Path(__file__).resolve().parents[3] / "cprec_core" / "training" / "accelerate"
+FSDP_ON_CPU = Path(__file__).resolve().parent / "fsdp_on_cpu.py"
 
-def cpt(config, data_dir, processes: int, name: str) -> list[dict]:
+
+def launch(config, data_dir, processes: int, *args: str, fsdp: bool = False) -> str:
+    """Runs the CPT trainer under accelerate launch; its stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+    if fsdp:
+        how = ["--config_file", str(ACCELERATE / "fsdp.yaml")]
+        target = [str(FSDP_ON_CPU), "cprec_core.training.cpt"]
+    else:
+        how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
+        target = ["-m", "cprec_core.training.cpt"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *how,
                "--num_processes", str(processes), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1",
-               "-m", "cprec_core.training.cpt", "--config", str(config), "--data-dir", str(data_dir),
-               "--variant", "wsa", "--stop-after", "3"]
+               "--num_cpu_threads_per_process", "1", *target,
+               "--config", str(config), "--data-dir", str(data_dir), "--variant", "wsa", *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{processes} process(es)" in done.stdout, done.stdout[-2000:]
+    return done.stdout
+
+
+def train_log(data_dir, name: str) -> list[dict]:
     log = data_dir / name / "cpt" / "wsa" / "train_log.jsonl"
     return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def cpt(config, data_dir, processes: int, name: str) -> list[dict]:
+    launch(config, data_dir, processes, "--stop-after", "3")
+    return train_log(data_dir, name)
 
 
 def test_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
@@ -68,7 +96,8 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
                     layout.next_item_model("sasrec", "crime"), log=lambda *_: None)
     logs = {}
     for processes in (1, 2):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+        how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
+        command = [sys.executable, "-m", "accelerate.commands.launch", *how,
                    "--num_processes", str(processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no",
                    "--num_cpu_threads_per_process", "1", "-m", "cprec_core.training.sft",
@@ -84,3 +113,46 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     assert [r["prompt"] for r in logs[1]] == [r["prompt"] for r in logs[2]]
     for a, b in zip(logs[1], logs[2]):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+
+
+def test_fsdp_two_processes_give_the_losses_of_one_and_resume_exactly(tmp_path, fixture_config):
+    """LoRA under FSDP full-shard over two CPU processes: the per-step losses of one process;
+    killed after a checkpoint and started again, it ends with the adapter of an
+    uninterrupted FSDP run (the LoRA and Adam state gathered on rank 0 and scattered back)."""
+    from cprec_core.config import load_config_file
+    from cprec_core.training.cpt import run
+
+    config = yaml.safe_load(fixture_config.read_text())
+    config["cpt"]["lora"] = {"dropout": 0.0}
+    config["cpt"]["checkpoint_every"] = 3
+    data_dir = tmp_path / "data"
+    paths = {}
+    for name in ("one", "fsdp", "killed"):
+        config["name"] = name
+        config["train"] = {"distributed": "none" if name == "one" else "fsdp"}
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(config))
+        assert build_corpus(["--config", str(paths[name]), "--data-dir", str(data_dir)]) == 0
+    import dataclasses
+    one = dataclasses.replace(load_config_file(paths["one"]), data_dir=str(data_dir))
+    run(one, "wsa")
+    launch(paths["fsdp"], data_dir, 2, fsdp=True)
+    launch(paths["killed"], data_dir, 2, "--stop-after", "4", fsdp=True)
+    resumed = launch(paths["killed"], data_dir, 2, fsdp=True)
+    assert "resumed from" in resumed and "starting at step 3" in resumed
+
+    single, sharded = train_log(data_dir, "one"), train_log(data_dir, "fsdp")
+    assert [r["step"] for r in single] == [r["step"] for r in sharded]
+    for a, b in zip(single, sharded):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+    assert train_log(data_dir, "killed") == [
+        {**r, "seconds": k["seconds"]} for r, k in zip(sharded, train_log(data_dir, "killed"))]
+
+    def adapter(name):
+        return load_file(data_dir / name / "cpt" / "wsa" / "adapter" / "adapter_model.safetensors")
+
+    base, full, killed = adapter("one"), adapter("fsdp"), adapter("killed")
+    assert set(base) == set(full) == set(killed) and base
+    for key in base:
+        assert (full[key] - killed[key]).abs().max() < 1e-6, key
+        assert (full[key] - base[key]).abs().max() < 1e-4, key
