@@ -537,6 +537,12 @@ _ML100K_DEMO = {
     },
 }
 
+# MovieLens-1M with three target domains: the GPU profiles' data
+_ML1M = {"data": {
+    "sources": [{"kind": "embedded", "name": "ml-1m", "genre_rule": "priority",
+                 "genre_priority": ["Crime", "Sci-Fi", "Horror"]}],
+    "source_domains": [], "target_domains": ["Crime", "Sci-Fi", "Horror"],
+    "min_target_users": 500}}
 
 
 def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
@@ -632,15 +638,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper-7b": {
         "name": "paper-7b",
         "device": "auto",
-        "data": {
-            "sources": [
-                {"kind": "embedded", "name": "ml-1m", "genre_rule": "priority",
-                 "genre_priority": ["Crime", "Sci-Fi", "Horror"]},
-            ],
-            "source_domains": [],
-            "target_domains": ["Crime", "Sci-Fi", "Horror"],
-            "min_target_users": 500,
-        },
+        **_ML1M,
         "model": {"name": "data/models/Llama-2-7b-hf"},
         "cpt": {"variants": list(CPT_VARIANT_NAMES), "lr": 2e-4, "min_lr_ratio": 0.1,
                 "warmup_ratio": 0.05, "block_size": 1024, "blocks_per_step": 32,
@@ -656,15 +654,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "name": "full",
         "device": "auto",
-        "data": {
-            "sources": [
-                {"kind": "embedded", "name": "ml-1m", "genre_rule": "priority",
-                 "genre_priority": ["Crime", "Sci-Fi", "Horror"]},
-            ],
-            "source_domains": [],
-            "target_domains": ["Crime", "Sci-Fi", "Horror"],
-            "min_target_users": 500,
-        },
+        **_ML1M,
         "cpt": {"variants": list(CPT_VARIANT_NAMES), "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 8, "checkpoint_every": 100},
         "sft": {"systems": list(SFT_SYSTEM_NAMES), "batch_size": 128, "micro_batch": 8,
