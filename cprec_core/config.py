@@ -545,6 +545,19 @@ _ML1M = {"data": {
     "min_target_users": 500}}
 
 
+# The candidate-aware studies (study-rank, study-dpo): the rank systems' SFT, then DPO from
+# both candidate-aware systems (96 fresh training windows, a hard and a random negative
+# each, two epochs, at a fifth of the rank SFT's lr), scoring of 100 seeded test users by
+# likelihood, and the product stage
+_RANK_STUDY_SFT = {"max_samples": 40, "epochs": 2, "select_every": 5, "listing": False}
+_RANK_STUDY_AFTER_SFT = {
+    "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
+            "lr": 1e-4, "checkpoint_every": 6},
+    "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
+                   "batch_size": 16},
+    "recommend": {"rerank_users": 100, "full_ranking_cases": 100}}
+
+
 def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
                sft_every: int) -> dict[str, Any]:
     """The CPU evaluation study at one training size: every CPT variant and SFT system, LLaRA
@@ -592,15 +605,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                             "cprec_shuffled_control_rank"],
                 "seeds": [0, 1], "max_samples": 32, "checkpoint_every": 5,
                 "validation_cases": 40,
-                "rank": {"max_samples": 40, "epochs": 2, "select_every": 5,
-                         "listing": False}},
-        # DPO from both candidate-aware systems, every seed: 96 fresh training windows,
-        # a hard and a random negative each, two epochs, at a fifth of the rank SFT's lr
-        "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
-                "lr": 1e-4, "checkpoint_every": 6},
-        "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
-                       "batch_size": 16},
-        "recommend": {"rerank_users": 100, "full_ranking_cases": 100}},
+                "rank": _RANK_STUDY_SFT},
+        **_RANK_STUDY_AFTER_SFT},
     # The DPO study, fitted to one session on a 2-core CPU (`make study-dpo` writes
     # docs/RESULTS-dpo.md): study-rank's data, CPT, candidate-aware SFT and DPO settings,
     # trimmed to what DPO compares (the two rank systems it starts from) and to one seed.
@@ -609,13 +615,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cpt": {"variants": ["wsa"], "max_tokens": 30_000, "checkpoint_every": 5},
         "sft": {"systems": ["llara_rank", "cprec_rank"], "seeds": [0], "checkpoint_every": 5,
                 "validation_cases": 40,
-                "rank": {"max_samples": 40, "epochs": 2, "select_every": 5,
-                         "listing": False}},
-        "dpo": {"systems": ["cprec_dpo", "llara_dpo"], "max_windows": 96, "epochs": 2,
-                "lr": 1e-4, "checkpoint_every": 6},
-        "evaluation": {"max_cases": 100, "generation": False, "zero_shot": False,
-                       "batch_size": 16},
-        "recommend": {"rerank_users": 100, "full_ranking_cases": 100}},
+                "rank": _RANK_STUDY_SFT},
+        **_RANK_STUDY_AFTER_SFT},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.
