@@ -10,6 +10,8 @@ the parameters on the meta device and prints the estimate (cprec_core.training.m
 
 from __future__ import annotations
 
+import argparse
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +36,19 @@ class Shape:
     dtype: str  # the trainer's dtype setting: auto, bf16 or fp32
 
 
+def _positive(text: str) -> int:
+    """``--processes``: a whole number of at least 1 (argparse reports anything else)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser):
     """``--dry-run`` and ``--processes``, shared by the trainers' command lines."""
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan, the model's config and a memory estimate; load"
                              " no weights, train nothing")
-    parser.add_argument("--processes", type=int,
+    parser.add_argument("--processes", type=_positive,
                         help="processes to plan the memory for (default: the launched world"
                              " size, else 1)")
     return parser
