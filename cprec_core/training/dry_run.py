@@ -56,23 +56,23 @@ def add_arguments(parser):
 
 def model_config(profile: Profile, tokenizer):
     """The model's config without its weights: ``tiny-random``'s is built as the loader
-    builds it, ``smollm2-135m``'s read from the converted checkpoint or the GGUF header,
-    anything else read with ``AutoConfig`` from the folder or the local cache."""
+    builds it, a packaged model's (``smollm2-135m``, ``gemma3-270m``) read from the
+    converted checkpoint or the GGUF header, anything else read with ``AutoConfig`` from
+    the folder or the local cache."""
     from transformers import AutoConfig, LlamaConfig
 
     from cprec_core.models.loader import TINY
+    from cprec_core.models.packaged import packaged
 
     name = profile.model.name
     try:
         if name == "tiny-random":
             return LlamaConfig(vocab_size=len(tokenizer), **TINY)
-        if name == "smollm2-135m":
-            folder = profile.layout.cache_dir / "models" / "smollm2-135m"
+        if packaged(name) is not None:
+            folder = profile.layout.cache_dir / "models" / name
             if (folder / "config.json").is_file():
                 return AutoConfig.from_pretrained(folder)
-            from cprec_core.models.tokenizer import smollm2_gguf
-
-            gguf = smollm2_gguf()
+            gguf = packaged(name).gguf(profile.layout.cache_dir)
             return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
         return AutoConfig.from_pretrained(name, local_files_only=True,
                                           trust_remote_code=profile.model.trust_remote_code)
