@@ -27,12 +27,13 @@ deleted, the evidence of a disk or copy problem would be gone. One folder per st
 kept there (a later damage of the same step replaces it); it goes with the checkpoints when
 a changed plan discards them.
 
-Under FSDP (``ShardedModel``) the LoRA weights and the optimiser state are sharded over the
-processes: every process takes part in gathering them whole (trainable tensors only, on CPU)
-before the main one writes the usual files, and in scattering them back on resume. The
-adapter files are the same as a single process writes; ``optimizer.pt`` is then keyed by
-parameter name (torch.distributed.checkpoint's form), so a checkpoint resumes under the
-sharding that wrote it (another one finds it unusable, logs it and starts over).
+Under FSDP (``ShardedModel``) the LoRA weights, the optimiser state and any extra trainable
+module (SFT's projector) are sharded over the processes: every process takes part in
+gathering them whole (trainable tensors only, on CPU) before the main one writes the usual
+files, and in scattering them back on resume. The adapter files are the same as a single
+process writes; ``optimizer.pt`` is then keyed by parameter name (torch.distributed.
+checkpoint's form), so a checkpoint resumes under the sharding that wrote it (another one
+finds it unusable, logs it and starts over).
 
 Checkpoints written before ``checksums.json`` existed are still loaded: with no checksums to
 compare, every file is read and parsed in full, which catches truncation (safetensors and
@@ -43,6 +44,7 @@ a tensor. Their resume is logged as unchecksummed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -277,12 +279,15 @@ class ShardedModel:
     ``attach``-ed to the prepared model. Gathering and scattering are collectives: every
     process makes the same calls in the same order."""
 
-    def __init__(self, wrapper: torch.nn.Module, peft_model):
+    def __init__(self, wrapper: torch.nn.Module, peft_model,
+                 extra_module: torch.nn.Module | None = None):
+        """``extra_module``: trainable weights outside the adapter (LLaRA's projector),
+        gathered and scattered with it, named as its own ``state_dict`` names them."""
         from peft import get_peft_model_state_dict
 
         self.peft_model = peft_model
-        prefix = next(name for name, m in wrapper.named_modules() if m is peft_model)
-        self.prefix = f"{prefix}." if prefix else ""
+        self.prefix = self._prefix(wrapper, peft_model)
+        self.extra_prefix = None if extra_module is None else self._prefix(wrapper, extra_module)
         own = peft_model.state_dict()
         self.names = {}  # name in the peft model -> name in the saved adapter
         for key, param in peft_model.named_parameters():
@@ -291,6 +296,11 @@ class ShardedModel:
                                                   save_embedding_layers=False)
                 self.names.update({key: name for name in saved})
         self.model = None
+
+    @staticmethod
+    def _prefix(wrapper: torch.nn.Module, module: torch.nn.Module) -> str:
+        name = next(name for name, m in wrapper.named_modules() if m is module)
+        return f"{name}." if name else ""
 
     def attach(self, model: torch.nn.Module) -> "ShardedModel":
         from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -308,6 +318,26 @@ class ShardedModel:
 
         full = get_model_state_dict(self.model, options=self.options)
         return {name: full[self.prefix + key].detach().cpu() for key, name in self.names.items()}
+
+    def extra(self) -> dict:
+        """The extra module's trainable weights whole, named as its ``state_dict`` does."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=self.options)
+        return {key[len(self.extra_prefix):]: value.detach().cpu() for key, value in full.items()
+                if key.startswith(self.extra_prefix)}
+
+    def load_extra(self, state: dict) -> None:
+        """Every tensor of the extra module and no other (as ``load_state_dict`` checks)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict)
+
+        expected = set(self.extra())
+        if set(state) != expected:
+            raise KeyError(f"extra tensors {sorted(set(state) ^ expected)[:3]} missing or"
+                           " unexpected")
+        set_model_state_dict(self.model, {self.extra_prefix + k: v for k, v in state.items()},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
     def optimizer_state(self, optimizer) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -329,7 +359,10 @@ class ShardedModel:
     def load_optimizer(self, optimizer, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, optimizer, state, options=self.options)
+        # not strict: a parameter that has had no gradient yet (the projector before the first
+        # hybrid step) has no Adam state, saved or not, as with one process
+        options = dataclasses.replace(self.options, strict=False)
+        set_optimizer_state_dict(self.model, optimizer, state, options=options)
 
 
 def write_adapter(peft_model, folder: Path, adapter: dict) -> None:
@@ -357,8 +390,12 @@ def _capture(peft_model, optimizer, scheduler, generators, extra_module,
         adapter = {k: v.detach().clone() for k, v in
                    get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
         optimizer_state = copy.deepcopy(optimizer.state_dict())
-    extra = ({k: v.detach().clone() for k, v in extra_module.state_dict().items()}
-             if extra_module is not None else {})
+    if extra_module is None:
+        extra = {}
+    elif sharded is not None:
+        extra = sharded.extra()
+    else:
+        extra = {k: v.detach().clone() for k, v in extra_module.state_dict().items()}
     return Checkpoint(None, {"step": 0}, adapter, optimizer_state,
                       copy.deepcopy(scheduler.state_dict()), _rng_state(generators), extra)
 
@@ -407,7 +444,10 @@ def _apply(checkpoint: Checkpoint, peft_model, optimizer, scheduler, generators,
             generator.bit_generator.state = json.loads(rng["generators"][name])
         if extra_module is not None:
             current = EXTRA_FILE
-            extra_module.load_state_dict(checkpoint.extra)  # strict: every tensor, no other
+            if sharded is None:
+                extra_module.load_state_dict(checkpoint.extra)  # strict: every tensor, no other
+            else:
+                sharded.load_extra(checkpoint.extra)
     except LOAD_ERRORS as exc:
         raise DamagedCheckpoint(folder, current, _reason(exc)) from exc
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contextlib import nullcontext
+
 if TYPE_CHECKING:  # the launch command's builder imports this module without torch
     import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate"
 
 
-SHARDED_TRAINERS = ("cpt",)  # the trainers that run under FSDP; the others under DDP
+SHARDED_TRAINERS = ("cpt", "sft")  # the trainers that run under FSDP; DPO under DDP
 
 
 def distributed_mode(profile, trainer: str = "cpt") -> str:
     """``train.distributed`` as ``trainer`` runs it: ``fsdp`` only for the trainers that
-    support it (CPT), DDP for the others (SFT and DPO keep their adapters unsharded)."""
+    support it (CPT, SFT), DDP for the others (DPO keeps its adapter and its reference
+    unsharded)."""
     setting = profile.train.distributed
     if setting == "fsdp" and trainer not in SHARDED_TRAINERS:
         return "ddp"
@@ -57,3 +60,15 @@ def name_decoder_layers(accelerator, model: torch.nn.Module) -> None:
         names.update(getattr(module, "_no_split_modules", None) or ())
     present = {type(m).__name__ for m in model.modules()}
     plugin.transformer_cls_names_to_wrap = sorted(names & present)
+
+
+def full_parameters(accelerator, model: torch.nn.Module, writeback: bool = False):
+    """A context in which every parameter of ``model`` (as accelerate prepared it) is whole
+    on every process, for what reads or sets weights outside the forward (the adapter and
+    projector a trainer saves or loads, its diagnostics); under FSDP a collective, which
+    every process enters together. ``writeback``: changes made inside are kept."""
+    if not uses_fsdp(accelerator):
+        return nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(model, writeback=writeback)

@@ -100,6 +100,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
 class DPOTrainer(SFTTrainer):
     """The SFT trainer with pairs for samples and the preference loss for the objective."""
 
+    TRAINER = "dpo"
+
     def __init__(self, profile: Profile, domain: str, system: str,
                  reporter: Reporter | None = None, seed: int | None = None):
         entry = registered(system)

@@ -100,7 +100,7 @@ def plan_dtype(setting: str, device: str, here: bool) -> torch.dtype:
 
 
 def sharding(profile: Profile, processes: int, trainer: str) -> str:
-    """``fsdp`` and ``ddp`` as the profile says for ``trainer`` (FSDP is CPT's only);
+    """``fsdp`` and ``ddp`` as the profile says for ``trainer`` (FSDP is CPT's and SFT's);
     ``none`` with several processes is plain data parallelism (accelerate's default), which
     holds memory as DDP does."""
     from cprec_core.training.distributed import distributed_mode

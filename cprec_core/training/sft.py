@@ -21,7 +21,8 @@ summed or mean log-likelihood ranks better (the evaluation's headline family), a
 manifest shows what the injected vectors carry before and after training
 (``injection_diagnostics``).
 
-Same qualities as CPT: bf16 where supported, checkpoints with exact resume (adapter,
+Same qualities as CPT: bf16 where supported, several processes under DDP or FSDP
+(``train.distributed``, cprec_core.training.distributed), checkpoints with exact resume (adapter,
 projector, optimiser, scheduler, RNGs incl. the curriculum's; the best validation adapters
 kept until a checkpoint covers them), a log line per step, Pipes-aware reporting. Output:
 one ``TrainedAdapter`` folder per system, domain and seed (cprec_core.layout), with the
@@ -80,6 +81,8 @@ class SFTError(RuntimeError):
 
 
 class SFTTrainer:
+    TRAINER = "sft"  # its name for train.distributed (cprec_core.training.distributed)
+
     def __init__(self, profile: Profile, domain: str, system: str,
                  reporter: Reporter | None = None, seed: int | None = None,
                  run: TrainedAdapter | None = None):
@@ -93,6 +96,7 @@ class SFTTrainer:
         self.reporter = reporter or Reporter()
         self.ranking = registered(system).ranks_candidates
         self.listing = self.cfg.listing_for(system)
+        self.sharded = None  # under FSDP: the checkpointing.ShardedModel of the prepared model
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -146,7 +150,12 @@ class SFTTrainer:
             self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
             num_decay_steps=self.total_steps - warmup, decay_type="cosine",
             min_lr_ratio=self.cfg.min_lr_ratio)
+        if distributed.uses_fsdp(self.accelerator):  # LoRA and projector sharded with the rest
+            distributed.name_decoder_layers(self.accelerator, self.model)
+            self.sharded = checkpointing.ShardedModel(self.model, self.peft_model, self.projector)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.sharded is not None:
+            self.sharded.attach(self.model)
         self.curriculum = np.random.default_rng(self.seed + 1)
         self.answers: dict[int, list[int]] = {}  # answer token ids by item (ranking)
         self.start_step = self.load_checkpoint()
@@ -177,10 +186,11 @@ class SFTTrainer:
 
     def check_setup(self) -> None:
         """Before any weight is read: ``model.quantization`` must be possible here, and the
-        processes not sharded (SFT and DPO run under DDP; FSDP is CPT's,
-        cprec_core.training.distributed)."""
-        if distributed.uses_fsdp(self.accelerator):
-            raise SFTError("SFT and DPO do not run under FSDP: launch them with"
+        processes sharded only where this trainer supports it (SFT does, DPO runs under
+        DDP: cprec_core.training.distributed)."""
+        if (distributed.uses_fsdp(self.accelerator)
+                and self.TRAINER not in distributed.SHARDED_TRAINERS):
+            raise SFTError(f"{self.TRAINER.upper()} does not run under FSDP: launch it with"
                            " cprec_core/training/accelerate/ddp.yaml (accelerate_config_file)")
         try:
             check_quantization(self.profile.model.quantization, str(self.device))
@@ -367,9 +377,9 @@ class SFTTrainer:
         if not hybrid:  # the projector is frozen for text-only steps (no AdamW update either)
             for p in self.projector.parameters():
                 p.grad = None
-        if self.cfg.grad_clip:
-            self.accelerator.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
+        if self.cfg.grad_clip:  # the trainable ones are those with gradients; under FSDP
+            # accelerate takes the norm over every shard only when given all the parameters
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -428,12 +438,13 @@ class SFTTrainer:
                           f" {report['hr@1 (sum)']:.3f} mean {report['hr@1 (mean)']:.3f}, loss per"
                           f" answer {report['loss per answer']:.3f}")
         if best is None or key > best[0]:
+            adapter, projector = self._trained_weights()
             if self.accelerator.is_main_process:
                 folder = self.run.best / f"step-{step:06d}"
                 staged = self.run.best / f".{folder.name}.tmp"  # whole, then renamed
                 shutil.rmtree(staged, ignore_errors=True)
-                self.peft_model.save_pretrained(staged / "adapter", save_embedding_layers=False)
-                save_file(self._projector_state(), staged / "projector.safetensors")
+                self._write_adapter(staged / "adapter", adapter)
+                save_file(projector, staged / "projector.safetensors")
                 shutil.rmtree(folder, ignore_errors=True)
                 staged.rename(folder)
 
@@ -513,16 +524,28 @@ class SFTTrainer:
         return sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step])
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _projector_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in self.projector.state_dict().items()}
+    def _trained_weights(self) -> tuple[dict | None, dict[str, torch.Tensor]]:
+        """(the adapter gathered whole under FSDP, else None: peft saves its own; the
+        projector's weights in fp32). Under FSDP a collective: every process calls it."""
+        if self.sharded is None:
+            return None, {k: v.float() for k, v in self.projector.state_dict().items()}
+        return self.sharded.adapter(), {k: v.float() for k, v in self.sharded.extra().items()}
+
+    def _write_adapter(self, folder: Path, adapter: dict | None) -> None:
+        if adapter is None:
+            self.peft_model.save_pretrained(folder, save_embedding_layers=False)
+        else:
+            checkpointing.write_adapter(self.peft_model, folder, adapter)
 
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
+        gathered = None if self.sharded is None else self.sharded.gather(self.optimizer)
+        _, projector = self._trained_weights()
         if self.accelerator.is_main_process:
             checkpointing.save(self.run.checkpoints, step, {"plan": self.fingerprint},
                                self.peft_model, self.optimizer,
-                               self.scheduler, extra=self._projector_state(),
-                               generators={"curriculum": self.curriculum})
+                               self.scheduler, extra=projector,
+                               generators={"curriculum": self.curriculum}, gathered=gathered)
 
     def load_checkpoint(self) -> int:
         """The step to start from: 0, or the step of the newest intact checkpoint of this
@@ -534,7 +557,8 @@ class SFTTrainer:
             self.run.checkpoints, self.fingerprint,
             lambda checkpoint: checkpointing.restore(
                 checkpoint, self.peft_model, self.optimizer, self.scheduler,
-                {"curriculum": self.curriculum}, extra_module=self.projector),
+                {"curriculum": self.curriculum}, extra_module=self.projector,
+                sharded=self.sharded),
             self.reporter.log, main=self.accelerator.is_main_process,
             barrier=self.accelerator.wait_for_everyone)
         return 0 if found is None else found.step
@@ -548,9 +572,14 @@ class SFTTrainer:
             return None if report is None else {"step": self.total_steps, **report}
         folder = self.run.best / f"step-{best[1]['step']:06d}"
         from safetensors.torch import load_file
-        set_peft_model_state_dict(self.peft_model,
-                                  load_file(folder / "adapter" / "adapter_model.safetensors"))
-        self.projector.load_state_dict(load_file(folder / "projector.safetensors"))
+        adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
+        projector = load_file(folder / "projector.safetensors")
+        if self.sharded is None:
+            set_peft_model_state_dict(self.peft_model, adapter)
+            self.projector.load_state_dict(projector)
+        else:
+            self.sharded.load_adapter(adapter)
+            self.sharded.load_extra(projector)
         return best[1]
 
     def _manifest_extra(self) -> dict:
@@ -559,7 +588,8 @@ class SFTTrainer:
 
     def save_final(self, log_path: Path) -> dict:
         chosen = self._select_best()
-        self.diagnostics["after"] = self._injection()
+        with distributed.full_parameters(self.accelerator, self.model):
+            self.diagnostics["after"] = self._injection()
         curve = ([json.loads(x) for x in self.run.validation_log.read_text().splitlines() if x]
                  if self.run.validation_log.exists() else [])
         rows = [json.loads(x) for x in log_path.read_text().splitlines()]
@@ -586,11 +616,12 @@ class SFTTrainer:
             "processor": processor(str(self.device)),
             **self._manifest_extra(),
         }
+        adapter, projector = self._trained_weights()
         if self.accelerator.is_main_process:
             staged = TrainedAdapter(self.run.scratch)  # written whole, then renamed into place
             shutil.rmtree(staged.path, ignore_errors=True)
-            self.peft_model.save_pretrained(staged.adapter, save_embedding_layers=False)
-            save_file(self._projector_state(), staged.projector)
+            self._write_adapter(staged.adapter, adapter)
+            save_file(projector, staged.projector)
             shutil.rmtree(self.run.adapter, ignore_errors=True)
             self.run.projector.unlink(missing_ok=True)
             staged.adapter.rename(self.run.adapter)
@@ -631,7 +662,9 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
         trainer.setup()
         trainer.reporter.log(
             f"SFT {system} seed {seed} on {trainer.domain}: {len(trainer.samples)} samples,"
-            f" {trainer.total_steps} steps, {trainer.dtype}, LoRA from"
+            f" {trainer.total_steps} steps, {trainer.dtype},"
+            f" {trainer.accelerator.num_processes} process(es)"
+            f"{' under FSDP' if trainer.sharded else ''} on {trainer.device}, LoRA from"
             f" {trainer.init_run.adapter if trainer.init_run else 'scratch'}, starting at step"
             f" {trainer.start_step}")
         return trainer.train(stop_after)

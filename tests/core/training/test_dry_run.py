@@ -123,12 +123,15 @@ def test_sft_and_dpo_dry_runs_plan_their_widest_row(tmp_path, fixture_config, ll
     assert 13.3 < gb(out, "weights") < 13.6
     assert re.search(r"micro-batch 1 x \d+ tokens, gradient checkpointing off", out)
     assert not any(layout.root.rglob("adapter_model.safetensors"))
+    assert sft.main(["--config", str(path), "--data-dir", str(data), "--domain", "crime",
+                     "--system", "cprec", "--dry-run", "--processes", "2"]) == 0
+    assert "2 process(es), sharding fsdp" in capsys.readouterr().out
 
     assert dpo.main(["--config", str(path), "--data-dir", str(data), "--domain", "crime",
                      "--system", "cprec_dpo", "--dry-run", "--processes", "2"]) == 0
     out = capsys.readouterr().out
     assert "DPO cprec_dpo seed 0" in out and "cprec_rank (not trained yet)" in out
-    assert "2 process(es), sharding ddp" in out  # FSDP is CPT's; DPO runs under DDP
+    assert "2 process(es), sharding ddp" in out  # FSDP is CPT's and SFT's; DPO's is DDP
     assert 13.3 < gb(out, "weights") < 13.6 and "ddp gradient buckets" in out
     assert not any(layout.root.rglob("pairs.parquet"))
 
@@ -179,7 +182,7 @@ def test_4bit_is_refused_on_cpu_before_any_weight(tmp_path, fixture_config, llam
 
 def test_train_distributed_picks_a_shipped_accelerate_config():
     """``train.distributed`` names the file the launch command passes as --config_file;
-    SFT and DPO run under DDP when CPT runs under FSDP."""
+    DPO runs under DDP when CPT and SFT run under FSDP."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     from cprec_core.training.distributed import accelerate_config_file
@@ -189,6 +192,7 @@ def test_train_distributed_picks_a_shipped_accelerate_config():
     fsdp = load_profile("demo", {"train": {"distributed": "fsdp"}})
     assert accelerate_config_file(ddp, "sft").name == "ddp.yaml"
     assert accelerate_config_file(fsdp, "cpt").name == "fsdp.yaml"
+    assert accelerate_config_file(fsdp, "sft").name == "fsdp.yaml"
     assert accelerate_config_file(fsdp, "dpo").name == "ddp.yaml"
     sharded = load_config_from_file(str(accelerate_config_file(fsdp)))
     assert sharded.distributed_type == "FSDP"

@@ -1,7 +1,7 @@
-"""The same CPT command under `accelerate launch` with two CPU processes: each rank reads its
-share of every step's blocks and gradients are averaged, so the losses match one process.
-Under FSDP full-shard (cprec_core/training/accelerate/fsdp.yaml) too, and a killed FSDP run
-resumes from its gathered checkpoint to the adapter of an uninterrupted one.
+"""The same CPT and SFT commands under `accelerate launch` with two CPU processes: each rank
+reads its share of every step's blocks or samples and gradients are averaged, so the losses
+match one process. Under FSDP full-shard (cprec_core/training/accelerate/fsdp.yaml) too, and
+a killed FSDP run resumes from its gathered checkpoint to the weights of an uninterrupted one.
 
 `accelerate launch --cpu` starts a single process whatever --num_processes says (accelerate
 1.16 runs several CPU processes only through mpirun), so several processes are launched
@@ -70,8 +70,10 @@ def test_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
 
 
-def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
-    """SFT under DDP: text-only steps leave the projector unused, which DDP must accept."""
+def sft_data(tmp_path, fixture_config, **train):
+    """The fixture's SFT inputs (corpus, domain users, SASRec of crime) under ``data/``;
+    the config written with no LoRA dropout (its masks differ between ranks by design),
+    micro-batches of one, and ``train`` as its train section."""
     import duckdb
 
     from cprec_core.config import SASRecConfig, load_config_file
@@ -82,37 +84,102 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
     config = yaml.safe_load(fixture_config.read_text())
     config["cpt"]["lora"] = {"dropout": 0.0}
     config["sft"].update({"batch_size": 2, "micro_batch": 1})
+    config["train"] = train
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
     data_dir = tmp_path / "data"
     assert build_corpus(["--config", str(path), "--data-dir", str(data_dir)]) == 0
     profile = load_config_file(path)
     layout = Layout(data_dir, profile.name)
-    database = layout.database
-    with duckdb.connect(str(database)) as con:
+    with duckdb.connect(str(layout.database)) as con:
         build_domain_users(con, "crime")
         data = load_domain_data(con, "crime")
     train_next_item(data, SASRecConfig(max_epochs=2, max_len=10),
                     layout.next_item_model("sasrec", "crime"), log=lambda *_: None)
+    return path, data_dir, layout.sft_run("llara", "crime", 0)
+
+
+def launch_sft(path, data_dir, processes: int, *args: str, fsdp: bool = False) -> str:
+    """Runs LLaRA's SFT on crime under accelerate launch; its stdout."""
+    if fsdp:
+        how = ["--config_file", str(ACCELERATE / "fsdp.yaml")]
+        target = [str(FSDP_ON_CPU), "cprec_core.training.sft"]
+    else:
+        how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
+        target = ["-m", "cprec_core.training.sft"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *how,
+               "--num_processes", str(processes), "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_cpu_threads_per_process", "1", *target,
+               "--config", str(path), "--data-dir", str(data_dir), "--domain", "crime",
+               "--system", "llara", *args]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def sft_log(run) -> list[dict]:
+    return [json.loads(x) for x in run.train_log.read_text().splitlines()]
+
+
+def move_run(run, to: Path) -> Path:
+    """Moves a finished SFT run aside so that the next launch trains from scratch."""
+    import shutil
+
+    shutil.move(str(run.path), str(to))
+    return to
+
+
+def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
+    """SFT under DDP: text-only steps leave the projector unused, which DDP must accept."""
+    path, data_dir, run = sft_data(tmp_path, fixture_config)
     logs = {}
     for processes in (1, 2):
-        how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
-        command = [sys.executable, "-m", "accelerate.commands.launch", *how,
-                   "--num_processes", str(processes), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--num_cpu_threads_per_process", "1", "-m", "cprec_core.training.sft",
-                   "--config", str(path), "--data-dir", str(data_dir), "--domain", "crime",
-                   "--system", "llara"]
-        done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        out = data_dir / profile.name / "sft" / "llara" / "crime" / "seed-0"
-        logs[processes] = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-        import shutil
-        shutil.rmtree(out)
+        launch_sft(path, data_dir, processes)
+        logs[processes] = sft_log(run)
+        move_run(run, tmp_path / f"p{processes}")
     assert [r["prompt"] for r in logs[1]] == [r["prompt"] for r in logs[2]]
     for a, b in zip(logs[1], logs[2]):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+
+
+def test_sft_under_fsdp_gives_the_losses_of_one_process_and_resumes_exactly(
+        tmp_path, fixture_config):
+    """LoRA and LLaRA's projector sharded over two CPU processes: the per-step losses of one
+    process through text and hybrid steps alike; killed after a checkpoint and started
+    again, the adapter and projector of an uninterrupted FSDP run (both gathered whole for
+    the checkpoint and scattered back); the final files are those one process writes."""
+    path, data_dir, run = sft_data(tmp_path, fixture_config, distributed="fsdp")
+    launch_sft(path, data_dir, 1)
+    single = move_run(run, tmp_path / "single")
+    assert "2 process(es) under FSDP" in launch_sft(path, data_dir, 2, fsdp=True)
+    full = move_run(run, tmp_path / "fsdp")
+    launch_sft(path, data_dir, 2, "--stop-after", "3", fsdp=True)
+    resumed = launch_sft(path, data_dir, 2, fsdp=True)
+    assert "resumed from" in resumed and "step 2)" in resumed, resumed[-2000:]
+    killed = run.path
+
+    def log(folder):
+        return [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
+
+    one, sharded = log(single), log(full)
+    assert [r["prompt"] for r in one] == [r["prompt"] for r in sharded]
+    assert {"text", "hybrid"} == {r["prompt"] for r in one}
+    for a, b in zip(one, sharded):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
+    assert log(killed) == [{**r, "seconds": k["seconds"]} for r, k in zip(sharded, log(killed))]
+
+    def weights(folder):
+        return {**load_file(folder / "adapter" / "adapter_model.safetensors"),
+                **{f"projector.{k}": v for k, v in
+                   load_file(folder / "projector.safetensors").items()}}
+
+    base, fsdp, again = weights(single), weights(full), weights(killed)
+    assert set(base) == set(fsdp) == set(again) and any("projector" in k for k in base)
+    for key in base:
+        assert (fsdp[key] - again[key]).abs().max() < 1e-6, key
+        assert (fsdp[key] - base[key]).abs().max() < 1e-4, key
 
 
 def test_fsdp_two_processes_give_the_losses_of_one_and_resume_exactly(tmp_path, fixture_config):
