@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 import dagster as dg
@@ -57,6 +57,7 @@ class TrainingLauncher(dg.ConfigurableResource):
     kind: Literal["subprocess", "k8s"] = "subprocess"
     # k8s only:
     image: str = ""  # an image of this repository (pip install -e .)
+    repo_path: str = ""  # where the image holds that checkout ("": the run's own path)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     namespace: str = "default"
     gpus: int = 1  # nvidia.com/gpu limit per pod; 0: a CPU pod
@@ -99,11 +100,14 @@ class TrainingLauncher(dg.ConfigurableResource):
         _name(self.data_pvc, "data_pvc", DNS_SUBDOMAIN, 253, "DNS subdomain")
         if self.service_account:
             _name(self.service_account, "service_account", DNS_SUBDOMAIN, 253, "DNS subdomain")
-        mount = self.data_mount_path
-        if (CONTROL.search(mount) or not PurePosixPath(mount).is_absolute() or mount == "/"
-                or ".." in PurePosixPath(mount).parts):
-            raise ConfigError(f"launcher.data_mount_path must be an absolute path in the pod"
-                              f" (not / and without ..), got {mount!r}")
+        for field in ("data_mount_path", "repo_path"):
+            path = getattr(self, field)
+            if field == "repo_path" and not path:
+                continue
+            if (CONTROL.search(path) or not PurePosixPath(path).is_absolute() or path == "/"
+                    or ".." in PurePosixPath(path).parts):
+                raise ConfigError(f"launcher.{field} must be an absolute path in the pod"
+                                  f" (not / and without ..), got {path!r}")
         if self.gpus < 0:
             raise ConfigError(f"launcher.gpus must be 0 or more, got {self.gpus}")
         for field, pattern in (("cpu", CPU), ("memory", MEMORY)):
@@ -122,6 +126,15 @@ class TrainingLauncher(dg.ConfigurableResource):
     def python_executable(self) -> str:
         """The interpreter that runs the trainer: this one, or the image's."""
         return self.python if self.kind == "k8s" else sys.executable
+
+    def repo_file(self, path: Path) -> str:
+        """A file of this repository (the shipped accelerate configs) as the trainer sees
+        it: here, or at ``repo_path`` in the image."""
+        if self.kind != "k8s" or not self.repo_path:
+            return str(path)
+        from cprec_assets.resources import REPO_ROOT
+
+        return str(PurePosixPath(self.repo_path, *path.resolve().relative_to(REPO_ROOT).parts))
 
     def data_dir(self, run_data_dir: str) -> str:
         """The trainer's ``--data-dir``: the run's data folder, or the pod's mount of it."""

@@ -47,7 +47,7 @@ def accelerate_command(cprec: ProfileResource, module: str, *args: str,
     if config is None and cprec.num_processes > 1:
         config = CONFIG_DIR / "ddp.yaml"
     if config is not None:
-        launch += ["--config_file", str(config)]
+        launch += ["--config_file", launcher.repo_file(config)]
     elif cprec.profile.device == "cpu":
         launch.append("--cpu")
     return [*launch, "-m", module, *tool_arguments(cprec, launcher), *args]

@@ -225,3 +225,26 @@ def test_the_config_in_scaling_md_is_what_the_launcher_takes(monkeypatch):
     in_code = scope["launcher"]
     assert in_code.model_dump() == TrainingLauncher(
         **run_config["resources"]["launcher"]["config"]).model_dump()
+
+
+def test_the_pod_reads_the_accelerate_config_from_the_image(fixture_config, tmp_path):
+    """Several processes under FSDP pass a shipped accelerate config: at ``repo_path`` in the
+    image where it is set, at this checkout's path otherwise (and always for subprocesses)."""
+    config = yaml.safe_load(fixture_config.read_text())
+    config["train"] = {"distributed": "fsdp"}
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cprec = ProfileResource(config_file=str(path), data_dir=str(tmp_path / "data"),
+                            num_processes=2)
+
+    def config_file(launcher):
+        command = accelerate_command(cprec, "cprec_core.training.sft", launcher=launcher)
+        return command[command.index("--config_file") + 1]
+
+    shipped = REPO_ROOT / "cprec_core" / "training" / "accelerate" / "fsdp.yaml"
+    assert config_file(TrainingLauncher(**K8S, repo_path="/app")) == \
+        "/app/cprec_core/training/accelerate/fsdp.yaml"
+    assert config_file(TrainingLauncher(**K8S)) == str(shipped)
+    assert config_file(TrainingLauncher(repo_path="/app")) == str(shipped)
+    with pytest.raises(ConfigError, match="launcher.repo_path"):
+        TrainingLauncher(**K8S, repo_path="app").check()
