@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -70,7 +71,7 @@ def test_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
 
 
-def sft_data(tmp_path, fixture_config, **train):
+def sft_data(tmp_path, fixture_config, system: str = "llara", **train):
     """The fixture's SFT inputs (corpus, domain users, SASRec of crime) under ``data/``;
     the config written with no LoRA dropout (its masks differ between ranks by design),
     micro-batches of one, and ``train`` as its train section."""
@@ -78,12 +79,14 @@ def sft_data(tmp_path, fixture_config, **train):
 
     from cprec_core.config import SASRecConfig, load_config_file
     from cprec_core.data.domain_users import build_domain_users, load_domain_data
+    from cprec_core.evaluation.candidates import build_candidate_sets
     from cprec_core.layout import Layout
     from cprec_core.training.next_item import train_next_item
 
     config = yaml.safe_load(fixture_config.read_text())
     config["cpt"]["lora"] = {"dropout": 0.0}
     config["sft"].update({"batch_size": 2, "micro_batch": 1})
+    config["sft"]["rank"]["epochs"] = 2  # 6 steps of the candidate-aware systems
     config["train"] = train
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -93,14 +96,16 @@ def sft_data(tmp_path, fixture_config, **train):
     layout = Layout(data_dir, profile.name)
     with duckdb.connect(str(layout.database)) as con:
         build_domain_users(con, "crime")
+        build_candidate_sets(con, "crime", negatives=2)  # the validation sample
         data = load_domain_data(con, "crime")
     train_next_item(data, SASRecConfig(max_epochs=2, max_len=10),
                     layout.next_item_model("sasrec", "crime"), log=lambda *_: None)
-    return path, data_dir, layout.sft_run("llara", "crime", 0)
+    return path, data_dir, layout.sft_run(system, "crime", 0)
 
 
-def launch_sft(path, data_dir, processes: int, *args: str, fsdp: bool = False) -> str:
-    """Runs LLaRA's SFT on crime under accelerate launch; its stdout."""
+def launch_sft(path, data_dir, processes: int, *args: str, fsdp: bool = False,
+               system: str = "llara") -> str:
+    """Runs ``system``'s SFT on crime under accelerate launch; its stdout."""
     if fsdp:
         how = ["--config_file", str(ACCELERATE / "fsdp.yaml")]
         target = [str(FSDP_ON_CPU), "cprec_core.training.sft"]
@@ -112,7 +117,7 @@ def launch_sft(path, data_dir, processes: int, *args: str, fsdp: bool = False) -
                "--mixed_precision", "no", "--dynamo_backend", "no",
                "--num_cpu_threads_per_process", "1", *target,
                "--config", str(path), "--data-dir", str(data_dir), "--domain", "crime",
-               "--system", "llara", *args]
+               "--system", system, *args]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -144,20 +149,24 @@ def test_sft_two_processes_give_the_losses_of_one(tmp_path, fixture_config):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
 
 
+@pytest.mark.parametrize("system", ["llara", "llara_rank"])
 def test_sft_under_fsdp_gives_the_losses_of_one_process_and_resumes_exactly(
-        tmp_path, fixture_config):
+        tmp_path, fixture_config, system):
     """LoRA and LLaRA's projector sharded over two CPU processes: the per-step losses of one
     process through text and hybrid steps alike; killed after a checkpoint and started
     again, the adapter and projector of an uninterrupted FSDP run (both gathered whole for
-    the checkpoint and scattered back); the final files are those one process writes."""
-    path, data_dir, run = sft_data(tmp_path, fixture_config, distributed="fsdp")
-    launch_sft(path, data_dir, 1)
+    the checkpoint and scattered back); the final files are those one process writes. The
+    candidate-aware system too: tree forwards, validation scoring, best-adapter selection."""
+    path, data_dir, run = sft_data(tmp_path, fixture_config, system, distributed="fsdp")
+    launch_sft(path, data_dir, 1, system=system)
     single = move_run(run, tmp_path / "single")
-    assert "2 process(es) under FSDP" in launch_sft(path, data_dir, 2, fsdp=True)
+    assert "2 process(es) under FSDP" in launch_sft(path, data_dir, 2, fsdp=True, system=system)
     full = move_run(run, tmp_path / "fsdp")
-    launch_sft(path, data_dir, 2, "--stop-after", "3", fsdp=True)
-    resumed = launch_sft(path, data_dir, 2, fsdp=True)
+    launch_sft(path, data_dir, 2, "--stop-after", "3", fsdp=True, system=system)
+    resumed = launch_sft(path, data_dir, 2, fsdp=True, system=system)
     assert "resumed from" in resumed and "step 2)" in resumed, resumed[-2000:]
+    if system == "llara_rank":  # selection on the validation sample, under FSDP too
+        assert "validation at step 4" in resumed and "validation at step 6" in resumed
     killed = run.path
 
     def log(folder):
@@ -165,7 +174,7 @@ def test_sft_under_fsdp_gives_the_losses_of_one_process_and_resumes_exactly(
 
     one, sharded = log(single), log(full)
     assert [r["prompt"] for r in one] == [r["prompt"] for r in sharded]
-    assert {"text", "hybrid"} == {r["prompt"] for r in one}
+    assert {"text", "hybrid"} == {r["prompt"] for r in one} or system != "llara"
     for a, b in zip(one, sharded):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * abs(a["loss"]), (a, b)
     assert log(killed) == [{**r, "seconds": k["seconds"]} for r, k in zip(sharded, log(killed))]
