@@ -104,25 +104,18 @@ def run_score(args: argparse.Namespace) -> dict:
     """The evaluation's likelihood scoring of 20 candidates per case, zero-shot."""
     import torch
 
-    from cprec_core.data.cases import load_cases
+    from workload import scoring_cases
+
     from cprec_core.data.db import connect
-    from cprec_core.data.domain_users import domain_for_slug
     from cprec_core.data.interactions import domain_slug
     from cprec_core.evaluation.llm import LLMScorer
-    from cprec_core.prompts import Case
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args, args.profile)
     slug = domain_slug(profile.data.target_domains[0])
     batch = profile.evaluation.batch_size
     with connect(profile.layout.database, read_only=True) as con:
-        domain, _ = domain_for_slug(con, slug)
-        cases = load_cases(con, domain, "test", args.cases + batch)
-        titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
-                                  [domain]).fetchall())
-    samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
-               for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
-                                        cases.targets)]
+        domain, samples, titles = scoring_cases(con, profile, slug, args.cases + batch)
     scorer = LLMScorer.load(profile, slug, "base")
     timed, warm = samples[:args.cases], samples[args.cases:] or samples[:batch]
     scorer.evaluate(warm, titles, batch, generate=False)

@@ -45,13 +45,11 @@ from cprec_core.config import load_config_file, load_profile  # noqa: E402
 from cprec_core.data.db import connect  # noqa: E402
 from cprec_core.data.domain_users import domain_for_slug  # noqa: E402
 from cprec_core.data.interactions import domain_slug  # noqa: E402
-from cprec_core.data.cases import load_cases  # noqa: E402
 from cprec_core.evaluation.llm import LLMScorer  # noqa: E402
 from cprec_core.models.hybrid import add_placeholder_to_tokenizer  # noqa: E402
 from cprec_core.provenance import processor  # noqa: E402
-from cprec_core.prompts import Case  # noqa: E402
 from cprec_core.reporting import md_table  # noqa: E402
-from workload import case_tokens, domain_workload, model_flops  # noqa: E402
+from workload import case_tokens, domain_workload, model_flops, scoring_cases  # noqa: E402
 
 
 def matmul_rate(model: torch.nn.Module, rows: int, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -150,13 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         if slug != slugs[0] and scorer.hybrid:
             scorer = LLMScorer.load(profile, slug, args.system, profile.sft.seeds[0])
         with connect(profile.layout.database, read_only=True) as con:
-            domain, _ = domain_for_slug(con, slug)
-            cases = load_cases(con, domain, "test", args.cases + batch)
-            titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
-                                      [domain]).fetchall())
-        samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
-                   for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
-                                            cases.targets)]
+            _, samples, titles = scoring_cases(con, profile, slug, args.cases + batch)
         timed = samples[:args.cases]  # fewer where the domain has fewer test cases
         scorer.evaluate(samples[len(timed):] or timed, titles, batch, generate=False)  # warm-up
         started = time.perf_counter()

@@ -22,6 +22,20 @@ from cprec_core.prompts import Case, prompt_text
 from cprec_core.systems import ZERO_SHOT_SYSTEM_NAMES
 
 
+def scoring_cases(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
+                  n: int) -> tuple[str, list[Case], dict[int, str]]:
+    """(domain, its first ``n`` stored test cases as the scorer reads them, the domain's
+    titles by item)."""
+    domain, _ = domain_for_slug(con, slug)
+    cases = load_cases(con, domain, "test", n)
+    titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
+                              [domain]).fetchall())
+    samples = [Case(int(u), h[-profile.sft.history:], [int(c) for c in cand], int(t))
+               for u, h, cand, t in zip(cases.users, cases.histories, cases.candidates,
+                                        cases.targets)]
+    return domain, samples, titles
+
+
 def case_tokens(tokenizer, sample: Case, titles: dict[int, str], hybrid: bool,
                 corpus: CorpusConfig) -> tuple[int, int]:
     """(prompt tokens, continuation input tokens) of one case in ``LLMScorer``'s forward:

@@ -24,24 +24,30 @@ ACCELERATE = Path(__file__).resolve().parents[3] / "cprec_core" / "training" / "
 FSDP_ON_CPU = Path(__file__).resolve().parent / "fsdp_on_cpu.py"
 
 
-def launch(config, data_dir, processes: int, *args: str, fsdp: bool = False) -> str:
-    """Runs the CPT trainer under accelerate launch; its stdout."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def accelerate_launch(module: str, processes: int, fsdp: bool, *args: str) -> str:
+    """Runs ``python -m module args`` under accelerate launch on ``processes`` CPU processes
+    (DDP, or FSDP through fsdp_on_cpu.py); its stdout."""
     if fsdp:
         how = ["--config_file", str(ACCELERATE / "fsdp.yaml")]
-        target = [str(FSDP_ON_CPU), "cprec_core.training.cpt"]
+        target = [str(FSDP_ON_CPU), module]
     else:
         how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
-        target = ["-m", "cprec_core.training.cpt"]
+        target = ["-m", module]
     command = [sys.executable, "-m", "accelerate.commands.launch", *how,
                "--num_processes", str(processes), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", *target,
-               "--config", str(config), "--data-dir", str(data_dir), "--variant", "wsa", *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+               "--num_cpu_threads_per_process", "1", *target, *args]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{processes} process(es)" in done.stdout, done.stdout[-2000:]
     return done.stdout
+
+
+def launch(config, data_dir, processes: int, *args: str, fsdp: bool = False) -> str:
+    """Runs the CPT trainer under accelerate launch; its stdout."""
+    return accelerate_launch("cprec_core.training.cpt", processes, fsdp, "--config", str(config),
+                             "--data-dir", str(data_dir), "--variant", "wsa", *args)
 
 
 def train_log(data_dir, name: str) -> list[dict]:
@@ -106,22 +112,9 @@ def sft_data(tmp_path, fixture_config, system: str = "llara", **train):
 def launch_sft(path, data_dir, processes: int, *args: str, fsdp: bool = False,
                system: str = "llara") -> str:
     """Runs ``system``'s SFT on crime under accelerate launch; its stdout."""
-    if fsdp:
-        how = ["--config_file", str(ACCELERATE / "fsdp.yaml")]
-        target = [str(FSDP_ON_CPU), "cprec_core.training.sft"]
-    else:
-        how = (["--config_file", str(ACCELERATE / "ddp.yaml")] if processes > 1 else ["--cpu"])
-        target = ["-m", "cprec_core.training.sft"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *how,
-               "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--num_cpu_threads_per_process", "1", *target,
-               "--config", str(path), "--data-dir", str(data_dir), "--domain", "crime",
-               "--system", system, *args]
-    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return accelerate_launch("cprec_core.training.sft", processes, fsdp, "--config", str(path),
+                             "--data-dir", str(data_dir), "--domain", "crime",
+                             "--system", system, *args)
 
 
 def sft_log(run) -> list[dict]:
