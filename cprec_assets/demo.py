@@ -20,6 +20,8 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 import warnings
@@ -38,6 +40,39 @@ from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
+PID_TAG, HOST_TAG = "cprec/pid", "cprec/host"  # the process that runs a demo run, and where
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed, and free the pool slots of, this command's runs on this host whose
+    process is gone (killed by SIGKILL or the OOM killer). Nothing else ends such a run: it
+    runs in-process, with no launcher or daemon to watch it, so it stays STARTED and keeps
+    its claim on a pool slot, and every later step of that pool waits for the slot forever.
+    A pid in use by another process counts as alive (nothing is released)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+        tags={HOST_TAG: socket.gethostname()}))
+    released = []
+    for dead in runs:
+        pid = dead.tags.get(PID_TAG, "")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(dead, f"its process {pid} ended without finishing the run")
+        instance.event_log_storage.free_concurrency_slots_for_run(dead.run_id)
+        released.append(dead.run_id)
+        print(f"run {dead.run_id[:8]}: its process {pid} is gone; marked failed and its pool"
+              " slots freed", flush=True)
+    return released
 
 
 def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str | None = None,
@@ -46,7 +81,8 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
     result = dg.materialize(EVERYTHING, selection=selection, instance=instance,
                             resources=defs.resources, partition_key=partition_key,
                             run_config={**QUIET, "ops": ops or {}}, raise_on_error=False,
-                            tags={"source": "make demo"})
+                            tags={"source": "make demo", PID_TAG: str(os.getpid()),
+                                  HOST_TAG: socket.gethostname()})
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         sys.exit(f"{label} failed at {failed}; see `make ui` -> Runs -> {result.run_id}")
@@ -88,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
+    release_dead_runs(instance)
     cprec = defs.resources["cprec"]
     profile = cprec.profile
     layout = profile.layout

@@ -1,4 +1,7 @@
-"""`python -m cprec_assets.demo --stage ...`: names are checked before anything runs."""
+"""`python -m cprec_assets.demo --stage ...`: names are checked before anything runs, and a
+killed run of an earlier command does not hold its pool slot."""
+
+import os
 
 import dagster as dg
 import pytest
@@ -27,3 +30,33 @@ def test_domain_stages_need_partitions_and_known_names(instance):
         demo.main(["--stage", "evaluation", "--system", "gru4rec"])  # not an LLM system
     with pytest.raises(SystemExit, match=r"--variant \['wsd'\]"):
         demo.main(["--stage", "cpt", "--variant", "wsd"])
+
+
+def test_a_killed_demo_run_gives_its_pool_slot_back(instance):
+    """A demo run whose process was killed stays STARTED with its pool slot claimed, which
+    would hold every later step of that pool; the next demo command marks it failed and
+    frees the slot. A run whose process is alive is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("train", 1)
+    runs = {}
+    for name, pid in (("killed", gone.pid), ("alive", os.getpid())):
+        run = DagsterRun(job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED,
+                         tags={demo.PID_TAG: str(pid), demo.HOST_TAG: socket.gethostname()})
+        instance.add_run(run)
+        runs[name] = run.run_id
+    assert storage.claim_concurrency_slot("train", runs["killed"], "sft_adapter").is_claimed
+    assert not storage.claim_concurrency_slot("train", runs["alive"], "sft_adapter").is_claimed
+
+    assert demo.release_dead_runs(instance) == [runs["killed"]]
+    assert instance.get_run_by_id(runs["killed"]).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
+    assert storage.claim_concurrency_slot("train", runs["alive"], "sft_adapter").is_claimed
+    assert demo.release_dead_runs(instance) == []
