@@ -181,7 +181,7 @@ def test_sft_under_fsdp_gives_the_losses_of_one_process_and_resumes_exactly(
     assert set(base) == set(fsdp) == set(again) and any("projector" in k for k in base)
     for key in base:
         assert (fsdp[key] - again[key]).abs().max() < 1e-6, key
-        assert (fsdp[key] - base[key]).abs().max() < 1e-4, key
+        assert (fsdp[key] - base[key]).abs().max() < 1e-6, key  # sees a text step moving it
 
 
 def test_fsdp_two_processes_give_the_losses_of_one_and_resume_exactly(tmp_path, fixture_config):
