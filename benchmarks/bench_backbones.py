@@ -17,8 +17,9 @@ its own tokenizer's tokens), each in a child process of its own for its peak mem
 Peak RSS is each child's own ``ru_maxrss`` (interpreter, libraries and model included).
 Gemma 3's 262,144-token vocabulary makes its tied LM head 168M of its 268M weights (640 x
 262,144), against 28M of SmolLM2's 135M (576 x 49,152): the head is where the difference
-goes. Needs each profile's corpus and target-domain data (``CPREC_PROFILE=demo-gemma3
-python -m cprec_assets.demo --stage corpus``, then ``--stage domain --domain crime``).
+goes. Needs each profile's corpus and first target domain's data (``CPREC_PROFILE=demo-gemma3
+python -m cprec_assets.demo --stage corpus``, then ``--stage sasrec --domain crime``: the
+domain's users, SASRec and candidate sets, without training the LLM systems).
 
     .venv/bin/python benchmarks/bench_backbones.py [--profiles demo demo-gemma3]
         [--data-dir data] [--tokens 8192] [--steps 3] [--cases 16] [--threads <cores>]
@@ -55,7 +56,7 @@ def check_inputs(args: argparse.Namespace, name: str) -> None:
     for needed in (layout.corpus_parquet, layout.tokenizer_dir, layout.database):
         if not needed.exists():
             sys.exit(f"{needed}: not found; run CPREC_PROFILE={name} python -m cprec_assets.demo"
-                     " --stage corpus, then --stage domain --domain crime (or pass --data-dir)")
+                     " --stage corpus, then --stage sasrec --domain crime (or pass --data-dir)")
 
 
 def run_cpt(args: argparse.Namespace) -> dict:

@@ -18,7 +18,7 @@ side for each target domain, one run:
   evaluated (possibly on another chip: its ``device`` column says which).
 
 Needs the corpus and each target domain's data (``CPREC_PROFILE=<profile> python -m
-cprec_assets.demo --stage corpus``, then ``--stage domain --domain <slug>``, a minute on 2
+cprec_assets.demo --stage corpus``, then ``--stage sasrec --domain <slug>``, a minute on 2
 cores).
 
     python benchmarks/bench_scoring_bound.py [--profile demo | --config my.yaml] [--data-dir data]
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         if not needed.exists():
             sys.exit(f"{needed}: not found; materialise the corpus and the target domains first"
                      f" ({env} python -m cprec_assets.demo --stage corpus,"
-                     " then --stage domain --domain <slug>), or pass --data-dir")
+                     " then --stage sasrec --domain <slug>), or pass --data-dir")
     tokenizer = AutoTokenizer.from_pretrained(profile.layout.tokenizer_dir)
     add_placeholder_to_tokenizer(tokenizer)
     slugs = [domain_slug(d) for d in profile.data.target_domains]
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         missing = [slug for slug in slugs if not _has_test_cases(con, slug)]
         if missing:
             sys.exit(f"{profile.layout.database}: no test candidate sets for {missing}; materialise them"
-                     f" ({env} python -m cprec_assets.demo --stage domain"
+                     f" ({env} python -m cprec_assets.demo --stage sasrec"
                      f" --domain {missing[0]})")
         work = {slug: domain_workload(con, profile, slug, tokenizer) for slug in slugs}
         recorded = {slug: recorded_minutes(con, work[slug].domain) for slug in slugs}

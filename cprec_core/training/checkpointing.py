@@ -288,6 +288,7 @@ class ShardedModel:
         self.peft_model = peft_model
         self.prefix = self._prefix(wrapper, peft_model)
         self.extra_prefix = None if extra_module is None else self._prefix(wrapper, extra_module)
+        self.extra_names = set() if extra_module is None else set(extra_module.state_dict())
         own = peft_model.state_dict()
         self.names = {}  # name in the peft model -> name in the saved adapter
         for key, param in peft_model.named_parameters():
@@ -332,10 +333,9 @@ class ShardedModel:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_model_state_dict)
 
-        expected = set(self.extra())
-        if set(state) != expected:
-            raise KeyError(f"extra tensors {sorted(set(state) ^ expected)[:3]} missing or"
-                           " unexpected")
+        if set(state) != self.extra_names:
+            raise KeyError(f"extra tensors {sorted(set(state) ^ self.extra_names)[:3]} missing"
+                           " or unexpected")
         set_model_state_dict(self.model, {self.extra_prefix + k: v for k, v in state.items()},
                              options=StateDictOptions(full_state_dict=True, strict=False))
 

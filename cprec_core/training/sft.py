@@ -524,12 +524,16 @@ class SFTTrainer:
         return sum(len(self.rows[hybrid][i]["input_ids"]) for i in self.steps[step])
 
     # -- checkpoints ------------------------------------------------------------------------
+    def _projector_weights(self) -> dict[str, torch.Tensor]:
+        """The projector's weights in fp32 (under FSDP gathered whole: a collective)."""
+        state = self.projector.state_dict() if self.sharded is None else self.sharded.extra()
+        return {k: v.float() for k, v in state.items()}
+
     def _trained_weights(self) -> tuple[dict | None, dict[str, torch.Tensor]]:
         """(the adapter gathered whole under FSDP, else None: peft saves its own; the
-        projector's weights in fp32). Under FSDP a collective: every process calls it."""
-        if self.sharded is None:
-            return None, {k: v.float() for k, v in self.projector.state_dict().items()}
-        return self.sharded.adapter(), {k: v.float() for k, v in self.sharded.extra().items()}
+        projector's weights). Under FSDP a collective: every process calls it."""
+        adapter = None if self.sharded is None else self.sharded.adapter()
+        return adapter, self._projector_weights()
 
     def _write_adapter(self, folder: Path, adapter: dict | None) -> None:
         if adapter is None:
@@ -540,7 +544,7 @@ class SFTTrainer:
     def save_checkpoint(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
         gathered = None if self.sharded is None else self.sharded.gather(self.optimizer)
-        _, projector = self._trained_weights()
+        projector = self._projector_weights()
         if self.accelerator.is_main_process:
             checkpointing.save(self.run.checkpoints, step, {"plan": self.fingerprint},
                                self.peft_model, self.optimizer,
