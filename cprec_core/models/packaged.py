@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 class ModelLoadError(RuntimeError):
     """The model or tokenizer cannot be loaded offline."""
 
