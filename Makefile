@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui serve bench results study study-dpo study-gpu clean-data
+.PHONY: install demo test test-ui ui serve bench results study study-dpo study-text study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -59,6 +59,12 @@ study: install  ## the candidate-aware study (profile study-rank), then `make re
 study-dpo: install  ## the DPO study (profile study-dpo, about 1 h 45 min on 2 cores), writes docs/RESULTS-dpo.md
 	CPREC_PROFILE=study-dpo $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=study-dpo RESULTS_OUT=docs/RESULTS-dpo.md
+
+study-text: install  ## LLM item embeddings in SASRec/GRU4Rec, full and sparse-target settings (profiles study-text, study-text-sparse), writes docs/RESULTS-text.md
+	CPREC_PROFILE=study-text $(PY) -m cprec_assets.demo
+	CPREC_PROFILE=study-text-sparse $(PY) -m cprec_assets.demo
+	$(PY) -m cprec_core.evaluation.text_study --profile study-text --sparse-profile study-text-sparse \
+		--out docs/RESULTS-text.md
 
 study-gpu: install  ## the same study scaled up on one CUDA GPU (8.3 min on an H200), writes docs/RESULTS-gpu.md
 	PY=$(PY) CPREC_PROFILE=study-gpu POOL_LIMIT=16 RESULTS_OUT=docs/RESULTS-gpu.md \

@@ -51,8 +51,8 @@ def main() -> None:
         domain, _ = domain_for_slug(con, args.domain)
         items = domain_items(con, domain)
         people = domain_users_by_recency(con, domain)
-    retrieval = choose_retrieval(layout, args.domain)
-    files = layout.next_item_model(retrieval.model, args.domain)
+    retrieval = choose_retrieval(profile, args.domain)
+    files = retrieval.files(layout, args.domain)
     histories = people.histories
 
     def retrieve(batch_size: int) -> float:

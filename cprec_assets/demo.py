@@ -8,6 +8,7 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
 
     python -m cprec_assets.demo --stage corpus
     python -m cprec_assets.demo --stage cpt --variant wsa &        # one process per variant
+    python -m cprec_assets.demo --stage embeddings                 # LLM item embeddings
     python -m cprec_assets.demo --stage domain --domain crime &    # all of one domain, or:
     python -m cprec_assets.demo --stage sasrec --domain crime      #   its data and SASRec,
     python -m cprec_assets.demo --stage sft --domain crime --system llara &  # each SFT system,
@@ -35,8 +36,9 @@ from cprec_core.evaluation.leaderboard import leaderboard_markdown
 from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
-from cprec_core.systems import cpt_variant, lora_init, system
+from cprec_core.systems import cpt_variant, embedding_asset, lora_init, system
 from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
+from cprec_core.training.next_item import trained_next_item_models
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
@@ -98,8 +100,8 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label}: checks failed: {errors}")
 
 
-STAGES = ("all", "corpus", "cpt", "domain", "sasrec", "sft", "dpo", "evaluation", "recommend",
-          "summary")
+STAGES = ("all", "corpus", "cpt", "embeddings", "domain", "sasrec", "sft", "dpo", "evaluation",
+          "recommend", "summary")
 PER_DOMAIN = ("sasrec", "sft", "dpo", "evaluation", "recommend")
 
 
@@ -135,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     if stage in ("all", "cpt"):
         for variant in _chosen("--variant", args.variant, profile.cpt.variants):
             run(f"cpt[{variant}]", dg.AssetSelection.assets(cpt_variant(variant).asset), instance)
+    if stage in ("all", "embeddings"):
+        for source in profile.item_text.sources():
+            run(f"item embeddings[{source}]",
+                dg.AssetSelection.assets(embedding_asset(source)), instance)
     parts = PER_DOMAIN if stage in ("all", "domain") else (stage,)
     if set(parts) & set(PER_DOMAIN):
         keys = instance.get_dynamic_partitions(domain_partitions.name)
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         for key in _chosen("--domain", args.domain, keys):
             if "sasrec" in parts:
                 run(f"domain[{key}]", dg.AssetSelection.assets(
-                    "domain_users", "sasrec", "gru4rec", "candidate_sets"), instance, key)
+                    "domain_users", "sasrec", "gru4rec", "candidate_sets",
+                    *profile.item_text.systems), instance, key)
             if "sft" in parts:
                 for name in systems:
                     asset = system(name).asset
@@ -177,18 +184,18 @@ def main(argv: list[str] | None = None) -> None:
                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
                      m["final_loss"], m["tokens_per_second"], m["dtype"]))
     print()
-    print("SASRec and GRU4Rec per target domain (full ranking over the domain's items,"
-          " history excluded)")
+    print("Next-item models per target domain: SASRec, GRU4Rec and the text systems (item"
+          " table + LLM title embeddings); full ranking over the domain's items, history"
+          " excluded")
     sas = []
     for key in instance.get_dynamic_partitions(domain_partitions.name):
-        for kind in ("sasrec", "gru4rec"):
-            path = layout.next_item_model(kind, key).manifest
-            if path.is_file():
-                m = json.loads(path.read_text())
-                sas.append((m["domain"], kind, m["users"], m["shape"]["n_items"], m["epochs"],
-                            m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
-    print(md_table(["domain", "model", "users", "items", "epochs", "valid NDCG@10", "test HR@10",
-                    "test NDCG@10"], sas))
+        for name, seed, files in trained_next_item_models(profile, key):
+            m = json.loads(files.manifest.read_text())
+            sas.append((m["domain"], name, seed, (m.get("item_embeddings") or {}).get(
+                "source", ""), m["users"], m["shape"]["n_items"], m["epochs"], m["seconds"],
+                m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
+    print(md_table(["domain", "model", "seed", "text", "users", "items", "epochs", "seconds",
+                    "valid NDCG@10", "test HR@10", "test NDCG@10"], sas))
     print()
     print("SFT adapters (objective: ntp = LLaRA's recipe, rank = candidate-aware; hybrid ="
           " steps with the hybrid prompt; validation: HR@1 sum/mean and loss per answer of the"
@@ -217,6 +224,18 @@ def main(argv: list[str] | None = None) -> None:
               " reward margin and accuracy of the last step; validation HR@1 sum/mean beside"
               " the SFT run's)")
         print(md_table(DPO_TABLE_HEADER, dpo))
+    embedded = [json.loads(layout.item_embeddings(source).manifest.read_text())
+                for source in profile.item_text.sources()
+                if layout.item_embeddings(source).exists()]
+    if embedded:
+        print()
+        print("LLM item embeddings (every item's title, one forward each; the text systems"
+              " read them)")
+        print(md_table(["source", "model", "items", "dim", "pooling", "seconds", "items/s",
+                        "dtype", "device"],
+                       [(m["source"], m["model"], m["items"], m["dim"], m["pooling"],
+                         m["seconds"], m["items_per_second"], m["dtype"], m["device"])
+                        for m in embedded]))
     print()
     print("CPT adapters")
     print(md_table(["variant", "model", "tokens", "steps", "warmup/stable/anneal",

@@ -20,7 +20,7 @@ import yaml
 from cprec_core.layout import Layout, LayoutError, check_folder
 from cprec_core.prompts import UNIFIED_TEMPLATE
 from cprec_core.systems import (CPT_VARIANT_NAMES, DPO_SYSTEM_NAMES, SFT_SYSTEM_NAMES,
-                                SFT_SYSTEMS, system)
+                                SFT_SYSTEMS, TEXT_SYSTEM_NAMES, system)
 
 PAPER_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS if not s.ranks_candidates)
 
@@ -79,8 +79,11 @@ class DataConfig:
     """Cleaning, splitting and the source/target roles of the domains.
 
     ``source_domains`` feed continual pre-training; ``target_domains`` are fine-tuned and
-    evaluated and never enter the CPT corpus. Empty ``source_domains`` means every domain
-    that is not a target.
+    evaluated and never enter the CPT corpus (but for the ``wsa_target`` variant, which also
+    reads their train split). Empty ``source_domains`` means every domain that is not a
+    target. ``target_train_share`` below 1 is the sparse-target setting: each user's train
+    history in a target domain keeps only its most recent share (at least one item);
+    validation and test items are unchanged (cprec_core.data.interactions).
     """
 
     sources: tuple[SourceConfig, ...] = (SourceConfig(),)
@@ -91,8 +94,12 @@ class DataConfig:
     min_target_items: int = 20
     min_target_users: int = 100
     max_title_chars: int = 160
+    target_train_share: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0 < self.target_train_share <= 1:
+            raise ConfigError(f"data.target_train_share must be in (0, 1], got"
+                              f" {self.target_train_share}")
         if not self.sources:
             raise ConfigError("data.sources is empty: configure at least one source")
         overlap = set(self.source_domains) & set(self.target_domains)
@@ -186,6 +193,10 @@ class CPTConfig:
     Steps hold ``blocks_per_step`` packed blocks of ``block_size`` tokens, run as micro-batches
     of ``micro_batch`` blocks. Under ``wsa`` the annealing phase is as long as it takes to see
     every mixed sequence once, unless ``anneal_ratio`` (share of steps) is set.
+    ``reuse_from``: profiles (in the same data folder) whose finished run of a variant is
+    copied instead of trained again when its plan is the same (same corpus documents,
+    settings and model; cprec_core.training.cpt.reuse_finished_run), e.g. a sparse-target
+    study reusing the full study's source-only CPT.
     """
 
     variants: tuple[str, ...] = ("wsa",)
@@ -205,6 +216,7 @@ class CPTConfig:
     compile: bool = False
     checkpoint_every: int = 20
     lora: LoraSettings = field(default_factory=LoraSettings)
+    reuse_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in CPT_VARIANT_NAMES]
@@ -228,12 +240,18 @@ def _check_next_item(cfg, section: str) -> None:
         raise ConfigError(f"{section}.dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.lr <= 0:
         raise ConfigError(f"{section}.lr must be positive, got {cfg.lr}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
+        raise ConfigError(f"{section}.seeds must be distinct non-negative integers, got"
+                          f" {cfg.seeds}")
 
 
 @dataclass(frozen=True)
 class SASRecConfig:
     """SASRec per target domain (cprec_core.models.sasrec): RecBole's shape (d=64, 2 blocks,
-    2 heads), full-softmax cross-entropy, Adam, early stopping on validation NDCG@10."""
+    2 heads), full-softmax cross-entropy, Adam, early stopping on validation NDCG@10. One
+    model per seed of ``seeds`` (the LLaRA projector and the two-stage pipeline read the
+    first seed's, or the best seed's on validation); the text systems built on SASRec
+    (``sasrec_text_*``) train with these settings too."""
 
     hidden: int = 64
     layers: int = 2
@@ -245,7 +263,7 @@ class SASRecConfig:
     batch_size: int = 128
     max_epochs: int = 200
     patience: int = 10
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         _check_next_item(self, "sasrec")
@@ -270,12 +288,52 @@ class GRU4RecConfig:
     batch_size: int = 128
     max_epochs: int = 200
     patience: int = 10
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         _check_next_item(self, "gru4rec")
         if self.gru_hidden < 1:
             raise ConfigError(f"gru4rec.gru_hidden must be at least 1, got {self.gru_hidden}")
+
+
+POOLINGS = ("mean", "last")
+
+
+@dataclass(frozen=True)
+class ItemTextConfig:
+    """LLM item embeddings and the next-item systems that read them (LLM2Rec's use of a
+    sequence-tuned LLM). ``systems``: the text systems of cprec_core.systems to train
+    (``sasrec_text_base``, ``sasrec_text_cpt``, ...), each with its encoder's settings
+    (``sasrec`` or ``gru4rec``) and seeds; every source they name (the base model or a CPT
+    variant, which must be in ``cpt.variants``) is embedded once
+    (cprec_core.embeddings.item_embeddings). ``pooling``: ``mean`` over the title's tokens
+    of the last hidden layer, or ``last`` (its last token). ``adapter_hidden``: the hidden
+    width of the MLP from the LLM's width into the encoder's; ``text_only``: the item table
+    is that MLP's output alone, without ID embeddings. ``batch_size``: titles per forward;
+    ``dtype``: of the forward (``auto``: bf16 where fast)."""
+
+    systems: tuple[str, ...] = ()
+    pooling: str = "mean"
+    adapter_hidden: int = 256
+    text_only: bool = False
+    batch_size: int = 64
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.systems if name not in TEXT_SYSTEM_NAMES]
+        if unknown:
+            raise ConfigError(f"item_text.systems {unknown} not in {TEXT_SYSTEM_NAMES}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"item_text.pooling {self.pooling!r} is not one of {POOLINGS}")
+        if self.adapter_hidden < 1 or self.batch_size < 1:
+            raise ConfigError("item_text.adapter_hidden and item_text.batch_size must be at"
+                              " least 1")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"item_text.dtype {self.dtype!r} is not auto, bf16 or fp32")
+
+    def sources(self) -> tuple[str, ...]:
+        """The embedding sources the text systems read, in registry order."""
+        return tuple(dict.fromkeys(system(name).item_source for name in self.systems))
 
 
 @dataclass(frozen=True)
@@ -492,6 +550,7 @@ class Profile:
     cpt: CPTConfig = field(default_factory=CPTConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = field(default_factory=GRU4RecConfig)
+    item_text: ItemTextConfig = field(default_factory=ItemTextConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -509,6 +568,11 @@ class Profile:
             self.layout
         except LayoutError as exc:
             raise ConfigError(f"name: {exc}") from exc
+        untrained = [name for name in self.item_text.systems
+                     if system(name).cpt_variant not in (None, *self.cpt.variants)]
+        if untrained:
+            raise ConfigError(f"item_text.systems {untrained} read CPT variants that"
+                              f" cpt.variants {list(self.cpt.variants)} does not train")
         if self.model.quantization != "none" and self.train.distributed == "fsdp":
             raise ConfigError("model.quantization 4bit does not combine with train.distributed"
                               " fsdp here (sharded 4-bit weights need a quant storage dtype):"
@@ -518,6 +582,16 @@ class Profile:
     def layout(self) -> Layout:
         """Where this profile's artifacts live (cprec_core.layout)."""
         return Layout(Path(self.data_dir), self.name)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -562,6 +636,8 @@ _RANK_STUDY_AFTER_SFT = {
 _DEMO = {
     "name": "demo", "device": "cpu", **_ML100K_DEMO,
     "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
+    # SASRec reading the base model's and the CPT adapter's title embeddings
+    "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt"]},
     "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
             "checkpoint_every": 3, "validation_cases": 32,
             "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
@@ -581,6 +657,28 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
             "sft": {"systems": list(PAPER_SYSTEM_NAMES), "seeds": [0, 1, 2],
                     "max_samples": sft_samples, "checkpoint_every": sft_every},
             "evaluation": {"max_cases": 0, "max_new_tokens": 24, "batch_size": 16}}
+
+
+# The LLM item-embedding study (`make study-text`, docs/RESULTS-text.md): SASRec and GRU4Rec
+# with the base model's, the CPT adapters' and the shuffled control's title embeddings, three
+# seeds each, every test user; CPT on 300k tokens per variant, source-only (`wsa`, the
+# paper's transfer setting) and with the target domains' train split (`wsa_target`, what a
+# team with in-domain logs would run). No generative ranker: the study measures what CPT
+# puts into the item representations. The sparse-target setting keeps 20 % of each user's
+# train history in the target domains and reuses the full study's source-only CPT.
+_TEXT_STUDY_SYSTEMS = ["sasrec_text_base", "sasrec_text_cpt", "sasrec_text_control",
+                       "sasrec_text_cpt_target", "gru4rec_text_base", "gru4rec_text_cpt",
+                       "gru4rec_text_control"]
+_TEXT_STUDY = {
+    "device": "cpu", **_ML100K_DEMO,
+    "cpt": {"variants": ["wsa", "shuffled_control", "wsa_target"], "max_tokens": 300_000,
+            "checkpoint_every": 10},
+    "sasrec": {"seeds": [0, 1, 2]}, "gru4rec": {"seeds": [0, 1, 2]},
+    "item_text": {"systems": _TEXT_STUDY_SYSTEMS},
+    "sft": {"systems": []},
+    "evaluation": {"max_cases": 0, "zero_shot": False, "generation": False, "fusion": "",
+                   "shuffled_ablation": False},
+    "recommend": {"full_ranking_cases": 0}}
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -658,6 +756,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "checkpoint_every": 50},
         "evaluation": {"max_cases": 0, "batch_size": 16},
     },
+    # LLM item embeddings in the sequential recommenders (`make study-text`)
+    "study-text": {**_TEXT_STUDY, "name": "study-text"},
+    "study-text-sparse": _merge(_TEXT_STUDY, {
+        "name": "study-text-sparse", "data": {"target_train_share": 0.2},
+        "cpt": {"variants": ["wsa", "shuffled_control"], "reuse_from": ["study-text"]},
+        "item_text": {"systems": [s for s in _TEXT_STUDY_SYSTEMS if "cpt_target" not in s]}}),
     # Everything the data has; a GPU is expected. Point data.sources at your own logs.
     "full": {
         "name": "full",
@@ -669,16 +773,6 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "epochs": 5, "checkpoint_every": 50},
     },
 }
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

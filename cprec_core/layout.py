@@ -8,7 +8,8 @@ checked before they become path parts, so a key cannot point outside the folder.
     data/<profile>/corpus/{cpt_corpus,items}.parquet    the CPT corpus snapshot (+ tokenizer/)
     data/<profile>/cpt/<variant>/                       a CPT adapter       (TrainedAdapter)
     data/<profile>/sft/<system>/<domain>/seed-<n>/      an SFT adapter      (TrainedAdapter)
-    data/<profile>/<sasrec|gru4rec>/<domain>/           a next-item model   (NextItemFiles)
+    data/<profile>/<next-item system>/<domain>/seed-<n>/  a next-item model (NextItemFiles)
+    data/<profile>/item_embeddings/<source>/           LLM item embeddings (ItemEmbeddingFiles)
     data/<profile>/recommendations/<domain>/            exported top-k      (RecommendationFiles)
     data/<profile>/leaderboard.png
     data/cache/                                         wheels, data sets, models (shared)
@@ -147,6 +148,27 @@ class NextItemFiles:
 
 
 @dataclass(frozen=True)
+class ItemEmbeddingFiles:
+    """Every item's title embedded by one source of weights (the base model or a CPT
+    adapter): ``embeddings.safetensors`` holds ``embeddings`` (items x model width, fp32) and
+    ``item_idx`` (the global id of each row); the manifest names the model, the adapter's
+    fingerprint, the pooling and what it cost."""
+
+    path: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "embeddings.safetensors"
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.weights.is_file() and self.manifest.is_file()
+
+
+@dataclass(frozen=True)
 class RecommendationFiles:
     """One domain's exported recommendations: immutable snapshots, each a pair of Parquet
     files named by its version, and ``current.json`` naming the newest. A snapshot is written
@@ -251,8 +273,18 @@ class Layout:
         return [TrainedAdapter(m.parent)
                 for m in sorted(self.root.glob("sft/*/*/seed-*/manifest.json"))]
 
-    def next_item_model(self, kind: str, slug: str) -> NextItemFiles:
-        return NextItemFiles(self.root / _part(kind, "model kind") / check_partition_key(slug))
+    def next_item_model(self, system: str, slug: str, seed: int = 0) -> NextItemFiles:
+        """A next-item system's model (``sasrec``, ``gru4rec``, ``sasrec_text_cpt``, ...)
+        for one domain and seed."""
+        if int(seed) < 0:
+            raise LayoutError(f"seed {seed} is negative")
+        return NextItemFiles(self.root / _part(system, "model kind") / check_partition_key(slug)
+                             / f"seed-{int(seed)}")
+
+    def item_embeddings(self, source: str) -> ItemEmbeddingFiles:
+        """``source``: ``base`` or a CPT variant (cprec_core.systems.EMBEDDING_SOURCES)."""
+        return ItemEmbeddingFiles(self.root / "item_embeddings"
+                                  / _part(source, "item embedding source"))
 
     def recommendation_files(self, slug: str) -> RecommendationFiles:
         return RecommendationFiles(self.root / "recommendations" / check_partition_key(slug))

@@ -32,6 +32,8 @@ CPT_VARIANTS: tuple[CPTVariant, ...] = (
     CPTVariant("ds_only", "the same LR shape on domain-specific sequences only"),
     CPTVariant("ds_mix_shuffled", "both kinds shuffled together, warmup then cosine"),
     CPTVariant("shuffled_control", "WSA on a corpus whose items are shuffled across users"),
+    CPTVariant("wsa_target", "WSA whose domain-specific phase also reads the target domains'"
+                             " train sequences (never validation or test)"),
 )
 CPT_VARIANT_NAMES = tuple(v.name for v in CPT_VARIANTS)
 
@@ -40,7 +42,9 @@ CPT_VARIANT_NAMES = tuple(v.name for v in CPT_VARIANTS)
 class System:
     """A recommender scored on the candidate sets.
 
-    kind: ``classic`` (scores from interactions or a next-item model), ``zero_shot`` (an LLM
+    kind: ``classic`` (scores from interactions or a next-item model), ``text`` (a next-item
+    model whose item table adds a language model's title embeddings to its ID embeddings,
+    cprec_core.models.text_items), ``zero_shot`` (an LLM
     without SFT, text prompt), ``sft`` (an SFT adapter, LLaRA's hybrid prompt), ``dpo`` (an
     SFT adapter after preference post-training, cprec_core.training.dpo) or ``fused`` (a
     classic system's and an SFT system's scores combined in the evaluation).
@@ -54,6 +58,10 @@ class System:
     ``dpo`` (the preference loss, from the SFT system ``sft_init``, whose prompt and inputs
     it keeps).
     sft_init: a ``dpo`` system's starting point and frozen reference.
+    next_item: the sequence encoder of a next-item system (``sasrec`` or ``gru4rec``; None
+    for the others), trained by cprec_core.training.next_item for every seed of its config.
+    item_source: a ``text`` system's item embeddings: ``base`` (the base model) or the CPT
+    variant whose adapter embedded the titles (cprec_core.embeddings.item_embeddings).
     """
 
     name: str
@@ -64,6 +72,8 @@ class System:
     automated: bool = False
     objective: str = "ntp"
     sft_init: str | None = None
+    next_item: str | None = None
+    item_source: str | None = None
 
     @property
     def ranks_candidates(self) -> bool:
@@ -84,6 +94,26 @@ class System:
         return self.cpt_variant is not None
 
 
+# The sources of LLM item embeddings: the base model, and each CPT variant's adapter
+EMBEDDING_SOURCES = ("base", *CPT_VARIANT_NAMES)
+# How a text system's name says its source: sasrec_text_cpt reads the WSA adapter's
+TEXT_SOURCE_NAMES = {"base": "base", "wsa": "cpt", "shuffled_control": "control",
+                     "wsa_target": "cpt_target"}
+
+
+def embedding_asset(source: str) -> str:
+    """The asset that embeds every item's title with ``source``'s weights."""
+    if source not in EMBEDDING_SOURCES:
+        raise KeyError(f"unknown item embedding source {source!r}; known: {EMBEDDING_SOURCES}")
+    return f"item_embeddings_{source}"
+
+
+def _text(encoder: str, source: str) -> System:
+    name = f"{encoder}_text_{TEXT_SOURCE_NAMES[source]}"
+    return System(name, "text", name, None if source == "base" else source,
+                  all_seeds=True, next_item=encoder, item_source=source)
+
+
 def _sft(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
     return System(name, "sft", asset, variant, all_seeds=headline, automated=headline)
 
@@ -98,8 +128,10 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     System("popularity", "classic"),
     System("item-knn (domain)", "classic"),
     System("item-knn (all domains)", "classic"),
-    System("sasrec", "classic", "sasrec", automated=True),
-    System("gru4rec", "classic", "gru4rec", automated=True),
+    System("sasrec", "classic", "sasrec", all_seeds=True, automated=True, next_item="sasrec"),
+    System("gru4rec", "classic", "gru4rec", all_seeds=True, automated=True, next_item="gru4rec"),
+    # next-item models reading LLM title embeddings (item_text.systems)
+    *(_text(encoder, source) for encoder in ("sasrec", "gru4rec") for source in TEXT_SOURCE_NAMES),
     System("base", "zero_shot"),
     System("cprec_zero_shot", "zero_shot", "cpt_adapter", "wsa"),
     _sft("llara", None, "llara_adapter", headline=True),
@@ -122,11 +154,21 @@ SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS)
 DPO_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "dpo")
 DPO_SYSTEM_NAMES = tuple(s.name for s in DPO_SYSTEMS)
 ZERO_SHOT_SYSTEM_NAMES = tuple(s.name for s in SYSTEMS if s.kind == "zero_shot")
+NEXT_ITEM_SYSTEMS = tuple(s for s in SYSTEMS if s.next_item)  # classic and text, one file each
+NEXT_ITEM_SYSTEM_NAMES = tuple(s.name for s in NEXT_ITEM_SYSTEMS)
+TEXT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "text")
+TEXT_SYSTEM_NAMES = tuple(s.name for s in TEXT_SYSTEMS)
 # The leaderboard's paired tests (a, b), each where both were scored; the fused system's
 # classic partner and every shuffled-embedding ablation are added from the evaluation.
 PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "llara_rank"),
                 ("cprec_rank", "cprec_shuffled_control_rank"), ("cprec_dpo", "cprec_rank"),
-                ("cprec_dpo", "llara_dpo"))
+                ("cprec_dpo", "llara_dpo"),
+                # what the LLM's item embeddings buy a sequential recommender, and what CPT adds
+                ("sasrec_text_cpt", "sasrec"), ("sasrec_text_cpt", "gru4rec"),
+                ("sasrec_text_cpt", "sasrec_text_base"), ("sasrec_text_cpt", "sasrec_text_control"),
+                ("sasrec_text_cpt_target", "sasrec_text_cpt"),
+                ("sasrec_text_cpt_target", "sasrec"), ("sasrec_text_base", "sasrec"),
+                ("gru4rec_text_cpt", "gru4rec"), ("gru4rec_text_cpt", "gru4rec_text_base"))
 SHUFFLED_SUFFIX = " (shuffled emb)"  # a hybrid system scored with candidates' vectors shuffled
 
 
@@ -167,6 +209,12 @@ def leaderboard_rank(name: str) -> int:
 def evaluation_inputs() -> tuple[str, ...]:
     """Every asset whose weights some system of the evaluation reads: its upstream."""
     return tuple(dict.fromkeys(s.asset for s in SYSTEMS if s.asset))
+
+
+def next_item_systems(names) -> list[System]:
+    """The next-item systems among ``names`` (classic first, in registry order)."""
+    wanted = set(names)
+    return [s for s in NEXT_ITEM_SYSTEMS if s.name in wanted]
 
 
 def automated_assets() -> frozenset[str]:

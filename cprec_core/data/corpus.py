@@ -34,13 +34,20 @@ class CorpusReport:
         return sum(self.tokens.values())
 
 
+KINDS = ("domain", "mixed", "target")  # target: the target domains' train sequences
+
+
 def corpus_texts(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> list[tuple]:
-    """(kind, seq_id, user_idx, domains, item_idxs, text) per sequence, domain-specific first."""
+    """(kind, seq_id, user_idx, domains, item_idxs, text) per sequence: domain-specific,
+    mixed, then the target domains' train sequences (read by the ``wsa_target`` variant
+    only; cprec_core.training.cpt_plan drops them for every other variant)."""
     titles = dict(con.execute("SELECT item_idx, title FROM items").fetchall())
     rows = []
     for kind, query in (
         ("domain", "SELECT seq_id, user_idx, [domain], item_idxs FROM domain_sequences ORDER BY seq_id"),
         ("mixed", "SELECT seq_id, user_idx, domains, item_idxs FROM mixed_sequences ORDER BY seq_id"),
+        ("target", "SELECT seq_id, user_idx, [domain], item_idxs FROM target_sequences"
+                   " ORDER BY seq_id"),
     ):
         for seq_id, user_idx, domains, item_idxs in con.execute(query).fetchall():
             text = render_unified([titles[i] for i in item_idxs], cfg)
@@ -88,29 +95,42 @@ def build_cpt_corpus(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig, tokenize
 
 
 def corpus_leaks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Items in the corpus that must never be there (all counts must be 0)."""
-    target_items, heldout = con.execute(
+    """Items in the corpus that must never be there (all counts must be 0): a non-source
+    item in a domain-specific or mixed sequence, a validation or test interaction in any
+    sequence (target ones included), a target sequence holding another domain's item or an
+    interaction outside the train split, and a document of a non-source domain that is not
+    of kind ``target``."""
+    target_items, heldout, target_outside_train = con.execute(
         """
         WITH used AS (
-            SELECT s.user_idx, unnest(s.item_idxs) AS item_idx FROM domain_sequences s
+            SELECT 'source' AS kind, s.user_idx, s.domain AS seq_domain,
+                   unnest(s.item_idxs) AS item_idx FROM domain_sequences s
             UNION ALL
-            SELECT m.user_idx, unnest(m.item_idxs) AS item_idx FROM mixed_sequences m)
+            SELECT 'source', m.user_idx, NULL, unnest(m.item_idxs) FROM mixed_sequences m
+            UNION ALL
+            SELECT 'target', t.user_idx, t.domain, unnest(t.item_idxs) FROM target_sequences t)
         SELECT
-            count(*) FILTER (WHERE d.role != 'source'),
+            count(*) FILTER (WHERE used.kind = 'source' AND d.role != 'source'),
             count(*) FILTER (WHERE EXISTS (
                 SELECT 1 FROM interactions i WHERE i.user_idx = used.user_idx
-                AND i.item_idx = used.item_idx AND i.split IN ('valid', 'test')))
+                AND i.item_idx = used.item_idx AND i.split IN ('valid', 'test'))),
+            count(*) FILTER (WHERE used.kind = 'target' AND (
+                d.role != 'target' OR it.domain != used.seq_domain OR NOT EXISTS (
+                SELECT 1 FROM interactions i WHERE i.user_idx = used.user_idx
+                AND i.item_idx = used.item_idx AND i.split = 'train')))
         FROM used JOIN items it USING (item_idx) JOIN domains d ON d.domain = it.domain
         """
     ).fetchall()[0]
     (target_text,) = con.execute(
         """
         SELECT count(*) FROM cpt_corpus c
-        WHERE list_has_any(c.domains, (SELECT list(domain) FROM domains WHERE role != 'source'))
+        WHERE c.kind != 'target'
+        AND list_has_any(c.domains, (SELECT list(domain) FROM domains WHERE role != 'source'))
         """
     ).fetchall()[0]
     return {"non_source_items": target_items, "heldout_interactions": heldout,
-            "non_source_documents": target_text}
+            "non_source_documents": target_text,
+            "target_items_outside_train": target_outside_train}
 
 
 def export_snapshot(con: duckdb.DuckDBPyConnection, layout: Layout, tokenizer) -> dict:
@@ -163,5 +183,6 @@ def document_balance(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
     """(documents, sequences, documents whose token count disagrees with their tokens)."""
     return con.execute(
         "SELECT (SELECT count(*) FROM cpt_corpus),"
-        " (SELECT count(*) FROM domain_sequences) + (SELECT count(*) FROM mixed_sequences),"
+        " (SELECT count(*) FROM domain_sequences) + (SELECT count(*) FROM mixed_sequences)"
+        " + (SELECT count(*) FROM target_sequences),"
         " (SELECT count(*) FROM cpt_corpus WHERE len(input_ids) != n_tokens)").fetchall()[0]

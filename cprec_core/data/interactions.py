@@ -7,7 +7,9 @@ Order of operations, each recorded:
      ``item_core`` interactions *in that domain* are dropped, repeated until stable;
   4. users and items re-indexed (``user_idx`` global, ``item_idx`` per (domain, item_id));
   5. leave-one-out per (user, domain): last = test, second last = valid, rest = train
-     (a user with fewer than 3 interactions in a domain keeps all of them in train).
+     (a user with fewer than 3 interactions in a domain keeps all of them in train);
+  6. the sparse-target setting (``data.target_train_share`` below 1): of each user's train
+     history in a target domain only the most recent share is kept.
 Every dropped row goes to ``filtered_interactions`` with its reason, so
 ``raw_interactions = interactions + filtered_interactions`` row for row.
 
@@ -222,7 +224,12 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
                     ELSE 'train' END AS split
         FROM ordered o JOIN _roles r USING (domain)
         ORDER BY user_idx, domain, pos;
-
+        """
+    )
+    if cfg.target_train_share < 1:
+        _thin_target_train(con, cfg.target_train_share)
+    con.execute(
+        """
         CREATE OR REPLACE TABLE domains AS
         SELECT r.domain, r.slug, r.role,
                count(DISTINCT i.user_idx) AS users, count(DISTINCT i.item_idx) AS items,
@@ -244,6 +251,31 @@ def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> Inter
     (items,) = con.execute("SELECT count(*) FROM items").fetchall()[0]
     return InteractionsReport(raw_rows, kept, filtered, users, items, rounds, landed_roles,
                               merged)
+
+
+SPARSE_REASON = "target train share"
+
+
+def _thin_target_train(con: duckdb.DuckDBPyConnection, share: float) -> None:
+    """The sparse-target setting: of each user's train history in a target domain only the
+    most recent ``ceil(share * n)`` interactions stay (at least one); validation and test
+    items, the source domains and the item and user indices are unchanged. The others go to
+    ``filtered_interactions`` with their reason, so raw = kept + filtered still holds."""
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _thinned AS
+        SELECT source_file, line FROM (
+            SELECT source_file, line,
+                   row_number() OVER (PARTITION BY user_idx, domain ORDER BY pos DESC) AS back,
+                   count(*) OVER (PARTITION BY user_idx, domain) AS n_train
+            FROM interactions WHERE role = 'target' AND split = 'train')
+        WHERE back > greatest(1, ceil(? * n_train));
+        INSERT INTO filtered_interactions
+        SELECT source_file, line, user_id, item_id, domain, ts, ?
+        FROM interactions JOIN _thinned USING (source_file, line);
+        DELETE FROM interactions
+        WHERE (source_file, line) IN (SELECT (source_file, line) FROM _thinned);
+        """, [share, SPARSE_REASON])
 
 
 def _check_targets(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:

@@ -1,6 +1,8 @@
 """Stage 3: behaviour sequences for continual pre-training (method.md section 1.2).
 
-Only the *train* split of *source* domains is used. Ties in time are broken by the source
+Only the *train* split is used: of the *source* domains for the domain-specific and mixed
+sequences, and of the *target* domains for ``target_sequences``, which only the CPT variant
+``wsa_target`` reads (the corpus keeps them apart by their kind). Ties in time are broken by the source
 file and line, so the order is the order the log recorded.
 
 Windows: a history longer than ``max_items`` is cut into ``k = ceil(n / max_items)``
@@ -25,7 +27,7 @@ _WINDOWED = """
                row_number() OVER (PARTITION BY {partition} ORDER BY i.ts, i.source_file, i.line) AS rn,
                count(*) OVER (PARTITION BY {partition}) AS n
         FROM interactions i
-        WHERE i.split = 'train' AND i.role = 'source')
+        WHERE i.split = 'train' AND i.role = ?)
 """
 
 
@@ -39,7 +41,20 @@ class SequenceReport:
 
 
 def build_domain_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> SequenceReport:
-    """One row per (user, source domain, window): items in time order."""
+    """One row per (user, source domain, window): items in time order; and the same of the
+    target domains' train split as ``target_sequences`` (its report: ``target_report``)."""
+    _per_domain(con, cfg, "target", "target_sequences")
+    return _per_domain(con, cfg, "source", "domain_sequences")
+
+
+def target_report(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Items in ``target_sequences``, per target domain."""
+    return {d: int(n) for d, n in con.execute(
+        "SELECT domain, sum(n_items) FROM target_sequences GROUP BY ALL ORDER BY 1").fetchall()}
+
+
+def _per_domain(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig, role: str,
+                table: str) -> SequenceReport:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _domain_windows AS
@@ -49,11 +64,11 @@ def build_domain_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) ->
         FROM ({_WINDOWED.format(partition="i.user_idx, i.domain")})
         GROUP BY user_idx, domain, part
         """,
-        [cfg.max_items],
+        [cfg.max_items, role],
     )
     con.execute(
-        """
-        CREATE OR REPLACE TABLE domain_sequences AS
+        f"""
+        CREATE OR REPLACE TABLE {table} AS
         SELECT (row_number() OVER (ORDER BY user_idx, domain, part) - 1)::INTEGER AS seq_id,
                user_idx, domain, part, item_idxs, ts, n_items
         FROM _domain_windows WHERE n_items >= ?
@@ -61,7 +76,7 @@ def build_domain_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) ->
         """,
         [cfg.min_len],
     )
-    return _report(con, "domain_sequences", "_domain_windows")
+    return _report(con, table, "_domain_windows")
 
 
 def build_mixed_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> SequenceReport:
@@ -76,7 +91,7 @@ def build_mixed_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> 
         FROM ({_WINDOWED.format(partition="i.user_idx")})
         GROUP BY user_idx, part
         """,
-        [cfg.max_items],
+        [cfg.max_items, "source"],
     )
     con.execute(
         """

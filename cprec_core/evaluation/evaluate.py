@@ -50,7 +50,7 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
 from cprec_core.systems import (DPO_SYSTEMS, SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES,
                                 system as registered)
-from cprec_core.training.next_item import load_next_item_model
+from cprec_core.training.next_item import load_next_item_model, trained_next_item_models
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS evaluation_choices (
 """
 FUSED = "fused"
 FUSION_PARTNERS = ("sasrec", "gru4rec")  # the classic systems the fused one may build on
-SUBSETS = ("all", "sparse", "medium", "dense")
+# user activity (train items in the domain) and the test item's train popularity, terciles
+SUBSETS = ("all", "sparse", "medium", "dense", "head", "torso", "tail")
 RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "cases",
                   "valid_ratio", "hr@1", "hr@1 (valid)", "hr@3", "hr@5", "ndcg@3", "ndcg@5")
 CASE_COLUMNS = ("domain", "split", "system", "seed", "family", "user_idx", "candidates_hash",
@@ -107,9 +108,11 @@ def candidates_hash(candidates) -> str:
 
 
 def classic_scores(con, profile: Profile, slug: str, cases: Cases, log: Log = print,
-                   every_s: float | None = None) -> dict[str, np.ndarray]:
-    """{system: scores (cases x candidates)} of every classic system; each system's time
-    goes to ``log`` (at most every ``every_s`` seconds, all of them in a closing line)."""
+                   every_s: float | None = None) -> dict[tuple[str, int], np.ndarray]:
+    """{(system, seed): scores (cases x candidates)} of every classic system and every
+    trained seed of the next-item systems (SASRec, GRU4Rec and the text systems); each
+    system's time goes to ``log`` (at most every ``every_s`` seconds, all of them in a
+    closing line)."""
     rng = np.random.default_rng(0)
 
     def sequential(files) -> np.ndarray:
@@ -117,28 +120,31 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases, log: Log = pr
         return sequential_scores(model, index, cases, model.shape.max_len)
 
     scorers = {
-        "random": lambda: rng.random(cases.candidates.shape),
-        "popularity": lambda: popularity(con, cases),
-        "item-knn (domain)": lambda: item_knn(con, cases, all_domains=False),
-        "item-knn (all domains)": lambda: item_knn(con, cases, all_domains=True),
+        ("random", 0): lambda: rng.random(cases.candidates.shape),
+        ("popularity", 0): lambda: popularity(con, cases),
+        ("item-knn (domain)", 0): lambda: item_knn(con, cases, all_domains=False),
+        ("item-knn (all domains)", 0): lambda: item_knn(con, cases, all_domains=True),
     }
-    for kind in ("sasrec", "gru4rec"):  # each when its model is trained
-        files = profile.layout.next_item_model(kind, slug)
-        if files.exists():
-            scorers[kind] = lambda files=files: sequential(files)
+    for name, seed, files in trained_next_item_models(profile, slug):
+        scorers[(name, seed)] = lambda files=files: sequential(files)
     label = f"{slug} {cases.split}, {len(cases.users):,} cases"
     throttled = Throttled(log, every_s)
     scores, seconds = {}, {}
-    for i, (system, score) in enumerate(scorers.items(), 1):
+    for i, (key, score) in enumerate(scorers.items(), 1):
         started = time.perf_counter()
-        scores[system] = score()
-        seconds[system] = time.perf_counter() - started
-        throttled(lambda: f"{label}: {system} scored in {duration(seconds[system])}"
+        scores[key] = score()
+        seconds[key] = time.perf_counter() - started
+        throttled(lambda: f"{label}: {_seeded(key)} scored in {duration(seconds[key])}"
                           f" ({i}/{len(scorers)} classic systems)")
     throttled(f"{label}: {len(scorers)} classic systems scored in"
               f" {duration(sum(seconds.values()))} ("
-              + ", ".join(f"{k} {duration(v)}" for k, v in seconds.items()) + ")", force=True)
+              + ", ".join(f"{_seeded(k)} {duration(v)}" for k, v in seconds.items()) + ")",
+              force=True)
     return scores
+
+
+def _seeded(key: tuple[str, int]) -> str:
+    return key[0] + (f" seed {key[1]}" if key[1] else "")
 
 
 def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
@@ -280,13 +286,20 @@ def _case_rows(domain, split, system, seed, family, cases: Cases, ranks=None, ch
     return rows
 
 
-def _aggregate(domain, split, system, seed, family, activity, ranks=None, valid=None,
-               hits=None) -> list[tuple]:
+def subset_masks(cases: Cases) -> dict[str, np.ndarray]:
+    """Every case (``all``), the cases of each user-activity tercile and of each
+    target-popularity tercile (cprec_core.data.cases), the empty ones left out."""
+    activity, popularity = np.asarray(cases.activity), np.asarray(cases.popularity)
+    masks = {"all": np.ones(len(activity), bool)}
+    for subset in SUBSETS[1:]:
+        masks[subset] = (activity == subset) | (popularity == subset)
+    return {name: mask for name, mask in masks.items() if mask.any()}
+
+
+def _aggregate(domain, split, system, seed, family, subsets: dict[str, np.ndarray], ranks=None,
+               valid=None, hits=None) -> list[tuple]:
     rows = []
-    for subset in SUBSETS:
-        keep = np.ones(len(activity), bool) if subset == "all" else activity == subset
-        if not keep.any():
-            continue
+    for subset, keep in subsets.items():
         n = int(keep.sum())
         if ranks is not None:
             m = ranking_report(ranks[keep])
@@ -346,8 +359,9 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [domain]).fetchall())
     results, case_rows, costs, choices = [], [], [], []
-    partner = max((s for s in FUSION_PARTNERS if s in classic["valid"]), default=None,
-                  key=lambda s: float((ranks_from_scores(classic["valid"][s],
+    first = {s: (s, getattr(profile, s).seeds[0]) for s in FUSION_PARTNERS}  # one seed fused
+    partner = max((s for s in FUSION_PARTNERS if first[s] in classic["valid"]), default=None,
+                  key=lambda s: float((ranks_from_scores(classic["valid"][first[s]],
                                                         splits["valid"].target_col) == 0).mean()))
     fusion = {}  # seed -> validation LLMRun of the fusion system
     if partner and with_fusion:
@@ -357,12 +371,12 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                 titles, profile, slug, splits["valid"], log,
                 [(cfg.fusion, seed, False) for seed in seeds], every_s).items()}
     for split, cases in splits.items():
-        activity = np.asarray(cases.activity)
+        subsets = subset_masks(cases)
         target_col = cases.target_col
-        for system, scores in classic[split].items():
+        for (system, seed), scores in classic[split].items():
             ranks = ranks_from_scores(scores, target_col)
-            results += _aggregate(domain, split, system, 0, "ranking", activity, ranks)
-            case_rows += _case_rows(domain, split, system, 0, "ranking", cases, ranks)
+            results += _aggregate(domain, split, system, seed, "ranking", subsets, ranks)
+            case_rows += _case_rows(domain, split, system, seed, "ranking", cases, ranks)
         if not (with_llm and split == "test"):
             continue
         for seed, run in fusion.items():  # its validation scoring, a cost too
@@ -380,13 +394,13 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                 choices.append((domain, system, seed, "scoring", family, why))
             for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
                 ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
-                results += _aggregate(domain, split, system, seed, family, activity, ranks)
+                results += _aggregate(domain, split, system, seed, family, subsets, ranks)
                 case_rows += _case_rows(domain, split, system, seed, family, cases, ranks)
             if run.answers_read_off is not None:  # generated (never for a shuffled run)
                 chosen = [r.chosen for r in scored]
                 valid = np.array([c is not None for c in chosen])
                 hits = np.array([c == int(t) for c, t in zip(chosen, cases.targets)])
-                results += _aggregate(domain, split, system, seed, "generation", activity,
+                results += _aggregate(domain, split, system, seed, "generation", subsets,
                                       valid=valid, hits=hits)
                 case_rows += _case_rows(domain, split, system, seed, "generation", cases,
                                         chosen=chosen, answers=[r.answer for r in scored])
@@ -395,10 +409,11 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
             attr = "summed" if family == "likelihood (sum)" else "mean"
             llm_valid = np.stack([getattr(r, attr) for r in valid_run.cases])
             llm_test = np.stack([getattr(r, attr) for r in llm[(cfg.fusion, seed)].cases])
-            lam, by_lambda = pick_lambda(classic["valid"][partner], llm_valid,
+            lam, by_lambda = pick_lambda(classic["valid"][first[partner]], llm_valid,
                                          splits["valid"].target_col, cfg.fusion_lambdas)
-            ranks = ranks_from_scores(fuse(classic[split][partner], llm_test, lam), target_col)
-            results += _aggregate(domain, split, FUSED, seed, "ranking", activity, ranks)
+            ranks = ranks_from_scores(fuse(classic[split][first[partner]], llm_test, lam),
+                                      target_col)
+            results += _aggregate(domain, split, FUSED, seed, "ranking", subsets, ranks)
             case_rows += _case_rows(domain, split, FUSED, seed, "ranking", cases, ranks)
             grid = ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lambda.items())
             choices += [(domain, FUSED, seed, "classic", partner,
@@ -506,7 +521,8 @@ def evaluation_tables(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, 
         FROM evaluation_results WHERE domain = ? AND split = 'test' AND subset = 'all'
         GROUP BY system, family ORDER BY "HR@1" DESC""", [domain])
     subsets = query_table(con, """
-        SELECT system, subset, max(cases) AS cases, round(avg("hr@1"), 4) AS "HR@1"
+        SELECT system, subset, max(cases) AS cases, count(*) AS seeds,
+               round(avg("hr@1"), 4) AS "HR@1"
         FROM evaluation_results WHERE domain = ? AND split = 'test'
         AND family IN ('ranking', 'likelihood (mean)') AND subset != 'all'
         GROUP BY system, subset ORDER BY system, subset""", [domain])

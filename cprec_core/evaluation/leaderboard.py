@@ -29,11 +29,22 @@ import duckdb
 import numpy as np
 from scipy.stats import binomtest
 
-from cprec_core.systems import PAIRED_TESTS, SHUFFLED_SUFFIX, is_cprec, leaderboard_rank
+from cprec_core.systems import (PAIRED_TESTS, SHUFFLED_SUFFIX, TEXT_SYSTEM_NAMES, is_cprec,
+                                leaderboard_rank, system as registered)
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
 # the systems whose HR@1 is set against the best system built without CPT, in the markdown
 VERDICTS = (("cprec", "CPRec"), ("cprec_rank", "cprec_rank"), ("fused", "fused"))
+# and the next-item models reading LLM item embeddings, against the best classic system
+TEXT_VERDICTS = TEXT_SYSTEM_NAMES
+SUBSET_COLUMNS = ("sparse", "medium", "dense", "head", "torso", "tail")
+
+
+def _is_classic(name: str) -> bool:
+    try:
+        return registered(name).kind == "classic"
+    except KeyError:
+        return False
 
 SCHEMA = """
 CREATE OR REPLACE TABLE leaderboard (
@@ -212,16 +223,23 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
             by = family.removeprefix("likelihood (").removesuffix(")")
             out.append(f"| {s}{mark} | {by} | {seeds} | {hr_text} | {_fmt(lo)}-{_fmt(hi)} |"
                        f" {_fmt(ndcg)} | {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
-        for name, label in VERDICTS:
+        classic = max((r for r in rows if _is_classic(r[0])), key=lambda r: r[3], default=None)
+        for name, label, against, what in (
+                *((n, l, best, "the best baseline") for n, l in VERDICTS),
+                *((n, n, classic, "the best classic system") for n in TEXT_VERDICTS)):
             found = next((r for r in rows if r[0] == name), None)
-            if found and best:
-                rel = (found[3] - best[3]) / best[3] if best[3] else float("nan")
-                verdict = "beats" if found[5] > best[6] else "loses to" if found[6] < best[5] \
-                    else "is not distinguishable from"
-                out.append(f"\n{label} HR@1 {_fmt(found[3])} vs the best baseline ({best[0]})"
-                           f" {_fmt(best[3])}: {rel:+.1%} relative; {label} {verdict} it"
+            if found and against:
+                rel = (found[3] - against[3]) / against[3] if against[3] else float("nan")
+                verdict = "beats" if found[5] > against[6] else "loses to" \
+                    if found[6] < against[5] else "is not distinguishable from"
+                out.append(f"\n{label} HR@1 {_fmt(found[3])} vs {what} ({against[0]})"
+                           f" {_fmt(against[3])}: {rel:+.1%} relative; {label} {verdict} it"
                            " (95 % intervals).")
         out.append("")
+        subsets = subset_table(con, domain)
+        if subsets:
+            out.append(subsets)
+            out.append("")
     tests = con.execute("""SELECT domain, family, system_a, system_b, pairs, "a_hr@1", "b_hr@1",
                            a_only, b_only, diff, diff_low, diff_high, p_value
                            FROM leaderboard_tests ORDER BY domain, rowid""").fetchall()
@@ -234,6 +252,34 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
             out.append(f"| {d} | {sa} vs {sb} | {fam} | {n} | {_fmt(a)} | {_fmt(b)} | {ao} | {bo} |"
                        f" {diff:+.3f} ({lo:+.3f} to {hi:+.3f}) | {p:.3g} |")
     return "\n".join(out)
+
+
+def subset_table(con: duckdb.DuckDBPyConnection, domain: str) -> str:
+    """HR@1 of each leaderboard system (its headline family, the mean over seeds) in each
+    user-activity tercile and each popularity group of the test item (terciles of the
+    domain's items by train interactions), with the cases of each group: where LLM item
+    knowledge should matter most is the tail."""
+    rows = con.execute(f"""
+        SELECT l.system, r.subset, max(r.cases), avg(r."hr@1")
+        FROM leaderboard l JOIN evaluation_results r ON r.domain = l.domain
+            AND r.system = l.system AND r.family = l.family AND r.split = 'test'
+        WHERE l.domain = ? AND r.subset IN ({", ".join("?" * len(SUBSET_COLUMNS))})
+        GROUP BY ALL""", [domain, *SUBSET_COLUMNS]).fetchall()
+    if not rows:
+        return ""
+    cells = {(system, subset): (n, hr) for system, subset, n, hr in rows}
+    systems = sorted({r[0] for r in rows}, key=leaderboard_rank)
+    cases = {subset: max((n for (_, g), (n, _) in cells.items() if g == subset), default=0)
+             for subset in SUBSET_COLUMNS}
+    lines = [f"HR@1 by user activity and by the test item's popularity ({domain}; cases in"
+             " brackets)\n",
+             "| system | " + " | ".join(f"{g} ({cases[g]})" for g in SUBSET_COLUMNS) + " |",
+             "|---|" + "---|" * len(SUBSET_COLUMNS)]
+    for system in systems:
+        lines.append(f"| {system} | " + " | ".join(
+            _fmt(cells[(system, g)][1]) if (system, g) in cells else "" for g in SUBSET_COLUMNS)
+            + " |")
+    return "\n".join(lines)
 
 
 def leaderboard_chart(con: duckdb.DuckDBPyConnection, png_path: Path) -> Path:

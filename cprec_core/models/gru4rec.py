@@ -31,6 +31,9 @@ class GRU4RecShape:
     layers: int = 1
     dropout: float = 0.3
     max_len: int = 50
+    text_dim: int = 0  # width of the LLM title embeddings in the item table (0: IDs only)
+    text_hidden: int = 256  # the adapter MLP's hidden width
+    text_only: bool = False  # the item table is the adapted text alone
 
 
 class GRU4Rec(NextItemModel):
@@ -38,6 +41,7 @@ class GRU4Rec(NextItemModel):
         super().__init__()
         self.shape = shape
         self.items = nn.Embedding(shape.n_items + 1, shape.hidden, padding_idx=0)
+        self.text = self.text_items(shape)
         self.dropout = nn.Dropout(shape.dropout)
         self.gru = nn.GRU(shape.hidden, shape.gru_hidden, shape.layers, batch_first=True,
                           bias=False)
@@ -54,7 +58,7 @@ class GRU4Rec(NextItemModel):
         pad = n - lengths
         cols = torch.arange(n, device=seq.device)[None]
         front = seq.gather(1, (cols + pad[:, None]) % n)  # each row's items first
-        packed = pack_padded_sequence(self.dropout(self.items(front)),
+        packed = pack_padded_sequence(self.dropout(self.embed(front)),
                                       lengths.clamp(min=1).cpu(), batch_first=True,
                                       enforce_sorted=False)
         states, _ = self.gru(packed)

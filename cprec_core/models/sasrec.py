@@ -29,6 +29,9 @@ class SASRecShape:
     heads: int = 2
     dropout: float = 0.2
     max_len: int = 50
+    text_dim: int = 0  # width of the LLM title embeddings in the item table (0: IDs only)
+    text_hidden: int = 256  # the adapter MLP's hidden width
+    text_only: bool = False  # the item table is the adapted text alone
 
 
 class Block(nn.Module):
@@ -58,6 +61,7 @@ class SASRec(NextItemModel):
         super().__init__()
         self.shape = shape
         self.items = nn.Embedding(shape.n_items + 1, shape.hidden, padding_idx=0)
+        self.text = self.text_items(shape)
         self.positions = nn.Embedding(shape.max_len, shape.hidden)
         self.dropout = nn.Dropout(shape.dropout)
         self.blocks = nn.ModuleList(Block(shape.hidden, shape.heads, shape.dropout)
@@ -72,7 +76,7 @@ class SASRec(NextItemModel):
         """(batch, length) left-padded item ids -> (batch, length, hidden)."""
         length = seq.shape[1]
         pos = torch.arange(length, device=seq.device)
-        x = self.dropout(self.items(seq) + self.positions(pos)[None])
+        x = self.dropout(self.embed(seq) + self.positions(pos)[None])
         # Additive mask: no attention to later positions or to padding. A large negative
         # number rather than -inf, so padded rows (all keys masked) stay finite instead of
         # turning into NaN and leaking through the next layer's zero attention weights.

@@ -122,12 +122,12 @@ def recommend_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnect
         items = domain_items(con, domain)
         people = domain_users_by_recency(con, domain)
         data_version = domain_data_version(con, domain)
-        retrieval = choose_retrieval(layout, slug)
+        retrieval = choose_retrieval(profile, slug)
         reranker = choose_reranker(con, profile, slug, domain)
     if not people.users:
         raise ValueError(f"no users in {domain!r}: materialise domain_users[{slug}]")
     scores = exclude_history(sequential_full_scores(
-        layout.next_item_model(retrieval.model, slug), items, people.histories),
+        retrieval.files(layout, slug), items, people.histories),
         items, people.histories)
     retrieved, retrieval_scores = top_n(scores, cfg.retrieve)
     retrieval_seconds = time.perf_counter() - started

@@ -2,8 +2,9 @@
 model, re-rank them with the best LLM system (the fused score where the evaluation fused
 one), keep the top k.
 
-Every choice is made on validation data, never on test cases: the retrieval model by the
-next-item trainer's validation NDCG@10 (full ranking), the LLM system and seed by its SFT
+Every choice is made on validation data, never on test cases: the retrieval model and seed
+(SASRec, GRU4Rec or a text system) by the next-item trainer's validation NDCG@10 (full
+ranking), the LLM system and seed by its SFT
 or DPO run's validation HR@1 (``manifest.json``), the fusion's lambda as the evaluation
 picked it on the validation split (``evaluation_choices``).
 """
@@ -21,8 +22,8 @@ from cprec_core.config import Profile
 from cprec_core.evaluation.evaluate import FUSED, fuse, llm_systems
 from cprec_core.layout import Layout
 from cprec_core.prompts import Case
-from cprec_core.recommend.retrieval import (RETRIEVAL_MODELS, DomainItems,
-                                            sequential_full_scores)
+from cprec_core.recommend.retrieval import DomainItems, sequential_full_scores
+from cprec_core.training.next_item import trained_next_item_models
 from cprec_core.systems import system as registered
 
 
@@ -33,9 +34,13 @@ def manifest_version(path) -> str:
 
 @dataclass(frozen=True)
 class Retrieval:
-    model: str  # sasrec or gru4rec
+    model: str  # a next-item system: sasrec, gru4rec or a text system
     valid_ndcg10: float
     version: str
+    seed: int = 0
+
+    def files(self, layout: Layout, slug: str):
+        return layout.next_item_model(self.model, slug, self.seed)
 
 
 @dataclass(frozen=True)
@@ -52,17 +57,16 @@ class Reranker:
     fusion_partner: str | None = None  # the classic model fused with
 
 
-def choose_retrieval(layout: Layout, slug: str) -> Retrieval:
-    """The trained next-item model with the best validation NDCG@10 (SASRec on ties)."""
+def choose_retrieval(profile: Profile, slug: str) -> Retrieval:
+    """The trained next-item model (system and seed) with the best validation NDCG@10; on
+    ties the first in registry order (SASRec first) and the lower seed."""
     found = []
-    for kind in RETRIEVAL_MODELS:
-        files = layout.next_item_model(kind, slug)
-        if files.exists() and files.manifest.is_file():
-            valid = json.loads(files.manifest.read_text())["valid"]["ndcg@10"]
-            found.append(Retrieval(kind, float(valid), manifest_version(files.manifest)))
+    for name, seed, files in trained_next_item_models(profile, slug):
+        valid = json.loads(files.manifest.read_text())["valid"]["ndcg@10"]
+        found.append(Retrieval(name, float(valid), manifest_version(files.manifest), seed))
     if not found:
         raise FileNotFoundError(f"no SASRec or GRU4Rec for {slug}: materialise sasrec[{slug}]")
-    return max(found, key=lambda r: r.valid_ndcg10)  # max keeps the first (SASRec) on ties
+    return max(found, key=lambda r: r.valid_ndcg10)  # max keeps the first on ties
 
 
 def _validation(layout: Layout, system: str, slug: str, seed: int) -> tuple[str, float | None]:
@@ -144,7 +148,9 @@ class LLMReranking:
             partner = retrieval_scores
             if self.choice.fusion_partner:
                 full = sequential_full_scores(
-                    self.profile.layout.next_item_model(self.choice.fusion_partner, self.slug),
+                    self.profile.layout.next_item_model(
+                        self.choice.fusion_partner, self.slug,
+                        getattr(self.profile, self.choice.fusion_partner).seeds[0]),
                     self.items, histories)
                 partner = np.take_along_axis(
                     full, self.items.columns(candidates.ravel()).reshape(candidates.shape), 1)

@@ -38,12 +38,14 @@ class SnapshotReranker:
         if models.get("rerank") is None:
             raise LookupError(f"{slug}: the served snapshot was not re-ranked by an LLM")
         self.retrieval_model = models["retrieval"]["model"]
+        self.retrieval_seed = models["retrieval"].get("seed", 0)
         self.reranking = LLMReranking(profile, slug, Reranker(**models["rerank"]), self.items)
 
     def __call__(self, history: list[int], candidates: list[int]) -> list[float]:
         cand = np.asarray([candidates], dtype=np.int64)
         full = exclude_history(sequential_full_scores(
-            self.profile.layout.next_item_model(self.retrieval_model, self.slug), self.items,
+            self.profile.layout.next_item_model(self.retrieval_model, self.slug,
+                                                self.retrieval_seed), self.items,
             [history]), self.items, [history])
         retrieval = np.take_along_axis(full, self.items.columns(cand.ravel())[None], 1)
         # a candidate the caller already has is still scored: the caller asked for it

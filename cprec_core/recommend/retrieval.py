@@ -19,7 +19,6 @@ from cprec_core.layout import NextItemFiles
 from cprec_core.models.sasrec import left_pad
 from cprec_core.training.next_item import load_next_item_model
 
-RETRIEVAL_MODELS = ("sasrec", "gru4rec")  # the classic models the pipeline may retrieve with
 
 
 @dataclass(frozen=True)

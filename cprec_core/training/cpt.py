@@ -36,8 +36,8 @@ from transformers import AutoTokenizer, get_wsd_schedule
 
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
-from cprec_core.config import Profile
-from cprec_core.layout import TrainedAdapter
+from cprec_core.config import CPTConfig, Profile
+from cprec_core.layout import Layout, TrainedAdapter
 from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
@@ -46,8 +46,8 @@ from cprec_core.models.quantization import (QuantizationError, check_quantizatio
 from cprec_core.progress import Reporter
 from cprec_core.provenance import git_revision, processor
 from cprec_core.training import checkpointing, distributed, dry_run
-from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, read_corpus,
-                                  shuffled_control, subsample)
+from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, for_variant,
+                                          read_corpus, shuffled_control, subsample)
 from cprec_core.training.memory import available_memory, estimate_memory
 
 
@@ -107,7 +107,7 @@ class CPTTrainer:
 
     def _setup_plan(self, corpus: Corpus | None) -> Plan:
         layout = self.profile.layout
-        corpus = corpus or read_corpus(layout.corpus_parquet)
+        corpus = for_variant(corpus or read_corpus(layout.corpus_parquet), self.variant)
         if self.variant == "shuffled_control":
             import pyarrow.parquet as pq
 
@@ -119,9 +119,8 @@ class CPTTrainer:
         plan = build_plan(self.corpus, self.cfg, self.variant, self.tokenizer.eos_token_id)
         if plan.total_steps == 0:
             raise CPTError("the training plan has no steps: the corpus is empty")
-        self.plan_fingerprint = hashlib.sha256(json.dumps(
-            [self.corpus.fingerprint, dataclasses.asdict(self.cfg), self.variant,
-             self.profile.model.name], sort_keys=True).encode()).hexdigest()[:16]
+        self.plan_fingerprint = plan_fingerprint(self.corpus, self.cfg, self.variant,
+                                                 self.profile.model.name)
         return plan
 
     def _setup_model(self) -> PackedCausalLM:
@@ -308,6 +307,48 @@ class CPTTrainer:
         path.write_text("".join(r + "\n" for r in rows))
 
 
+def plan_fingerprint(corpus: Corpus, cfg: CPTConfig, variant: str, model: str) -> str:
+    """What a run trains: the corpus it reads, the settings that shape it, the variant and
+    the model. Which variants a profile trains and where runs may be reused from do not
+    change a run, so they are left out."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("variants", "reuse_from")}
+    return hashlib.sha256(json.dumps([corpus.fingerprint, settings, variant, model],
+                                     sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reusable_run(profile: Profile, variant: str, fingerprint: str, log) -> TrainedAdapter | None:
+    """A finished run of the same plan in a profile of ``cpt.reuse_from`` (same data
+    folder), or None. A sparse-target study shares its source-only CPT with the full study
+    this way."""
+    for other in profile.cpt.reuse_from:
+        found = Layout(profile.layout.data_dir, other).cpt_adapter(variant)
+        if not (found.exists() and found.manifest.is_file()):
+            continue
+        theirs = json.loads(found.manifest.read_text()).get("plan_fingerprint")
+        if theirs == fingerprint:
+            return found
+        log(f"CPT {variant}: profile {other!r} has another plan ({theirs}, here"
+            f" {fingerprint}); not reused")
+    return None
+
+
+def copy_run(found: TrainedAdapter, run: TrainedAdapter, profile: str) -> dict:
+    """``found``'s adapter, log and manifest copied into ``run`` (the adapter staged and
+    renamed into place, the manifest last); the manifest says where it came from."""
+    staged = run.scratch
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(found.adapter, staged)
+    shutil.rmtree(run.adapter, ignore_errors=True)
+    staged.rename(run.adapter)
+    if found.train_log.is_file():
+        shutil.copyfile(found.train_log, run.train_log)
+    manifest = {**json.loads(found.manifest.read_text()), "reused_from": str(found.path),
+                "profile": profile}
+    run.manifest.write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
 def run(profile: Profile, variant: str, reporter: Reporter | None = None,
         stop_after: int | None = None, restart: bool = False, dry: bool = False,
         processes: int | None = None) -> dict:
@@ -322,6 +363,16 @@ def run(profile: Profile, variant: str, reporter: Reporter | None = None,
     trainer = CPTTrainer(profile, variant, reporter)
     trainer.setup()
     plan = trainer.plan
+    found = None if restart else reusable_run(profile, variant, trainer.plan_fingerprint,
+                                              trainer.reporter.log)
+    if found is not None:  # every process sees it; the main one copies
+        manifest = {}
+        if trainer.accelerator.is_main_process:
+            manifest = copy_run(found, run, profile.name)
+            trainer.reporter.log(f"CPT {variant}: the same plan ({trainer.plan_fingerprint})"
+                                 f" finished in {found.path}; its adapter reused, not trained")
+        trainer.accelerator.wait_for_everyone()
+        return {**manifest, "finished": True}
     trainer.reporter.log(
         f"CPT {variant}: {len(trainer.corpus)} documents, {plan.blocks.tokens.sum()} tokens in"
         f" {len(plan.blocks)} blocks of {profile.cpt.block_size} (fill {plan.blocks.fill:.1%}),"

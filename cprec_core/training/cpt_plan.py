@@ -12,6 +12,9 @@ Variants (method.md section 1.4):
   shuffled_control  wsa on a corpus whose items are shuffled across users (per kind; within
                     a domain for domain-specific sequences): same titles, template and lengths,
                     behaviour destroyed
+  wsa_target        wsa whose warmup and stable phases also read the target domains' train
+                    sequences (documents of kind ``target``); every other variant drops them
+                    (``for_variant``), so its corpus is source-only as the paper's
 """
 
 from __future__ import annotations
@@ -57,11 +60,18 @@ def read_corpus(path) -> Corpus:
         raise CorpusError(f"{path}: the CPT corpus is empty; nothing to train on")
     cols = table.to_pydict()
     ids = [np.asarray(x, dtype=np.int64) for x in cols["input_ids"]]
+    return Corpus(cols["kind"], cols["domains"], cols["item_idxs"], ids,
+                  _fingerprint(cols["kind"], ids))
+
+
+def _fingerprint(kinds: list[str], ids: list[np.ndarray]) -> str:
+    """Of the documents' kinds and tokens, in order: equal corpora give equal plans, in any
+    profile (so a finished run can be reused: cpt.reuse_from)."""
     digest = hashlib.sha256()
-    for kind, x in zip(cols["kind"], ids):
+    for kind, x in zip(kinds, ids):
         digest.update(kind.encode())
         digest.update(x.tobytes())
-    return Corpus(cols["kind"], cols["domains"], cols["item_idxs"], ids, digest.hexdigest()[:16])
+    return digest.hexdigest()[:16]
 
 
 def shuffled_control(corpus: Corpus, titles: dict[int, str], cfg: CorpusConfig, tokenizer,
@@ -89,6 +99,17 @@ def shuffled_control(corpus: Corpus, titles: dict[int, str], cfg: CorpusConfig, 
     return Corpus(corpus.kinds, corpus.domains, new_items, ids, corpus.fingerprint + "-control")
 
 
+def for_variant(corpus: Corpus, variant: str) -> Corpus:
+    """The documents ``variant`` trains on: every kind for ``wsa_target``, else the corpus
+    without the target domains' train sequences."""
+    if variant == "wsa_target" or "target" not in corpus.kinds:
+        return corpus
+    keep = [i for i, k in enumerate(corpus.kinds) if k != "target"]
+    kinds, ids = [corpus.kinds[i] for i in keep], [corpus.input_ids[i] for i in keep]
+    return Corpus(kinds, [corpus.domains[i] for i in keep], [corpus.item_idxs[i] for i in keep],
+                  ids, _fingerprint(kinds, ids))
+
+
 def subsample(corpus: Corpus, max_tokens: int, seed: int) -> Corpus:
     """At most ``max_tokens``: the same random share of each kind's documents."""
     if not max_tokens or corpus.tokens <= max_tokens:
@@ -96,7 +117,7 @@ def subsample(corpus: Corpus, max_tokens: int, seed: int) -> Corpus:
     share = max_tokens / corpus.tokens
     rng = np.random.default_rng(seed)
     keep = []
-    for kind in ("domain", "mixed"):
+    for kind in ("domain", "mixed", "target"):
         idx = [i for i, k in enumerate(corpus.kinds) if k == kind]
         if idx:
             n = max(1, round(len(idx) * share))
@@ -137,7 +158,8 @@ def _steps(block_ids: np.ndarray, n_steps: int) -> list[np.ndarray]:
 
 def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Plan:
     rng = np.random.default_rng(cfg.seed)
-    domain = [x for x, k in zip(corpus.input_ids, corpus.kinds) if k == "domain"]
+    # the target domains' train sequences join the domain-specific phase (wsa_target only)
+    domain = [x for x, k in zip(corpus.input_ids, corpus.kinds) if k in ("domain", "target")]
     mixed = [x for x, k in zip(corpus.input_ids, corpus.kinds) if k == "mixed"]
     per_step = cfg.blocks_per_step
 
@@ -151,7 +173,7 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
         warmup = max(1, round(cfg.warmup_ratio * len(steps)))
         return Plan(blocks, steps, ["domain+mixed"] * len(steps), warmup, 0, len(steps) - warmup)
 
-    if variant in ("wsa", "shuffled_control") and not mixed:
+    if variant in ("wsa", "shuffled_control", "wsa_target") and not mixed:
         raise CorpusError("the corpus has no mixed sequences: WSA anneals on them (need users"
                           " with >= corpus.min_domains source domains)")
     if not domain:

@@ -9,8 +9,12 @@ Training sequences are each user's train history (last ``max_len`` items), predi
 next item. Model selection: NDCG@10 of the validation item ranked among all the domain's
 items not in the history (cprec_core.metrics, the evaluation's tie rule). The
 files are a ``NextItemFiles`` of cprec_core.layout: weights, item index and a manifest
-(model, shape, config, metrics per epoch and of the best epoch). SASRec and GRU4Rec share
-all of this; the config's type says which one is trained.
+(model, shape, config, seed, metrics per epoch and of the best epoch). SASRec and GRU4Rec
+share all of this; the config's type says which one is trained. A text system
+(``sasrec_text_cpt``, ...) is the same model whose item table also reads the LLM's title
+embeddings (``TextTable``, cprec_core.models.text_items), trained the same way.
+
+    python -m cprec_core.training.next_item --profile demo --domain crime --model sasrec_text_cpt
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from cprec_core.config import GRU4RecConfig, SASRecConfig
+from cprec_core.config import GRU4RecConfig, Profile, SASRecConfig
 from cprec_core.data.domain_users import DomainData, load_domain_data
+from cprec_core.embeddings.item_embeddings import ItemVectors, load_item_vectors
 from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
 from cprec_core.progress import Throttled, counted, duration
+from cprec_core.systems import (NEXT_ITEM_SYSTEM_NAMES, embedding_asset, next_item_systems,
+                                system as registered)
 
 
 def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[int],
@@ -79,11 +87,26 @@ MODELS = {"sasrec": (SASRec, SASRecShape), "gru4rec": (GRU4Rec, GRU4RecShape)}
 NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}
 
 
-def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig) -> SASRec | GRU4Rec:
-    """A fresh model of ``kind`` whose shape fields come from ``cfg``."""
+@dataclass(frozen=True)
+class TextTable:
+    """What a text system adds to its model: the LLM's title embeddings and the adapter's
+    settings (cprec_core.config.ItemTextConfig)."""
+
+    vectors: ItemVectors
+    adapter_hidden: int = 256
+    text_only: bool = False
+
+
+def build_model(kind: str, n_items: int, cfg: SASRecConfig | GRU4RecConfig,
+                text: TextTable | None = None) -> SASRec | GRU4Rec:
+    """A fresh model of ``kind`` whose shape fields come from ``cfg`` (and ``text``)."""
     cls, shape_cls = MODELS[kind]
     fields = {f.name for f in dataclasses.fields(shape_cls)} - {"n_items"}
-    return cls(shape_cls(n_items=n_items, **{k: getattr(cfg, k) for k in fields}))
+    shaped = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
+    if text is not None:
+        shaped.update(text_dim=text.vectors.dim, text_hidden=text.adapter_hidden,
+                      text_only=text.text_only)
+    return cls(shape_cls(n_items=n_items, **shaped))
 
 
 def model_kind(cfg: SASRecConfig | GRU4RecConfig) -> str:
@@ -91,9 +114,12 @@ def model_kind(cfg: SASRecConfig | GRU4RecConfig) -> str:
 
 
 def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: NextItemFiles,
-                    log=print, every_s: float | None = None) -> dict:
+                    log=print, every_s: float | None = None, seed: int | None = None,
+                    text: TextTable | None = None, name: str | None = None) -> dict:
     """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
-    and saved to ``files``; returns its manifest.
+    with ``seed`` (default: the first of ``cfg.seeds``) and saved to ``files``; returns its
+    manifest. With ``text``, the item table adds the adapted title embeddings (a text
+    system; ``name`` labels it in the log).
 
     Progress goes to ``log`` at most every ``every_s`` seconds (cprec_core.progress.EVERY_S
     by default): within a long epoch its batches (loss so far, time left in the epoch), and
@@ -102,11 +128,12 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     The first epoch, an epoch that took longer than the interval and the last one are
     always reported."""
     kind = model_kind(cfg)
-    name = NAMES[kind]
+    name = name or NAMES[kind]
+    seed = cfg.seeds[0] if seed is None else seed
     if len(data.items) < 2 or not data.histories:
         raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
                          f" {len(data.histories)} users: too little to train {name}")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     local = {item: i + 1 for i, item in enumerate(sorted(data.items))}
     hist = [[local[i] for i in h] for h in data.histories]
     train = [h for h in hist if len(h) >= 2]
@@ -118,12 +145,14 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     test_hist = [hist[u] + [local[data.valid[u]]] for u in test_keep]
     test_target = [local[data.test[u]] for u in test_keep]
 
-    model = build_model(kind, len(local), cfg)
+    model = build_model(kind, len(local), cfg, text)
+    if text is not None:
+        model.text.set_text(text.vectors.rows(sorted(data.items)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
     best, best_state, history, waited = -1.0, None, [], 0
     started = time.perf_counter()
-    label = f"{name} {data.domain}"
+    label = f"{name} {data.domain}" + (f" seed {seed}" if seed else "")
     n_batches = math.ceil(len(seqs) / cfg.batch_size)
     log(f"{label}: {len(seqs):,} training sequences ({n_batches:,}"
         f" {'batch' if n_batches == 1 else 'batches'} of {cfg.batch_size}), {len(local):,}"
@@ -169,7 +198,9 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     manifest = {
         "model": kind, "domain": data.domain, "data_version": data.data_version,
         "shape": dataclasses.asdict(model.shape),
-        "config": dataclasses.asdict(cfg), "users": len(hist), "train_sequences": len(train),
+        "config": dataclasses.asdict(cfg), "seed": seed, "users": len(hist),
+        "train_sequences": len(train),
+        "item_embeddings": text.vectors.provenance() if text is not None else None,
         "epochs": len(history), "best_epoch": best_epoch,
         "valid": evaluate(model, valid_hist, valid_target, cfg.max_len),
         "test": evaluate(model, test_hist, test_target, cfg.max_len),
@@ -185,7 +216,7 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     staged = files.weights.with_name(files.weights.name + ".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged)
     staged.replace(files.weights)
-    log(f"{name} {data.domain}: {manifest['epochs']} epochs (best {best_epoch}) in"
+    log(f"{label}: {manifest['epochs']} epochs (best {best_epoch}) in"
         f" {duration(manifest['seconds'])}, valid {manifest['valid']}, test {manifest['test']}")
     return manifest
 
@@ -200,6 +231,40 @@ def load_next_item_model(files: NextItemFiles) -> tuple[SASRec | GRU4Rec, list[i
     return model.eval(), json.loads(files.item_index.read_text())
 
 
+def trained_next_item_models(profile: Profile, slug: str) -> list[tuple[str, int, NextItemFiles]]:
+    """(system, seed, files) of every trained next-item model the profile plans for ``slug``:
+    SASRec and GRU4Rec, then ``item_text.systems``, each for the seeds of its encoder's
+    settings; what the evaluation scores and the two-stage pipeline may retrieve with."""
+    found = []
+    for entry in next_item_systems(("sasrec", "gru4rec", *profile.item_text.systems)):
+        for seed in getattr(profile, entry.next_item).seeds:
+            files = profile.layout.next_item_model(entry.name, slug, seed)
+            if files.exists():
+                found.append((entry.name, seed, files))
+    return found
+
+
+def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=print,
+                 every_s: float | None = None) -> list[dict]:
+    """Every seed of next-item system ``name`` (cprec_core.systems: ``sasrec``,
+    ``gru4rec`` or a text system) on ``slug``'s data; the manifests, seed by seed."""
+    entry = registered(name)
+    if not entry.next_item:
+        raise ValueError(f"{name!r} is not a next-item system")
+    cfg = getattr(profile, entry.next_item)
+    text = None
+    if entry.kind == "text":
+        files = profile.layout.item_embeddings(entry.item_source)
+        if not files.exists():
+            raise FileNotFoundError(f"{files.path}: no item embeddings of"
+                                    f" {entry.item_source!r}; materialise"
+                                    f" {embedding_asset(entry.item_source)}")
+        text = TextTable(load_item_vectors(files), profile.item_text.adapter_hidden,
+                         profile.item_text.text_only)
+    return [train_next_item(data, cfg, profile.layout.next_item_model(name, slug, seed), log,
+                            every_s, seed=seed, text=text, name=name) for seed in cfg.seeds]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -207,17 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     from cprec_core.data.db import connect
 
     parser = add_profile_arguments(
-        argparse.ArgumentParser(description="SASRec or GRU4Rec for one domain"))
+        argparse.ArgumentParser(description="a next-item model (SASRec, GRU4Rec or a text"
+                                            " system) for one domain, every seed"))
     parser.add_argument("--domain", required=True, help="partition key, e.g. crime")
-    parser.add_argument("--model", choices=sorted(MODELS), default="sasrec")
+    parser.add_argument("--model", choices=NEXT_ITEM_SYSTEM_NAMES, default="sasrec")
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
 
     def work() -> None:
-        files = profile.layout.next_item_model(args.model, args.domain)
         with connect(profile.layout.database, read_only=True) as con:
             data = load_domain_data(con, args.domain)
-        train_next_item(data, getattr(profile, args.model), files)
+        train_system(profile, args.model, data, args.domain)
 
     return run_tool(work, profile.layout.database)
 

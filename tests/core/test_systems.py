@@ -4,6 +4,7 @@ import pytest
 
 from cprec_core.config import ConfigError, load_profile
 from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, automated_assets,
+                                embedding_asset,
                                 evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
 
 
@@ -39,10 +40,30 @@ def test_the_evaluation_reads_every_weight_and_waits_for_the_automated_ones():
     inputs = set(evaluation_inputs())
     assert {"sasrec", "gru4rec", "cpt_adapter", "llara_adapter", "sft_adapter",
             "sft_adapter_ds_only"} <= inputs
+    text = {f"{encoder}_text_{source}" for encoder in ("sasrec", "gru4rec")
+            for source in ("base", "cpt", "control", "cpt_target")}
     assert inputs - automated_assets() == {
         "sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled", "sft_adapter_shuffled_control",
-        "sft_rank_adapter_ds_only", "sft_rank_adapter_ds_mix_shuffled",
-        "sft_rank_adapter_shuffled_control", "dpo_adapter", "llara_dpo_adapter"}
+        "sft_adapter_wsa_target", "sft_rank_adapter_ds_only",
+        "sft_rank_adapter_ds_mix_shuffled", "sft_rank_adapter_shuffled_control",
+        "sft_rank_adapter_wsa_target", "dpo_adapter", "llara_dpo_adapter", *text}
+
+
+def test_text_systems_name_their_encoder_and_embedding_source():
+    cpt, base = system("sasrec_text_cpt"), system("gru4rec_text_base")
+    assert (cpt.kind, cpt.next_item, cpt.item_source, cpt.cpt_variant) == (
+        "text", "sasrec", "wsa", "wsa")
+    assert cpt.is_cprec and not base.is_cprec and base.next_item == "gru4rec"
+    assert system("sasrec_text_control").item_source == "shuffled_control"
+    assert system("sasrec_text_cpt_target").item_source == "wsa_target"
+    assert embedding_asset("wsa") == "item_embeddings_wsa"
+    with pytest.raises(KeyError):
+        embedding_asset("wsd")
+    with pytest.raises(ConfigError, match=r"item_text.systems \['sasrec_text_typo'\]"):
+        load_profile("demo", {"item_text": {"systems": ["sasrec_text_typo"]}})
+    # a text system whose CPT variant the profile does not train
+    with pytest.raises(ConfigError, match=r"sasrec_text_control.*cpt.variants"):
+        load_profile("demo", {"item_text": {"systems": ["sasrec_text_control"]}})
 
 
 def test_dpo_systems_start_from_the_candidate_aware_sft_systems():

@@ -42,18 +42,46 @@ def built_corpus(tmp_path):
 
 def test_corpus_is_tokenised_with_eos_and_tagged(tmp_path):
     con, tok, report = built_corpus(tmp_path)
-    assert set(report.documents) == {"domain", "mixed"}
+    assert set(report.documents) == {"domain", "mixed", "target"}
     rows = con.execute("SELECT kind, domains, text, input_ids, n_tokens FROM cpt_corpus"
                        " ORDER BY doc_id").fetchall()
-    assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # domain-specific first
+    order = {"domain": 0, "mixed": 1, "target": 2}
+    assert [order[r[0]] for r in rows] == sorted(order[r[0]] for r in rows)
     for kind, domains, text, ids, n in rows:
         assert ids[-1] == tok.eos_token_id and len(ids) == n
         assert tok.decode(ids[:-1]) == text
-        assert "Target" not in text
+        # target titles only in the target domains' own documents
+        assert ("Target" in text) == (kind == "target")
         assert (domains == ["A", "B"]) if kind == "mixed" else len(domains) == 1
     assert report.total_tokens == sum(r[4] for r in rows)
     assert corpus_leaks(con) == {"non_source_items": 0, "heldout_interactions": 0,
-                                 "non_source_documents": 0}
+                                 "non_source_documents": 0, "target_items_outside_train": 0}
+
+
+def test_target_sequences_hold_the_target_train_split_only(tmp_path):
+    con, _, _ = built_corpus(tmp_path)
+    # every item of a target sequence is a train interaction of that user in a target domain
+    bad = con.execute("""
+        SELECT count(*) FROM (SELECT user_idx, unnest(item_idxs) AS item_idx
+                              FROM target_sequences) t
+        WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.user_idx = t.user_idx
+                          AND i.item_idx = t.item_idx AND i.split = 'train'
+                          AND i.role = 'target')""").fetchone()[0]
+    held = con.execute("SELECT count(*) FROM interactions WHERE role = 'target'"
+                       " AND split != 'train'").fetchone()[0]
+    assert bad == 0 and held > 0
+    # a test item, or a source item, put into a target sequence is caught
+    test_item, user = con.execute("SELECT item_idx, user_idx FROM interactions WHERE"
+                                  " split = 'test' AND domain = 'T' LIMIT 1").fetchone()
+    source_item = con.execute("SELECT item_idx FROM items WHERE domain = 'A'").fetchone()[0]
+    con.execute("UPDATE target_sequences SET item_idxs = list_append(item_idxs, ?)"
+                " WHERE seq_id = (SELECT min(seq_id) FROM target_sequences WHERE user_idx = ?)",
+                [test_item, user])
+    found = corpus_leaks(con)
+    assert found["heldout_interactions"] == 1 and found["target_items_outside_train"] == 1
+    con.execute("UPDATE target_sequences SET item_idxs = list_append(item_idxs, ?)"
+                " WHERE seq_id = 0", [source_item])
+    assert corpus_leaks(con)["target_items_outside_train"] == 2
 
 
 def test_leakage_check_catches_heldout_and_target_items(tmp_path):

@@ -91,7 +91,7 @@ def test_full_ranking_ranks_every_item_and_reports_the_pipeline(trained):
     assert header[-1] == "p" and [r[1] for r in rows][:2] == ["popularity", "item-knn (domain)"]
     (row,) = [r for r in rows if r[1].startswith(PIPELINE)]
     assert row[1].endswith("no LLM (retrieval order)") and row[-1] == "1 (no difference)"
-    assert row[5].endswith(f"(N {profile.recommend.retrieve})")
+    assert row[6].endswith(f"(N {profile.recommend.retrieve})")
     # a second run replaces the domain's rows
     full_ranking_domain(lambda: nullcontext(con), profile, "crime", log=lines.append)
     assert con.execute("SELECT count(*) FROM full_ranking_cases").fetchone()[0] == 5 * len(users)

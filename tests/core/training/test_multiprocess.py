@@ -181,7 +181,10 @@ def test_sft_under_fsdp_gives_the_losses_of_one_process_and_resumes_exactly(
     assert set(base) == set(fsdp) == set(again) and any("projector" in k for k in base)
     for key in base:
         assert (fsdp[key] - again[key]).abs().max() < 1e-6, key
-        assert (fsdp[key] - base[key]).abs().max() < 1e-6, key  # sees a text step moving it
+        # one process against two: the gradients are summed in another order, and Adam's
+        # division by sqrt(v) carries that rounding (measured up to 1.2e-6 on one element);
+        # 1e-5 is still 20 to 50 times less than one step moves a weight (lr 2e-4 to 5e-4)
+        assert (fsdp[key] - base[key]).abs().max() < 1e-5, key
 
 
 def test_fsdp_two_processes_give_the_losses_of_one_and_resume_exactly(tmp_path, fixture_config):
