@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui serve bench results study study-dpo study-text study-gpu clean-data
+.PHONY: install demo test test-ui ui serve bench results study study-dpo study-text study-text-scaling \
+	study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -63,6 +64,11 @@ study-dpo: install  ## the DPO study (profile study-dpo, about 1 h 45 min on 2 c
 study-text: install  ## LLM item embeddings in SASRec/GRU4Rec, full and sparse-target settings (profiles study-text, study-text-sparse), writes docs/RESULTS-text.md
 	CPREC_PROFILE=study-text $(PY) -m cprec_assets.demo
 	CPREC_PROFILE=study-text-sparse $(PY) -m cprec_assets.demo
+	$(PY) -m cprec_core.evaluation.text_study --profile study-text --sparse-profile study-text-sparse \
+		--out docs/RESULTS-text.md
+
+study-text-scaling: install  ## the CPT scaling curve of profile study-text (after make study-text; about 40 min on 2 cores), then docs/RESULTS-text.md again
+	CPREC_PROFILE=study-text $(PY) -m cprec_assets.demo --stage scaling
 	$(PY) -m cprec_core.evaluation.text_study --profile study-text --sparse-profile study-text-sparse \
 		--out docs/RESULTS-text.md
 

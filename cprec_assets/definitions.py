@@ -4,7 +4,7 @@ import dagster as dg
 
 from cprec_assets.assets import data, evaluate, landing, recommend
 from cprec_assets.assets.collab import next_item_assets
-from cprec_assets.assets.item_text import embedding_assets
+from cprec_assets.assets.item_text import cpt_scaling_curve, embedding_assets
 from cprec_assets.assets.train import cpt_assets, cpt_checks, dpo_assets, sft_assets
 from cprec_assets.automation import automation_sensor
 from cprec_assets.checks import data_checks
@@ -14,7 +14,7 @@ from cprec_assets.sensors import landing_sensor
 
 defs = dg.Definitions(
     assets=[*dg.load_assets_from_modules([landing, data, evaluate, recommend]), *cpt_assets,
-            *embedding_assets, *next_item_assets, *sft_assets, *dpo_assets],
+            *embedding_assets, cpt_scaling_curve, *next_item_assets, *sft_assets, *dpo_assets],
     asset_checks=[*landing.landing_checks, *data_checks, *cpt_checks,
                   evaluate.twenty_distinct_candidates_with_the_target_once,
                   evaluate.every_system_saw_the_stored_candidate_sets,

@@ -17,6 +17,7 @@ them side by side (pools permitting, see dagster_home/; scripts/study_side_by_si
     python -m cprec_assets.demo --stage evaluation --system cprec_dpo  # one LLM system re-scored
     python -m cprec_assets.demo --stage recommend --domain crime   #   full ranking, top-k export
     python -m cprec_assets.demo --stage summary
+    python -m cprec_assets.demo --stage scaling                    # the CPT scaling curve
 """
 
 import argparse
@@ -101,7 +102,7 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
 
 
 STAGES = ("all", "corpus", "cpt", "embeddings", "domain", "sasrec", "sft", "dpo", "evaluation",
-          "recommend", "summary")
+          "recommend", "summary", "scaling")
 PER_DOMAIN = ("sasrec", "sft", "dpo", "evaluation", "recommend")
 
 
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         for source in profile.item_text.sources():
             run(f"item embeddings[{source}]",
                 dg.AssetSelection.assets(embedding_asset(source)), instance)
+    if stage == "scaling":  # by hand (make study-text-scaling): tens of minutes
+        run("cpt_scaling_curve", dg.AssetSelection.assets("cpt_scaling_curve"), instance)
+        return
     parts = PER_DOMAIN if stage in ("all", "domain") else (stage,)
     if set(parts) & set(PER_DOMAIN):
         keys = instance.get_dynamic_partitions(domain_partitions.name)

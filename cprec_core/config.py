@@ -296,6 +296,27 @@ class GRU4RecConfig:
             raise ConfigError(f"gru4rec.gru_hidden must be at least 1, got {self.gru_hidden}")
 
 
+@dataclass(frozen=True)
+class ScalingConfig:
+    """The CPT scaling curve (cprec_core.training.cpt_scaling): one WSA run whose stable
+    phase branches into a short annealing at each budget, ``fractions`` of ``tokens`` (0:
+    ``cpt.max_tokens``, else the whole corpus); ``anneal_share`` of each budget is the
+    annealing on mixed sequences. Each point's adapter feeds a text SASRec."""
+
+    fractions: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+    tokens: int = 0
+    anneal_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.fractions or not all(0 < f <= 1 for f in self.fractions) or len(
+                set(self.fractions)) != len(self.fractions):
+            raise ConfigError(f"scaling.fractions must be distinct numbers in (0, 1], got"
+                              f" {self.fractions}")
+        if self.tokens < 0 or not 0 < self.anneal_share < 1:
+            raise ConfigError("scaling.tokens must be 0 or more and scaling.anneal_share in"
+                              " (0, 1)")
+
+
 POOLINGS = ("mean", "last")
 
 
@@ -551,6 +572,7 @@ class Profile:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     gru4rec: GRU4RecConfig = field(default_factory=GRU4RecConfig)
     item_text: ItemTextConfig = field(default_factory=ItemTextConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)

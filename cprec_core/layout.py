@@ -248,6 +248,20 @@ class Layout:
     def leaderboard_chart(self) -> Path:
         return self.root / "leaderboard.png"
 
+    @property
+    def scaling_dir(self) -> Path:
+        """The CPT scaling curve (cprec_core.training.cpt_scaling): its run, one adapter per
+        token budget, their item embeddings and text SASRec models."""
+        return self.root / "scaling"
+
+    @property
+    def scaling_curve(self) -> Path:
+        return self.scaling_dir / "curve.json"
+
+    @property
+    def scaling_plot(self) -> Path:
+        return self.scaling_dir / "curve.png"
+
     def cpt_adapter(self, variant: str) -> TrainedAdapter:
         return TrainedAdapter(self.root / "cpt" / _part(variant, "CPT variant name"))
 

@@ -41,7 +41,8 @@ def corpus_summary(con: duckdb.DuckDBPyConnection) -> str:
                          " FROM domains WHERE interactions > 0 ORDER BY CASE role WHEN 'source' THEN 0"
                          " WHEN 'target' THEN 1 ELSE 2 END, interactions DESC"),
         "",
-        f"CPT corpus (train split of source domains only; tokens by {tokenizer})",
+        f"CPT corpus (train split; source domains, and the target domains' own sequences"
+        f" of kind target that only the wsa_target variant reads; tokens by {tokenizer})",
         query_table(con, """
             SELECT kind, domain, count(*) AS documents, sum(n_items) AS items,
                    sum(n_tokens) AS tokens, round(avg(n_tokens), 1) AS mean_tokens,

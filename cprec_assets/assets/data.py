@@ -121,7 +121,7 @@ def cpt_corpus(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.
         data_version=dg.DataVersion(snapshot.snapshot_sha256[:16]), metadata={
             "dagster/row_count": sum(report.documents.values()),
             **{f"{what}_{kind}": getattr(report, what).get(kind, 0)
-               for what in ("documents", "tokens") for kind in ("domain", "mixed")},
+               for what in ("documents", "tokens") for kind in ("domain", "mixed", "target")},
             "tokens_total": report.total_tokens, "max_document_tokens": report.max_tokens,
             "tokenizer": profile.model.name,
             "tokenizer_fingerprint": snapshot.tokenizer_fingerprint,

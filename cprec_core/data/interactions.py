@@ -269,13 +269,14 @@ def _thin_target_train(con: duckdb.DuckDBPyConnection, share: float) -> None:
                    row_number() OVER (PARTITION BY user_idx, domain ORDER BY pos DESC) AS back,
                    count(*) OVER (PARTITION BY user_idx, domain) AS n_train
             FROM interactions WHERE role = 'target' AND split = 'train')
-        WHERE back > greatest(1, ceil(? * n_train));
+        WHERE back > greatest(1, ceil(? * n_train))""", [share])
+    con.execute("""
         INSERT INTO filtered_interactions
         SELECT source_file, line, user_id, item_id, domain, ts, ?
-        FROM interactions JOIN _thinned USING (source_file, line);
+        FROM interactions JOIN _thinned USING (source_file, line)""", [SPARSE_REASON])
+    con.execute("""
         DELETE FROM interactions
-        WHERE (source_file, line) IN (SELECT (source_file, line) FROM _thinned);
-        """, [share, SPARSE_REASON])
+        WHERE (source_file, line) IN (SELECT (source_file, line) FROM _thinned)""")
 
 
 def _check_targets(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:

@@ -262,7 +262,8 @@ def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=p
         text = TextTable(load_item_vectors(files), profile.item_text.adapter_hidden,
                          profile.item_text.text_only)
     return [train_next_item(data, cfg, profile.layout.next_item_model(name, slug, seed), log,
-                            every_s, seed=seed, text=text, name=name) for seed in cfg.seeds]
+                            every_s, seed=seed, text=text,
+                            name=name if entry.kind == "text" else None) for seed in cfg.seeds]
 
 
 def main(argv: list[str] | None = None) -> int:

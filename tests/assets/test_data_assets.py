@@ -40,7 +40,8 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         assert raw["rows_read"].value == raw["dagster/row_count"].value + 4
         corpus = meta["cpt_corpus"]
         assert corpus["tokens_total"].value == (corpus["tokens_domain"].value
-                                                + corpus["tokens_mixed"].value) > 0
+                                                + corpus["tokens_mixed"].value
+                                                + corpus["tokens_target"].value) > 0
         assert "| kind | domain |" in corpus["summary"].value
 
         # the interactions asset filled the domain partitions with the target domains

@@ -121,3 +121,29 @@ def test_spellings_of_one_partition_key_merge_under_one_name():
     assert rows_of(con, "SELECT domain, slug, items FROM domains WHERE role = 'source'") == [
         ("DRAMA", "drama", 3)]
     assert rows_of(con, "SELECT DISTINCT domain FROM filtered_interactions") == []
+
+
+def test_sparse_target_setting_keeps_the_most_recent_share_of_target_train():
+    rows = [("u1", f"t{k}", "T", k) for k in range(1, 13)]  # 10 train, valid t11, test t12
+    rows += [("u1", f"a{k}", "A", k) for k in range(1, 8)]
+    rows += [("u2", f"t{k}", "T", 20 + k) for k in (1, 2, 3)]  # one train item: kept
+    full_con, sparse_con = load_rows(rows), load_rows(rows)
+    full = build_interactions(full_con, data_config())
+    sparse = build_interactions(sparse_con, data_config(target_train_share=0.2))
+    assert sparse.reconciled and sparse.kept_rows == full.kept_rows - 8
+    kept = rows_of(sparse_con, "SELECT user_id, item_id, split FROM interactions"
+                               " WHERE domain = 'T' ORDER BY user_id, ts")
+    assert kept == [("u1", "t9", "train"), ("u1", "t10", "train"), ("u1", "t11", "valid"),
+                    ("u1", "t12", "test"), ("u2", "t1", "train"), ("u2", "t2", "valid"),
+                    ("u2", "t3", "test")]
+    # the source domain and the indices are those of the full setting
+    for sql in ("SELECT user_id, item_id, split FROM interactions WHERE domain = 'A'"
+                " ORDER BY ts", "SELECT * FROM items ORDER BY item_idx",
+                "SELECT * FROM users ORDER BY user_idx"):
+        assert rows_of(sparse_con, sql) == rows_of(full_con, sql)
+    assert rows_of(sparse_con, "SELECT count(*), any_value(reason) FROM filtered_interactions"
+                               " WHERE reason = 'target train share'") == [(8, "target train share")]
+    assert rows_of(sparse_con, "SELECT train FROM domains WHERE domain = 'T'") == [(3,)]
+    assert leaks(sparse_con) == []
+    with pytest.raises(ValueError, match="target_train_share"):
+        data_config(target_train_share=0.0)

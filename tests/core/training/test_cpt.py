@@ -3,6 +3,7 @@ documents apart, training logs, and kill-and-resume giving the same adapter."""
 
 import dataclasses
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -188,3 +189,22 @@ def test_memory_estimate_refuses_an_obvious_misfit(profile, monkeypatch):
     monkeypatch.setattr("cprec_core.training.cpt.available_memory", lambda device: 1 << 20)
     with pytest.raises(CPTError, match="GiB but .* GiB is available.*gradient_checkpointing"):
         CPTTrainer(profile, "wsa").setup()
+
+
+def test_a_finished_run_of_the_same_plan_is_reused_from_another_profile(profile):
+    trained = run(profile, "wsa")
+    other = dataclasses.replace(profile, name="other",
+                                cpt=dataclasses.replace(profile.cpt, reuse_from=(profile.name,),
+                                                        variants=("wsa", "ds_only")))
+    shutil.copytree(profile.layout.corpus_dir, other.layout.corpus_dir)
+    reused = run(other, "wsa")
+    assert reused["finished"] and reused["reused_from"] == str(profile.layout.cpt_adapter("wsa").path)
+    assert reused["plan_fingerprint"] == trained["plan_fingerprint"]  # variants left out
+    mine, theirs = other.layout.cpt_adapter("wsa"), profile.layout.cpt_adapter("wsa")
+    assert mine.adapter_weights.read_bytes() == theirs.adapter_weights.read_bytes()
+    assert json.loads(mine.manifest.read_text())["profile"] == "other"
+    assert not mine.checkpoints.exists()  # nothing was trained
+    # another plan (here another learning rate) is trained, not reused
+    changed = dataclasses.replace(other, cpt=dataclasses.replace(other.cpt, lr=5e-4))
+    again = run(changed, "wsa", restart=True)
+    assert "reused_from" not in again and again["plan_fingerprint"] != trained["plan_fingerprint"]
