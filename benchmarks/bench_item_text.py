@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import time
 
 import numpy as np
 import torch

@@ -152,7 +152,7 @@ class Plan:
         return int(self.blocks.tokens[self.steps[step]].sum())
 
 
-def _steps(block_ids: np.ndarray, n_steps: int) -> list[np.ndarray]:
+def split_steps(block_ids: np.ndarray, n_steps: int) -> list[np.ndarray]:
     return [s for s in np.array_split(block_ids, n_steps) if len(s)] if n_steps else []
 
 
@@ -169,7 +169,7 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
         blocks = pack_documents(docs, cfg.block_size, pad_id)
         order = rng.permutation(len(blocks))
         n = math.ceil(len(blocks) / per_step)
-        steps = _steps(order, n)
+        steps = split_steps(order, n)
         warmup = max(1, round(cfg.warmup_ratio * len(steps)))
         return Plan(blocks, steps, ["domain+mixed"] * len(steps), warmup, 0, len(steps) - warmup)
 
@@ -186,19 +186,19 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
         m_tokens = sum(len(x) for x in mixed)
         ratio = cfg.anneal_ratio or m_tokens / max(m_tokens + sum(len(x) for x in domain), 1)
         anneal = max(1, round(ratio * total))
-        steps = _steps(order, total)
+        steps = split_steps(order, total)
         warmup = max(1, round(cfg.warmup_ratio * total))
         return Plan(blocks, steps, ["domain"] * len(steps), warmup,
                     max(0, total - warmup - anneal), min(anneal, total - warmup))
 
     m_blocks = pack_documents([mixed[i] for i in rng.permutation(len(mixed))], cfg.block_size, pad_id)
-    blocks = _concat(d_blocks, m_blocks)
+    blocks = concat_blocks(d_blocks, m_blocks)
     d_ids = rng.permutation(len(d_blocks))
     m_ids = len(d_blocks) + rng.permutation(len(m_blocks))
     total = math.ceil(len(d_blocks) / per_step) + math.ceil(len(m_blocks) / per_step)
     anneal = round(cfg.anneal_ratio * total) if cfg.anneal_ratio else math.ceil(len(m_blocks) / per_step)
     anneal = min(max(anneal, 1), total - 1)
-    d_steps, m_steps = _steps(d_ids, total - anneal), _steps(m_ids, anneal)
+    d_steps, m_steps = split_steps(d_ids, total - anneal), split_steps(m_ids, anneal)
     steps, anneal = d_steps + m_steps, len(m_steps)
     total = len(steps)
     warmup = min(max(1, round(cfg.warmup_ratio * total)), total - anneal)
@@ -206,7 +206,7 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
                 total - anneal - warmup, anneal)
 
 
-def _concat(a: PackedBlocks, b: PackedBlocks) -> PackedBlocks:
+def concat_blocks(a: PackedBlocks, b: PackedBlocks) -> PackedBlocks:
     return PackedBlocks(*(np.concatenate([x, y]) for x, y in zip(
         (a.input_ids, a.position_ids, a.targets, a.documents, a.tokens),
         (b.input_ids, b.position_ids, b.targets, b.documents, b.tokens))))

@@ -34,7 +34,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_wsd_schedule
 
@@ -45,8 +44,8 @@ from cprec_core.layout import ItemEmbeddingFiles, NextItemFiles, TrainedAdapter
 from cprec_core.progress import Reporter, duration
 from cprec_core.training import checkpointing
 from cprec_core.training.cpt import CPTError, CPTTrainer, plan_fingerprint
-from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, _concat, _steps,
-                                          for_variant, read_corpus)
+from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, concat_blocks, for_variant,
+                                          read_corpus, split_steps)
 from cprec_core.training.packing import pack_documents
 
 
@@ -79,10 +78,10 @@ def scaling_plan(corpus: Corpus, profile: Profile, pad_id: int) -> tuple[Plan, l
                               cfg.block_size, pad_id)
     m_blocks = pack_documents([mixed[i] for i in rng.permutation(len(mixed))],
                               cfg.block_size, pad_id)
-    d_steps = _steps(rng.permutation(len(d_blocks)), math.ceil(len(d_blocks) / cfg.blocks_per_step))
-    m_steps = _steps(len(d_blocks) + rng.permutation(len(m_blocks)),
+    d_steps = split_steps(rng.permutation(len(d_blocks)), math.ceil(len(d_blocks) / cfg.blocks_per_step))
+    m_steps = split_steps(len(d_blocks) + rng.permutation(len(m_blocks)),
                      math.ceil(len(m_blocks) / cfg.blocks_per_step))
-    blocks = _concat(d_blocks, m_blocks)
+    blocks = concat_blocks(d_blocks, m_blocks)
     d_tokens = np.cumsum([int(blocks.tokens[s].sum()) for s in d_steps])
     m_tokens = np.cumsum([int(blocks.tokens[s].sum()) for s in m_steps])
     budget = scaling.tokens or default_budget(int(d_tokens[-1]), int(m_tokens[-1]),

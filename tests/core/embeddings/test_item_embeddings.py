@@ -128,3 +128,18 @@ def test_a_text_system_trains_every_seed_and_joins_evaluation_and_full_ranking(c
     header, tests = full_ranking_tests(con, resamples=20)
     assert ("Crime", "sasrec_text_base vs sasrec") in {(r[0], r[1]) for r in tests}
     assert np.isfinite(float(tests[0][3]))
+    # the study's report reads the same rows: per-user seed means, tests, goals
+    report = _text_study_report(profile, con)
+    assert "## Goals" in report and "| Crime | sasrec_text_base vs sasrec | base text vs ID |" \
+        in report
+    assert "| Crime | sasrec_text_base | base | 2 |" in report  # source, seeds
+
+
+def _text_study_report(profile, con) -> str:
+    from cprec_core.evaluation import text_study
+
+    scores = {("Crime", n): text_study.per_user(con, "Crime", n)
+              for n in ("sasrec", "sasrec_text_base")}
+    setting = text_study.Setting("Full data", profile, con, ["Crime"],
+                                 ["sasrec", "sasrec_text_base"], scores)
+    return text_study.render(setting, None, "test", 20, ())
