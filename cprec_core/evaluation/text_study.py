@@ -293,7 +293,7 @@ def goals_section(full: Setting, sparse: Setting | None, tests: dict, sparse_tes
     return ["## Goals", "",
             "Each goal per target domain, read off the tables below (full-data setting unless"
             " it says sparse); `met` is `yes` only where it holds on every domain.", "",
-            md_table(["goal", *full.domains, "met"], rows), ""]
+            md_table(["goal", *full.domains, "met"], rows, max_cell=200), ""]
 
 
 def scaling_section(profile: Profile) -> list[str]:
