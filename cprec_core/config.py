@@ -19,10 +19,15 @@ import yaml
 
 from cprec_core.layout import Layout, LayoutError, check_folder
 from cprec_core.prompts import UNIFIED_TEMPLATE
-from cprec_core.systems import (CPT_VARIANT_NAMES, DPO_SYSTEM_NAMES, SFT_SYSTEM_NAMES,
-                                SFT_SYSTEMS, TEXT_SYSTEM_NAMES, system)
+from cprec_core.systems import (CPT_VARIANT_NAMES, DPO_SYSTEM_NAMES, PAPER_VARIANT_NAMES,
+                                SFT_SYSTEM_NAMES, SFT_SYSTEMS, TEXT_SYSTEM_NAMES, system)
 
-PAPER_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS if not s.ranks_candidates)
+# The studies that rerun the paper (study, study-gpu, full, paper-7b) train its CPT variants
+# and the SFT systems built on them, not the platform's additions (wsa_target)
+PAPER_SFT_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS
+                               if s.cpt_variant in (None, *PAPER_VARIANT_NAMES))
+PAPER_SYSTEM_NAMES = tuple(s.name for s in SFT_SYSTEMS
+                           if not s.ranks_candidates and s.name in PAPER_SFT_SYSTEM_NAMES)
 
 
 class ConfigError(ValueError):
@@ -674,7 +679,7 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
     """The CPU evaluation study at one training size: every CPT variant and SFT system, LLaRA
     and CPRec over three seeds, every test user scored; only the training sizes differ."""
     return {"name": name, "device": "cpu", **_ML100K_DEMO,
-            "cpt": {"variants": list(CPT_VARIANT_NAMES), "max_tokens": cpt_tokens,
+            "cpt": {"variants": list(PAPER_VARIANT_NAMES), "max_tokens": cpt_tokens,
                     "checkpoint_every": cpt_every},
             "sft": {"systems": list(PAPER_SYSTEM_NAMES), "seeds": [0, 1, 2],
                     "max_samples": sft_samples, "checkpoint_every": sft_every},
@@ -748,9 +753,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.
     "study-gpu": {"name": "study-gpu", "device": "auto", **_ML100K_DEMO,
-                  "cpt": {"variants": list(CPT_VARIANT_NAMES), "block_size": 1024,
+                  "cpt": {"variants": list(PAPER_VARIANT_NAMES), "block_size": 1024,
                           "blocks_per_step": 16, "micro_batch": 16, "checkpoint_every": 25},
-                  "sft": {"systems": list(SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
+                  "sft": {"systems": list(PAPER_SFT_SYSTEM_NAMES), "seeds": [0, 1, 2],
                           "max_samples": 2048, "batch_size": 32, "micro_batch": 16,
                           "checkpoint_every": 32,
                           # the candidate-aware systems at LLaRA's scale: every window
@@ -768,7 +773,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "device": "auto",
         **_ML1M,
         "model": {"name": "data/models/Llama-2-7b-hf"},
-        "cpt": {"variants": list(CPT_VARIANT_NAMES), "lr": 2e-4, "min_lr_ratio": 0.1,
+        "cpt": {"variants": list(PAPER_VARIANT_NAMES), "lr": 2e-4, "min_lr_ratio": 0.1,
                 "warmup_ratio": 0.05, "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 4, "max_tokens": 0, "dtype": "auto",
                 "gradient_checkpointing": True, "checkpoint_every": 50},
@@ -789,9 +794,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "name": "full",
         "device": "auto",
         **_ML1M,
-        "cpt": {"variants": list(CPT_VARIANT_NAMES), "block_size": 1024, "blocks_per_step": 32,
+        "cpt": {"variants": list(PAPER_VARIANT_NAMES), "block_size": 1024, "blocks_per_step": 32,
                 "micro_batch": 8, "checkpoint_every": 100},
-        "sft": {"systems": list(SFT_SYSTEM_NAMES), "batch_size": 128, "micro_batch": 8,
+        "sft": {"systems": list(PAPER_SFT_SYSTEM_NAMES), "batch_size": 128, "micro_batch": 8,
                 "epochs": 5, "checkpoint_every": 50},
     },
 }

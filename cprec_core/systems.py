@@ -20,6 +20,7 @@ class CPTVariant:
     name: str
     description: str
     automated: bool = False  # re-trained by the automation conditions (else by hand)
+    in_paper: bool = True  # the paper's variants and ablations (the studies that rerun it)
 
     @property
     def asset(self) -> str:
@@ -33,9 +34,10 @@ CPT_VARIANTS: tuple[CPTVariant, ...] = (
     CPTVariant("ds_mix_shuffled", "both kinds shuffled together, warmup then cosine"),
     CPTVariant("shuffled_control", "WSA on a corpus whose items are shuffled across users"),
     CPTVariant("wsa_target", "WSA whose domain-specific phase also reads the target domains'"
-                             " train sequences (never validation or test)"),
+                             " train sequences (never validation or test)", in_paper=False),
 )
 CPT_VARIANT_NAMES = tuple(v.name for v in CPT_VARIANTS)
+PAPER_VARIANT_NAMES = tuple(v.name for v in CPT_VARIANTS if v.in_paper)
 
 
 @dataclass(frozen=True)
