@@ -31,7 +31,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from cprec_core.cli import add_profile_arguments, profile_from_args
-from cprec_core.config import Profile, load_profile
+from cprec_core.config import ConfigError, Profile, load_profile
 from cprec_core.evaluation.leaderboard import bootstrap_interval
 from cprec_core.evaluation.results import _dirty, hardware
 from cprec_core.provenance import git_revision
@@ -359,9 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     out = Path(args.out)
-    sparse_profile = (dataclasses.replace(load_profile(args.sparse_profile),
-                                          data_dir=profile.data_dir)
-                      if args.sparse_profile else None)
+    try:
+        sparse_profile = (dataclasses.replace(load_profile(args.sparse_profile),
+                                              data_dir=profile.data_dir)
+                          if args.sparse_profile else None)
+    except ConfigError as exc:
+        print(f"error: --sparse-profile: {exc}", file=sys.stderr)
+        return 2
     for p in (profile, *([sparse_profile] if sparse_profile else [])):
         if not p.layout.database.is_file():
             print(f"error: {p.layout.database} does not exist: run the study first",

@@ -40,6 +40,7 @@ from transformers import get_wsd_schedule
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import Profile
+from cprec_core.embeddings.item_embeddings import EmbeddingError
 from cprec_core.layout import ItemEmbeddingFiles, NextItemFiles, TrainedAdapter
 from cprec_core.progress import Reporter, duration
 from cprec_core.training import checkpointing
@@ -170,9 +171,9 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
             if stop_after is not None and done >= stop_after:
                 return manifests
         # keep the stable state, branch, and come back to it
-        checkpointing.save(checkpoints, step, {"plan": fingerprint}, trainer.peft_model,
-                           trainer.optimizer, trainer.scheduler)
-        saved = checkpointing.read(checkpointing.checkpoint_folders(checkpoints)[0])
+        saved = checkpointing.read(checkpointing.save(
+            checkpoints, step, {"plan": fingerprint}, trainer.peft_model, trainer.optimizer,
+            trainer.scheduler))
         stable_scheduler = trainer.scheduler
         trainer.scheduler = get_wsd_schedule(trainer.optimizer, num_warmup_steps=0,
                                              num_decay_steps=point["anneal_steps"],
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profile = profile_from_args(args)
     return run_trainer(lambda reporter: run(profile, reporter, args.stop_after),
-                       (CPTError, CorpusError), args.reporter)
+                       (CPTError, CorpusError, EmbeddingError), args.reporter)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from cprec_core.config import GRU4RecConfig, Profile, SASRecConfig
 from cprec_core.data.domain_users import DomainData, load_domain_data
-from cprec_core.embeddings.item_embeddings import ItemVectors, load_item_vectors
+from cprec_core.embeddings.item_embeddings import (EmbeddingError, ItemVectors,
+                                                   load_item_vectors)
 from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
@@ -256,7 +257,7 @@ def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=p
     if entry.kind == "text":
         files = profile.layout.item_embeddings(entry.item_source)
         if not files.exists():
-            raise FileNotFoundError(f"{files.path}: no item embeddings of"
+            raise EmbeddingError(f"{files.path}: no item embeddings of"
                                     f" {entry.item_source!r}; materialise"
                                     f" {embedding_asset(entry.item_source)}")
         text = TextTable(load_item_vectors(files), profile.item_text.adapter_hidden,
