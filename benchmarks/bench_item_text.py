@@ -33,23 +33,11 @@ import torch
 from cprec_core.config import load_profile
 from cprec_core.data.db import connect
 from cprec_core.data.domain_users import load_domain_data
-from cprec_core.embeddings.item_embeddings import ItemVectors, embed_items, load_item_vectors
+from cprec_core.embeddings.item_embeddings import embed_items, load_item_vectors
 from cprec_core.layout import ItemEmbeddingFiles, NextItemFiles
 from cprec_core.provenance import processor
 from cprec_core.reporting import md_table
 from cprec_core.training.next_item import TextTable, train_next_item
-
-
-def shuffled(vectors: ItemVectors, items: list[int], seed: int = 0) -> ItemVectors:
-    """``vectors`` with the domain's items' rows permuted among them (a derangement)."""
-    rng = np.random.default_rng(seed)
-    rows = np.searchsorted(vectors.item_idx, np.asarray(sorted(items)))
-    moved = rows.copy()
-    while len(rows) > 1 and (moved == rows).any():
-        moved = rng.permutation(rows)
-    table = vectors.embeddings.clone()
-    table[torch.as_tensor(rows)] = vectors.embeddings[torch.as_tensor(moved)]
-    return dataclasses.replace(vectors, embeddings=table, source=vectors.source + " shuffled")
 
 
 def arm(data, profile, folder, seeds, text: TextTable | None) -> dict:
@@ -100,7 +88,7 @@ def main() -> None:
         "SASRec (IDs)": None,
         "+ base text, mean pooling": TextTable(base, **settings),
         "+ base text, last-token pooling": TextTable(vectors[("bf16", "last")], **settings),
-        "+ base text shuffled among items": TextTable(shuffled(base, data.items), **settings),
+        "+ base text shuffled among items": TextTable(base.shuffled(data.items), **settings),
     }
     results = {name: arm(data, profile, scratch / f"sasrec-{k}", seeds, text)
                for k, (name, text) in enumerate(arms.items())}

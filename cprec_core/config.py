@@ -695,7 +695,7 @@ def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
 # train history in the target domains and reuses the full study's source-only CPT.
 _TEXT_STUDY_SYSTEMS = ["sasrec_text_base", "sasrec_text_cpt", "sasrec_text_control",
                        "sasrec_text_cpt_target", "gru4rec_text_base", "gru4rec_text_cpt",
-                       "gru4rec_text_control"]
+                       "gru4rec_text_control", "sasrec_text_base_shuffled"]
 _TEXT_STUDY = {
     "device": "cpu", **_ML100K_DEMO,
     "cpt": {"variants": ["wsa", "shuffled_control", "wsa_target"], "max_tokens": 300_000,

@@ -64,6 +64,8 @@ class System:
     for the others), trained by cprec_core.training.next_item for every seed of its config.
     item_source: a ``text`` system's item embeddings: ``base`` (the base model) or the CPT
     variant whose adapter embedded the titles (cprec_core.embeddings.item_embeddings).
+    shuffled_vectors: a ``text`` system's ablation arm: the vectors permuted among the
+    domain's items (ItemVectors.shuffled), so none says its own title.
     """
 
     name: str
@@ -76,6 +78,7 @@ class System:
     sft_init: str | None = None
     next_item: str | None = None
     item_source: str | None = None
+    shuffled_vectors: bool = False
 
     @property
     def ranks_candidates(self) -> bool:
@@ -110,10 +113,11 @@ def embedding_asset(source: str) -> str:
     return f"item_embeddings_{source}"
 
 
-def _text(encoder: str, source: str) -> System:
-    name = f"{encoder}_text_{TEXT_SOURCE_NAMES[source]}"
+def _text(encoder: str, source: str, shuffled: bool = False) -> System:
+    name = f"{encoder}_text_{TEXT_SOURCE_NAMES[source]}{'_shuffled' if shuffled else ''}"
     return System(name, "text", name, None if source == "base" else source,
-                  all_seeds=True, next_item=encoder, item_source=source)
+                  all_seeds=True, next_item=encoder, item_source=source,
+                  shuffled_vectors=shuffled)
 
 
 def _sft(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
@@ -134,6 +138,8 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     System("gru4rec", "classic", "gru4rec", all_seeds=True, automated=True, next_item="gru4rec"),
     # next-item models reading LLM title embeddings (item_text.systems)
     *(_text(encoder, source) for encoder in ("sasrec", "gru4rec") for source in TEXT_SOURCE_NAMES),
+    # the ablation that can fail: the base model's vectors shuffled among the items
+    _text("sasrec", "base", shuffled=True),
     System("base", "zero_shot"),
     System("cprec_zero_shot", "zero_shot", "cpt_adapter", "wsa"),
     _sft("llara", None, "llara_adapter", headline=True),
@@ -168,6 +174,8 @@ PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "lla
                 # what the LLM's item embeddings buy a sequential recommender, and what CPT adds
                 ("sasrec_text_cpt", "sasrec"), ("sasrec_text_cpt", "gru4rec"),
                 ("sasrec_text_cpt", "sasrec_text_base"), ("sasrec_text_cpt", "sasrec_text_control"),
+                ("sasrec_text_base", "sasrec_text_base_shuffled"),
+                ("sasrec_text_cpt", "sasrec_text_base_shuffled"),
                 ("sasrec_text_cpt_target", "sasrec_text_cpt"),
                 ("sasrec_text_cpt_target", "sasrec"), ("sasrec_text_base", "sasrec"),
                 ("gru4rec_text_cpt", "gru4rec"), ("gru4rec_text_cpt", "gru4rec_text_base"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class ItemVectors:
     source: str
     fingerprint: str  # of the weights that embedded the titles
     pooling: str
+    shuffle_seed: int | None = None  # rows permuted among one domain's items (shuffled())
 
     @property
     def dim(self) -> int:
@@ -70,7 +72,23 @@ class ItemVectors:
         return self.embeddings[torch.as_tensor(at)]
 
     def provenance(self) -> dict:
-        return {"source": self.source, "fingerprint": self.fingerprint, "pooling": self.pooling}
+        found = {"source": self.source, "fingerprint": self.fingerprint, "pooling": self.pooling}
+        return found if self.shuffle_seed is None else {**found, "shuffle_seed": self.shuffle_seed}
+
+    def shuffled(self, items, seed: int = 0) -> ItemVectors:
+        """These vectors with the rows of ``items`` (one domain's global ids) permuted among
+        them, no item keeping its own (a derangement): every item still has a vector of the
+        same distribution, none says its title. The ablation that can fail: a system whose
+        lift comes from the titles loses it here (docs/ITEM_TEXT.md)."""
+        rows = np.searchsorted(self.item_idx, np.asarray(sorted(items), dtype=np.int64))
+        self.rows(sorted(items))  # every item has a vector, or a clear error
+        rng = np.random.default_rng(seed)
+        moved = rows.copy()
+        while len(rows) > 1 and (moved == rows).any():
+            moved = rng.permutation(rows)
+        table = self.embeddings.clone()
+        table[torch.as_tensor(rows)] = self.embeddings[torch.as_tensor(moved)]
+        return dataclasses.replace(self, embeddings=table, shuffle_seed=seed)
 
 
 def load_item_vectors(files: ItemEmbeddingFiles) -> ItemVectors:

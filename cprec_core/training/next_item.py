@@ -260,8 +260,10 @@ def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=p
             raise EmbeddingError(f"{files.path}: no item embeddings of"
                                     f" {entry.item_source!r}; materialise"
                                     f" {embedding_asset(entry.item_source)}")
-        text = TextTable(load_item_vectors(files), profile.item_text.adapter_hidden,
-                         profile.item_text.text_only)
+        vectors = load_item_vectors(files)
+        if entry.shuffled_vectors:
+            vectors = vectors.shuffled(data.items)
+        text = TextTable(vectors, profile.item_text.adapter_hidden, profile.item_text.text_only)
     return [train_next_item(data, cfg, profile.layout.next_item_model(name, slug, seed), log,
                             every_s, seed=seed, text=text,
                             name=name if entry.kind == "text" else None) for seed in cfg.seeds]

@@ -3,9 +3,8 @@
 import pytest
 
 from cprec_core.config import ConfigError, load_profile
-from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, automated_assets,
-                                embedding_asset,
-                                evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
+from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, TEXT_SYSTEMS,
+                                automated_assets, embedding_asset, evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
 
 
 def test_every_cpt_variant_has_an_asset_and_two_sft_systems_starting_from_it():
@@ -41,7 +40,7 @@ def test_the_evaluation_reads_every_weight_and_waits_for_the_automated_ones():
     assert {"sasrec", "gru4rec", "cpt_adapter", "llara_adapter", "sft_adapter",
             "sft_adapter_ds_only"} <= inputs
     text = {f"{encoder}_text_{source}" for encoder in ("sasrec", "gru4rec")
-            for source in ("base", "cpt", "control", "cpt_target")}
+            for source in ("base", "cpt", "control", "cpt_target")} | {"sasrec_text_base_shuffled"}
     assert inputs - automated_assets() == {
         "sft_adapter_ds_only", "sft_adapter_ds_mix_shuffled", "sft_adapter_shuffled_control",
         "sft_adapter_wsa_target", "sft_rank_adapter_ds_only",
@@ -56,6 +55,9 @@ def test_text_systems_name_their_encoder_and_embedding_source():
     assert cpt.is_cprec and not base.is_cprec and base.next_item == "gru4rec"
     assert system("sasrec_text_control").item_source == "shuffled_control"
     assert system("sasrec_text_cpt_target").item_source == "wsa_target"
+    arm = system("sasrec_text_base_shuffled")
+    assert (arm.item_source, arm.shuffled_vectors, arm.is_cprec) == ("base", True, False)
+    assert not any(s.shuffled_vectors for s in TEXT_SYSTEMS if s is not arm)
     assert embedding_asset("wsa") == "item_embeddings_wsa"
     with pytest.raises(KeyError):
         embedding_asset("wsd")

@@ -13,8 +13,9 @@ import torch
 from transformers import AutoTokenizer
 
 from cprec_core.data.domain_users import load_domain_data
-from cprec_core.embeddings.item_embeddings import (EmbeddingError, embed_items, embed_titles,
-                                                   load_item_vectors, tokenise_titles)
+from cprec_core.embeddings.item_embeddings import (EmbeddingError, ItemVectors, embed_items,
+                                                   embed_titles, load_item_vectors,
+                                                   tokenise_titles)
 from cprec_core.evaluation.candidates import build_candidate_sets
 from cprec_core.evaluation.evaluate import evaluate_domain
 from cprec_core.layout import ItemEmbeddingFiles
@@ -70,6 +71,22 @@ def test_pooling_reads_the_title_tokens_only_and_padding_changes_nothing(con):
         torch.testing.assert_close(batched[i], hidden[skip:].mean(0), atol=1e-5, rtol=1e-5)
         last = embed_titles(model, ids, skip, "last", 8, 0, torch.device("cpu"))[i]
         torch.testing.assert_close(last, hidden[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_shuffled_vectors_move_every_domain_item_and_no_other_row():
+    vectors = ItemVectors(np.array([2, 5, 7, 9, 11]), torch.arange(10.0).reshape(5, 2), "base",
+                          "f" * 16, "mean")
+    for seed in range(20):
+        moved = vectors.shuffled([9, 2, 11], seed=seed)
+        assert not (moved.rows([2, 9, 11]) == vectors.rows([2, 9, 11])).all(1).any()
+        assert sorted(moved.rows([2, 9, 11])[:, 0].tolist()) == [0.0, 6.0, 8.0]
+        assert torch.equal(moved.rows([5, 7]), vectors.rows([5, 7]))
+        assert moved.provenance()["shuffle_seed"] == seed
+    assert "shuffle_seed" not in vectors.provenance()
+    assert torch.equal(vectors.shuffled([2, 9, 11], 3).embeddings,
+                       vectors.shuffled([11, 9, 2], 3).embeddings)  # reproducible
+    with pytest.raises(EmbeddingError, match="no 'base' embedding"):
+        vectors.shuffled([2, 3])
 
 
 def test_the_text_table_adds_adapted_standardised_vectors_to_the_ids():
@@ -133,6 +150,15 @@ def test_a_text_system_trains_every_seed_and_joins_evaluation_and_full_ranking(c
     assert "## Goals" in report and "| Crime | sasrec_text_base vs sasrec | base text vs ID |" \
         in report
     assert "| Crime | sasrec_text_base | base | 2 |" in report  # source, seeds
+    # the ablation arm reads the same vectors, each moved to another item of the domain
+    (shuffled,) = train_system(dataclasses.replace(profile, sasrec=dataclasses.replace(
+        profile.sasrec, seeds=(0,))), "sasrec_text_base_shuffled", data, "crime",
+        log=lambda _: None)
+    assert shuffled["item_embeddings"] == {**texts[0]["item_embeddings"], "shuffle_seed": 0}
+    arm, index = load_next_item_model(
+        profile.layout.next_item_model("sasrec_text_base_shuffled", "crime", 0))
+    assert not (arm.text.text[1:] == model.text.text[1:]).all(1).any()
+    torch.testing.assert_close(arm.text.text[1:].sort(0).values, model.text.text[1:].sort(0).values)
 
 
 def _text_study_report(profile, con) -> str:
