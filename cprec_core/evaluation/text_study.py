@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -310,20 +311,53 @@ def goals_section(full: Setting, sparse: Setting | None, tests: dict, sparse_tes
             md_table(["goal", *full.domains, "met"], rows, max_cell=200), ""]
 
 
-def scaling_section(profile: Profile) -> list[str]:
-    """The scaling curve's table and plot, where ``cpt_scaling`` ran for the profile."""
+def plot_copy(out: Path, profile: Profile) -> Path:
+    """Where the report's copy of the scaling plot goes: beside the report."""
+    return out.parent / f"results_{profile.name}_scaling.png"
+
+
+def scaling_section(profile: Profile, resamples: int, copy: Path | None) -> list[str]:
+    """The scaling curve's table (each point with intervals and its paired test against
+    the base model's point) and its plot, copied to ``copy``, where ``cpt_scaling`` ran
+    for the profile."""
     path = profile.layout.scaling_curve
     if not path.is_file():
         return ["## Scaling curve", "", "Not run for this profile (`make study-text-scaling`).",
                 ""]
     curve = json.loads(path.read_text())
-    rows = [(r["label"], r["tokens"], r["domain"], r["seeds"], f"{r['hr@1']:.3f}",
-             f"{r['ndcg@10']:.4f}", r.get("train_minutes", "")) for r in curve["points"]]
-    return ["## Scaling curve (CPT tokens -> text SASRec)", "",
-            curve["description"], "",
-            md_table(["point", "CPT tokens", "domain", "seeds", "HR@1 (20 candidates)",
-                      "NDCG@10 (full ranking)", "CPT minutes"], rows), "",
-            f"![scaling curve]({profile.layout.scaling_plot.name})", ""]
+    trained = {t["label"]: t for t in curve.get("points_trained", [])}
+    base = {r["domain"]: r for r in curve["points"] if r["label"] == "base"}
+    rows = []
+    for r in curve["points"]:
+        hits, gains = np.asarray(r["hits"]), np.asarray(r["gains"])
+        cells = []
+        for values, key, digits in ((hits, "hits", 3), (gains, "gains", 4)):
+            low, high = bootstrap_interval(values, resamples)
+            cells.append(f"{values.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
+            if r["label"] != "base" and r["domain"] in base:
+                diff, _, _, p = paired(values, np.asarray(base[r["domain"]][key]), resamples)
+                cells.append(f"{diff:+.{digits}f}, p {p:.2g}")
+            else:
+                cells.append("")
+        t = trained.get(r["label"])
+        speed = (round((t["stable_tokens"] + t["anneal_tokens"])
+                       / max(t["stable_seconds"] + t["anneal_seconds"], 1e-9))
+                 if t and "stable_tokens" in t else "")
+        rows.append((r["label"], f"{r['tokens']:,}", r["domain"], r["seeds"], r["cases"],
+                     *cells, r.get("train_minutes", ""), speed))
+    plot = profile.layout.scaling_plot
+    lines = ["## Scaling curve (CPT tokens -> text SASRec)", "", curve["description"], "",
+             md_table(["point", "CPT tokens", "domain", "seeds", "test users",
+                       "HR@1, 20 candidates [95% CI]", "vs base",
+                       "NDCG@10, full ranking [95% CI]", "vs base",
+                       "CPT minutes (stable since the previous point + its annealing)",
+                       "tokens/s"], rows), "",
+             "`vs base`: the point minus the base model's point, per user (mean over seeds),"
+             " Wilcoxon signed-rank p.", ""]
+    if plot.is_file() and copy is not None:
+        shutil.copyfile(plot, copy)
+        lines += [f"![scaling curve]({copy.name})", ""]
+    return lines
 
 
 def render(full: Setting, sparse: Setting | None, command: str, resamples: int,
@@ -362,7 +396,8 @@ def render(full: Setting, sparse: Setting | None, command: str, resamples: int,
                   "Paired tests:", "", tests_md, "",
                   "HR@1 by the test item's popularity (terciles of the domain's items by train"
                   " interactions), mean over seeds:", "", popularity_table(setting), ""]
-    lines += [*scaling_section(full.profile), "## Compute", "", costs, ""]
+    plot = plot_copy(outputs[0], full.profile) if outputs else None
+    lines += [*scaling_section(full.profile, resamples, plot), "## Compute", "", costs, ""]
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     sparse = (load_setting("Sparse target", sparse_profile) if sparse_profile else None)
     command = "python -m cprec_core.evaluation.text_study " + " ".join(
         map(shlex.quote, argv or sys.argv[1:]))
-    out.write_text(render(full, sparse, command, profile.evaluation.bootstrap, (out,)))
+    out.write_text(render(full, sparse, command, profile.evaluation.bootstrap,
+                          (out, plot_copy(out, profile))))
     print(f"wrote {out}")
     return 0
 

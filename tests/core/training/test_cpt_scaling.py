@@ -69,6 +69,12 @@ def test_one_run_gives_every_point_and_resumes_to_the_same_adapters(scaling_prof
     assert tokens[0] == 0 and tokens == sorted(tokens) and len(set(tokens)) == 4
     assert all(0 <= r["hr@1"] <= 1 and 0 <= r["ndcg@10"] <= 1 for r in curve["points"])
     assert profile.layout.scaling_plot.is_file()
+    # the study report's section: every point with its interval and its test against base
+    from cprec_core.evaluation.text_study import scaling_section
+    section = "\n".join(scaling_section(profile, 20, tmp_path / "curve.png"))
+    table = [line for line in section.splitlines() if line.startswith(("| base", "| 1of", "| all"))]
+    assert len(table) == 8 and all(" p " in line for line in table[2:])
+    assert "![scaling curve](curve.png)" in section and (tmp_path / "curve.png").is_file()
     # an uninterrupted run of the same plan gives the same adapters
     fresh = dataclasses.replace(profile, data_dir=str(tmp_path / "again"))
     import shutil
