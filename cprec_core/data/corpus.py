@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from cprec_core.config import CorpusConfig, Profile
+from cprec_core.data.db import atomic
 from cprec_core.layout import Layout
 from cprec_core.models.tokenizer import load_tokenizer, tokenizer_fingerprint
 from cprec_core.prompts import bos_prefix, render_unified
@@ -168,8 +169,9 @@ def build_corpus_snapshot(con: duckdb.DuckDBPyConnection, profile: Profile) -> C
         texts = [row[5] for row in corpus_texts(con, profile.corpus)]
     tokenizer = load_tokenizer(profile.model.name, profile.layout.cache_dir, texts,
                                profile.model.trust_remote_code)
-    report = build_cpt_corpus(con, profile.corpus, tokenizer, profile.model.name)
-    info = export_snapshot(con, profile.layout, tokenizer)
+    with atomic(con):  # both corpus tables, and the snapshot written from them, or neither
+        report = build_cpt_corpus(con, profile.corpus, tokenizer, profile.model.name)
+        info = export_snapshot(con, profile.layout, tokenizer)
     return CorpusSnapshot(report, info["snapshot_sha256"], tokenizer_fingerprint(tokenizer))
 
 

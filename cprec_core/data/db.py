@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import duckdb
 
@@ -64,3 +65,20 @@ def connect(path: str | Path, read_only: bool = False,
                 told = now
             time.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
+
+
+@contextmanager
+def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction around a stage that replaces tables: everything it builds, and the
+    checks it makes before the end of the block, become visible in the one COMMIT. An
+    exception (a failed check included) rolls every table back to its previous state; a
+    process killed before the COMMIT leaves nothing of the block on disk (DuckDB writes a
+    transaction to its log only when it commits). Not nestable: a stage calls the others'
+    inner builders, never their ``atomic`` blocks."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from cprec_core.data.db import atomic
 from cprec_core.data.interactions import DataError, target_slugs
 from cprec_core.reporting import query_table
 
@@ -87,8 +88,14 @@ def domain_for_slug(con: duckdb.DuckDBPyConnection, slug: str) -> tuple[str, str
 
 def build_domain_users(con: duckdb.DuckDBPyConnection, slug: str) -> DomainDataReport:
     domain, _role = domain_for_slug(con, slug)
-    con.execute(SCHEMA)
-    con.execute("DELETE FROM domain_users WHERE domain = ?", [domain])
+    with atomic(con):  # the domain's rows are replaced as a whole or not at all
+        con.execute(SCHEMA)
+        con.execute("DELETE FROM domain_users WHERE domain = ?", [domain])
+        _insert_domain_users(con, domain)
+    return _report(con, domain)
+
+
+def _insert_domain_users(con: duckdb.DuckDBPyConnection, domain: str) -> None:
     con.execute(
         """
         INSERT INTO domain_users
@@ -108,6 +115,9 @@ def build_domain_users(con: duckdb.DuckDBPyConnection, slug: str) -> DomainDataR
         """,
         [domain, domain],
     )
+
+
+def _report(con: duckdb.DuckDBPyConnection, domain: str) -> DomainDataReport:
     users, items, train, lo, hi = con.execute(
         """
         SELECT (SELECT count(*) FROM domain_users WHERE domain = $1),

@@ -33,6 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from cprec_core.config import DataConfig
+from cprec_core.data.db import atomic
 from cprec_core.data.landing import landed_only_domains
 from cprec_core.data.raw import raw_data_version
 from cprec_core.data.titles import normalise_title
@@ -170,6 +171,21 @@ def _settle_landed(con: duckdb.DuckDBPyConnection, cfg: DataConfig, landed: set[
 
 
 def build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> InteractionsReport:
+    """Clean, filter, index and split ``raw_interactions`` into ``users``, ``items``,
+    ``interactions``, ``filtered_interactions`` and ``domains``, all in one transaction with
+    the checks (targets large enough, no leak across the leave-one-out split): a failed
+    check, an error or a killed process leaves the previous tables whole, never one table
+    new beside another old (cprec_core.data.db.atomic)."""
+    with atomic(con):
+        report = _build_interactions(con, cfg)
+        found = leaks(con)
+        if found:
+            raise DataError(f"leave-one-out split check failed for (user, domain) {found[:5]}:"
+                            " their validation and test items are not their last two by time")
+    return report
+
+
+def _build_interactions(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> InteractionsReport:
     (raw_rows,) = con.execute("SELECT count(*) FROM raw_interactions").fetchall()[0]
     if raw_rows == 0:
         raise DataError("raw_interactions is empty: every input row was rejected or no file was read"

@@ -29,7 +29,8 @@ out of it is never read. The rows live in their own tables
 (``landed_raw``, ``landed_rejected``, ``landed_source_files``, same columns as
 ``raw_interactions``, ``rejected_rows``, ``source_files``), so rebuilding ``raw_interactions``
 from the configured sources keeps them: ``append_landed`` copies them in after the sources.
-Each delivery is written in one transaction: a crash leaves it either fully loaded or absent.
+Each delivery's rows and its ledger row are written in one transaction: a crash leaves it
+either loaded and recorded or absent, so it is never loaded twice.
 """
 
 from __future__ import annotations
@@ -313,15 +314,19 @@ def ingest(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> In
                 row.update(status="failed", detail=f"{escaped[0]}: a link pointing outside the"
                                                    " landing folder; not read")
             else:
-                row.update(_load(con, d, sha, reasons))
-        _ledger(con, row)
+                row.update(_load(con, d, sha, reasons, row))
+        if row["status"] != "loaded":  # a loaded delivery's row went in with its rows
+            _ledger(con, row)
         rows.append(row)
     return IngestReport(rows, dict(reasons.most_common()))
 
 
-def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counter) -> dict:
-    """Reads one delivery into the landed tables in one transaction; returns the ledger
-    fields that say what happened."""
+def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counter,
+          row: dict) -> dict:
+    """Reads one delivery into the landed tables and writes its ledger ``row`` in one
+    transaction, so a process that dies at any point leaves the delivery either loaded and
+    recorded or neither (never loaded twice); returns the ledger fields that say what
+    happened."""
     earlier = con.execute(
         "SELECT delivery, landed_at FROM landed_files WHERE sha256 = ? AND status = 'loaded'"
         " AND delivered_for IS NOT DISTINCT FROM ? ORDER BY landed_at LIMIT 1",
@@ -362,14 +367,21 @@ def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counte
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    mine = [f for f in writer.files if f["source_file"] == label][0]
-    domains = [r[0] for r in con.execute(
-        "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
-        [label]).fetchall()]
-    reasons.update(writer.reasons)
+    try:
+        mine = [f for f in writer.files if f["source_file"] == label][0]
+        domains = [r[0] for r in con.execute(
+            "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
+            [label]).fetchall()]
+        loaded = dict(source_file=label, rows_read=mine["rows_read"],
+                      rows_loaded=mine["rows_loaded"], rows_rejected=mine["rows_rejected"],
+                      domains=domains)
+        _ledger(con, {**row, **loaded})
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     con.execute("COMMIT")
-    return dict(source_file=label, rows_read=mine["rows_read"], rows_loaded=mine["rows_loaded"],
-                rows_rejected=mine["rows_rejected"], domains=domains)
+    reasons.update(writer.reasons)
+    return loaded
 
 
 class _Changed(Exception):

@@ -19,6 +19,7 @@ from typing import Iterable
 import duckdb
 
 from cprec_core.config import SourceConfig
+from cprec_core.data.db import atomic
 from cprec_core.data.landing import append_landed
 from cprec_core.data.rows import Writer
 from cprec_core.data.sources import Record, read_source
@@ -64,8 +65,7 @@ def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
     as the previous load left them, with none of the partial file's rows. With ``log``, a
     line every ``every_s`` seconds (30) says how far reading got (large logs take minutes)."""
     throttled = Throttled(log, every_s) if log else None
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with atomic(con):
         con.execute(SCHEMA)
         writer = Writer(con)
         for n, record in enumerate(records, start=1):
@@ -79,10 +79,6 @@ def load_records(con: duckdb.DuckDBPyConnection, records: Iterable[Record],
             landed_files, landed_reasons = append_landed(con)
             files = files + landed_files
             reasons = reasons + landed_reasons
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
     return RawLoadReport(files=files, reasons=dict(reasons.most_common()))
 
 

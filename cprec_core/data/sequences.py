@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import duckdb
 
 from cprec_core.config import CorpusConfig
+from cprec_core.data.db import atomic
 from cprec_core.reporting import query_table
 
 _WINDOWED = """
@@ -42,9 +43,11 @@ class SequenceReport:
 
 def build_domain_sequences(con: duckdb.DuckDBPyConnection, cfg: CorpusConfig) -> SequenceReport:
     """One row per (user, source domain, window): items in time order; and the same of the
-    target domains' train split as ``target_sequences`` (its report: ``target_report``)."""
-    _per_domain(con, cfg, "target", "target_sequences")
-    return _per_domain(con, cfg, "source", "domain_sequences")
+    target domains' train split as ``target_sequences`` (its report: ``target_report``);
+    both tables in one transaction."""
+    with atomic(con):
+        _per_domain(con, cfg, "target", "target_sequences")
+        return _per_domain(con, cfg, "source", "domain_sequences")
 
 
 def target_report(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -9,6 +9,7 @@ import hashlib
 import duckdb
 import numpy as np
 
+from cprec_core.data.db import atomic
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.progress import Log, Progress
 
@@ -40,9 +41,7 @@ def build_candidate_sets(con: duckdb.DuckDBPyConnection, slug: str, negatives: i
         """SELECT u.user_idx, u.valid_item, u.test_item, u.activity, list(i.item_idx)
            FROM domain_users u JOIN interactions i ON i.user_idx = u.user_idx AND i.domain = u.domain
            WHERE u.domain = ? GROUP BY ALL ORDER BY u.user_idx""", [domain]).fetchall()
-    con.execute(SCHEMA)
-    con.execute("DELETE FROM candidate_sets WHERE domain = ?", [domain])
-    counts = {}
+    drawn = {}
     for split, column in (("valid", 1), ("test", 2)):
         rng = np.random.default_rng(_seed(domain, split, seed))
         rows = []
@@ -57,9 +56,13 @@ def build_candidate_sets(con: duckdb.DuckDBPyConnection, slug: str, negatives: i
                 rng.shuffle(candidates)
                 rows.append((domain, split, row[0], int(target), candidates.tolist(), row[3]))
             progress.update(done)
-        con.executemany("INSERT INTO candidate_sets VALUES (?, ?, ?, ?, ?, ?)", rows)
-        counts[split] = len(rows)
-    return counts
+        drawn[split] = rows
+    with atomic(con):  # the domain's sets are replaced as a whole or not at all
+        con.execute(SCHEMA)
+        con.execute("DELETE FROM candidate_sets WHERE domain = ?", [domain])
+        for rows in drawn.values():
+            con.executemany("INSERT INTO candidate_sets VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return {split: len(rows) for split, rows in drawn.items()}
 
 
 def bad_candidate_sets(con: duckdb.DuckDBPyConnection, size: int = 20) -> int:

@@ -41,6 +41,7 @@ import duckdb
 import numpy as np
 
 from cprec_core.config import ConfigError, Profile
+from cprec_core.data.db import atomic
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.data.cases import Cases, load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
@@ -428,8 +429,7 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     if with_fusion and partner:
         replaced.add(FUSED)
     with connect() as con:
-        con.execute("BEGIN")  # the old rows are replaced as a whole or not at all
-        try:
+        with atomic(con):  # the old rows are replaced as a whole or not at all
             for table in ("evaluation_results", "evaluation_cases", "evaluation_costs",
                           "evaluation_choices"):
                 if subset is None:
@@ -451,10 +451,6 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
                 con.executemany(f"INSERT INTO evaluation_costs ({', '.join(COST_COLUMNS)})"
                                 f" VALUES ({', '.join('?' * len(COST_COLUMNS))})",
                                 [(*row, revision) for row in costs])
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
     return results
 
 

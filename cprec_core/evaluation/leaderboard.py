@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 from scipy.stats import binomtest
 
+from cprec_core.data.db import atomic
 from cprec_core.systems import (PAIRED_TESTS, SHUFFLED_SUFFIX, TEXT_SYSTEM_NAMES, is_cprec,
                                 leaderboard_rank, system as registered)
 
@@ -155,8 +156,8 @@ def require_evaluation(con: duckdb.DuckDBPyConnection, database) -> None:
 
 
 def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> dict:
-    """Compute both tables from ``evaluation_cases`` / ``evaluation_results`` and store them."""
-    con.execute(SCHEMA)
+    """Compute both tables from ``evaluation_cases`` / ``evaluation_results`` and replace
+    them in one transaction (a failure leaves the previous leaderboard whole)."""
     domains = [r[0] for r in con.execute("""SELECT DISTINCT domain FROM evaluation_cases
                                             WHERE split = 'test' ORDER BY domain""").fetchall()]
     rows, tests = [], []
@@ -190,10 +191,13 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
                     t = paired_test(a, b, resamples)
                     tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
                                   t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
-    if rows:
-        con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 13)})", rows)
-    if tests:
-        con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})", tests)
+    with atomic(con):
+        con.execute(SCHEMA)
+        if rows:
+            con.executemany(f"INSERT INTO leaderboard VALUES ({', '.join('?' * 13)})", rows)
+        if tests:
+            con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})",
+                            tests)
     return {"domains": len(domains), "rows": len(rows), "tests": len(tests)}
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cprec_core.config import Profile
+from cprec_core.data.db import atomic
 from cprec_core.data.domain_users import domain_data_version, domain_for_slug
 from cprec_core.layout import RecommendationFiles
 from cprec_core.progress import Progress, duration
@@ -169,16 +170,11 @@ def recommend_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnect
     table = pa.Table.from_pylist([dict(zip(COLUMNS, r)) for r in rows], schema=ARROW_SCHEMA)
     with connect() as con:
         con.execute(SCHEMA)
-        con.execute("BEGIN")
-        try:
+        with atomic(con):
             con.execute("DELETE FROM recommendations WHERE domain = ?", [domain])
             con.register("snapshot_rows", table)
             con.execute("INSERT INTO recommendations SELECT * FROM snapshot_rows")
             con.unregister("snapshot_rows")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
     info = {"version": version, "domain": domain, "slug": slug, "k": k,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "data_version": data_version,

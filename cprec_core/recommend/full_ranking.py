@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from cprec_core.config import Profile
+from cprec_core.data.db import atomic
 from cprec_core.data.cases import popularity_groups
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.leaderboard import bootstrap_interval
@@ -147,8 +148,7 @@ def full_ranking_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConn
     revision = git_revision()
     with connect() as con:
         con.execute(SCHEMA)
-        con.execute("BEGIN")
-        try:
+        with atomic(con):
             for table in ("full_ranking_cases", "full_ranking_runs"):
                 con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
             con.executemany("INSERT INTO full_ranking_cases (domain, system, user_idx, rank,"
@@ -159,10 +159,6 @@ def full_ranking_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConn
                 " git_revision, seeds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(domain, system, len(users), len(items.ids), round(took, 2), detail,
                   revision, n_seeds[system]) for system, took, detail in runs])
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
     summary = {}
     for system in n_seeds:  # the mean over seeds
         seeded = np.stack([r for (s, _), r in ranks.items() if s == system])
