@@ -35,10 +35,15 @@ either loaded and recorded or absent, so it is never loaded twice.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import json
 import os
+import stat
+import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -48,7 +53,7 @@ import duckdb
 from cprec_core.data.rows import Writer, reason_group
 from cprec_core.data.sources.amazon import AMAZON_2018, AMAZON_2023, read_pair
 from cprec_core.data.sources.base import (Record, SourceError, SourceFileGone,
-                                         category_from_filename, file_sha256)
+                                         category_from_filename)
 from cprec_core.data.sources.table import read_table_file
 
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
@@ -102,6 +107,7 @@ class Delivery:
     meta_size: int = 0
     meta_mtime_ns: int = 0
     root: Path | None = None  # the landing folder, to check links again when it is read
+    problem: str | None = None  # why it cannot be read at all (a name that is not UTF-8)
 
     @property
     def files(self) -> list[Path]:
@@ -146,6 +152,13 @@ def scan(root: str | Path) -> Scan:
             rel = "/".join(rel_parts)
             if _skipped(rel_parts) or name.endswith(MARKER):
                 continue
+            if not _utf8(rel):  # recorded as failed; the files after it still load
+                shown = rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                deliveries.append(Delivery(
+                    shown, path, "table", 0, 0, True, root=root,
+                    problem=f"{root / shown}: the file or folder name is not valid UTF-8"
+                            " (shown with U+FFFD); rename it to load it"))
+                continue
             if _outside(real_root, path):
                 ignored[rel] = "a link pointing outside the landing folder"
                 continue
@@ -162,6 +175,14 @@ def scan(root: str | Path) -> Scan:
                 continue
             deliveries.append(delivery)
     return Scan(deliveries, ignored)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk hands undecodable bytes over as surrogates
+        return False
+    return True
 
 
 def _outside(real_root: Path, path: Path) -> bool:
@@ -268,11 +289,79 @@ class IngestReport:
         return sorted({d for f in self.files for d in (f["domains"] or [])})
 
 
-def _content_sha(d: Delivery) -> str:
-    sha = file_sha256(d.path)
-    if d.meta is None:
-        return sha
-    return hashlib.sha256(f"{sha}:{file_sha256(d.meta)}".encode()).hexdigest()
+class _Refused(Exception):
+    """A file of a delivery that must not be read (a link, not a regular file, a second
+    name of a file, or a path that leads out of the landing folder)."""
+
+
+class _Changed(Exception):
+    pass
+
+
+def _fd_path(fd: int, path: Path) -> Path:
+    """Where the open file ``fd`` really is: Linux names it in /proc; elsewhere the resolved
+    path, accepted only if it is the same file as the handle."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        real = Path(os.path.realpath(path))
+        st, mine = os.stat(real), os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            raise _Refused(f"{path}: replaced while it was opened; not read") from None
+        return real
+
+
+def _copy_checked(path: Path, real_root: Path, dest: Path, stamp: tuple[int, int]) -> str:
+    """Copies the landing file ``path`` to ``dest`` from one handle opened without
+    following links and checked on that handle (a regular file with one name, inside the
+    landing folder, with the size and time the scan saw); returns the copy's SHA-256. The
+    reader then reads the copy, so nothing swapped in after the check is ever read."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Refused(f"{path}: a symbolic link; not read (deliver the file itself,"
+                           " inside the landing folder)") from None
+        raise
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"{path}: not a regular file; not read")
+        if st.st_nlink != 1:
+            raise _Refused(f"{path}: a file with {st.st_nlink} names (a hard link); not read"
+                           " (deliver a copy)")
+        real = _fd_path(fd, path)
+        if not real.is_relative_to(real_root):
+            raise _Refused(f"{path}: a link pointing outside the landing folder ({real});"
+                           " not read")
+        if (st.st_size, st.st_mtime_ns) != stamp:
+            raise _Changed()
+        with open(dest, "wb") as out:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != stamp:
+            raise _Changed()
+    return digest.hexdigest()
+
+
+@contextmanager
+def _staged(d: Delivery) -> Iterator[tuple[Delivery, str]]:
+    """The delivery with its files copied (checked) into a private folder, and the SHA-256
+    of its content (review + meta file for Amazon pairs); the copies go afterwards."""
+    real_root = (d.root or d.path.parent).resolve()
+    with tempfile.TemporaryDirectory(prefix="cprec-landing-") as folder:
+        path = Path(folder) / d.path.name
+        sha = _copy_checked(d.path, real_root, path, (d.size, d.mtime_ns))
+        meta = None
+        if d.meta is not None:
+            meta = Path(folder) / d.meta.name
+            meta_sha = _copy_checked(d.meta, real_root, meta, (d.meta_size, d.meta_mtime_ns))
+            sha = hashlib.sha256(f"{sha}:{meta_sha}".encode()).hexdigest()
+        yield dataclasses.replace(d, path=path, meta=meta), sha
 
 
 def _records(d: Delivery) -> Iterator[Record]:
@@ -291,11 +380,11 @@ def ingest(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> In
     One delivery's failure never stops the others.
 
     Status per delivery: ``loaded``; ``duplicate`` (the same content already loaded for the
-    same domain folder, nothing added); ``failed`` (the whole file cannot be read, or one of
-    its files is a link out of the landing folder: the reason names the file; nothing added,
-    a corrected file can be delivered again); ``changed`` (the file changed while it was
-    read; nothing added, it is read again once complete); ``gone`` (removed before or while
-    it was read; nothing added)."""
+    same domain folder, nothing added); ``failed`` (the whole file cannot be read, its name is
+    not UTF-8, or one of its files is a link, a hard link or not a regular file: the reason
+    names the file; nothing added, a corrected file can be delivered again); ``changed`` (the
+    file changed after the scan or while it was read; nothing added, it is read again once
+    complete); ``gone`` (removed before it was read; nothing added)."""
 
     con.execute(SCHEMA)
     rows, reasons = [], Counter()
@@ -304,29 +393,30 @@ def ingest(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> In
                    status="loaded", detail=None, rows_read=0, rows_loaded=0, rows_rejected=0,
                    domains=None, delivered_for=d.domain)
         try:
-            escaped = [f for f in d.files if d.root is not None and _outside(d.root.resolve(), f)]
-            sha = _content_sha(d)
+            if d.problem is not None:
+                raise _Refused(d.problem)
+            with _staged(d) as (copy, sha):
+                row["sha256"] = sha
+                row.update(_load(con, d, copy, sha, reasons, row))
         except FileNotFoundError as exc:
             row.update(status="gone", detail=f"{exc.filename}: removed before it was read")
-        else:
-            row["sha256"] = sha
-            if escaped:
-                row.update(status="failed", detail=f"{escaped[0]}: a link pointing outside the"
-                                                   " landing folder; not read")
-            else:
-                row.update(_load(con, d, sha, reasons, row))
+        except _Refused as exc:
+            row.update(status="failed", detail=str(exc))
+        except _Changed:
+            row.update(status="changed", detail=f"{d.path}: changed since the scan; read again"
+                                                " once complete")
         if row["status"] != "loaded":  # a loaded delivery's row went in with its rows
             _ledger(con, row)
         rows.append(row)
     return IngestReport(rows, dict(reasons.most_common()))
 
 
-def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counter,
-          row: dict) -> dict:
-    """Reads one delivery into the landed tables and writes its ledger ``row`` in one
-    transaction, so a process that dies at any point leaves the delivery either loaded and
-    recorded or neither (never loaded twice); returns the ledger fields that say what
-    happened."""
+def _load(con: duckdb.DuckDBPyConnection, d: Delivery, copy: Delivery, sha: str,
+          reasons: Counter, row: dict) -> dict:
+    """Reads one delivery (from its checked ``copy``) into the landed tables and writes its
+    ledger ``row`` in one transaction, so a process that dies at any point leaves the
+    delivery either loaded and recorded or neither (never loaded twice); returns the ledger
+    fields that say what happened."""
     earlier = con.execute(
         "SELECT delivery, landed_at FROM landed_files WHERE sha256 = ? AND status = 'loaded'"
         " AND delivered_for IS NOT DISTINCT FROM ? ORDER BY landed_at LIMIT 1",
@@ -335,35 +425,37 @@ def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counte
         return dict(status="duplicate",
                     detail=f"same content as {earlier[0][0]}, loaded {earlier[0][1]:%Y-%m-%d %H:%M:%S}")
     label = f"{LABEL_PREFIX}{d.rel}#{sha[:12]}"
-    labels = {str(d.path): label}
+    labels = {str(copy.path): label}
+    names = {str(copy.path): str(d.path)}  # errors name the landing file, not the copy
     if d.meta is not None:
         meta_rel = PurePosixPath(d.rel).parent / d.meta.name
-        labels[str(d.meta)] = f"{LABEL_PREFIX}{meta_rel}#{sha[:12]}"
+        labels[str(copy.meta)] = f"{LABEL_PREFIX}{meta_rel}#{sha[:12]}"
+        names[str(copy.meta)] = str(d.meta)
+
+    def named(text: str) -> str:
+        for staged, original in names.items():
+            text = text.replace(staged, original)
+        return text
+
     con.execute("BEGIN TRANSACTION")
     try:
         writer = Writer(con, tables=LANDED_TABLES)
-        for record in _records(d):
+        for record in _records(copy):
             writer.add(_relabel(record, labels))
         writer.flush()
-        st = d.path.stat()
-        if (st.st_size, st.st_mtime_ns) != (d.size, d.mtime_ns):
-            raise _Changed()
     except duckdb.Error:
         con.execute("ROLLBACK")
         raise  # the database itself failed: not this file's fault
-    except _Changed:
-        con.execute("ROLLBACK")
-        return dict(status="changed", detail=f"{d.path}: changed while being read; read again"
-                                             " once complete")
     except (FileNotFoundError, SourceFileGone) as exc:
         con.execute("ROLLBACK")
-        return dict(status="gone", detail=f"{exc.filename or d.path}: removed while it was read")
+        return dict(status="gone", detail=f"{d.path}: removed while it was read"
+                                          f" ({named(str(exc))})")
     except SourceError as exc:
         con.execute("ROLLBACK")
-        return dict(status="failed", detail=str(exc))
+        return dict(status="failed", detail=named(str(exc)))
     except Exception as exc:  # a reader defect must not stop the other deliveries
         con.execute("ROLLBACK")
-        return dict(status="failed", detail=f"{d.path}: {type(exc).__name__}: {exc}")
+        return dict(status="failed", detail=f"{d.path}: {type(exc).__name__}: {named(str(exc))}")
     except BaseException:
         con.execute("ROLLBACK")
         raise
@@ -382,10 +474,6 @@ def _load(con: duckdb.DuckDBPyConnection, d: Delivery, sha: str, reasons: Counte
     con.execute("COMMIT")
     reasons.update(writer.reasons)
     return loaded
-
-
-class _Changed(Exception):
-    pass
 
 
 def _ledger(con: duckdb.DuckDBPyConnection, row: dict) -> None:

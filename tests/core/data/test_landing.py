@@ -259,4 +259,44 @@ def test_no_file_of_a_delivery_may_link_out_of_the_landing_folder(tmp_path):
     meta.symlink_to(outside)
     report = ingest(duckdb.connect(), deliveries)
     assert report.files[0]["status"] == "failed"
-    assert "a link pointing outside the landing folder" in report.files[0]["detail"]
+    assert "meta_Toys.jsonl.gz: a symbolic link; not read" in report.files[0]["detail"]
+
+
+def test_only_regular_files_with_one_name_inside_the_folder_are_read(tmp_path):
+    root = tmp_path / "landing"
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user_id,item_id,title,timestamp\nroot,x,SECRET LINE,1700000000\n")
+    done(write_parquet(root / "Western" / "a.parquet", rows_for(None, 2, 3, 2)))
+    done(write_parquet(root / "Western" / "z.parquet", rows_for(None, 2, 3, 2, prefix="z")))
+    os.link(secret, root / "Western" / "hard.csv")  # a second name of a file outside
+    done(root / "Western" / "hard.csv")
+    os.mkfifo(root / "Western" / "pipe.csv")
+    done(root / "Western" / "pipe.csv")
+    swapped = write_parquet(root / "Western" / "swap.parquet", rows_for(None, 2, 3, 2, prefix="s"))
+    done(swapped)
+    bad = os.fsencode(root / "Western") + b"/caf\xe9.parquet"  # Latin-1, not UTF-8
+    with open(bad, "wb") as fh:
+        fh.write((root / "Western" / "a.parquet").read_bytes())
+    with open(bad + b".done", "wb"):
+        pass
+    deliveries = scan(root).deliveries
+    swapped.unlink()  # swapped for a link to a file outside after the scan
+    swapped.symlink_to(secret)
+    con = duckdb.connect()
+    report = ingest(con, deliveries)
+    got = {f["delivery"]: (f["status"], f["detail"] or "") for f in report.files}
+    assert got["Western/a.parquet"][0] == got["Western/z.parquet"][0] == "loaded"
+    assert got["Western/hard.csv"][0] == "failed" and "a hard link" in got["Western/hard.csv"][1]
+    assert got["Western/swap.parquet"][0] == "failed" and "symbolic link" in got[
+        "Western/swap.parquet"][1]
+    assert got["Western/caf\ufffd.parquet"][0] == "failed"
+    assert "not valid UTF-8" in got["Western/caf\ufffd.parquet"][1]
+    assert "pipe.csv" not in got or got["Western/pipe.csv"][0] == "failed"
+    assert not any("SECRET" in detail for _, detail in got.values())
+    assert con.execute("SELECT count(*) FROM landed_raw WHERE title LIKE '%SECRET%'"
+                       ).fetchall()[0][0] == 0
+    assert con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0] == 8
+    # the ledger and a rerun cope with the name: the same result, nothing loaded twice
+    again = ingest(con, scan(root).deliveries)
+    assert con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0] == 8
+    assert {f["status"] for f in again.files} <= {"duplicate", "failed"}
