@@ -51,6 +51,8 @@ class SourceConfig:
         (lets small target genres claim their multi-genre movies).
     ``timestamp_unit``: ``auto`` (numbers above 1e11 are milliseconds, others seconds), ``s``
     or ``ms``; for every format with numeric timestamps (table, MovieLens, both Amazon ones).
+    ``max_record_bytes`` / ``max_file_bytes``: what one line, and one file after
+    decompression, may hold (cprec_core.data.sources.base.ReadLimits).
     """
 
     kind: str = "embedded"
@@ -61,8 +63,14 @@ class SourceConfig:
     categories: tuple[str, ...] = ()
     append_year: bool = True
     timestamp_unit: str = "auto"
+    max_record_bytes: int = 4 << 20
+    max_file_bytes: int = 64 << 30
 
     def __post_init__(self) -> None:
+        if self.max_record_bytes < 1024 or self.max_file_bytes < self.max_record_bytes:
+            raise ConfigError(f"max_record_bytes must be at least 1024 and max_file_bytes at"
+                              f" least max_record_bytes; got {self.max_record_bytes} and"
+                              f" {self.max_file_bytes}")
         kinds = ("embedded", "movielens", "amazon2018", "amazon2023", "table")
         if self.kind not in kinds:
             raise ConfigError(f"source kind {self.kind!r} is not one of {kinds}")

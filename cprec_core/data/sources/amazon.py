@@ -27,8 +27,10 @@ from typing import Iterator
 
 from cprec_core.config import SourceConfig
 from cprec_core.data.sources.base import (
+    DEFAULT_LIMITS,
     Accepted,
     FileRead,
+    ReadLimits,
     Record,
     Rejected,
     RowProblem,
@@ -40,6 +42,7 @@ from cprec_core.data.sources.base import (
     parse_rating,
     parse_timestamp_ms,
     raw_text,
+    read_limits,
     read_sha256,
     require_text,
     show,
@@ -103,13 +106,14 @@ def clean_title(value: str) -> str:
     return " ".join(html.unescape(value).split())
 
 
-def _read_meta(path: Path, layout: Layout) -> tuple[dict, list[Record]]:
+def _read_meta(path: Path, layout: Layout, limits: ReadLimits = DEFAULT_LIMITS
+               ) -> tuple[dict, list[Record]]:
     """item -> (title or None, meta line, why there is no title). Defective meta rows are
     returned as records."""
     items: dict[str, tuple[str | None, int, str]] = {}
     records: list[Record] = []
     rows = 0
-    for number, raw, obj in json_rows(path):
+    for number, raw, obj in json_rows(path, limits):
         rows += 1
         try:
             if isinstance(obj, RowProblem):
@@ -159,14 +163,14 @@ def _timestamp(obj: dict, layout: Layout, unit: str) -> int:
 
 
 def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout,
-              unit: str = "auto") -> Iterator[Record]:
+              unit: str = "auto", limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
     """One category: its meta file (item titles), then its review file. ``unit``: the
     ``timestamp_unit`` of the numeric time key (see the module docstring)."""
-    items, meta_records = _read_meta(meta_path, layout)
+    items, meta_records = _read_meta(meta_path, layout, limits)
     yield from meta_records
     source = str(reviews_path)
     rows = 0
-    for number, raw, obj in json_rows(reviews_path):
+    for number, raw, obj in json_rows(reviews_path, limits):
         rows += 1
         try:
             if isinstance(obj, RowProblem):
@@ -190,7 +194,8 @@ def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout
 
 def read_amazon(path: str | Path, cfg: SourceConfig, layout: Layout) -> Iterator[Record]:
     for category, reviews_path, meta_path in find_pairs(Path(path), layout, cfg.categories):
-        yield from read_pair(category, reviews_path, meta_path, layout, cfg.timestamp_unit)
+        yield from read_pair(category, reviews_path, meta_path, layout, cfg.timestamp_unit,
+                             read_limits(cfg))
 
 
 def read_amazon2018(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:

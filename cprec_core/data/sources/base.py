@@ -36,6 +36,7 @@ import math
 import re
 import warnings
 import zlib
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +50,28 @@ MAX_INT_ID = 2**63  # integer ids must fit a signed 64-bit column
 
 # errors of reading a (possibly gzip-compressed) file; gzip.BadGzipFile is an OSError
 READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one input file may hold, enforced while it is read, so a small hostile file (a
+    gzip bomb, one endless line) cannot take the memory: a record (line) of at most
+    ``record_bytes`` (a longer one is a rejected row, its bytes skipped without being held)
+    and at most ``file_bytes`` after decompression (more: a ``SourceError`` naming the file
+    and the line). The defaults fit a 24 GB machine and every real log we read (Amazon's
+    longest review lines are tens of kilobytes); ``data.sources[].max_record_bytes`` and
+    ``max_file_bytes`` change them."""
+
+    record_bytes: int = 4 << 20
+    file_bytes: int = 64 << 30
+
+
+DEFAULT_LIMITS = ReadLimits()
+
+
+def read_limits(cfg) -> ReadLimits:
+    """A source's limits (cprec_core.config.SourceConfig)."""
+    return ReadLimits(cfg.max_record_bytes, cfg.max_file_bytes)
 
 
 class SourceError(ValueError):
@@ -138,27 +161,57 @@ def stopped_reading(path: Path, line: int, exc: BaseException, unit: str = "line
                        f" {'gzip-compressed ' if gz else ''}file readable to its end")
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
-    """(1-based line number, decoded text or None if not UTF-8, raw bytes) for each line.
+def iter_lines(path: Path, limits: ReadLimits = DEFAULT_LIMITS
+               ) -> Iterator[tuple[int, str | RowProblem, bytes]]:
+    """(1-based line number, decoded text or the ``RowProblem`` that makes the line unusable,
+    raw bytes) for each line: not UTF-8, or longer than ``limits.record_bytes`` (its bytes
+    are skipped, never held: ``raw`` is its beginning).
 
     LF and CRLF endings both work; ``.gz`` files are decompressed on the fly; a UTF-8 byte order
     mark (Windows editors write one) is dropped from the first line. A file that cannot be read
-    to its end raises ``SourceError`` naming the last line read.
+    to its end, or that holds more than ``limits.file_bytes`` (after decompression), raises
+    ``SourceError`` naming the last line read.
     """
-    number = 0
+    number, total = 0, 0
     try:
         with open_binary(path) as fh:
-            for number, raw in enumerate(fh, start=1):
+            while True:
+                raw = fh.readline(limits.record_bytes + 1)
+                if not raw:
+                    break
+                number += 1
+                total += len(raw)
+                problem = None
+                if len(raw) > limits.record_bytes:
+                    problem = RowProblem("line", f"longer than {limits.record_bytes:,} bytes"
+                                                 " (max_record_bytes); skipped")
+                    raw = raw[:RAW_TEXT_LIMIT * 4]
+                    while True:  # the rest of the line, in bounded pieces
+                        rest = fh.readline(1 << 20)
+                        total += len(rest)
+                        _check_total(path, number, total, limits)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                _check_total(path, number, total, limits)
                 raw = raw.rstrip(b"\r\n")
                 if number == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    text = None
+                text: str | RowProblem = problem
+                if problem is None:
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = RowProblem("line", "not valid UTF-8")
                 yield number, text, raw
     except READ_ERRORS as exc:
         raise stopped_reading(path, number, exc) from exc
+
+
+def _check_total(path: Path, line: int, total: int, limits: ReadLimits) -> None:
+    if total > limits.file_bytes:
+        raise SourceError(f"{path}: more than {limits.file_bytes:,} bytes"
+                          f"{' after decompression' if path.name.endswith('.gz') else ''}"
+                          f" by line {line} (max_file_bytes); not read")
 
 
 def open_binary(path: Path):
@@ -207,15 +260,17 @@ def kind(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def json_rows(path: Path) -> Iterator[tuple[int, bytes, dict | RowProblem]]:
+def json_rows(path: Path, limits: ReadLimits = DEFAULT_LIMITS
+              ) -> Iterator[tuple[int, bytes, dict | RowProblem]]:
     """The rows of a JSON-lines file: (line number, raw bytes, the object, or the RowProblem
-    that makes the line unusable: not UTF-8, not a JSON object). Blank lines are not rows."""
-    for number, text, raw in iter_lines(path):
-        if text is not None and not text.strip():
+    that makes the line unusable: not UTF-8, too long, not a JSON object). Blank lines are
+    not rows."""
+    for number, text, raw in iter_lines(path, limits):
+        if isinstance(text, str) and not text.strip():
             continue
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
+            if isinstance(text, RowProblem):
+                raise text
             parsed: dict | RowProblem = parse_json_line(text)
         except RowProblem as problem:
             parsed = problem

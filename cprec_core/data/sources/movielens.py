@@ -31,6 +31,7 @@ from cprec_core.data.sources.base import (
     parse_rating,
     parse_timestamp_ms,
     raw_text,
+    read_limits,
     read_sha256,
     show,
 )
@@ -66,9 +67,11 @@ def locate(path: Path) -> tuple[Path, Path]:
     return inter, item
 
 
-def _header(path: Path, text: str | None, required: dict[str, tuple[str, ...]]) -> dict[str, int]:
-    if text is None:
-        raise SourceError(f"{path}:1: header is not UTF-8")
+def _header(path: Path, text: str | RowProblem, required: dict[str, tuple[str, ...]]
+            ) -> dict[str, int]:
+    if isinstance(text, RowProblem):
+        reason = "is not UTF-8" if "UTF-8" in text.reason else text.reason
+        raise SourceError(f"{path}:1: header {reason}")
     names = [col.split(":", 1)[0].strip().lstrip("\ufeff") for col in text.split("\t")]
     index = {name: i for i, name in enumerate(names)}
     for role, options in required.items():
@@ -124,7 +127,7 @@ def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
     """item_id -> (title, domain, problem, line). Returns the records to emit for the file."""
     items: dict[str, tuple[str, str | None, tuple[str, str] | None, int]] = {}
     records: list[Record] = []
-    lines = iter_lines(path)
+    lines = iter_lines(path, read_limits(cfg))
     try:
         _, text, _ = next(lines)
     except StopIteration:
@@ -136,8 +139,8 @@ def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
     for number, text, raw in lines:
         rows += 1
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
+            if isinstance(text, RowProblem):
+                raise text
             cols = text.split("\t")
             if len(cols) != width:
                 raise RowProblem("line", f"expected {width} tab-separated fields, got {len(cols)}")
@@ -165,7 +168,7 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
     inter_path, item_path = locate(Path(path))
     items, item_records = _read_items(item_path, cfg)
     yield from item_records
-    lines = iter_lines(inter_path)
+    lines = iter_lines(inter_path, read_limits(cfg))
     try:
         _, text, _ = next(lines)
     except StopIteration:
@@ -179,8 +182,8 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
     for number, text, raw in lines:
         rows += 1
         try:
-            if text is None:
-                raise RowProblem("line", "not valid UTF-8")
+            if isinstance(text, RowProblem):
+                raise text
             cols = text.split("\t")
             if len(cols) != width:
                 raise RowProblem("line", f"expected {width} tab-separated fields, got {len(cols)}")

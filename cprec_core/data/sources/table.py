@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-import re
+
 from pathlib import Path
 from typing import Iterator
 
@@ -28,21 +28,23 @@ import pyarrow.parquet as pq
 
 from cprec_core.config import SourceConfig
 from cprec_core.data.sources.base import (
-    READ_ERRORS,
+    DEFAULT_LIMITS,
     Accepted,
     FileRead,
+    ReadLimits,
     Record,
     Rejected,
     RowProblem,
     SourceError,
     id_text,
     is_missing,
+    iter_lines,
     json_rows,
-    open_binary,
     parse_rating,
     parse_timestamp_ms,
     plain_text,
     raw_text,
+    read_limits,
     read_sha256,
     safe_repr,
     stopped_reading,
@@ -54,7 +56,6 @@ OPTIONAL = ("rating",)
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz")
 EXPECTED = ("Parquet or CSV (.parquet, .csv, .csv.gz) or JSON lines (.jsonl, .jsonl.gz) with"
             f" columns {', '.join(REQUIRED)}")
-_NOT_UTF8 = re.compile(r"[\udc80-\udcff]")  # bytes that are not UTF-8, under surrogateescape
 
 
 def table_files(path: Path) -> list[Path]:
@@ -102,49 +103,82 @@ def _row(source: str, line: int, row: dict, unit: str, default_domain: str | Non
     return Accepted(source, line, user_id, item_id, title, ts_ms, domain, rating)
 
 
-def _read_csv(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
-    """A record the csv module rejects is a rejected row; the reader resumes after it."""
-    source = str(path)
-    rows = 0
-    reader = None
-    try:
-        with open_binary(path) as binary:
-            text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape",
-                                    newline="")
-            reader = csv.reader(text)
+MAX_RECORD_LINES = 100  # a quoted field may hold line breaks, over at most this many lines
+
+
+def _csv_records(path: Path, limits: ReadLimits
+                 ) -> Iterator[tuple[int, list[str] | RowProblem, bytes]]:
+    """(line where the record starts, its fields or the problem, its first line's bytes).
+
+    Each record is parsed strictly from the physical lines it spans. A quote that is never
+    closed (within ``MAX_RECORD_LINES`` lines or ``limits.record_bytes``, or before the end of
+    the file) rejects only the line where it opened; reading resumes at the next line, so
+    one stray quote never swallows the rows after it."""
+    lines = iter_lines(path, limits)
+    pending: list[tuple[int, str | RowProblem, bytes]] = []
+
+    def next_line():
+        return pending.pop() if pending else next(lines, None)
+
+    while (first := next_line()) is not None:
+        number, text, raw = first
+        if isinstance(text, RowProblem):
+            yield number, text, raw
+            continue
+        taken, joined = [first], text
+        while True:
             try:
-                header = next(reader, None)
+                fields = next(csv.reader(io.StringIO(joined), strict=True), [])
+                break
             except csv.Error as exc:
-                raise SourceError(f"{path}:1: unreadable CSV header ({exc}); expected {EXPECTED}")
-            if header is None:
-                raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
-            header = [h.strip() for h in header]
-            _check_columns(path, header, default_domain)
-            while True:
-                line = reader.line_num + 1  # where the next record starts
-                try:
-                    cols = next(reader)
-                except StopIteration:
+                unclosed = "unexpected end of data" in str(exc)
+                more = (next_line() if unclosed and len(taken) < MAX_RECORD_LINES else None)
+                if more is not None and isinstance(more[1], str) and (
+                        len(joined) + len(more[1]) <= limits.record_bytes):
+                    taken.append(more)
+                    joined += "\n" + more[1]
+                    continue
+                if more is not None:
+                    pending.append(more)
+                if len(taken) == 1 and not unclosed:  # e.g. text after a closing quote
+                    fields = RowProblem("line", f"unreadable CSV record: {exc}")
                     break
-                except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
-                    if reader.line_num < line:  # nothing consumed: cannot resume
-                        raise SourceError(f"{path}:{line}: unreadable CSV record ({exc})")
-                    rows += 1
-                    yield Rejected(source, line, "line", f"unreadable CSV record: {exc}", "")
-                    continue
-                if not cols:
-                    continue
-                rows += 1
-                try:
-                    if any(_NOT_UTF8.search(c) for c in cols):
-                        raise RowProblem("line", "not valid UTF-8")
-                    if len(cols) != len(header):
-                        raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
-                    yield _row(source, line, dict(zip(header, cols)), unit, default_domain)
-                except RowProblem as p:
-                    yield Rejected(source, line, p.field, p.reason, raw_text(",".join(cols)))
-    except READ_ERRORS as exc:
-        raise stopped_reading(path, reader.line_num if reader else 0, exc) from exc
+                pending.extend(reversed(taken[1:]))  # read again, each as its own row
+                fields = RowProblem("line", "a quote opened on this line is never closed"
+                                            f" (within {MAX_RECORD_LINES} lines or the end of"
+                                            " the file); the next lines are read as rows of"
+                                            " their own")
+                break
+        yield number, fields, raw
+
+
+def _read_csv(path: Path, unit: str, default_domain: str | None = None,
+              limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
+    """A record that cannot be parsed is a rejected row naming its line; the reader resumes
+    after it (``_csv_records``)."""
+    source = str(path)
+    records = _csv_records(path, limits)
+    first = next(records, None)
+    if first is None:
+        raise SourceError(f"{path}: empty file; expected a header line and {EXPECTED}")
+    if isinstance(first[1], RowProblem):
+        raise SourceError(f"{path}:1: unreadable CSV header ({first[1].reason});"
+                          f" expected {EXPECTED}")
+    header = [h.strip() for h in first[1]]
+    _check_columns(path, header, default_domain)
+    rows = 0
+    for line, cols, raw in records:
+        if cols == [] or cols == [""]:
+            continue  # a blank line
+        rows += 1
+        try:
+            if isinstance(cols, RowProblem):
+                raise cols
+            if len(cols) != len(header):
+                raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
+            yield _row(source, line, dict(zip(header, cols)), unit, default_domain)
+        except RowProblem as p:
+            yield Rejected(source, line, p.field, p.reason, raw_text(raw))
     yield FileRead(source, "interactions", "csv", rows, read_sha256(path))
 
 
@@ -179,8 +213,11 @@ def _batches(parquet: pq.ParquetFile, path: Path, columns: list[str]) -> Iterato
         raise stopped_reading(path, rows, exc, unit="row") from exc
 
 
-def _read_parquet(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
-    """Only the columns in use are read; a file pyarrow cannot open is a ``SourceError``."""
+def _read_parquet(path: Path, unit: str, default_domain: str | None = None,
+                  limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
+    """Only the columns in use are read; a file pyarrow cannot open is a ``SourceError``, and
+    so is one whose columns hold more than ``limits.file_bytes`` uncompressed (from its
+    metadata, before anything is read)."""
     source = str(path)
     try:
         parquet = pq.ParquetFile(path)
@@ -191,6 +228,13 @@ def _read_parquet(path: Path, unit: str, default_domain: str | None = None) -> I
         raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
     _check_columns(path, names, default_domain)
     wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in names]
+    meta = parquet.metadata
+    size = sum(meta.row_group(g).column(c).total_uncompressed_size
+               for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+               if meta.row_group(g).column(c).path_in_schema in wanted)
+    if size > limits.file_bytes:
+        raise SourceError(f"{path}: {size:,} bytes uncompressed in the columns read, more than"
+                          f" {limits.file_bytes:,} (max_file_bytes); not read")
     rows = 0
     for batch in _batches(parquet, path, wanted):
         for row in _parquet_rows(batch):
@@ -202,11 +246,12 @@ def _read_parquet(path: Path, unit: str, default_domain: str | None = None) -> I
     yield FileRead(source, "interactions", "parquet", rows, read_sha256(path))
 
 
-def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Iterator[Record]:
+def _read_jsonl(path: Path, unit: str, default_domain: str | None = None,
+                limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
     """One JSON object per line; a line missing a required key is rejected with that key."""
     source = str(path)
     rows = 0
-    for number, raw, obj in json_rows(path):
+    for number, raw, obj in json_rows(path, limits):
         rows += 1
         try:
             if isinstance(obj, RowProblem):
@@ -220,17 +265,18 @@ def _read_jsonl(path: Path, unit: str, default_domain: str | None = None) -> Ite
     yield FileRead(source, "interactions", "jsonl", rows, read_sha256(path))
 
 
-def read_table_file(path: Path, unit: str = "auto", default_domain: str | None = None) -> Iterator[Record]:
+def read_table_file(path: Path, unit: str = "auto", default_domain: str | None = None,
+                    limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
     """All records of one table file, by suffix (see ``SUFFIXES``)."""
     if path.name.endswith(".parquet"):
-        return _read_parquet(path, unit, default_domain)
+        return _read_parquet(path, unit, default_domain, limits)
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return _read_jsonl(path, unit, default_domain)
+        return _read_jsonl(path, unit, default_domain, limits)
     if path.name.endswith((".csv", ".csv.gz")):
-        return _read_csv(path, unit, default_domain)
+        return _read_csv(path, unit, default_domain, limits)
     raise SourceError(f"{path}: unknown format; expected {EXPECTED}")
 
 
 def read_table(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
     for file in table_files(Path(path)):
-        yield from read_table_file(file, cfg.timestamp_unit)
+        yield from read_table_file(file, cfg.timestamp_unit, limits=read_limits(cfg))

@@ -287,7 +287,8 @@ def test_iter_lines_handles_crlf_gzip_and_bad_utf8(tmp_path):
     zipped = write_lines(tmp_path / "a.txt.gz", ["one", b"caf\xe9", "", "three"], gz=True)
     for path in (plain, zipped):
         lines = list(base.iter_lines(path))
-        assert [(n, t) for n, t, _ in lines] == [(1, "one"), (2, None), (3, ""), (4, "three")]
+        assert [(n, t if isinstance(t, str) else t.reason) for n, t, _ in lines] == [
+            (1, "one"), (2, "not valid UTF-8"), (3, ""), (4, "three")]
         assert lines[1][2] == b"caf\xe9"
 
 
