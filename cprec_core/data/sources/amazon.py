@@ -30,6 +30,7 @@ from cprec_core.data.sources.base import (
     DEFAULT_LIMITS,
     Accepted,
     FileRead,
+    FileTimes,
     ReadLimits,
     Record,
     Rejected,
@@ -40,7 +41,6 @@ from cprec_core.data.sources.base import (
     check_ms_range,
     json_rows,
     parse_rating,
-    parse_timestamp_ms,
     raw_text,
     read_limits,
     read_sha256,
@@ -142,7 +142,7 @@ def _title(value: object) -> str:
     return check_chars(title, "title")  # entities may decode to control characters
 
 
-def _timestamp(obj: dict, layout: Layout, unit: str) -> int:
+def _timestamp(obj: dict, layout: Layout, times: FileTimes, line: int) -> int:
     for key in layout.time_keys:
         value = obj.get(key)
         if value is None or value == "":
@@ -155,10 +155,7 @@ def _timestamp(obj: dict, layout: Layout, unit: str) -> int:
             except ValueError:
                 raise RowProblem(key, f"unparseable time {show(value)}")
             return check_ms_range(dt.timestamp() * 1000, value, key)
-        try:
-            return parse_timestamp_ms(value, unit)
-        except RowProblem as p:
-            raise RowProblem(key, p.reason)
+        return times.parse(value, line, key)
     raise RowProblem(layout.time_keys[0], "missing timestamp")
 
 
@@ -169,6 +166,7 @@ def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout
     items, meta_records = _read_meta(meta_path, layout, limits)
     yield from meta_records
     source = str(reviews_path)
+    times = FileTimes(unit)
     rows = 0
     for number, raw, obj in json_rows(reviews_path, limits):
         rows += 1
@@ -178,7 +176,7 @@ def read_pair(category: str, reviews_path: Path, meta_path: Path, layout: Layout
             user_id = require_text(obj, layout.user_key)
             key = layout.item_key if obj.get(layout.item_key) else "asin"
             item_id = require_text(obj, key, layout.item_key)
-            ts_ms = _timestamp(obj, layout, unit)
+            ts_ms = _timestamp(obj, layout, times, number)
             rating = parse_rating(obj.get(layout.rating_key))
             if item_id not in items:
                 raise RowProblem(key, f"item {show(item_id)} not in {meta_path.name}")

@@ -389,6 +389,57 @@ def parse_timestamp_ms(value: object, unit: str = "auto") -> int:
     return check_ms_range(ms, value)
 
 
+class FileTimes:
+    """How one file's timestamps are read. Numbers follow the configured unit; under
+    ``auto`` the file's first numeric timestamp decides its unit (above 1e11: milliseconds)
+    for every later row, so one file never mixes units: a later number of the other
+    magnitude (a year-9999 value in seconds would read as a 1978 one in milliseconds) is a
+    rejected row naming the unit and the line that decided it, never a plausible wrong date.
+    Datetimes and ISO-8601 text carry their own unit."""
+
+    def __init__(self, unit: str = "auto"):
+        self.configured = unit
+        self.unit = None if unit == "auto" else unit
+        self.decided_at: int | None = None
+
+    def parse(self, value: object, line: int, field: str = "timestamp") -> int:
+        number = _as_number(value)
+        if number is not None and self.configured == "auto":
+            magnitude = "ms" if abs(number) > 1e11 else "s"
+            if self.unit is None:
+                self.unit, self.decided_at = magnitude, line
+            elif magnitude != self.unit:
+                raise RowProblem(field, f"timestamp {show(value)} has the magnitude of"
+                                        f" {'milliseconds' if magnitude == 'ms' else 'seconds'},"
+                                        f" but this file's timestamps are"
+                                        f" {'milliseconds' if self.unit == 'ms' else 'seconds'}"
+                                        f" (decided by line {self.decided_at}); set"
+                                        " timestamp_unit if the file mixes them")
+        try:
+            return parse_timestamp_ms(value, self.unit or "auto")
+        except RowProblem as problem:
+            raise RowProblem(field, problem.reason) from None
+
+
+def _as_number(value: object) -> float | None:
+    """A finite number, or numeric text, as float; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, Decimal)):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _datetime_ms(dt: datetime, original: object) -> float:
     """Naive datetimes are read as UTC."""
     try:

@@ -22,6 +22,7 @@ from cprec_core.config import SourceConfig
 from cprec_core.data.sources.base import (
     Accepted,
     FileRead,
+    FileTimes,
     Record,
     Rejected,
     RowProblem,
@@ -29,7 +30,6 @@ from cprec_core.data.sources.base import (
     check_chars,
     iter_lines,
     parse_rating,
-    parse_timestamp_ms,
     raw_text,
     read_limits,
     read_sha256,
@@ -177,6 +177,7 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
                                      "timestamp": ("timestamp",)})
     width = len(text.split("\t"))
     has_rating = "rating" in idx
+    times = FileTimes(cfg.timestamp_unit)
     source = str(inter_path)
     rows = 0
     for number, text, raw in lines:
@@ -193,7 +194,7 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
             item_id = check_chars(cols[idx["item_id"]].strip(), "item_id")
             if not item_id:
                 raise RowProblem("item_id", "missing item_id")
-            ts_ms = parse_timestamp_ms(cols[idx["timestamp"]], cfg.timestamp_unit)
+            ts_ms = times.parse(cols[idx["timestamp"]], number)
             rating = parse_rating(cols[idx["rating"]].strip()) if has_rating else None
             if item_id not in items:
                 raise RowProblem("item_id", f"item {show(item_id)} not in {item_path.name}")

@@ -31,6 +31,7 @@ from cprec_core.data.sources.base import (
     DEFAULT_LIMITS,
     Accepted,
     FileRead,
+    FileTimes,
     ReadLimits,
     Record,
     Rejected,
@@ -41,7 +42,6 @@ from cprec_core.data.sources.base import (
     iter_lines,
     json_rows,
     parse_rating,
-    parse_timestamp_ms,
     plain_text,
     raw_text,
     read_limits,
@@ -87,7 +87,8 @@ class Unreadable:
         return "<unreadable>"
 
 
-def _row(source: str, line: int, row: dict, unit: str, default_domain: str | None = None) -> Accepted:
+def _row(source: str, line: int, row: dict, times: FileTimes,
+         default_domain: str | None = None) -> Accepted:
     for key, value in row.items():
         if isinstance(value, Unreadable):
             raise RowProblem(key, value.reason)
@@ -98,7 +99,7 @@ def _row(source: str, line: int, row: dict, unit: str, default_domain: str | Non
     if default_domain and is_missing(domain):
         domain = default_domain
     domain = plain_text(domain, "domain", "missing domain")
-    ts_ms = parse_timestamp_ms(row.get("timestamp"), unit)
+    ts_ms = times.parse(row.get("timestamp"), line)
     rating = parse_rating(row.get("rating"))
     return Accepted(source, line, user_id, item_id, title, ts_ms, domain, rating)
 
@@ -166,6 +167,7 @@ def _read_csv(path: Path, unit: str, default_domain: str | None = None,
                           f" expected {EXPECTED}")
     header = [h.strip() for h in first[1]]
     _check_columns(path, header, default_domain)
+    times = FileTimes(unit)
     rows = 0
     for line, cols, raw in records:
         if cols == [] or cols == [""]:
@@ -176,7 +178,7 @@ def _read_csv(path: Path, unit: str, default_domain: str | None = None,
                 raise cols
             if len(cols) != len(header):
                 raise RowProblem("line", f"expected {len(header)} fields, got {len(cols)}")
-            yield _row(source, line, dict(zip(header, cols)), unit, default_domain)
+            yield _row(source, line, dict(zip(header, cols)), times, default_domain)
         except RowProblem as p:
             yield Rejected(source, line, p.field, p.reason, raw_text(raw))
     yield FileRead(source, "interactions", "csv", rows, read_sha256(path))
@@ -235,12 +237,13 @@ def _read_parquet(path: Path, unit: str, default_domain: str | None = None,
     if size > limits.file_bytes:
         raise SourceError(f"{path}: {size:,} bytes uncompressed in the columns read, more than"
                           f" {limits.file_bytes:,} (max_file_bytes); not read")
+    times = FileTimes(unit)
     rows = 0
     for batch in _batches(parquet, path, wanted):
         for row in _parquet_rows(batch):
             rows += 1
             try:
-                yield _row(source, rows, row, unit, default_domain)
+                yield _row(source, rows, row, times, default_domain)
             except RowProblem as p:
                 yield Rejected(source, rows, p.field, p.reason, raw_text(safe_repr(row)))
     yield FileRead(source, "interactions", "parquet", rows, read_sha256(path))
@@ -250,6 +253,7 @@ def _read_jsonl(path: Path, unit: str, default_domain: str | None = None,
                 limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Record]:
     """One JSON object per line; a line missing a required key is rejected with that key."""
     source = str(path)
+    times = FileTimes(unit)
     rows = 0
     for number, raw, obj in json_rows(path, limits):
         rows += 1
@@ -259,7 +263,7 @@ def _read_jsonl(path: Path, unit: str, default_domain: str | None = None,
             for key in REQUIRED:
                 if key not in obj and not (key == "domain" and default_domain):
                     raise RowProblem(key, f"missing {key}")
-            yield _row(source, number, obj, unit, default_domain)
+            yield _row(source, number, obj, times, default_domain)
         except RowProblem as p:
             yield Rejected(source, number, p.field, p.reason, raw_text(raw))
     yield FileRead(source, "interactions", "jsonl", rows, read_sha256(path))

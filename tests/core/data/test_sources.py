@@ -6,6 +6,7 @@ for MovieLens, JSON-lines for Amazon 2018/2023, CSV/Parquet for generic tables).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -400,7 +401,8 @@ def test_movielens_bad_interaction_rows(tmp_path):
         "11\t1\tfive\t881250949",  # 12 bad rating
         "",  # 13 blank line (a row with one empty field)
         "12\t1\t\t881250949",  # 14 empty rating is allowed
-        "13\t1\t4\t1588687728923",  # 15 ms timestamp (auto unit)
+        "13\t1\t4\t1588687728923",  # 15 ms timestamp in a file of seconds (auto unit)
+        "14\t1\t4\t253402300799",  # 16 the year 9999 in seconds (1978 if read as ms)
     ]
     folder = write_ml100k(tmp_path / "ml", inter=inter)
     records = list(read_movielens(folder, ml_cfg(folder)))
@@ -423,10 +425,27 @@ def test_movielens_bad_interaction_rows(tmp_path):
         assert isinstance(rows[line], Rejected), line
         assert (rows[line].field, rows[line].reason) == (field, reason), line
     assert rows[5].raw == "4\t1\t3\t88125\ufffd0949"  # raw text kept, decoded with replacement
-    assert [ln for ln, r in rows.items() if isinstance(r, Accepted)] == [2, 14, 15]
+    assert [ln for ln, r in rows.items() if isinstance(r, Accepted)] == [2, 14]
     assert rows[14].rating is None
-    assert rows[15].ts_ms == 1588687728923
-    assert file_record(records, folder / "ml-100k.inter").rows_read == 14
+    # the first timestamp (line 2, seconds) decided the file's unit
+    assert rows[15].reason.startswith("timestamp '1588687728923' has the magnitude of"
+                                      " milliseconds, but this file's timestamps are seconds"
+                                      " (decided by line 2)")
+    assert "magnitude of milliseconds" in rows[16].reason
+    assert file_record(records, folder / "ml-100k.inter").rows_read == 15
+
+
+def test_timestamp_units_are_decided_per_file(tmp_path):
+    ms = write_ml100k(tmp_path / "ms", inter=["1\t1\t3\t1588687728923",
+                                             "2\t1\t3\t1588687728924", "3\t1\t3\t881250949"])
+    rows = by_line(list(read_movielens(ms, ml_cfg(ms))), ms / "ml-100k.inter")
+    assert [rows[n].ts_ms for n in (2, 3)] == [1588687728923, 1588687728924]
+    assert "magnitude of seconds, but this file's timestamps are milliseconds" in rows[4].reason
+    # a configured unit is taken as given: the year 9999 in seconds is out of range
+    seconds = write_ml100k(tmp_path / "s", inter=["1\t1\t3\t253402300799"])
+    cfg = dataclasses.replace(ml_cfg(seconds), timestamp_unit="s")
+    rows = by_line(list(read_movielens(seconds, cfg)), seconds / "ml-100k.inter")
+    assert rows[2].reason == "timestamp '253402300799' outside 1970-2100"
 
 
 def test_movielens_timestamp_unit_config(tmp_path):
@@ -964,7 +983,7 @@ def test_table_csv_accepted_rows(tmp_path, gz, eol):
     path = write_lines(tmp_path / ("log.csv.gz" if gz else "log.csv"), [
         CSV_HEADER,  # 1
         "u1,i1,The Hobbit,1252800000,Books,4.5",  # 2 seconds
-        'u1,i2,"Tea, Earl Grey",1252800000123,Grocery,',  # 3 ms, empty rating
+        'u1,i2,"Tea, Earl Grey",1252800001,Grocery,',  # 3 empty rating
         'u2,i3,"A title over',  # 4 record with an embedded newline ...
         '  two lines",2009-09-13T10:20:30Z,Books,3',  # 5
         "",  # 6 blank: skipped
@@ -977,7 +996,7 @@ def test_table_csv_accepted_rows(tmp_path, gz, eol):
     src = str(path)
     assert acc == [
         Accepted(src, 2, "u1", "i1", "The Hobbit", 1252800000000, "Books", 4.5),
-        Accepted(src, 3, "u1", "i2", "Tea, Earl Grey", 1252800000123, "Grocery", None),
+        Accepted(src, 3, "u1", "i2", "Tea, Earl Grey", 1252800001000, "Grocery", None),
         Accepted(src, 4, "u2", "i3", "A title over two lines", ms(2009, 9, 13, 10, 20, 30),
                  "Books", 3.0),
         Accepted(src, 7, "u3", "i4", "Spaced Title", ms(2009, 9, 13), "Movies", 1.0),
@@ -1052,7 +1071,7 @@ def test_table_parquet_rows(tmp_path):
         "user_id": ["u1", "u2", None, "u4", "u5", "u6", "u7"],
         "item_id": pa.array(["i1", "i2", "i3", "i4", "i5", "i6", "i7"]),
         "title": ["Dune", " Tea,\n Earl  Grey ", "X", "", "Y", "Z", "W"],
-        "timestamp": pa.array([1252800000, 1252800000123, 1252800000, 1252800000,
+        "timestamp": pa.array([1252800000, 1252800001, 1252800000, 1252800000,
                                -5, 1252800000, 1252800000], pa.int64()),
         "domain": ["Books", "Grocery", "Books", "Books", "Books", "Books", None],
         "rating": pa.array([4.0, None, 1.0, 1.0, 1.0, float("nan"), 2.0]),
@@ -1062,7 +1081,7 @@ def test_table_parquet_rows(tmp_path):
     rows = by_line(records, path)
     src = str(path)
     assert rows[1] == Accepted(src, 1, "u1", "i1", "Dune", 1252800000000, "Books", 4.0)
-    assert rows[2] == Accepted(src, 2, "u2", "i2", "Tea, Earl Grey", 1252800000123, "Grocery",
+    assert rows[2] == Accepted(src, 2, "u2", "i2", "Tea, Earl Grey", 1252800001000, "Grocery",
                                None)
     got = {ln: (r.field, r.reason) for ln, r in rows.items() if isinstance(r, Rejected)}
     assert got == {3: ("user_id", "missing user_id"), 4: ("title", "item without title"),
@@ -1414,8 +1433,9 @@ def test_amazon2023_honours_timestamp_unit(tmp_path):
     reviews = write_jsonl(folder / "Books.jsonl", [review23(ts=1588687728),  # seconds
                                                    review23(ts=1588687728923)])  # ms
     write_jsonl(folder / "meta_Books.jsonl", [meta23()])
-    acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder)))  # auto: both right
-    assert rej == [] and [a.ts_ms for a in acc] == [1588687728000, 1588687728923]
+    acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder)))  # auto: the file's unit
+    assert [a.ts_ms for a in acc] == [1588687728000] and [r.line for r in rej] == [2]
+    assert "this file's timestamps are seconds (decided by line 1)" in rej[0].reason
     acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder, timestamp_unit="s")))
     assert [a.line for a in acc] == [1] and [(r.line, r.field) for r in rej] == [(2, "timestamp")]
     acc, rej, _ = split(read_amazon2023(folder, a23_cfg(folder, timestamp_unit="ms")))
@@ -1429,7 +1449,8 @@ def test_amazon2018_honours_timestamp_unit(tmp_path):
                                         review18(unix=1252800000000)])
     write_jsonl(folder / "meta_Books.json", [meta18()])
     acc, rej, _ = split(read_amazon2018(folder, a18_cfg(folder)))
-    assert rej == [] and [a.ts_ms for a in acc] == [1252800000000, 1252800000000]
+    assert [a.ts_ms for a in acc] == [1252800000000]
+    assert [(r.line, r.field) for r in rej] == [(2, "unixReviewTime")]
     acc, rej, _ = split(read_amazon2018(folder, a18_cfg(folder, timestamp_unit="s")))
     assert [a.line for a in acc] == [1] and [(r.line, r.field) for r in rej] == [
         (2, "unixReviewTime")]
