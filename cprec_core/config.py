@@ -8,7 +8,9 @@ unknown keys are rejected so a typo fails at load time, not in the middle of a r
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +122,9 @@ class DataConfig:
             raise ConfigError(f"domains {sorted(overlap)} are both source and target")
         if self.user_core < 1 or self.item_core < 1:
             raise ConfigError("user_core and item_core must be >= 1")
+        if self.max_title_chars < 1 or self.min_target_items < 1 or self.min_target_users < 0:
+            raise ConfigError("data.max_title_chars and data.min_target_items must be at least 1"
+                              " and data.min_target_users at least 0")
 
 
 @dataclass(frozen=True)
@@ -810,6 +815,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """A value quoted in an error, cut short: never the whole of a large structure."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -819,18 +830,20 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float and not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+    if tp is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp is str and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
     return value
 
 
@@ -858,12 +871,96 @@ def load_profile(name: str = "demo", overrides: dict[str, Any] | None = None) ->
     return from_dict(Profile, _merge(PROFILES[name], overrides or {}))
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # after aliases are expanded
+MAX_CONFIG_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that also refuses duplicate keys and bounds
+    nesting depth; ``read_yaml`` bounds the size the aliases expand to."""
+
+    def __init__(self, stream, name: str):
+        super().__init__(stream)
+        self.name, self.depth = name, 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{self.name}:{mark.line + 1}: nested deeper than"
+                                  f" {MAX_CONFIG_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"{self.name}:{line}: duplicate key {_show(key)} (first at"
+                                  f" line {seen[key]})")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_nodes(root) -> int:
+    """How many nodes the document holds once every alias is expanded (a DAG walk)."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = MAX_CONFIG_NODES + 1  # a cycle counts as too large
+            children = ([v for pair in node.value for v in pair]
+                        if isinstance(node, yaml.MappingNode) else
+                        node.value if isinstance(node, yaml.SequenceNode) else [])
+            sizes[id(node)] = min(1 + sum(size(c) for c in children), MAX_CONFIG_NODES + 1)
+        return sizes[id(node)]
+
+    return size(root)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file read with limits: at most ``MAX_CONFIG_BYTES``, ``MAX_CONFIG_DEPTH``
+    levels and ``MAX_CONFIG_NODES`` nodes with aliases expanded (a few hundred bytes of
+    nested aliases can stand for billions), no duplicate key, no Python tag; every error a
+    ``ConfigError`` naming the file and the line."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    loader = _ConfigLoader(text, str(path))
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        if _expanded_nodes(root) > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES:,} values once its aliases"
+                              " are expanded; not a config file")
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML here ({problem})") from None
+    finally:
+        loader.dispose()
+
+
 def load_config_file(path: str | Path) -> Profile:
     """A YAML file ``{profile: NAME, ...overrides}``; see docs/CONFIG.md."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     name = data.pop("profile", "demo")

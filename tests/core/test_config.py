@@ -1,3 +1,8 @@
+import re
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from cprec_core.config import PROFILES, ConfigError, Profile, load_config_file, load_profile
@@ -88,3 +93,54 @@ def test_next_item_model_settings_out_of_range_fail_at_load():
         load_profile("demo", {"gru4rec": {"lr": 0}})
     with pytest.raises(ConfigError, match=r"sasrec.heads must divide sasrec.hidden \(64\)"):
         load_profile("demo", {"sasrec": {"heads": 3}})
+
+
+def _alias_bomb() -> str:
+    """Nine levels of nine aliases each: under 600 bytes, 9 ** 9 strings once expanded."""
+    lines, item = [], '"lol"'
+    for name in "abcdefghi":
+        lines.append(f"{name}: &{name} [{', '.join([item] * 9)}]")
+        item = f"*{name}"
+    return "\n".join(lines) + "\nprofile: demo\ndata: {max_title_chars: *i}\n"
+
+
+ALIAS_BOMB = _alias_bomb()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("profile: demo\ndata:\n  user_core: 3\n  user_core: 4\n",
+     r":4: duplicate key 'user_core' \(first at line 3\)"),
+    ("profile: demo\nname: !!python/object/apply:os.system ['echo hi']\n",
+     r":2: not valid YAML here \(could not determine a constructor"),
+    ("profile: demo\ndata: [1, 2\n", r":3: not valid YAML here"),
+    ("profile: demo\nx: " + "[" * 40 + "]" * 40 + "\n", r":2: nested deeper than 32 levels"),
+    ("profile: demo\nsft:\n  lr: .nan\n", r"sft.lr: expected a finite number, got nan"),
+    ("profile: demo\ndata:\n  max_title_chars: 0\n", r"data.max_title_chars .* at least 1"),
+    (ALIAS_BOMB, r"more than 100,000 values once its aliases are expanded"),
+])
+def test_a_hostile_or_broken_config_file_is_one_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ".*" + message):
+        load_config_file(path)
+
+
+def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert len(ALIAS_BOMB) < 600  # 9 ** 9 = 387 million strings once expanded
+    child = textwrap.dedent(f"""
+        import resource
+        from cprec_core.config import ConfigError, load_config_file
+        with open("/proc/self/status") as fh:
+            size = next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (size + (100 << 20), size + (100 << 20)))
+        try:
+            load_config_file({str(path)!r})
+        except ConfigError as exc:
+            print("refused:", str(exc)[:200])
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "aliases are expanded" in done.stdout
