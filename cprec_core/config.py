@@ -153,11 +153,13 @@ class ModelConfig:
     ``gemma3-270m``: cprec_core.models.packaged), ``tiny-random``, a local folder or a
     Hugging Face model id (loaded offline from the local cache). ``quantization``:
     ``none``, or ``4bit`` for QLoRA (NF4 weights, bf16 compute, bitsandbytes on a CUDA GPU;
-    cprec_core/models/quantization.py)."""
+    cprec_core/models/quantization.py). Weights load from safetensors only;
+    ``allow_pickle_weights`` lets a trusted folder with pickled weights (``.bin``) load."""
 
     name: str = "smollm2-135m"
     trust_remote_code: bool = False
     quantization: str = "none"
+    allow_pickle_weights: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -191,7 +191,8 @@ def embed_items(profile: Profile, source: str, log: Log = print, every_s: float 
     dtype = resolve_dtype(cfg.dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer_dir)
     model = load_base_model(profile.model.name, layout.cache_dir, dtype, tokenizer,
-                            profile.model.trust_remote_code)
+                            profile.model.trust_remote_code,
+                            allow_pickle=profile.model.allow_pickle_weights)
     if run is not None:
         model = PeftModel.from_pretrained(model, run.adapter).merge_and_unload()
     model = model.to(device).eval()

@@ -161,7 +161,8 @@ class LLMScorer:
         dtype = resolve_dtype(profile.sft.dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer_dir)
         base = load_base_model(profile.model.name, layout.cache_dir, dtype, tokenizer,
-                               profile.model.trust_remote_code)
+                               profile.model.trust_remote_code,
+                               allow_pickle=profile.model.allow_pickle_weights)
         if entry.kind == "zero_shot":
             model = base
             if entry.cpt_variant:

@@ -142,16 +142,36 @@ def check_head(model, name: str) -> None:
                              " the chunked loss and scorer read logits as hidden @ W.T")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weights(path: str | Path, allow_pickle: bool) -> None:
+    """Weights are read from safetensors only: a pickle can run code while it loads. A
+    folder whose weights exist only as pickles is refused, naming them, unless the user
+    trusts it (``model.allow_pickle_weights``)."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(f"{folder}: weights only as pickle files ({', '.join(pickles[:3])});"
+                             " a pickle can run code when it is loaded. Convert them to"
+                             " safetensors (save_pretrained(..., safe_serialization=True)) or,"
+                             " if you trust the folder, set model.allow_pickle_weights: true")
+
+
 def load_base_model(name: str, cache_dir: str | Path, dtype: torch.dtype, tokenizer=None,
                     trust_remote_code: bool = False, quantization: str = "none",
-                    device: str | torch.device = "cpu"):
-    """The frozen base model, offline; ``quantization`` ``4bit`` loads it as NF4 on
-    ``device`` (cprec_core.models.quantization, CUDA only)."""
+                    device: str | torch.device = "cpu", allow_pickle: bool = False):
+    """The frozen base model, offline, from safetensors (pickled weights only where
+    ``allow_pickle``); ``quantization`` ``4bit`` loads it as NF4 on ``device``
+    (cprec_core.models.quantization, CUDA only)."""
     path = model_path(name, cache_dir, tokenizer)
+    check_weights(path, allow_pickle)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, attn_implementation="sdpa", local_files_only=True,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
             **{"dtype": dtype, **quantization_kwargs(quantization, device)})
     except (OSError, ValueError) as exc:
         raise missing_model_error(name, "weights", exc) from exc

@@ -126,7 +126,8 @@ class CPTTrainer:
     def _setup_model(self) -> PackedCausalLM:
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
                                self.tokenizer, self.profile.model.trust_remote_code,
-                               self.profile.model.quantization, self.device)
+                               self.profile.model.quantization, self.device,
+                               allow_pickle=self.profile.model.allow_pickle_weights)
         shards = (self.accelerator.num_processes if distributed.uses_fsdp(self.accelerator)
                   else 1)
         need = estimate_memory(base, self.cfg, self.dtype, shards)

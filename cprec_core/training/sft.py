@@ -111,7 +111,8 @@ class SFTTrainer:
         self._setup_data()
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
                                self.tokenizer, self.profile.model.trust_remote_code,
-                               self.profile.model.quantization, self.device)
+                               self.profile.model.quantization, self.device,
+                               allow_pickle=self.profile.model.allow_pickle_weights)
         base = prepare_for_training(base, self.profile.model.quantization, False)
         self.placeholder_id = add_placeholder_token(self.tokenizer, base)
         self._tokenize()

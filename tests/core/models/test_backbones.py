@@ -143,6 +143,27 @@ def test_a_missing_folder_is_a_clear_error_naming_model_name(tmp_path):
         load_base_model(missing, tmp_path / "cache", torch.float32)
 
 
+def test_pickled_weights_load_only_when_the_user_trusts_the_folder(backbones, tmp_path):
+    folder = tmp_path / "pickled"
+    tok, model = load(backbones["llama"], tmp_path)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for weights in folder.glob("*.safetensors"):  # what an older checkpoint holds instead
+        weights.unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert (folder / "pytorch_model.bin").is_file() and not list(folder.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{folder}: weights only as pickle files"
+                                                       " (pytorch_model.bin)")):
+        load_base_model(str(folder), tmp_path / "cache", torch.float32, tok)
+    trusted = load_base_model(str(folder), tmp_path / "cache", torch.float32, tok,
+                              allow_pickle=True)
+    assert torch.equal(trusted.lm_head.weight, model.lm_head.weight)
+    cfg = tmp_path / "trusted.yaml"
+    cfg.write_text(yaml.safe_dump({"profile": "demo", "model": {
+        "name": str(folder), "allow_pickle_weights": True}}))
+    assert load_config_file(cfg).model.allow_pickle_weights
+
+
 def test_a_soft_capped_head_is_refused(backbones, tmp_path):
     """The chunked loss and the scorer compute logits as hidden @ W.T: a model whose head
     soft-caps them would be trained and scored on other logits than its own."""
