@@ -216,7 +216,8 @@ def create_app(store: SnapshotStore, reranker: Reranker | None = None,
             raise HTTPException(503, f"no snapshot of {slug} loaded: {domain.error}")
         return domain.snapshot
 
-    @app.get("/recommendations/{domain}/{user_id}")
+    # ``:path``: a user id may hold "/" (sent as %2F); the rest of the path is the id
+    @app.get("/recommendations/{domain}/{user_id:path}")
     async def recommendations(domain: str, user_id: str,
                               k: Annotated[int | None, Query(ge=1)] = None) -> Response:
         """The user's shipped top-k (default: all of the snapshot's k)."""

@@ -107,10 +107,11 @@ def read_current(files: RecommendationFiles) -> dict[str, Any]:
     return info
 
 
-def load_snapshot(slug: str, files: RecommendationFiles, info: dict[str, Any]) -> Snapshot:
-    """The snapshot ``info`` (a ``current.json``) names, read from its Parquet files. The file
-    names come from the layout, never from the JSON, so a bad ``current.json`` cannot point
-    outside the domain's folder; names that disagree with the layout are an error."""
+def snapshot_paths(files: RecommendationFiles, info: dict[str, Any]) -> dict[str, Path]:
+    """The Parquet files of the snapshot ``info`` (a ``current.json``) names. The paths come
+    from the layout, never from the JSON, so a bad ``current.json`` cannot point outside the
+    domain's folder; a version that is not a plain name, or file names that disagree with
+    the layout, are an error."""
     version = str(info["version"])
     try:
         paths = {"recommendations": files.recommendations(version), "items": files.items(version)}
@@ -118,7 +119,16 @@ def load_snapshot(slug: str, files: RecommendationFiles, info: dict[str, Any]) -
         raise SnapshotError(f"{files.current}: {exc}") from exc
     for key, path in paths.items():
         if info.get(key, path.name) != path.name:
-            raise SnapshotError(f"{files.current}: {key} is {info[key]!r}, expected {path.name!r}")
+            raise SnapshotError(f"{files.current}: {key} is {str(info[key])[:200]!r},"
+                                f" expected {path.name!r}")
+    return paths
+
+
+def load_snapshot(slug: str, files: RecommendationFiles, info: dict[str, Any]) -> Snapshot:
+    """The snapshot ``info`` (a ``current.json``) names, read from its Parquet files
+    (``snapshot_paths``)."""
+    version = str(info["version"])
+    paths = snapshot_paths(files, info)
     items_table = _read(paths["items"], ITEM_COLUMNS)
     items = {item_id: Item(int(idx), item_id, title) for idx, item_id, title
              in zip(items_table["item_idx"], items_table["item_id"], items_table["title"])}
@@ -202,6 +212,7 @@ class SnapshotStore:
         domain.stamp = stamp
         try:
             info = read_current(domain.files)
+            snapshot_paths(domain.files, info)  # checked even when the version is unchanged
             if domain.snapshot is not None and str(info["version"]) == domain.snapshot.version:
                 domain.error = None
                 return

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from urllib.parse import quote
 
 import httpx
 import pyarrow as pa
@@ -313,3 +314,31 @@ def test_command_serves_published_domains_and_refuses_to_start_without_any(layou
     assert main(["--data-dir", str(layout.data_dir), "--domain", "../x"]) == 2
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "example.org")
             ] == [True, True, True, False, False]
+
+
+def test_any_user_id_the_data_has_is_servable(tmp_path):
+    layout = Layout(tmp_path, "demo")
+    odd = ["a/b", "a/../b", "100%", "name with spaces", "ünïcödé", "?q=1", "#x", "/lead"]
+    write_snapshot(layout.recommendation_files("crime"), "v1",
+                   {user: ["m12", "m10", "m15"] for user in odd})
+    service = client(layout)
+    for user in odd:
+        answer = service.get("/recommendations/crime/" + quote(user, safe=""))
+        assert answer.status_code == 200, (user, answer.text)
+        assert answer.json()["user_id"] == user
+    assert service.get("/recommendations/crime/" + quote("a/c", safe="")).status_code == 404
+
+
+@pytest.mark.parametrize("key, value", [("recommendations", "../../secret.parquet"),
+                                        ("items", "/etc/passwd"), ("version", "../v1")])
+def test_snapshot_metadata_cannot_name_a_file_outside_the_snapshot(layout, key, value):
+    files = layout.recommendation_files("crime")
+    info = json.loads(files.current.read_text())
+    service = client(layout, refresh_s=0)
+    assert service.get("/recommendations/crime/u1").status_code == 200
+    (layout.root / "secret.parquet").write_bytes(files.recommendations("v1").read_bytes())
+    files.current.write_text(json.dumps({**info, key: value}))
+    health = poll(lambda: (h := service.get("/health").json())["domains"]["crime"]["error"]
+                  and h)
+    assert value in health["domains"]["crime"]["error"]
+    assert service.get("/recommendations/crime/u1").json()["snapshot"] == "v1"
