@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 
 import duckdb
@@ -136,21 +137,32 @@ def corpus_leaks(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def export_snapshot(con: duckdb.DuckDBPyConnection, layout: Layout, tokenizer) -> dict:
     """What training reads, outside the database: the corpus and item titles as Parquet and
-    the tokenizer, so a training process (or a cluster job) never holds the DuckDB lock."""
-    layout.corpus_dir.mkdir(parents=True, exist_ok=True)
-    for target, query in (
-        (layout.corpus_parquet, "SELECT doc_id, kind, domains, item_idxs, input_ids, n_tokens"
-                                " FROM cpt_corpus ORDER BY doc_id"),
-        (layout.corpus_items, "SELECT item_idx, domain, title FROM items ORDER BY item_idx"),
-    ):
-        tmp = target.with_name(f".{target.name}.tmp")
-        con.sql(query).write_parquet(str(tmp))  # the path never enters SQL text
-        tmp.rename(target)
-    tokenizer.save_pretrained(layout.tokenizer_dir)
-    digest = hashlib.sha256(layout.corpus_parquet.read_bytes()).hexdigest()[:16]
+    the tokenizer, so a training process (or a cluster job) never holds the DuckDB lock.
+
+    Written whole into a staging folder beside the snapshot, then swapped in by two renames,
+    so a reader never sees the files of two snapshots mixed (a process killed between the two
+    renames leaves no snapshot, and both whole folders, until the next export)."""
+    final = layout.corpus_dir
+    staging = final.with_name(f".{final.name}.new")
+    retired = final.with_name(f".{final.name}.old")
+    for leftover in (staging, retired):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = {layout.corpus_parquet.name: "SELECT doc_id, kind, domains, item_idxs, input_ids,"
+                                         " n_tokens FROM cpt_corpus ORDER BY doc_id",
+             layout.corpus_items.name: "SELECT item_idx, domain, title FROM items"
+                                       " ORDER BY item_idx"}
+    for name, query in files.items():
+        con.sql(query).write_parquet(str(staging / name))  # the path never enters SQL text
+    tokenizer.save_pretrained(staging / layout.tokenizer_dir.name)
+    digest = hashlib.sha256((staging / layout.corpus_parquet.name).read_bytes()).hexdigest()[:16]
     info = {"snapshot_sha256": digest, "tokenizer": con.execute(
         "SELECT tokenizer FROM cpt_corpus_info").fetchall()[0][0]}
-    layout.corpus_info.write_text(json.dumps(info, indent=2))
+    (staging / layout.corpus_info.name).write_text(json.dumps(info, indent=2))
+    if final.exists():
+        final.rename(retired)
+    staging.rename(final)
+    shutil.rmtree(retired, ignore_errors=True)
     return info
 
 

@@ -96,3 +96,26 @@ def test_leakage_check_catches_heldout_and_target_items(tmp_path):
                 [target_item])
     found = corpus_leaks(con)
     assert found["heldout_interactions"] == 1 and found["non_source_items"] == 1
+
+
+def test_the_snapshot_is_swapped_in_whole(tmp_path):
+    import hashlib
+    import json
+
+    from cprec_core.data.corpus import export_snapshot
+    from cprec_core.layout import Layout
+
+    con, tok, _ = built_corpus(tmp_path)
+    layout = Layout(tmp_path / "data", "demo")
+    first = export_snapshot(con, layout, tok)
+    # a run killed in the middle of an export left its staging folder behind
+    stale = layout.corpus_dir.with_name(".corpus.new")
+    stale.mkdir()
+    (stale / "cpt_corpus.parquet").write_bytes(b"half a file")
+    con.execute("DELETE FROM cpt_corpus WHERE doc_id % 2 = 0")
+    second = export_snapshot(con, layout, tok)
+    assert first["snapshot_sha256"] != second["snapshot_sha256"]
+    assert sorted(p.name for p in layout.corpus_dir.parent.iterdir()) == ["corpus"]
+    assert json.loads(layout.corpus_info.read_text()) == second
+    digest = hashlib.sha256(layout.corpus_parquet.read_bytes()).hexdigest()[:16]
+    assert digest == second["snapshot_sha256"] and layout.tokenizer_config.is_file()
