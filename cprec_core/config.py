@@ -859,6 +859,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             f"{where or cls.__name__}: unknown key(s) {unknown}; expected some of {sorted(names)}"
         )
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    for k, v in kwargs.items():
+        check_range(k, v, f"{where}.{k}" if where else k)
     return cls(**kwargs)
 
 
@@ -866,8 +868,36 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+# Every number in a profile is finite and at least 0 (0 means "all" or "off" where a field
+# allows it); these must be at least 1, and these fractions at most 1 (dropout below 1).
+AT_LEAST_ONE = {"adapter_hidden", "alpha", "batch_size", "block_size", "blocks_per_step",
+                "bootstrap", "epochs", "gru_hidden", "heads", "hidden", "history", "k", "layers",
+                "max_epochs", "max_items", "max_len", "max_new_tokens", "micro_batch",
+                "negatives", "patience", "r", "retrieve"}
+POSITIVE = {"lr", "projector_lr", "beta"}
+FRACTIONS = {"anneal_ratio", "anneal_share", "min_lr_ratio", "ntp_weight",
+             "target_train_share", "valid_ratio_floor", "valid_ratio_margin", "warmup_ratio"}
+
+
+def check_range(name: str, value: Any, key: str) -> None:
+    """The ranges above for one field: an error naming the key, checked before the section
+    is built (so before its own checks divide by it), instead of a crash or a silent no-op
+    deep in a trainer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low = 1 if name in AT_LEAST_ONE else 0
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{key}: must be at least {low}, got {value!r}")
+    if name in FRACTIONS and value > 1:
+        raise ConfigError(f"{key}: must be at most 1, got {value!r}")
+    if name == "dropout" and value >= 1:
+        raise ConfigError(f"{key}: must be below 1, got {value!r}")
+
+
 def load_profile(name: str = "demo", overrides: dict[str, Any] | None = None) -> Profile:
-    """The named profile with ``overrides`` deep-merged on top."""
+    """The named profile with ``overrides`` deep-merged on top, its values range-checked."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
     return from_dict(Profile, _merge(PROFILES[name], overrides or {}))

@@ -42,7 +42,7 @@ def test_every_named_profile_loads_into_its_own_folder():
 def test_rank_and_fusion_settings_are_checked():
     with pytest.raises(ConfigError, match="sft.rank.ntp_weight"):
         load_profile("demo", {"sft": {"rank": {"ntp_weight": -1}}})
-    with pytest.raises(ConfigError, match="sft.rank: epochs"):
+    with pytest.raises(ConfigError, match=r"sft.rank(: |\.)epochs"):
         load_profile("demo", {"sft": {"rank": {"epochs": 0}}})
     with pytest.raises(ConfigError, match="evaluation.fusion 'sasrec' is not an SFT system"):
         load_profile("demo", {"evaluation": {"fusion": "sasrec"}})
@@ -76,21 +76,40 @@ def test_yaml_file_overrides_a_profile(tmp_path):
 
 
 def test_evaluation_and_seed_settings_out_of_range_fail_at_load():
-    with pytest.raises(ConfigError, match="evaluation.batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="evaluation.batch_size:? must be at least 1"):
         load_profile("demo", {"evaluation": {"batch_size": 0}})
-    with pytest.raises(ConfigError, match="evaluation.valid_ratio_floor must be between 0 and 1"):
+    with pytest.raises(ConfigError, match="evaluation.valid_ratio_floor:? must be (between 0 and 1|at most 1)"):
         load_profile("demo", {"evaluation": {"valid_ratio_floor": 1.5}})
     with pytest.raises(ConfigError, match="sft.seeds must be distinct"):
         load_profile("demo", {"sft": {"seeds": [0, 0]}})
 
 
 def test_next_item_model_settings_out_of_range_fail_at_load():
-    with pytest.raises(ConfigError, match="gru4rec.hidden must be at least 1"):
+    with pytest.raises(ConfigError, match="gru4rec.hidden:? must be at least 1"):
         load_profile("demo", {"gru4rec": {"hidden": 0}})
-    with pytest.raises(ConfigError, match=r"sasrec.dropout must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"sasrec.dropout:? must be (in \[0, 1\)|below 1)"):
         load_profile("demo", {"sasrec": {"dropout": 1.0}})
-    with pytest.raises(ConfigError, match="gru4rec.lr must be positive"):
+    with pytest.raises(ConfigError, match="gru4rec.lr:? must be (positive|greater than 0)"):
         load_profile("demo", {"gru4rec": {"lr": 0}})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("cpt.micro_batch", 0, "cpt.micro_batch: must be at least 1, got 0"),  # was a crash
+    ("sft.lr", -1.0, "sft.lr: must be greater than 0"),
+    ("cpt.lora.r", 0, "cpt.lora.r: must be at least 1"),
+    ("cpt.warmup_ratio", 1.5, "cpt.warmup_ratio: must be at most 1"),
+    ("evaluation.seed", -1, "evaluation.seed: must be at least 0"),
+    ("dpo.grad_clip", -1.0, "dpo.grad_clip: must be at least 0"),
+])
+def test_every_number_is_range_checked_before_its_section_is_built(key, value, message):
+    override: dict = {}
+    section = override
+    *path, name = key.split(".")
+    for part in path:
+        section = section.setdefault(part, {})
+    section[name] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_profile("demo", override)
     with pytest.raises(ConfigError, match=r"sasrec.heads must divide sasrec.hidden \(64\)"):
         load_profile("demo", {"sasrec": {"heads": 3}})
 
