@@ -230,10 +230,14 @@ def _read_parquet(path: Path, unit: str, default_domain: str | None = None,
         raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
     _check_columns(path, names, default_domain)
     wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in names]
-    meta = parquet.metadata
-    size = sum(meta.row_group(g).column(c).total_uncompressed_size
-               for g in range(meta.num_row_groups) for c in range(meta.num_columns)
-               if meta.row_group(g).column(c).path_in_schema in wanted)
+    try:
+        meta = parquet.metadata
+        size = sum(meta.row_group(g).column(c).total_uncompressed_size
+                   for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+                   if meta.row_group(g).column(c).path_in_schema in wanted)
+    except Exception as exc:  # damaged metadata: pyarrow raises several types
+        raise SourceError(f"{path}: unreadable Parquet metadata ({type(exc).__name__}: {exc});"
+                          f" expected {EXPECTED}") from None
     if size > limits.file_bytes:
         raise SourceError(f"{path}: {size:,} bytes uncompressed in the columns read, more than"
                           f" {limits.file_bytes:,} (max_file_bytes); not read")

@@ -118,3 +118,17 @@ def test_a_parquet_file_larger_than_the_bound_is_not_read(tmp_path):
     with pytest.raises(SourceError, match=r"t.parquet: [\d,]+ bytes uncompressed"):
         list(read_table_file(path, limits=ReadLimits(record_bytes=1024, file_bytes=4096)))
     assert len(list(read_table_file(path))) == 2001
+
+
+def test_damaged_parquet_metadata_is_a_source_error(tmp_path):
+    """A column name in the footer that is not UTF-8 (found by the fuzz test on a fresh
+    clone): the size check reads the metadata, so it must fail as the file, not crash."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"], "title": ["T"],
+                             "timestamp": [1700000000], "domain": ["D"]}), path)
+    data = path.read_bytes()
+    footer = data.rindex(b"\x07user_id")  # the column chunk's path in the footer
+    path.write_bytes(data[:footer] + b"\x07\xf5ser_id" + data[footer + 8:])
+    with pytest.raises(SourceError, match=r"t.parquet: (unreadable Parquet metadata|not a"
+                                          r" readable Parquet file)"):
+        list(read_table_file(path))
