@@ -116,6 +116,11 @@ class DPOTrainer(SFTTrainer):
         self.source_run = profile.layout.sft_run(self.source, domain, self.seed)
         self.listing = profile.sft.listing_for(self.source)
 
+    @property
+    def stage(self):
+        """DPO's own checkpoint_every and grad_clip drive the inherited loop."""
+        return self.dpo
+
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         if not self.source_run.exists():

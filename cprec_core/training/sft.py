@@ -374,13 +374,19 @@ class SFTTrainer:
         self._optimizer_step(hybrid)
         return float(acc.reduce(total, reduction="sum")) / n_targets, hybrid
 
+    @property
+    def stage(self):
+        """The settings the step loop reads (checkpoint_every, grad_clip): ``sft``'s here,
+        ``dpo``'s in the DPO trainer."""
+        return self.cfg
+
     def _optimizer_step(self, hybrid: bool) -> None:
         if not hybrid:  # the projector is frozen for text-only steps (no AdamW update either)
             for p in self.projector.parameters():
                 p.grad = None
-        if self.cfg.grad_clip:  # the trainable ones are those with gradients; under FSDP
+        if self.stage.grad_clip:  # the trainable ones are those with gradients; under FSDP
             # accelerate takes the norm over every shard only when given all the parameters
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.stage.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -506,7 +512,7 @@ class SFTTrainer:
                                   f" {row['tokens'] / row['seconds']:.0f} tok/s")
             if self._selects(step + 1):
                 self._record_validation(step + 1)
-            if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == self.total_steps:
+            if (step + 1) % self.stage.checkpoint_every == 0 or step + 1 == self.total_steps:
                 self.save_checkpoint(step + 1)
                 self._prune_best(step + 1)
         result = {"finished": end == self.total_steps, "steps_run": end - self.start_step,

@@ -32,7 +32,8 @@ class Lines(Reporter):
 def dpo_profile(sft_profile):
     profile = dataclasses.replace(sft_profile, dpo=dataclasses.replace(
         sft_profile.dpo, systems=("cprec_dpo",), max_windows=6, batch_size=2, micro_batch=1,
-        checkpoint_every=1, hard_negatives=1, random_negatives=1, beta=0.5, lr=1e-3))
+        checkpoint_every=1, hard_negatives=1, random_negatives=1, beta=0.5, lr=1e-3,
+        grad_clip=0.25))  # both differ from sft's (checkpoint_every 2, grad_clip 1.0)
     run_sft(profile, "crime", "cprec_rank", seeds=(0,))
     return profile
 
@@ -61,10 +62,19 @@ def test_dpo_starts_at_the_reference_and_resumes_to_the_same_adapter(dpo_profile
         scores = trainer.policy_scores(trainer.pair_inputs(trainer.windows))
     ref = torch.tensor([[w.ref_chosen, *w.ref_rejected] for w in trainer.windows])
     assert torch.allclose(scores, ref, atol=1e-3)
+    # DPO's own grad_clip is the one applied (it was sft's before)
+    clipped = []
+    trainer.accelerator.clip_grad_norm_ = lambda params, norm: clipped.append(norm)
+    trainer.model.train()
+    trainer.train_step(0)
+    assert clipped == [0.25] and profile.sft.grad_clip != 0.25
     del trainer
 
-    # killed after 2 steps, resumed, against one uninterrupted run
-    result = run_dpo(profile, "crime", "cprec_dpo", Lines(), stop_after=2)
+    # killed after 1 step: DPO's checkpoint_every (1, not sft's 2) left a checkpoint there
+    assert not run_dpo(profile, "crime", "cprec_dpo", Lines(), stop_after=1)["finished"]
+    assert [p.name for p in run.checkpoints.glob("step-*")] == ["step-000001"]
+    # killed again after step 2, resumed, against one uninterrupted run
+    result = run_dpo(profile, "crime", "cprec_dpo", Lines(), stop_after=1)
     assert not result["finished"]
     resumed = run_dpo(profile, "crime", "cprec_dpo", Lines())
     assert resumed["finished"]
