@@ -23,7 +23,8 @@ install: $(VENV)/.installed
 demo: install  ## materialise the whole asset graph (profile: $$CPREC_PROFILE, default demo)
 	$(PY) -m cprec_assets.demo
 
-test: install
+test: install  ## ruff check (pyproject.toml's tool.ruff), then the tests
+	$(PY) -m ruff check --quiet
 	$(PY) -m pytest
 
 test-ui: install  ## the browser test: Debian's chromium (apt) + playwright (pip, extra `ui`); no browser download

@@ -52,7 +52,8 @@ def build_next_item_asset(system: System) -> dg.AssetsDefinition:
                 for x in manifests]  # the data, settings and embeddings each seed read
         version = hashlib.sha256(json.dumps(seen, sort_keys=True).encode())
         curve = [(r["epoch"], r["loss"], r["hr@10"], r["ndcg@10"]) for r in m["history"]]
-        mean = lambda split, key: round(sum(x[split][key] for x in manifests) / len(manifests), 4)
+        def mean(split: str, key: str) -> float:
+            return round(sum(x[split][key] for x in manifests) / len(manifests), 4)
         return dg.MaterializeResult(data_version=dg.DataVersion(version.hexdigest()[:16]), metadata={
             "domain": m["domain"], "data_version": m["data_version"],  # the data it saw
             "item_embeddings": dg.MetadataValue.json(m["item_embeddings"] or {}),

@@ -159,8 +159,10 @@ def _settle_landed(con: duckdb.DuckDBPyConnection, cfg: DataConfig, landed: set[
             "SELECT domain, items, test FROM domains WHERE role = 'target' ORDER BY domain").fetchall():
         if domain not in landed:
             continue
-        short = [f"{items} items < min_target_items={cfg.min_target_items}"] * (items < cfg.min_target_items)
-        short += [f"{test} test users < min_target_users={cfg.min_target_users}"] * (test < cfg.min_target_users)
+        short = [f"{items} items < min_target_items={cfg.min_target_items}"] * (
+            items < cfg.min_target_items)
+        short += [f"{test} test users < min_target_users={cfg.min_target_users}"] * (
+            test < cfg.min_target_users)
         if short:
             con.execute("UPDATE domains SET role = 'unused' WHERE domain = ?", [domain])
             con.execute("UPDATE interactions SET role = 'unused' WHERE domain = ?", [domain])

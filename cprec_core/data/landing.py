@@ -171,7 +171,8 @@ def scan(root: str | Path) -> Scan:
             if delivery is None:
                 continue
             if delivery.meta is not None and _outside(real_root, delivery.meta):
-                ignored[rel] = f"its meta file {delivery.meta.name} is a link pointing outside the landing folder"
+                ignored[rel] = (f"its meta file {delivery.meta.name} is a link pointing outside"
+                                " the landing folder")
                 continue
             deliveries.append(delivery)
     return Scan(deliveries, ignored)

@@ -169,7 +169,8 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
             low, high = bootstrap_interval(hits.mean(1), resamples)
             ndcg = con.execute("""
                 SELECT avg("ndcg@5") FROM evaluation_results WHERE domain = ? AND split = 'test'
-                AND system = ? AND family = ? AND subset = 'all'""", [domain, system, family]).fetchall()[0][0]
+                AND system = ? AND family = ? AND subset = 'all'""",
+                [domain, system, family]).fetchall()[0][0]
             gen = con.execute("""
                 SELECT avg(valid_ratio), avg("hr@1 (valid)"), avg("hr@1") FROM evaluation_results
                 WHERE domain = ? AND split = 'test' AND system = ? AND family = 'generation'
@@ -229,7 +230,7 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
                        f" {_fmt(ndcg)} | {_fmt(vr, 2)} | {_fmt(hv)} | {_fmt(ha)} |")
         classic = max((r for r in rows if _is_classic(r[0])), key=lambda r: r[3], default=None)
         for name, label, against, what in (
-                *((n, l, best, "the best baseline") for n, l in VERDICTS),
+                *((n, label, best, "the best baseline") for n, label in VERDICTS),
                 *((n, n, classic, "the best classic system") for n in TEXT_VERDICTS)):
             found = next((r for r in rows if r[0] == name), None)
             if found and against:

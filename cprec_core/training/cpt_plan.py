@@ -164,7 +164,8 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
     per_step = cfg.blocks_per_step
 
     if variant == "ds_mix_shuffled":
-        docs = [domain[i] for i in rng.permutation(len(domain))] + [mixed[i] for i in rng.permutation(len(mixed))]
+        docs = ([domain[i] for i in rng.permutation(len(domain))]
+                + [mixed[i] for i in rng.permutation(len(mixed))])
         docs = [docs[i] for i in rng.permutation(len(docs))]
         blocks = pack_documents(docs, cfg.block_size, pad_id)
         order = rng.permutation(len(blocks))

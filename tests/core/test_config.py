@@ -78,7 +78,8 @@ def test_yaml_file_overrides_a_profile(tmp_path):
 def test_evaluation_and_seed_settings_out_of_range_fail_at_load():
     with pytest.raises(ConfigError, match="evaluation.batch_size:? must be at least 1"):
         load_profile("demo", {"evaluation": {"batch_size": 0}})
-    with pytest.raises(ConfigError, match="evaluation.valid_ratio_floor:? must be (between 0 and 1|at most 1)"):
+    with pytest.raises(ConfigError,
+                       match="evaluation.valid_ratio_floor:? must be (between 0 and 1|at most 1)"):
         load_profile("demo", {"evaluation": {"valid_ratio_floor": 1.5}})
     with pytest.raises(ConfigError, match="sft.seeds must be distinct"):
         load_profile("demo", {"sft": {"seeds": [0, 0]}})

@@ -4,7 +4,8 @@ import pytest
 
 from cprec_core.config import ConfigError, load_profile
 from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, TEXT_SYSTEMS,
-                                automated_assets, embedding_asset, evaluation_inputs, is_cprec, leaderboard_rank, lora_init, system)
+                                automated_assets, embedding_asset, evaluation_inputs, is_cprec,
+                                leaderboard_rank, lora_init, system)
 
 
 def test_every_cpt_variant_has_an_asset_and_two_sft_systems_starting_from_it():

@@ -222,8 +222,9 @@ def test_one_bad_delivery_never_stops_the_batch(tmp_path, monkeypatch):
     assert got["Western/a.parquet"] == ("loaded", None)
     assert got["Western/b.parquet"][0] == "failed"
     assert got["Western/b.parquet"][1].startswith(f"{root / 'Western' / 'b.parquet'}: RecursionError")
-    assert got["Western/c.parquet"][0] == "gone" and "removed before it was read" in got["Western/c.parquet"][1]
-    assert got["Western/e.parquet"][0] == "gone" and "removed while it was read" in got["Western/e.parquet"][1]
+    c, e = got["Western/c.parquet"], got["Western/e.parquet"]
+    assert c[0] == "gone" and "removed before it was read" in c[1]
+    assert e[0] == "gone" and "removed while it was read" in e[1]
     assert con.execute("SELECT count(*) FROM landed_raw").fetchall()[0][0] == 4
 
 

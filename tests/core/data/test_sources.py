@@ -332,7 +332,8 @@ def test_movielens_100k_rejections_and_ledger(tmp_path):
     item_rows = by_line(records, item)
     assert sorted(item_rows) == [4, 5]
     assert (item_rows[4].field, item_rows[4].reason) == ("title", "item '267' has no title")
-    assert (item_rows[5].field, item_rows[5].reason) == ("domain", "item '1373' has no usable genre ('unknown')")
+    assert (item_rows[5].field, item_rows[5].reason) == (
+        "domain", "item '1373' has no usable genre ('unknown')")
     assert item_rows[4].raw == "267\tunkonwn\tunkonwn\tunknown"
 
     inter_file, item_file = file_record(records, inter), file_record(records, item)

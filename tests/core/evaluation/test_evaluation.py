@@ -75,7 +75,8 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     build_candidate_sets(con, "crime", negatives=2)
     rows = [dict(zip(RESULT_COLUMNS, r))
             for r in evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())]
-    assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {r["system"] for r in rows}
+    assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {
+        r["system"] for r in rows}
     test_all = [r for r in rows if r["subset"] == "all" and r["split"] == "test"]
     assert len({r["cases"] for r in test_all}) == 1  # same cases for every system
     assert all(0 <= r["hr@1"] <= r["hr@3"] <= r["hr@5"] <= 1 for r in rows)

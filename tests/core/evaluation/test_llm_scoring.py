@@ -58,7 +58,8 @@ def test_tree_masked_batch_scores_equal_full_forwards():
         prompt, slots = render_llara(case, TITLES, hybrid=True)
         prompt_ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for k, c in enumerate(case.candidates):
-            cont = s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"] + [s.tokenizer.eos_token_id]
+            cont = (s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"]
+                    + [s.tokenizer.eos_token_id])
             expected = full_forward_logprob(s, prompt_ids, slots, cont)
             assert abs(result.summed[k] - expected) < 1e-3, (k, result.summed[k], expected)
             assert abs(result.mean[k] - expected / len(cont)) < 1e-3

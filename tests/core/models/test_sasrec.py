@@ -38,7 +38,8 @@ def test_sasrec_learns_a_deterministic_next_item(tmp_path):
 
 def test_save_and_load_give_the_same_scores(tmp_path):
     data = cyclic_domain()
-    train_next_item(data, dataclasses.replace(FAST, max_epochs=3), NextItemFiles(tmp_path / "m"), log=lambda *_: None)
+    train_next_item(data, dataclasses.replace(FAST, max_epochs=3), NextItemFiles(tmp_path / "m"),
+                    log=lambda *_: None)
     model, index = load_next_item_model(NextItemFiles(tmp_path / "m"))
     local = {item: i + 1 for i, item in enumerate(index)}
     histories = [[local[i] for i in h] for h in data.histories]
