@@ -607,7 +607,7 @@ class Profile:
         except LayoutError as exc:
             raise ConfigError(str(exc)) from exc
         try:
-            self.layout
+            _ = self.layout  # builds the paths, which checks the name
         except LayoutError as exc:
             raise ConfigError(f"name: {exc}") from exc
         untrained = [name for name in self.item_text.systems

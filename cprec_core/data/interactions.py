@@ -303,7 +303,7 @@ def _check_targets(con: duckdb.DuckDBPyConnection, cfg: DataConfig) -> None:
     ).fetchall()
     if not any(r[1] == "source" for r in rows if r[3] > 0):
         raise DataError("no source domain has interactions left after filtering: nothing to pre-train on")
-    for domain, role, users, items, test in rows:
+    for domain, role, _users, items, test in rows:
         if role != "target":
             continue
         if items < cfg.min_target_items:

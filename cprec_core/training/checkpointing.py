@@ -295,7 +295,8 @@ class ShardedModel:
             if param.requires_grad:
                 saved = get_peft_model_state_dict(peft_model, state_dict={key: own[key]},
                                                   save_embedding_layers=False)
-                self.names.update({key: name for name in saved})
+                for name in saved:  # its one name in the saved adapter
+                    self.names[key] = name
         self.model = None
 
     @staticmethod

@@ -55,7 +55,7 @@ def read_corpus(path) -> Corpus:
     try:
         table = pq.read_table(path, columns=["kind", "domains", "item_idxs", "input_ids"])
     except FileNotFoundError:
-        raise CorpusError(f"{path}: corpus snapshot not found; materialise cpt_corpus first")
+        raise CorpusError(f"{path}: corpus snapshot not found; materialise cpt_corpus first") from None
     if table.num_rows == 0:
         raise CorpusError(f"{path}: the CPT corpus is empty; nothing to train on")
     cols = table.to_pydict()

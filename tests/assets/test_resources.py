@@ -17,4 +17,4 @@ def test_paths_from_the_launchpad_are_checked_where_they_enter(field, value):
 @pytest.mark.parametrize("name", ["../../..", "x'y", "a;b", "/abs", "a\0b"])
 def test_a_profile_name_from_the_launchpad_must_be_a_named_profile(name):
     with pytest.raises(ConfigError, match="profile"):
-        ProfileResource(profile_name=name).profile
+        _ = ProfileResource(profile_name=name).profile

@@ -153,7 +153,7 @@ def _timestamp(obj: dict, layout: Layout, times: FileTimes, line: int) -> int:
                     raise ValueError
                 dt = datetime.strptime(value, "%m %d, %Y").replace(tzinfo=timezone.utc)
             except ValueError:
-                raise RowProblem(key, f"unparseable time {show(value)}")
+                raise RowProblem(key, f"unparseable time {show(value)}") from None
             return check_ms_range(dt.timestamp() * 1000, value, key)
         return times.parse(value, line, key)
     raise RowProblem(layout.time_keys[0], "missing timestamp")

@@ -292,11 +292,11 @@ def parse_json_line(text: str) -> dict:
                 warnings.simplefilter("ignore")
                 obj = ast.literal_eval(text)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise RowProblem("json", f"malformed JSON: {exc.msg} at column {exc.colno}")
+            raise RowProblem("json", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
     except ValueError as exc:  # int conversion limit: "Exceeds the limit (4300 digits) ..."
-        raise RowProblem("json", f"malformed JSON: a number too long to read ({exc})")
+        raise RowProblem("json", f"malformed JSON: a number too long to read ({exc})") from None
     except RecursionError:
-        raise RowProblem("json", "malformed JSON: nested too deeply")
+        raise RowProblem("json", "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise RowProblem("json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -380,7 +380,7 @@ def parse_timestamp_ms(value: object, unit: str = "auto") -> int:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise RowProblem("timestamp", f"unparseable time {show(text[:40])}")
+                raise RowProblem("timestamp", f"unparseable time {show(text[:40])}") from None
             ms = _datetime_ms(parsed, value)
         else:
             ms = _number_ms(number, unit, value)
@@ -445,7 +445,7 @@ def _datetime_ms(dt: datetime, original: object) -> float:
     try:
         return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp() * 1000
     except (OverflowError, ValueError, OSError):
-        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100")
+        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100") from None
 
 
 def _number_ms(value: int | float | Decimal, unit: str, original: object = None) -> float:
@@ -453,7 +453,7 @@ def _number_ms(value: int | float | Decimal, unit: str, original: object = None)
     try:
         number = float(value)
     except OverflowError:  # an int of hundreds of digits
-        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100")
+        raise RowProblem("timestamp", f"timestamp {show(original)} outside 1970-2100") from None
     if not math.isfinite(number):
         raise RowProblem("timestamp", f"unparseable time {show(original)}")
     is_ms = unit == "ms" or (unit == "auto" and abs(number) > 1e11)
@@ -476,9 +476,9 @@ def parse_rating(value: object) -> float | None:
     try:
         rating = float(value)
     except ValueError:
-        raise RowProblem("rating", f"rating {show(value)} is not a number")
+        raise RowProblem("rating", f"rating {show(value)} is not a number") from None
     except OverflowError:
-        raise RowProblem("rating", f"rating {show(value)} is not finite")
+        raise RowProblem("rating", f"rating {show(value)} is not finite") from None
     if not math.isfinite(rating):
         raise RowProblem("rating", f"rating {show(value)} is not finite")
     return rating

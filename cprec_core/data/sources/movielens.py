@@ -131,7 +131,7 @@ def _read_items(path: Path, cfg: SourceConfig) -> tuple[dict, list[Record]]:
     try:
         _, text, _ = next(lines)
     except StopIteration:
-        raise SourceError(f"{path}: empty file; expected a RecBole atomic header line")
+        raise SourceError(f"{path}: empty file; expected a RecBole atomic header line") from None
     idx = _header(path, text, {"item_id": ("item_id",), "title": TITLE_FIELDS,
                                "genre": GENRE_FIELDS})
     width = len(text.split("\t"))
@@ -172,7 +172,7 @@ def read_movielens(path: str | Path, cfg: SourceConfig) -> Iterator[Record]:
     try:
         _, text, _ = next(lines)
     except StopIteration:
-        raise SourceError(f"{inter_path}: empty file; expected a RecBole atomic header line")
+        raise SourceError(f"{inter_path}: empty file; expected a RecBole atomic header line") from None
     idx = _header(inter_path, text, {"user_id": ("user_id",), "item_id": ("item_id",),
                                      "timestamp": ("timestamp",)})
     width = len(text.split("\t"))

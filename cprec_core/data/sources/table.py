@@ -227,7 +227,7 @@ def _read_parquet(path: Path, unit: str, default_domain: str | None = None,
     except FileNotFoundError as exc:
         raise stopped_reading(path, 0, exc) from exc
     except Exception as exc:
-        raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}")
+        raise SourceError(f"{path}: not a readable Parquet file ({exc}); expected {EXPECTED}") from None
     _check_columns(path, names, default_domain)
     wanted = [c for c in (*REQUIRED, *OPTIONAL) if c in names]
     try:

@@ -112,7 +112,7 @@ def test_recommendations_for_every_user_exported_as_snapshots(trained):
         " WHERE domain = 'Crime'").fetchall()}
     n_items = len(domain_items(con, "Crime").ids)
     by_user = {u: [] for u in seen}
-    for user, rank, item, *_ in rows:
+    for user, _rank, item, *_ in rows:
         by_user[user].append(item)
     assert all(len(items) == min(profile.recommend.k, n_items - len(seen[u] - {None}))
                for u, items in by_user.items())

@@ -66,9 +66,9 @@ def layout(tmp_path):
     return layout
 
 
-def client(layout, reranker=None, limits=ServiceLimits(), refresh_s=1.0) -> TestClient:
+def client(layout, reranker=None, limits=None, refresh_s=1.0) -> TestClient:
     store = SnapshotStore(layout.recommendation_files, ["crime"], refresh_s=refresh_s)
-    return TestClient(create_app(store, reranker, limits))
+    return TestClient(create_app(store, reranker, limits or ServiceLimits()))
 
 
 def test_fast_path_answers_source_ids_and_titles(layout):
