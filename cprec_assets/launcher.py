@@ -21,6 +21,9 @@ import dagster as dg
 
 from cprec_core.config import ConfigError
 
+# the repository (the shipped accelerate configs; resources.py resolves relative folders here)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 DATA_VOLUME = "data"  # the pod's volume holding the data folder (the PVC)
 CONTAINER = "trainer"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -132,8 +135,6 @@ class TrainingLauncher(dg.ConfigurableResource):
         it: here, or at ``repo_path`` in the image."""
         if self.kind != "k8s" or not self.repo_path:
             return str(path)
-        from cprec_assets.resources import REPO_ROOT
-
         return str(PurePosixPath(self.repo_path, *path.resolve().relative_to(REPO_ROOT).parts))
 
     def data_dir(self, run_data_dir: str) -> str:

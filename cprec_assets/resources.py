@@ -21,12 +21,10 @@ import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
-from cprec_assets.launcher import TrainingLauncher
+from cprec_assets.launcher import REPO_ROOT, TrainingLauncher
 from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
 from cprec_core.data.db import connect
 from cprec_core.layout import LayoutError, check_folder
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProfileResource(dg.ConfigurableResource):
