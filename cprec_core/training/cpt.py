@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,6 +46,7 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, for_variant,
                                           read_corpus, shuffled_control, subsample)
+from cprec_core.training.loop import autocast, fingerprint, micro_batches, publishing
 from cprec_core.training.memory import available_memory, estimate_memory
 
 
@@ -175,21 +174,19 @@ class CPTTrainer:
     def train_step(self, step: int) -> float:
         """One optimiser step of the plan; returns its mean loss per target token."""
         plan, acc, blocks = self.plan, self.accelerator, self.plan.blocks
-        rank, world = acc.process_index, acc.num_processes
+        world = acc.num_processes
         ids = plan.steps[step]
         n_targets = int((blocks.targets[ids] != -100).sum())  # all ranks' blocks
-        mine = ids[rank::world]
-        micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
-        loss_sum = torch.zeros((), device=self.device)
-        for k, part in enumerate(micro):
-            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+        loss_sum, parts = torch.zeros((), device=self.device), 0
+        for part, sync in micro_batches(acc, self.model, ids, self.cfg.micro_batch):
             width = int(blocks.tokens[part].max())  # padding sits at block ends: skip it
-            with sync, self.autocast():
+            with sync, autocast(self.device, self.dtype):
                 loss, _ = self.model(*(torch.from_numpy(x[part, :width]).to(self.device) for x in
                                        (blocks.input_ids, blocks.position_ids, blocks.targets)))
             acc.backward(loss * world / n_targets)
             loss_sum += loss.detach().float()
-        if not micro:  # more ranks than blocks in this step: join the gradient all-reduce
+            parts += 1
+        if not parts:  # more ranks than blocks in this step: join the gradient all-reduce
             acc.backward(sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad))
         if self.cfg.grad_clip:
             acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -197,11 +194,6 @@ class CPTTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(acc.reduce(loss_sum, reduction="sum")) / n_targets
-
-    def autocast(self):
-        if self.dtype == torch.bfloat16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
 
     def train(self, stop_after: int | None = None) -> dict:
         """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
@@ -289,14 +281,11 @@ class CPTTrainer:
             "torch": torch.__version__,
         }
         if self.accelerator.is_main_process:
-            staged = self.run.scratch  # written whole, then renamed into place
-            shutil.rmtree(staged, ignore_errors=True)
-            if gathered is None:
-                self.peft_model.save_pretrained(staged)
-            else:
-                checkpointing.write_adapter(self.peft_model, staged, gathered)
-            shutil.rmtree(self.run.adapter, ignore_errors=True)
-            staged.rename(self.run.adapter)
+            with publishing(self.run.scratch, self.run.adapter) as staged:
+                if gathered is None:
+                    self.peft_model.save_pretrained(staged)
+                else:
+                    checkpointing.write_adapter(self.peft_model, staged, gathered)
             self.run.manifest.write_text(json.dumps(manifest, indent=2))
         return manifest
 
@@ -314,8 +303,7 @@ def plan_fingerprint(corpus: Corpus, cfg: CPTConfig, variant: str, model: str) -
     change a run, so they are left out."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("variants", "reuse_from")}
-    return hashlib.sha256(json.dumps([corpus.fingerprint, settings, variant, model],
-                                     sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint([corpus.fingerprint, settings, variant, model], sort_keys=True)
 
 
 def reusable_run(profile: Profile, variant: str, fingerprint: str, log) -> TrainedAdapter | None:
@@ -337,11 +325,8 @@ def reusable_run(profile: Profile, variant: str, fingerprint: str, log) -> Train
 def copy_run(found: TrainedAdapter, run: TrainedAdapter, profile: str) -> dict:
     """``found``'s adapter, log and manifest copied into ``run`` (the adapter staged and
     renamed into place, the manifest last); the manifest says where it came from."""
-    staged = run.scratch
-    shutil.rmtree(staged, ignore_errors=True)
-    shutil.copytree(found.adapter, staged)
-    shutil.rmtree(run.adapter, ignore_errors=True)
-    staged.rename(run.adapter)
+    with publishing(run.scratch, run.adapter) as staged:
+        shutil.copytree(found.adapter, staged)
     if found.train_log.is_file():
         shutil.copyfile(found.train_log, run.train_log)
     manifest = {**json.loads(found.manifest.read_text()), "reused_from": str(found.path),

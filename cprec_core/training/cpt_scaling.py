@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from fractions import Fraction
@@ -47,6 +45,7 @@ from cprec_core.training import checkpointing
 from cprec_core.training.cpt import CPTError, CPTTrainer, plan_fingerprint
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, concat_blocks, for_variant,
                                           read_corpus, split_steps)
+from cprec_core.training.loop import fingerprint, publishing
 from cprec_core.training.packing import pack_documents
 
 
@@ -133,13 +132,12 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
     trainer.setup(corpus=corpus, resume=False)
     plan, points = scaling_plan(corpus, profile, trainer.tokenizer.eos_token_id)
     trainer.plan = plan
-    fingerprint = hashlib.sha256(json.dumps(
-        [plan_fingerprint(corpus, profile.cpt, "scaling", profile.model.name),
-         dataclasses.asdict(profile.scaling)]).encode()).hexdigest()[:16]
+    plan_id = fingerprint([plan_fingerprint(corpus, profile.cpt, "scaling", profile.model.name),
+                           dataclasses.asdict(profile.scaling)])
     trainer.scheduler = stable_schedule(trainer.optimizer, plan.warmup_steps)
     checkpoints = root / "checkpoints"
     found = checkpointing.load(
-        checkpoints, fingerprint,
+        checkpoints, plan_id,
         lambda c: checkpointing.restore(c, trainer.peft_model, trainer.optimizer,
                                         trainer.scheduler), reporter.log)
     step = 0 if found is None else found.step
@@ -172,7 +170,7 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
                 return manifests
         # keep the stable state, branch, and come back to it
         saved = checkpointing.read(checkpointing.save(
-            checkpoints, step, {"plan": fingerprint}, trainer.peft_model, trainer.optimizer,
+            checkpoints, step, {"plan": plan_id}, trainer.peft_model, trainer.optimizer,
             trainer.scheduler))
         stable_scheduler = trainer.scheduler
         trainer.scheduler = get_wsd_schedule(trainer.optimizer, num_warmup_steps=0,
@@ -185,15 +183,12 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
             losses.append(trainer.train_step(first_anneal + k))
             reporter.log(f"scaling {point['label']} anneal step {k + 1}/{point['anneal_steps']}"
                          f" loss {losses[-1]:.4f}")
-        shutil.rmtree(folder.scratch, ignore_errors=True)
-        trainer.peft_model.save_pretrained(folder.scratch)
-        shutil.rmtree(folder.adapter, ignore_errors=True)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.scratch.rename(folder.adapter)
+        with publishing(folder.scratch, folder.adapter) as staged:
+            trainer.peft_model.save_pretrained(staged)
         anneal_seconds = time.perf_counter() - branch_started
         anneal_tokens = sum(plan.tokens(first_anneal + k) for k in range(point["anneal_steps"]))
         manifest = {**point, "final_loss": round(losses[-1], 5) if losses else None,
-                    "plan_fingerprint": f"{fingerprint}-{point['label']}",
+                    "plan_fingerprint": f"{plan_id}-{point['label']}",
                     "stable_seconds": round(stable_seconds, 1), "stable_tokens": stable_tokens,
                     "anneal_seconds": round(anneal_seconds, 1), "anneal_tokens": anneal_tokens,
                     "minutes": round((stable_seconds + anneal_seconds) / 60, 1),

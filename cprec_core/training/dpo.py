@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +54,7 @@ from cprec_core.prompts import Case, encode_answer, encode_prompt
 from cprec_core.systems import system as registered
 from cprec_core.training import dry_run
 from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
+from cprec_core.training.loop import autocast, fingerprint, micro_batches
 from cprec_core.training.preference_loss import preference_loss
 from cprec_core.training.sft import SFTError, SFTTrainer, over_seeds
 
@@ -146,9 +145,9 @@ class DPOTrainer(SFTTrainer):
                 self.steps.append(order[i:i + self.dpo.batch_size])
                 self.step_epoch.append(e)
         self.total_steps = len(self.steps)
-        self.fingerprint = hashlib.sha256(json.dumps(
+        self.fingerprint = fingerprint(
             [file_sha256(self.run.pairs), dataclasses.asdict(self.dpo), self.system,
-             self.profile.model.name]).encode()).hexdigest()[:16]
+             self.profile.model.name])
         base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
                                self.tokenizer, self.profile.model.trust_remote_code,
                                self.profile.model.quantization, self.device,
@@ -236,20 +235,15 @@ class DPOTrainer(SFTTrainer):
 
     def policy_scores(self, inputs: CandidateInputs) -> torch.Tensor:
         """(W, 1 + rejected) summed answer log-likelihoods under the policy."""
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if self.dtype == torch.bfloat16 else nullcontext())
-        with autocast:
+        with autocast(self.device, self.dtype):
             return self.model(candidates=inputs, hybrid=True).float()
 
     def train_step(self, step: int) -> tuple[float, bool]:
         acc = self.accelerator
         windows = [self.windows[i] for i in self.steps[step]]
         n_pairs = sum(len(w.rejected) for w in windows)
-        mine = windows[acc.process_index::acc.num_processes]
-        micro = [mine[i:i + self.dpo.micro_batch] for i in range(0, len(mine), self.dpo.micro_batch)]
         sums = torch.zeros(5, device=self.device)  # loss, margin, accuracy, chosen reward, tokens
-        for k, part in enumerate(micro):
-            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+        for part, sync in micro_batches(acc, self.model, windows, self.dpo.micro_batch):
             inputs = self.pair_inputs(part)
             with sync:
                 scores = self.policy_scores(inputs)

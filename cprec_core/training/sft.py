@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,6 +68,7 @@ from cprec_core.prompts import Case, encode_sft_example
 from cprec_core.provenance import git_revision, processor
 from cprec_core.systems import cpt_variant as cpt_variant_entry, system as registered
 from cprec_core.training import checkpointing, distributed, dry_run
+from cprec_core.training.loop import autocast, fingerprint, micro_batches, publishing
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_item import load_next_item_model
 from cprec_core.training.rank_loss import candidate_loss, rank_batch, validation_report
@@ -291,18 +290,17 @@ class SFTTrainer:
     def _tokenize(self) -> None:
         if self.ranking:  # prompts are encoded per batch (candidates change every epoch)
             self.rows = {}
-            self.fingerprint = hashlib.sha256(json.dumps(
+            self.fingerprint = fingerprint(
                 [[[[s.user, s.history, s.candidates] for s in e] for e in self.epochs],
-                 dataclasses.asdict(self.cfg), self.system, self.profile.model.name]
-            ).encode()).hexdigest()[:16]
+                 dataclasses.asdict(self.cfg), self.system, self.profile.model.name])
             return
         self.rows = {
             hybrid: [encode_sft_example(s, self.titles, self.tokenizer, self.placeholder_id, hybrid)
                      for s in self.samples]
             for hybrid in (True, False)}
-        self.fingerprint = hashlib.sha256(json.dumps(
+        self.fingerprint = fingerprint(
             [[r["input_ids"] for r in self.rows[True]], dataclasses.asdict(self.cfg), self.system,
-             self.profile.model.name]).encode()).hexdigest()[:16]
+             self.profile.model.name])
 
     # -- the loop ---------------------------------------------------------------------------
     def batch(self, ids: np.ndarray, hybrid: bool) -> tuple[torch.Tensor, ...]:
@@ -330,15 +328,10 @@ class SFTTrainer:
         """One optimiser step of the candidate-aware objective; the mean losses per case."""
         acc = self.accelerator
         cases = [self.epochs[self.step_epoch[step]][i] for i in self.steps[step]]
-        mine = cases[acc.process_index::acc.num_processes]
-        micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if self.dtype == torch.bfloat16 else nullcontext())
         sums = torch.zeros(4, device=self.device)  # loss, its two parts, tokens
-        for k, part in enumerate(micro):
+        for part, sync in micro_batches(acc, self.model, cases, self.cfg.micro_batch):
             batch = self._rank_batch(part, hybrid, self.listing)
-            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
-            with sync, autocast:
+            with sync, autocast(self.device, self.dtype):
                 scores = self.model(candidates=batch.inputs, hybrid=hybrid)
             loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight)
             acc.backward(loss.total * acc.num_processes / len(cases))
@@ -360,14 +353,9 @@ class SFTTrainer:
             return parts["loss"], hybrid
         ids = self.steps[step]
         n_targets = sum(sum(1 for t in self.rows[hybrid][i]["labels"][1:] if t != -100) for i in ids)
-        mine = ids[acc.process_index::acc.num_processes]
-        micro = [mine[i:i + self.cfg.micro_batch] for i in range(0, len(mine), self.cfg.micro_batch)]
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if self.dtype == torch.bfloat16 else nullcontext())
         total = torch.zeros((), device=self.device)
-        for k, part in enumerate(micro):
-            sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
-            with sync, autocast:
+        for part, sync in micro_batches(acc, self.model, ids, self.cfg.micro_batch):
+            with sync, autocast(self.device, self.dtype):
                 loss = self.model(*self.batch(part, hybrid), hybrid)
             acc.backward(loss * acc.num_processes / n_targets)
             total += loss.detach().float()
@@ -402,8 +390,6 @@ class SFTTrainer:
         before = base.config._attn_implementation
         base.set_attn_implementation(TREE_ATTENTION)
         self.model.eval()
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if self.dtype == torch.bfloat16 else nullcontext())
         summed, tokens, target = [], [], []
         progress = Progress(self.reporter.log, f"{self.system}[{self.slug}] validation",
                             len(self.validation))
@@ -411,7 +397,7 @@ class SFTTrainer:
             for i in range(0, len(self.validation), self.cfg.micro_batch):
                 batch = self._rank_batch(self.validation[i:i + self.cfg.micro_batch], True,
                                          self.listing)
-                with autocast:
+                with autocast(self.device, self.dtype):
                     summed.append(self.model(candidates=batch.inputs, hybrid=True).float().cpu())
                 tokens.append(batch.answer_tokens.cpu())
                 target.append(batch.target_index.cpu())
@@ -448,12 +434,9 @@ class SFTTrainer:
             adapter, projector = self._trained_weights()
             if self.accelerator.is_main_process:
                 folder = self.run.best / f"step-{step:06d}"
-                staged = self.run.best / f".{folder.name}.tmp"  # whole, then renamed
-                shutil.rmtree(staged, ignore_errors=True)
-                self._write_adapter(staged / "adapter", adapter)
-                save_file(projector, staged / "projector.safetensors")
-                shutil.rmtree(folder, ignore_errors=True)
-                staged.rename(folder)
+                with publishing(self.run.best / f".{folder.name}.tmp", folder) as staged:
+                    self._write_adapter(staged / "adapter", adapter)
+                    save_file(projector, staged / "projector.safetensors")
 
     def _best_validation(self) -> tuple[tuple, dict] | None:
         """(selection key, validation row) of the best kept adapter."""
