@@ -34,11 +34,11 @@ from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_core.evaluation.evaluate import planned_llm_systems
 from cprec_core.evaluation.leaderboard import leaderboard_markdown
+from cprec_core.evaluation.results import DPO_TABLE_HEADER, dpo_table
 from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import cpt_variant, embedding_asset, lora_init, system
-from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
 from cprec_core.training.next_item import trained_next_item_models
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

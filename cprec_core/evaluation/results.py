@@ -27,7 +27,6 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import SHUFFLED_SUFFIX, lora_init
-from cprec_core.training.dpo import DPO_TABLE_HEADER, dpo_table
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -112,8 +111,36 @@ def validation_section(sft: list[dict]) -> list[str]:
                    m["injection"]["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
 
 
+DPO_TABLE_HEADER = ("domain", "system", "seed", "from", "pairs", "SFT HR@1 on windows",
+                    "steps", "first loss", "final loss", "margin", "accuracy",
+                    "validation HR@1 sum/mean", "its SFT's")
+
+
+def dpo_table(profile: Profile) -> list[tuple]:
+    """One row per finished DPO run of the profile (``DPO_TABLE_HEADER``): its pairs, the
+    loss from the first step to the last (ln 2 = 0.693 at the start), the last step's reward
+    margin and accuracy, and its validation HR@1 beside the SFT run it started from."""
+    rows = []
+    for run in profile.layout.trained_sft_runs():
+        m = json.loads(run.manifest.read_text())
+        if m.get("objective") != "dpo":
+            continue
+        log = [json.loads(x) for x in run.train_log.read_text().splitlines()]
+        sft = profile.layout.sft_run(m["sft_system"], m["partition"], m["seed"]).manifest
+        before = json.loads(sft.read_text()).get("validation") if sft.is_file() else None
+
+        def hr1(v: dict | None) -> str:
+            return f"{v['hr@1 (sum)']:.3f}/{v['hr@1 (mean)']:.3f}" if v else ""
+
+        rows.append((m["domain"], m["system"], m["seed"], m["sft_system"],
+                     m["pair_summary"]["pairs"], m["pair_summary"]["sft_hr@1 on windows"],
+                     m["steps"], log[0]["loss"], m["final_loss"], log[-1]["margin"],
+                     log[-1]["accuracy"], hr1(m.get("validation")), hr1(before)))
+    return rows
+
+
 def dpo_section(profile: Profile) -> list[str]:
-    """The DPO runs (cprec_core.training.dpo.dpo_table); empty when the profile has none."""
+    """The DPO runs (``dpo_table``); empty when the profile has none."""
     rows = dpo_table(profile)
     if not rows:
         return []
