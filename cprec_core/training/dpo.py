@@ -124,7 +124,7 @@ class DPOTrainer(SFTTrainer):
     def setup(self) -> None:
         if not self.source_run.exists():
             raise SFTError(f"{self.source_run.adapter}: no {self.source} adapter for"
-                           f" {self.slug!r} seed {self.seed}; train it first")
+                           f" {self.partition!r} seed {self.seed}; train it first")
         self.accelerator = Accelerator(cpu=self.profile.device == "cpu")
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.profile.sft.dtype, str(self.device))
@@ -134,7 +134,7 @@ class DPOTrainer(SFTTrainer):
         self._load_domain()
         if not self.run.pairs.is_file():
             raise SFTError(f"{self.run.pairs}: no pairs; mine them first: python -m"
-                           f" cprec_core.training.dpo_pairs --domain {self.slug} --system"
+                           f" cprec_core.training.dpo_pairs --domain {self.partition} --system"
                            f" {self.system}")
         self.windows = windows_from_pairs(pq.read_table(self.run.pairs))
         self.samples, self.epochs = self.windows, [self.windows] * self.dpo.epochs
@@ -185,9 +185,9 @@ class DPOTrainer(SFTTrainer):
         micro-batch of it; no model, no pairs needed (cprec_core.training.dry_run)."""
         self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
         placeholder = add_placeholder_to_tokenizer(self.tokenizer)
-        windows, titles = training_windows(self.profile, self.slug)
+        windows, titles = training_windows(self.profile, self.partition)
         if not windows:
-            raise SFTError(f"domain {self.slug!r} has no training window for DPO")
+            raise SFTError(f"domain {self.partition!r} has no training window for DPO")
         rejected = self.dpo.hard_negatives + self.dpo.random_negatives
         longest = 0
         for case in windows[:256]:
@@ -201,7 +201,7 @@ class DPOTrainer(SFTTrainer):
         steps = -(-len(windows) // self.dpo.batch_size) * self.dpo.epochs
         source = (f"from {self.source_run.adapter}" if self.source_run.exists() else
                   f"from {self.source} (not trained yet)")
-        lines = [f"DPO {self.system} seed {self.seed} on {self.slug}: {len(windows)} windows x"
+        lines = [f"DPO {self.system} seed {self.seed} on {self.partition}: {len(windows)} windows x"
                  f" {rejected} pairs, {steps} steps of {self.dpo.batch_size} windows, widest"
                  f" row {longest} tokens; {source}"]
         shape = dry_run.Shape(self.dpo.micro_batch, longest, False, self.profile.sft.dtype)

@@ -85,10 +85,12 @@ class SFTTrainer:
     def __init__(self, profile: Profile, domain: str, system: str,
                  reporter: Reporter | None = None, seed: int | None = None,
                  run: TrainedAdapter | None = None):
-        """``run``: where the adapter is written; the profile's run of (system, domain,
-        seed) unless given (a lever benchmark trains a variant beside the study's run)."""
+        """``domain``: the partition key (``crime``; ``self.partition``), the display name
+        (``Crime``) is ``self.domain`` once the data is loaded. ``run``: where the adapter is
+        written; the profile's run of (system, domain, seed) unless given (a lever benchmark
+        trains a variant beside the study's run)."""
         self.profile, self.cfg = profile, profile.sft
-        self.slug, self.system = domain, system
+        self.partition, self.system = domain, system
         self.seed = self.cfg.seeds[0] if seed is None else seed
         own = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.run = own if run is None else run
@@ -222,9 +224,9 @@ class SFTTrainer:
         return run
 
     def _setup_sasrec(self) -> None:
-        files = self.profile.layout.next_item_model("sasrec", self.slug)
+        files = self.profile.layout.next_item_model("sasrec", self.partition)
         if not files.exists():
-            raise SFTError(f"{files.path}: no SASRec for domain {self.slug!r}; materialise"
+            raise SFTError(f"{files.path}: no SASRec for domain {self.partition!r}; materialise"
                            " sasrec first")
         sasrec, index = load_next_item_model(files)
         # row j + 1 = item index[j]; standardised for the candidate-aware systems
@@ -237,7 +239,7 @@ class SFTTrainer:
     def _load_domain(self):
         """Titles, the validation sample and the domain's users (``DomainData``)."""
         with connect(self.profile.layout.database, read_only=True) as con:  # waits for a writer
-            data = load_domain_data(con, self.slug)
+            data = load_domain_data(con, self.partition)
             self.titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                            [data.domain]).fetchall())
             self.validation = self._validation_cases(con, data.domain)
@@ -391,7 +393,7 @@ class SFTTrainer:
         base.set_attn_implementation(TREE_ATTENTION)
         self.model.eval()
         summed, tokens, target = [], [], []
-        progress = Progress(self.reporter.log, f"{self.system}[{self.slug}] validation",
+        progress = Progress(self.reporter.log, f"{self.system}[{self.partition}] validation",
                             len(self.validation))
         try:
             for i in range(0, len(self.validation), self.cfg.micro_batch):
@@ -427,7 +429,7 @@ class SFTTrainer:
             with open(self.run.validation_log, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
         best = self._best_validation()
-        self.reporter.log(f"{self.system}[{self.slug}] validation at step {step}: HR@1 sum"
+        self.reporter.log(f"{self.system}[{self.partition}] validation at step {step}: HR@1 sum"
                           f" {report['hr@1 (sum)']:.3f} mean {report['hr@1 (mean)']:.3f}, loss per"
                           f" answer {report['loss per answer']:.3f}")
         if best is None or key > best[0]:
@@ -490,7 +492,7 @@ class SFTTrainer:
             if self.accelerator.is_main_process:
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                self.reporter.log(f"{self.system}[{self.slug}] step {row['step']}/{self.total_steps}"
+                self.reporter.log(f"{self.system}[{self.partition}] step {row['step']}/{self.total_steps}"
                                   f" {row['prompt']:<6} lr {lr:.2e} loss {loss:.4f}"
                                   f" {row['tokens'] / row['seconds']:.0f} tok/s")
             if self._selects(step + 1):
@@ -590,7 +592,7 @@ class SFTTrainer:
         seconds = sum(r["seconds"] for r in rows)
         tokens = sum(r["tokens"] for r in rows)
         manifest = {
-            "system": self.system, "domain": self.domain, "partition": self.slug,
+            "system": self.system, "domain": self.domain, "partition": self.partition,
             "data_version": self.data_version, "seed": self.seed,
             "base_model": self.profile.model.name,
             "init_adapter": str(self.init_run.adapter) if self.init_run else None,
