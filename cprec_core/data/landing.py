@@ -50,6 +50,7 @@ from typing import Iterable, Iterator
 
 import duckdb
 
+from cprec_core.data.db import atomic
 from cprec_core.data.rows import Writer, reason_group
 from cprec_core.data.sources.amazon import AMAZON_2018, AMAZON_2023, read_pair
 from cprec_core.data.sources.base import (Record, SourceError, SourceFileGone,
@@ -438,41 +439,29 @@ def _load(con: duckdb.DuckDBPyConnection, d: Delivery, copy: Delivery, sha: str,
             text = text.replace(staged, original)
         return text
 
-    con.execute("BEGIN TRANSACTION")
     try:
-        writer = Writer(con, tables=LANDED_TABLES)
-        for record in _records(copy):
-            writer.add(_relabel(record, labels))
-        writer.flush()
+        with atomic(con):  # the rows and their ledger row, or neither
+            writer = Writer(con, tables=LANDED_TABLES)
+            for record in _records(copy):
+                writer.add(_relabel(record, labels))
+            writer.flush()
+            mine = [f for f in writer.files if f["source_file"] == label][0]
+            domains = [r[0] for r in con.execute(
+                "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
+                [label]).fetchall()]
+            loaded = dict(source_file=label, rows_read=mine["rows_read"],
+                          rows_loaded=mine["rows_loaded"], rows_rejected=mine["rows_rejected"],
+                          domains=domains)
+            _ledger(con, {**row, **loaded})
     except duckdb.Error:
-        con.execute("ROLLBACK")
         raise  # the database itself failed: not this file's fault
     except (FileNotFoundError, SourceFileGone) as exc:
-        con.execute("ROLLBACK")
         return dict(status="gone", detail=f"{d.path}: removed while it was read"
                                           f" ({named(str(exc))})")
     except SourceError as exc:
-        con.execute("ROLLBACK")
         return dict(status="failed", detail=named(str(exc)))
     except Exception as exc:  # a reader defect must not stop the other deliveries
-        con.execute("ROLLBACK")
         return dict(status="failed", detail=f"{d.path}: {type(exc).__name__}: {named(str(exc))}")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    try:
-        mine = [f for f in writer.files if f["source_file"] == label][0]
-        domains = [r[0] for r in con.execute(
-            "SELECT DISTINCT domain FROM landed_raw WHERE source_file = ? ORDER BY 1",
-            [label]).fetchall()]
-        loaded = dict(source_file=label, rows_read=mine["rows_read"],
-                      rows_loaded=mine["rows_loaded"], rows_rejected=mine["rows_rejected"],
-                      domains=domains)
-        _ledger(con, {**row, **loaded})
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
     reasons.update(writer.reasons)
     return loaded
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-
 from pathlib import Path
 from typing import Iterator
 
