@@ -67,6 +67,7 @@ def run_cpt(args: argparse.Namespace) -> dict:
 
     from cprec_core.layout import TrainedAdapter
     from cprec_core.training.cpt import CPTTrainer
+    from cprec_core.training.loop import one_step
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args, args.profile)
@@ -85,7 +86,7 @@ def run_cpt(args: argparse.Namespace) -> dict:
     for i in range(1 + args.steps):
         step = i % plan.total_steps
         started = time.perf_counter()
-        loss = trainer.train_step(step)
+        loss = one_step(trainer, step, trainer.cfg.grad_clip)["loss"]
         seconds = time.perf_counter() - started
         print(f"  {args.profile} cpt step {i}: {plan.tokens(step)} tokens in {seconds:.2f} s,"
               f" loss {loss:.4f}{' (warm-up)' if i == 0 else ''}", flush=True)

@@ -242,6 +242,7 @@ def run_ours(args: argparse.Namespace, info: dict) -> dict:
 
     from cprec_core.layout import TrainedAdapter
     from cprec_core.training.cpt import CPTTrainer
+    from cprec_core.training.loop import one_step
 
     torch.set_num_threads(args.threads)
     profile = bench_profile(args)
@@ -253,7 +254,8 @@ def run_ours(args: argparse.Namespace, info: dict) -> dict:
     plan, blocks, dtype = trainer.plan, trainer.plan.blocks, trainer.dtype
     structure = model_structure(trainer.peft_model)
     trainer.model.train()
-    train_step = trainer.train_step
+    def train_step(step: int) -> float:  # what CPTTrainer.train runs per step
+        return one_step(trainer, step, trainer.cfg.grad_clip)["loss"]
 
     rss_before = self_peak_rss_mb()
     steps = []

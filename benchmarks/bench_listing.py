@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import numpy as np
@@ -30,28 +29,28 @@ from cprec_core.data.db import connect
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.evaluation.leaderboard import paired_test
 from cprec_core.evaluation.llm import LLMScorer
-from cprec_core.layout import LayoutError
+from cprec_core.layout import LayoutError, RunManifest
 from cprec_core.metrics import ranks_from_scores
 from cprec_core.provenance import processor
 from cprec_core.reporting import md_table
 from cprec_core.training.sft import SFTTrainer
 
 
-def scoring(manifest: dict) -> str:
+def scoring(manifest: RunManifest) -> str:
     """The family a run is ranked by: chosen on validation, else the mean (as the
     evaluation does, cprec_core.evaluation.evaluate.chosen_scoring)."""
-    return (manifest.get("validation") or {}).get("scoring", "mean")
+    return (manifest.validation or {}).get("scoring", "mean")
 
 
-def validation_hr1(manifest: dict) -> float | None:
-    found = manifest.get("validation")
+def validation_hr1(manifest: RunManifest) -> float | None:
+    found = manifest.validation
     return found[f"hr@1 ({found['scoring']})"] if found else None
 
 
-def train_cost(manifest: dict) -> tuple[float, float]:
+def train_cost(manifest: RunManifest) -> tuple[float, float]:
     """(seconds per sample per epoch, tokens/s) of a finished SFT run."""
-    seen = manifest["samples"] * manifest.get("epochs", 1)
-    return manifest["train_seconds"] / seen, manifest["tokens_per_second"]
+    seen = manifest.samples * (manifest.epochs or 1)
+    return manifest.train_seconds / seen, manifest.tokens_per_second
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,11 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench_listing: {exc}") from None
     if not study_run.exists():
         raise SystemExit(f"{study_run.path}: no trained run; run `make study` first")
-    study = json.loads(study_run.manifest.read_text())
-    if study.get("objective") != "rank":
+    study = study_run.read_manifest()
+    if study.objective != "rank":
         raise SystemExit(f"{args.system}: not a candidate-aware system (objective "
-                         f"{study.get('objective')!r}); the listing lever is theirs")
-    listing = not study["listing"]
+                         f"{study.objective!r}); the listing lever is theirs")
+    listing = not study.listing
     profile = dataclasses.replace(base, sft=dataclasses.replace(
         base.sft, rank=dataclasses.replace(base.sft.rank, listing=listing)))
 
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
               f" {variant_run.path}, from step {trainer.start_step} of {trainer.total_steps}")
         if not trainer.train()["finished"]:
             raise SystemExit("training stopped before its last step; rerun to resume")
-    variant = json.loads(variant_run.manifest.read_text())
+    variant = variant_run.read_manifest()
 
     with connect(layout.database, read_only=True) as con:
         domain, _ = domain_for_slug(con, args.domain)
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     table = []
     for manifest, s_case, hr1, source in arms:
         s_sample, tok_s = train_cost(manifest)
-        table.append(("listing" if manifest["listing"] else "no listing", source,
+        table.append(("listing" if manifest.listing else "no listing", source,
                       round(s_sample, 2), tok_s, round(s_case, 2), scoring(manifest),
                       validation_hr1(manifest), round(hr1, 3)))
     print(md_table(["prompt", "run", "train s/sample", "train tokens/s", "score s/case",

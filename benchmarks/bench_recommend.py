@@ -18,7 +18,6 @@ Needs the profile's database, SASRec and an SFT adapter of ``--system`` (``make 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -68,7 +67,7 @@ def main() -> None:
              f"{single / batched:.1f}x", "")]
 
     run = layout.sft_run(args.system, args.domain, 0)
-    validation = json.loads(run.manifest.read_text()).get("validation") or {"scoring": "mean"}
+    validation = run.read_manifest().validation or {"scoring": "mean"}
     choice = Reranker(args.system, 0, validation["scoring"], None, "bench")
     reranking = LLMReranking(profile, args.domain, choice, items)
     users = people.users[:args.users]

@@ -18,9 +18,13 @@ checked before they become path parts, so a key cannot point outside the folder.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a folder name: profiles, systems, partition keys
 
@@ -122,6 +126,103 @@ class TrainedAdapter:
 
     def exists(self) -> bool:
         return self.adapter_weights.is_file()
+
+    def read_manifest(self) -> RunManifest:
+        return RunManifest.from_json(self.manifest.read_text())
+
+    def write_manifest(self, manifest: RunManifest) -> None:
+        """Written beside and renamed over the old one: a reader finds one whole file."""
+        staged = self.path / ".manifest.json.tmp"
+        staged.write_text(manifest.to_json())
+        os.replace(staged, self.manifest)
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """What a finished LoRA run (CPT, SFT or DPO) says about itself, its ``manifest.json``.
+
+    One flat record for the three trainers: the fields every run has, then each kind's own
+    (None where the kind has none). ``from_json`` reads older files too: a field they lack
+    takes its default (an SFT run before ``objective`` was written trained ``ntp``), a key
+    this version does not know is kept in ``extra`` and written back unchanged."""
+
+    kind: str  # "cpt", "sft" or "dpo"
+    base_model: str = ""
+    steps: int = 0
+    config: dict = field(default_factory=dict)
+    final_loss: float | None = None
+    tokens: int = 0
+    tokens_per_second: float | None = None
+    train_seconds: float = 0.0
+    trainable_parameters: int | None = None
+    dtype: str | None = None
+    processor: str | None = None
+    git_revision: str | None = None
+    # CPT
+    variant: str | None = None
+    profile: str | None = None
+    corpus_fingerprint: str | None = None
+    plan_fingerprint: str | None = None
+    phase_steps: dict | None = None
+    documents: int | None = None
+    block_fill: float | None = None
+    device: str | None = None
+    processes: int | None = None
+    memory_estimate_gib: float | None = None
+    torch: str | None = None
+    reused_from: str | None = None  # a finished run of the same plan, copied (cpt.reuse_from)
+    # SFT and DPO
+    system: str | None = None
+    domain: str | None = None  # the display name; ``partition`` is the key
+    partition: str | None = None
+    seed: int | None = None
+    data_version: str | None = None
+    objective: str = "ntp"  # ntp, rank (candidate-aware) or dpo
+    listing: bool | None = None
+    fingerprint: str | None = None
+    init_adapter: str | None = None  # the CPT adapter its LoRA started from (None: fresh)
+    init_manifest: str | None = None  # that CPT run's corpus fingerprint
+    samples: int | None = None
+    epochs: int | None = None
+    validation: dict | None = None  # the validation row of the weights saved
+    scoring: str | None = None  # "sum" or "mean": the better on validation
+    validation_curve: list = field(default_factory=list)
+    injection: dict | None = None
+    hybrid_steps: int | None = None
+    placeholder_id: int | None = None
+    # DPO
+    sft_system: str | None = None
+    sft_adapter: str | None = None
+    sft_fingerprint: str | None = None
+    pairs: str | None = None
+    pairs_sha256: str | None = None
+    pair_summary: dict | None = None
+    windows: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and getattr(self, f.name) is not None}
+        return {**out, **self.extra}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunManifest:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "kind"}
+        values = {k: v for k, v in raw.items() if k in known}
+        kind = raw.get("kind") or ("cpt" if "variant" in raw else
+                                   "dpo" if raw.get("objective") == "dpo" else "sft")
+        return cls(kind=kind, **values,
+                   extra={k: v for k, v in raw.items() if k not in known and k != "kind"})
+
+    @classmethod
+    def from_json(cls, text: str) -> RunManifest:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> RunManifest:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

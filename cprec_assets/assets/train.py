@@ -18,6 +18,7 @@ from cprec_assets.metadata import png, table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_core.config import ConfigError
+from cprec_core.layout import RunManifest
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.systems import (CPT_VARIANTS, DPO_SYSTEMS, SFT_SYSTEMS, CPTVariant, System,
                                 cpt_variant, system as registered)
@@ -86,17 +87,17 @@ def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
         reported = launcher.run(
             context=context, command=command).get_materialize_result().metadata or {}
         run = cprec.profile.layout.cpt_adapter(variant.name)
-        manifest = json.loads(run.manifest.read_text())
+        manifest = run.read_manifest()
         curves = training_curves(run.train_log, run.curves,
-                                 f"CPT {variant.name}: {manifest['tokens']:,} tokens")
+                                 f"CPT {variant.name}: {manifest.tokens:,} tokens")
         # the plan fingerprint covers the corpus snapshot, the config and the base model
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest["plan_fingerprint"]), metadata={
-                **reported, "corpus_fingerprint": manifest["corpus_fingerprint"],
+            data_version=dg.DataVersion(manifest.plan_fingerprint), metadata={
+                **reported, "corpus_fingerprint": manifest.corpus_fingerprint,
                 "adapter": dg.MetadataValue.path(str(run.adapter)),
                 "train_log": dg.MetadataValue.path(str(run.train_log)), "curves": png(curves),
-                "phases": table(["phase", "steps"], list(manifest["phase_steps"].items())),
-                "manifest": dg.MetadataValue.json(manifest)})
+                "phases": table(["phase", "steps"], list(manifest.phase_steps.items())),
+                "manifest": dg.MetadataValue.json(manifest.to_dict())})
 
     return _cpt
 
@@ -132,10 +133,10 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
         seeds = cprec.profile.sft.seeds_for(system.name)
         run = cprec.profile.layout.sft_run(system.name, context.partition_key, seeds[0])
         rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]
-        manifest = json.loads(run.manifest.read_text())
-        seen = {"data_version": manifest["data_version"],  # of domain_users[domain]
-                "init_corpus_fingerprint": manifest["init_manifest"] or "(fresh LoRA)"}
-        version = hashlib.sha256(json.dumps([manifest["fingerprint"], seen]).encode()).hexdigest()
+        manifest = run.read_manifest()
+        seen = {"data_version": manifest.data_version,  # of domain_users[domain]
+                "init_corpus_fingerprint": manifest.init_manifest or "(fresh LoRA)"}
+        version = hashlib.sha256(json.dumps([manifest.fingerprint, seen]).encode()).hexdigest()
         return dg.MaterializeResult(data_version=dg.DataVersion(version[:16]), metadata={
             **reported, **seen, "seeds": ",".join(map(str, seeds)),
             "adapter": dg.MetadataValue.path(str(run.adapter)),
@@ -148,24 +149,23 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
     return _sft
 
 
-def sft_diagnostics(manifest: dict) -> dict:
+def sft_diagnostics(manifest: RunManifest) -> dict:
     """What the UI shows of an SFT run beyond its log: the injected vectors before and after
     training (cprec_core.models.hybrid.injection_diagnostics), the validation curve and the
     scores of the weights kept (model selection), and the scoring they chose."""
     out = {}
-    injection = manifest.get("injection") or {}
+    injection = manifest.injection or {}
     if injection:
         keys = ["vector_norm", "token_row_norm", "item_specific_share", "mean_pairwise_cosine"]
         out["injected_vectors"] = table(["when", *keys], [
             (when, *[injection[when][k] for k in keys]) for when in ("before", "after")
             if when in injection])
-    curve = manifest.get("validation_curve") or ([manifest["validation"]]
-                                                 if manifest.get("validation") else [])
+    curve = manifest.validation_curve or ([manifest.validation] if manifest.validation else [])
     if curve:
         keys = ["step", "hr@1 (sum)", "hr@1 (mean)", "loss per answer"]
         out["validation"] = table(keys, [[r[k] for k in keys] for r in curve])
-        out["validation_kept_step"] = manifest["validation"]["step"]
-        out["scoring"] = manifest["scoring"]
+        out["validation_kept_step"] = manifest.validation["step"]
+        out["scoring"] = manifest.scoring
     return out
 
 
@@ -219,12 +219,12 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
             context=context, command=command).get_materialize_result().metadata or {}
         run = layout_of(cprec, context.partition_key)
         rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]
-        manifest = json.loads(run.manifest.read_text())
+        manifest = run.read_manifest()
         curves = preference_curves(run.train_log, run.curves, f"DPO {system.name}")
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest["fingerprint"]), metadata={
-                **reported, "sft_adapter": manifest["sft_adapter"],
-                "pairs_sha256": manifest["pairs_sha256"],
+            data_version=dg.DataVersion(manifest.fingerprint), metadata={
+                **reported, "sft_adapter": manifest.sft_adapter,
+                "pairs_sha256": manifest.pairs_sha256,
                 "adapter": dg.MetadataValue.path(str(run.adapter)), "curves": png(curves),
                 "train_log": table(["step", "lr", "loss", "margin", "accuracy", "pairs"], [
                     (r["step"], f"{r['lr']:.2e}", r["loss"], r["margin"], r["accuracy"],

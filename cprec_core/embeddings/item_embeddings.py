@@ -101,9 +101,9 @@ def load_item_vectors(files: ItemEmbeddingFiles) -> ItemVectors:
 def adapter_fingerprint(run: TrainedAdapter) -> str:
     """What identifies a trained adapter: its plan (corpus, config, variant, model) and
     the bytes of its weights."""
-    manifest = json.loads(run.manifest.read_text())
+    plan = run.read_manifest().plan_fingerprint
     digest = hashlib.sha256(run.adapter_weights.read_bytes()).hexdigest()
-    return hashlib.sha256(f"{manifest.get('plan_fingerprint')}:{digest}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{plan}:{digest}".encode()).hexdigest()[:16]
 
 
 def source_adapter(profile: Profile, source: str) -> TrainedAdapter | None:

@@ -203,7 +203,7 @@ def cost_table(s: Setting) -> tuple[str, dict]:
     embedded = [json.loads(s.profile.layout.item_embeddings(src).manifest.read_text())
                 for src in s.profile.item_text.sources()
                 if s.profile.layout.item_embeddings(src).exists()]
-    cpt = [json.loads(r.manifest.read_text()) for r in s.profile.layout.trained_cpt_adapters()]
+    cpt = [r.read_manifest() for r in s.profile.layout.trained_cpt_adapters()]
     text = ["Next-item training per model (one domain, one seed; early stopping decides the"
             " epochs), and its ratio to the ID model of the same encoder:", "",
             md_table(["system", "models", "seconds (mean)", "vs ID"], rows), "",
@@ -215,11 +215,10 @@ def cost_table(s: Setting) -> tuple[str, dict]:
             "CPT runs:", "",
             md_table(["variant", "tokens", "steps", "warmup/stable/anneal", "final loss",
                       "tokens/s", "minutes", "reused from"],
-                     [(m["variant"], m["tokens"], m["steps"],
-                       "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
-                       m["final_loss"], m["tokens_per_second"],
-                       round(m.get("train_seconds", 0) / 60, 1),
-                       m.get("reused_from", "")) for m in cpt])]
+                     [(m.variant, m.tokens, m.steps,
+                       "/".join(str(m.phase_steps[p]) for p in ("warmup", "stable", "anneal")),
+                       m.final_loss, m.tokens_per_second, round(m.train_seconds / 60, 1),
+                       m.reused_from or "") for m in cpt])]
     facts = {"embed_seconds": max((m["seconds"] for m in embedded), default=None),
              "ratio": {n: np.mean(v) / np.mean(seconds[registered(n).next_item])
                        for n, v in seconds.items() if registered(n).kind == "text"

@@ -71,8 +71,7 @@ def choose_retrieval(profile: Profile, slug: str) -> Retrieval:
 
 def _validation(layout: Layout, system: str, slug: str, seed: int) -> tuple[str, float | None]:
     run = layout.sft_run(system, slug, seed)
-    found = json.loads(run.manifest.read_text()).get("validation") if run.manifest.is_file() \
-        else None
+    found = run.read_manifest().validation if run.manifest.is_file() else None
     if not found:
         return "mean", None
     return found["scoring"], float(found[f"hr@1 ({found['scoring']})"])

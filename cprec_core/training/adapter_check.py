@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
@@ -15,6 +14,6 @@ def adapter_health(run: TrainedAdapter) -> dict:
     """Tensors in the adapter, how many hold a NaN or an infinity, and the final loss."""
     weights = load_file(run.adapter_weights)
     bad = [k for k, t in weights.items() if not torch.isfinite(t).all()]
-    loss = json.loads(run.manifest.read_text())["final_loss"]
+    loss = run.read_manifest().final_loss
     return {"tensors": len(weights), "non_finite": len(bad), "final_loss": loss,
             "passed": not bad and loss is not None and math.isfinite(loss)}

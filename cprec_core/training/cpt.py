@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
-import time
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -35,7 +32,7 @@ from transformers import AutoTokenizer, get_wsd_schedule
 from cprec_core.cli import (add_profile_arguments, add_reporter_argument, profile_from_args,
                             run_trainer)
 from cprec_core.config import CPTConfig, Profile
-from cprec_core.layout import Layout, TrainedAdapter
+from cprec_core.layout import Layout, RunManifest, TrainedAdapter
 from cprec_core.models.causal_lm import PackedCausalLM
 from cprec_core.models.loader import load_base_model, resolve_dtype
 from cprec_core.models.lora import apply_lora
@@ -46,7 +43,8 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, for_variant,
                                           read_corpus, shuffled_control, subsample)
-from cprec_core.training.loop import autocast, fingerprint, micro_batches, publishing
+from cprec_core.training.loop import (autocast, fingerprint, log_totals, micro_batches,
+                                      publish_run, read_log, run_steps)
 from cprec_core.training.memory import available_memory, estimate_memory
 
 
@@ -171,8 +169,9 @@ class CPTTrainer:
         return getattr(model, "_orig_mod", model).model
 
     # -- the loop ---------------------------------------------------------------------------
-    def train_step(self, step: int) -> float:
-        """One optimiser step of the plan; returns its mean loss per target token."""
+    def train_step(self, step: int) -> dict:
+        """Forwards and backwards of one step of the plan (loop.one_step updates); its log
+        fields: the phase, the data it read, the mean loss per target token, the tokens."""
         plan, acc, blocks = self.plan, self.accelerator, self.plan.blocks
         world = acc.num_processes
         ids = plan.steps[step]
@@ -188,44 +187,21 @@ class CPTTrainer:
             parts += 1
         if not parts:  # more ranks than blocks in this step: join the gradient all-reduce
             acc.backward(sum(p.sum() * 0 for p in self.model.parameters() if p.requires_grad))
-        if self.cfg.grad_clip:
-            acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(loss_sum, reduction="sum")) / n_targets
+        loss = float(acc.reduce(loss_sum, reduction="sum")) / n_targets
+        return {"phase": plan.phase(step), "data": plan.data[step], "loss": loss,
+                "tokens": plan.tokens(step)}
 
     def train(self, stop_after: int | None = None) -> dict:
         """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
-        plan = self.plan
-        log_path = self.run.train_log
-        if self.accelerator.is_main_process:  # one writer: another process reading the
-            self._truncate_log(log_path, self.start_step)  # half-written file would drop rows
-        self.accelerator.wait_for_everyone()
-        self.model.train()
-        started = time.perf_counter()
-        end = plan.total_steps if stop_after is None else min(plan.total_steps,
-                                                               self.start_step + stop_after)
-        for step in range(self.start_step, end):
-            t0 = time.perf_counter()
-            lr = self.scheduler.get_last_lr()[0]
-            loss = self.train_step(step)
-            row = {"step": step + 1, "phase": plan.phase(step), "data": plan.data[step],
-                   "lr": lr, "loss": round(loss, 5), "tokens": plan.tokens(step),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            if self.accelerator.is_main_process:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                self.reporter.log(
-                    f"step {row['step']}/{plan.total_steps} {row['phase']:>6} {row['data']:<12}"
-                    f" lr {lr:.2e} loss {loss:.4f} {row['tokens'] / row['seconds']:.0f} tok/s")
-            if (step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == plan.total_steps:
-                self.save_checkpoint(step + 1)
-        result = {"finished": end == plan.total_steps, "steps_run": end - self.start_step,
-                  "seconds": time.perf_counter() - started}
-        if result["finished"]:
-            result.update(self.save_final(log_path))
-        return result
+        return run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after)
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.total_steps
+
+    @property
+    def label(self) -> str:
+        return f"CPT {self.variant}"
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -249,52 +225,32 @@ class CPTTrainer:
             barrier=self.accelerator.wait_for_everyone)
         return 0 if found is None else found.step
 
-    def save_final(self, log_path: Path) -> dict:
+    def save_final(self) -> dict:
         self.accelerator.wait_for_everyone()
         gathered = None if self.sharded is None else self.sharded.adapter()
-        rows = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
-        tokens = sum(r["tokens"] for r in rows)
-        seconds = sum(r["seconds"] for r in rows)
-        manifest = {
-            "variant": self.variant,
-            "base_model": self.profile.model.name,
-            "corpus_fingerprint": self.corpus.fingerprint,
-            "plan_fingerprint": self.plan_fingerprint,
-            "profile": self.profile.name,
-            "config": dataclasses.asdict(self.cfg),
-            "steps": self.plan.total_steps,
-            "phase_steps": {"warmup": self.plan.warmup_steps, "stable": self.plan.stable_steps,
-                            "anneal": self.plan.anneal_steps},
-            "documents": len(self.corpus),
-            "tokens": tokens,
-            "block_fill": round(self.plan.blocks.fill, 4),
-            "final_loss": rows[-1]["loss"] if rows else None,
-            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-            "train_seconds": round(seconds, 1),
-            "trainable_parameters": self.trainable,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "processor": processor(str(self.device)),
-            "processes": self.accelerator.num_processes,
-            "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
-            "git_revision": git_revision(),
-            "torch": torch.__version__,
-        }
-        if self.accelerator.is_main_process:
-            with publishing(self.run.scratch, self.run.adapter) as staged:
-                if gathered is None:
-                    self.peft_model.save_pretrained(staged)
-                else:
-                    checkpointing.write_adapter(self.peft_model, staged, gathered)
-            self.run.manifest.write_text(json.dumps(manifest, indent=2))
-        return manifest
+        manifest = RunManifest(
+            kind="cpt", variant=self.variant, base_model=self.profile.model.name,
+            corpus_fingerprint=self.corpus.fingerprint, plan_fingerprint=self.plan_fingerprint,
+            profile=self.profile.name, config=dataclasses.asdict(self.cfg),
+            steps=self.plan.total_steps,
+            phase_steps={"warmup": self.plan.warmup_steps, "stable": self.plan.stable_steps,
+                         "anneal": self.plan.anneal_steps},
+            documents=len(self.corpus), block_fill=round(self.plan.blocks.fill, 4),
+            **log_totals(read_log(self.run.train_log)), trainable_parameters=self.trainable,
+            dtype=str(self.dtype).replace("torch.", ""), device=str(self.device),
+            processor=processor(str(self.device)), processes=self.accelerator.num_processes,
+            memory_estimate_gib=round(self.memory_estimate / 2**30, 2),
+            git_revision=git_revision(), torch=torch.__version__)
 
-    @staticmethod
-    def _truncate_log(path: Path, step: int) -> None:
-        if not path.exists():
-            return
-        rows = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+        def write(staged: TrainedAdapter) -> None:
+            if gathered is None:
+                self.peft_model.save_pretrained(staged.adapter)
+            else:
+                checkpointing.write_adapter(self.peft_model, staged.adapter, gathered)
+
+        if self.accelerator.is_main_process:
+            publish_run(self.run, write, manifest)
+        return manifest.to_dict()
 
 
 def plan_fingerprint(corpus: Corpus, cfg: CPTConfig, variant: str, model: str) -> str:
@@ -314,7 +270,7 @@ def reusable_run(profile: Profile, variant: str, fingerprint: str, log) -> Train
         found = Layout(profile.layout.data_dir, other).cpt_adapter(variant)
         if not (found.exists() and found.manifest.is_file()):
             continue
-        theirs = json.loads(found.manifest.read_text()).get("plan_fingerprint")
+        theirs = found.read_manifest().plan_fingerprint
         if theirs == fingerprint:
             return found
         log(f"CPT {variant}: profile {other!r} has another plan ({theirs}, here"
@@ -325,14 +281,11 @@ def reusable_run(profile: Profile, variant: str, fingerprint: str, log) -> Train
 def copy_run(found: TrainedAdapter, run: TrainedAdapter, profile: str) -> dict:
     """``found``'s adapter, log and manifest copied into ``run`` (the adapter staged and
     renamed into place, the manifest last); the manifest says where it came from."""
-    with publishing(run.scratch, run.adapter) as staged:
-        shutil.copytree(found.adapter, staged)
     if found.train_log.is_file():
         shutil.copyfile(found.train_log, run.train_log)
-    manifest = {**json.loads(found.manifest.read_text()), "reused_from": str(found.path),
-                "profile": profile}
-    run.manifest.write_text(json.dumps(manifest, indent=2))
-    return manifest
+    manifest = found.read_manifest().replace(reused_from=str(found.path), profile=profile)
+    publish_run(run, lambda staged: shutil.copytree(found.adapter, staged.adapter), manifest)
+    return manifest.to_dict()
 
 
 def run(profile: Profile, variant: str, reporter: Reporter | None = None,

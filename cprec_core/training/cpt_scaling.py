@@ -45,7 +45,7 @@ from cprec_core.training import checkpointing
 from cprec_core.training.cpt import CPTError, CPTTrainer, plan_fingerprint
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, concat_blocks, for_variant,
                                           read_corpus, split_steps)
-from cprec_core.training.loop import fingerprint, publishing
+from cprec_core.training.loop import fingerprint, one_step, publishing
 from cprec_core.training.packing import pack_documents
 
 
@@ -159,7 +159,7 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
             continue
         while step < point["stable_steps"]:  # the stable run up to this budget
             t0 = time.perf_counter()
-            loss = trainer.train_step(step)
+            loss = one_step(trainer, step, profile.cpt.grad_clip)["loss"]
             stable_seconds += time.perf_counter() - t0
             stable_tokens += plan.tokens(step)
             step += 1
@@ -180,7 +180,7 @@ def train_points(profile: Profile, reporter: Reporter, stop_after: int | None = 
         branch_started = time.perf_counter()
         losses = []
         for k in range(point["anneal_steps"]):
-            losses.append(trainer.train_step(first_anneal + k))
+            losses.append(one_step(trainer, first_anneal + k, profile.cpt.grad_clip)["loss"])
             reporter.log(f"scaling {point['label']} anneal step {k + 1}/{point['anneal_steps']}"
                          f" loss {losses[-1]:.4f}")
         with publishing(folder.scratch, folder.adapter) as staged:

@@ -161,7 +161,7 @@ def ensure_pairs(profile: Profile, slug: str, system: str, seed: int,
     if not source.exists():
         raise SFTError(f"{source.adapter}: no {entry.sft_init} adapter for {slug!r} seed"
                        f" {seed}; train it first")
-    settings = {"sft_fingerprint": json.loads(source.manifest.read_text())["fingerprint"],
+    settings = {"sft_fingerprint": source.read_manifest().fingerprint,
                 "sft_adapter_sha256": file_sha256(source.adapter_weights),
                 "hard_negatives": cfg.hard_negatives, "random_negatives": cfg.random_negatives,
                 "max_windows": cfg.max_windows, "window_seed": cfg.window_seed,

@@ -1,7 +1,9 @@
-"""What every trainer's step does the same way, written once: this rank's micro-batches with
-the gradient synchronisation they need, bf16 autocast, the fingerprint that names a run's
-plan, and publishing a folder whole. The trainers (cpt.py, sft.py, dpo.py, cpt_scaling.py)
-keep their own steps and read top to bottom; they share these pieces, not a base class.
+"""The one outer step loop (``run_steps``) and what every trainer's step does the same way,
+written once: this rank's micro-batches with the gradient synchronisation they need, bf16
+autocast, the optimiser update with its clipping, the fingerprint that names a run's plan,
+and publishing files whole. The trainers (cpt.py, sft.py, dpo.py, cpt_scaling.py) keep their
+own ``setup``, ``train_step``, ``save_checkpoint``, ``load_checkpoint`` and ``save_final``
+and read top to bottom; they share these pieces, not a base class.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
+
+from cprec_core.layout import RunManifest, TrainedAdapter
 
 
 def micro_batches(accelerator, model: torch.nn.Module, items: Sequence, size: int
@@ -52,3 +57,131 @@ def publishing(scratch: Path, final: Path) -> Iterator[Path]:
     shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch.rename(final)
+
+
+def cut_log(path: Path, step: int) -> None:
+    """Keeps the rows of a JSONL log up to ``step``: what a resumed run redoes is dropped."""
+    if path.exists():
+        keep = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] <= step]
+        path.write_text("".join(x + "\n" for x in keep))
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+
+
+def optimizer_step(trainer, grad_clip: float) -> None:
+    """Clip (the norm over every parameter: under FSDP accelerate takes it over all shards
+    only when given them all), step the optimiser and the schedule, clear the gradients."""
+    if grad_clip:
+        trainer.accelerator.clip_grad_norm_(trainer.model.parameters(), grad_clip)
+    trainer.optimizer.step()
+    trainer.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def one_step(trainer, step: int, grad_clip: float) -> dict:
+    """One optimiser step: the trainer's ``train_step`` (forwards and backwards, returning
+    its log fields, ``loss`` and ``tokens`` among them), then the update. The row it returns
+    is the log row: the trainer's fields with the step (1-based), lr and seconds."""
+    t0 = time.perf_counter()
+    lr = trainer.scheduler.get_last_lr()[0]
+    fields = trainer.train_step(step)
+    optimizer_step(trainer, grad_clip)
+    return {"step": step + 1, **fields, "lr": lr, "loss": round(fields["loss"], 5),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+class Recipe(Protocol):
+    """What ``run_steps`` needs of a trainer (torchtune's recipe interface, no base class)."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    run: TrainedAdapter
+    reporter: Any
+    label: str  # how the log lines name the run
+    start_step: int  # where load_checkpoint left it
+    total_steps: int
+
+    def train_step(self, step: int) -> dict: ...
+
+    def save_checkpoint(self, step: int) -> None: ...
+
+    def save_final(self) -> dict: ...
+
+
+LOG_SECONDS = 10.0  # at most one progress line per this many seconds (and the last step)
+
+
+def run_steps(trainer: Recipe, checkpoint_every: int, grad_clip: float,
+              stop_after: int | None = None, after_step=None, forget_after=None) -> dict:
+    """The one outer loop: from ``trainer.start_step`` to the end of the plan (or
+    ``stop_after`` steps, to simulate a kill), a row per step in the train log, a progress
+    line at most every ``LOG_SECONDS``, a checkpoint every ``checkpoint_every`` steps and at
+    the end, and the final files once the last step is done.
+
+    ``after_step(step)`` runs after each step (1-based; SFT scores its validation sample
+    there); ``forget_after(step)`` drops what else the run wrote after the checkpoint it
+    resumes from (the train log is cut here)."""
+    acc, total = trainer.accelerator, trainer.total_steps
+    if acc.is_main_process:  # one writer: another process reading the half-written
+        cut_log(trainer.run.train_log, trainer.start_step)  # file would drop rows
+        if forget_after is not None:
+            forget_after(trainer.start_step)
+    acc.wait_for_everyone()
+    trainer.model.train()
+    started = last_line = time.perf_counter()
+    end = total if stop_after is None else min(total, trainer.start_step + stop_after)
+    for step in range(trainer.start_step, end):
+        row = one_step(trainer, step, grad_clip)
+        if acc.is_main_process:
+            with open(trainer.run.train_log, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if time.perf_counter() - last_line >= LOG_SECONDS or step in (trainer.start_step,
+                                                                           total - 1):
+                trainer.reporter.log(progress_line(trainer.label, row, total))
+                last_line = time.perf_counter()
+        if after_step is not None:
+            after_step(step + 1)
+        if (step + 1) % checkpoint_every == 0 or step + 1 == total:
+            trainer.save_checkpoint(step + 1)
+    result = {"finished": end == total, "steps_run": end - trainer.start_step,
+              "seconds": time.perf_counter() - started}
+    if result["finished"]:
+        result.update(trainer.save_final())
+    return result
+
+
+def progress_line(label: str, row: dict, total: int) -> str:
+    """``label step i/n``, the row's words (phase, data, prompt), lr, loss and tokens/s."""
+    words = " ".join(v for k, v in row.items() if isinstance(v, str))
+    rate = row["tokens"] / row["seconds"] if row["seconds"] else 0.0
+    return (f"{label} step {row['step']}/{total} {words} lr {row['lr']:.2e}"
+            f" loss {row['loss']:.4f} {rate:.0f} tok/s")
+
+
+def log_totals(rows: list[dict]) -> dict:
+    """The final loss, tokens, seconds and tokens/s of a train log, for the manifest."""
+    tokens, seconds = sum(r["tokens"] for r in rows), sum(r["seconds"] for r in rows)
+    return {"final_loss": rows[-1]["loss"] if rows else None, "tokens": tokens,
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "train_seconds": round(seconds, 1)}
+
+
+def publish_run(run: TrainedAdapter, write, manifest: RunManifest) -> None:
+    """A run's final files written whole into ``run.scratch`` by ``write(staged)`` (a
+    ``TrainedAdapter`` there: its adapter folder, the projector where there is one), then
+    renamed into place, the manifest last: a reader that finds the manifest finds the files
+    it describes."""
+    staged = TrainedAdapter(run.scratch)
+    shutil.rmtree(staged.path, ignore_errors=True)
+    staged.path.mkdir(parents=True)
+    write(staged)
+    shutil.rmtree(run.adapter, ignore_errors=True)
+    staged.adapter.rename(run.adapter)
+    if staged.projector.exists():
+        staged.projector.replace(run.projector)
+    shutil.rmtree(staged.path)
+    run.write_manifest(manifest)
