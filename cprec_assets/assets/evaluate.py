@@ -56,11 +56,13 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
     (zero-shot, LLaRA, CPRec and the ablations, every seed) likelihood ranking and greedy
     generation (ValidRatio, HR@1), per user subset. Launched with ``systems``, only those LLM
     systems are scored and the others' rows kept."""
-    rows = evaluate_domain(cprec.connect, cprec.profile, context.partition_key,
-                           config.systems or None, log=run_log(context))
+    evaluated = evaluate_domain(cprec.connect, cprec.profile, context.partition_key,
+                                config.systems or None, log=run_log(context))
     with cprec.connect() as con:
-        tables, seconds = evaluation_tables(con, rows[0][0]), scoring_seconds(con, rows[0][0])
-    return dg.MaterializeResult(metadata={"dagster/row_count": len(rows), **markdown(tables),
+        tables = evaluation_tables(con, evaluated.domain)
+        seconds = scoring_seconds(con, evaluated.domain)
+    return dg.MaterializeResult(metadata={"dagster/row_count": len(evaluated.rows.results),
+                                          **markdown(tables),
                                           "llm_scoring_seconds": round(seconds, 1)})
 
 

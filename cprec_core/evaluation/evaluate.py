@@ -1,6 +1,7 @@
 """Score every system of a profile on a domain's fixed candidate sets.
 
-Two tables in the profile's database:
+Four tables in the profile's database, one typed row class each (``ResultRow``, ``CaseRow``,
+``ChoiceRow``, ``CostRow``):
 
 * ``evaluation_cases``: one row per (split, system, seed, family, case): the target's rank
   among the 20 candidates (ranking families), or whether the greedy answer was valid and hit
@@ -27,6 +28,11 @@ each of its seeds, each by likelihood (sum and mean per token) and, with
 ``evaluation.shuffled_ablation`` each hybrid system's first seed once more with its injected
 vectors shuffled among items; with ``evaluation.fusion``, that system on the validation
 split too, and the ``fused`` system (``fuse``).
+
+``evaluate_domain`` runs in stages, each a function of the previous one's typed output:
+``plan`` (which systems, which runs), ``score_classic`` (the only stage on an open database
+before the write), ``fusion_partner``, ``score_llm`` (minutes to hours, the database
+closed), ``aggregate`` (every row, in the order written) and ``write`` (one transaction).
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
-from typing import Callable, Collection, ContextManager
+from dataclasses import dataclass, field, fields
+from typing import Callable, Collection, ContextManager, Iterable
 
 import duckdb
 import numpy as np
@@ -84,7 +90,10 @@ RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "case
 CASE_COLUMNS = ("domain", "split", "system", "seed", "family", "user_idx", "candidates_hash",
                 "rank", "valid", "hit", "answer")
 COST_COLUMNS = ("domain", "split", "system", "seed", "cases", "load_seconds", "score_seconds",
-                "answers_read_off", "answers_decoded", "device", "threads", "git_revision")
+                "answers_read_off", "answers_decoded", "device", "threads")
+CHOICE_COLUMNS = ("domain", "system", "seed", "choice", "value", "basis")
+TABLES = ("evaluation_results", "evaluation_cases", "evaluation_costs", "evaluation_choices")
+LIKELIHOOD_FAMILIES = ("likelihood (sum)", "likelihood (mean)")  # how LLM systems rank
 COST_HEADER = ("domain", "system", "seeds", "cases", "s/case", "minutes", "answers decoded",
                "device x threads")  # the columns of ``scoring_costs``
 
@@ -101,6 +110,109 @@ class LLMRun:
     answers_decoded: int | None
     device: str
     threads: int
+
+
+class _Row:
+    """A row of one evaluation table: its fields in the table's column order."""
+
+    __slots__ = ()
+
+    def values(self) -> tuple:
+        """The fields in column order, as the database takes them."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow(_Row):
+    """An ``evaluation_results`` row (``RESULT_COLUMNS``): a system run's metrics on a subset."""
+
+    domain: str
+    split: str
+    system: str
+    seed: int
+    family: str
+    subset: str
+    cases: int
+    valid_ratio: float
+    hr1: float
+    hr1_valid: float | None  # HR@1 over the valid answers: None when there are none
+    hr3: float | None = None  # the ranking metrics: None for generation
+    hr5: float | None = None
+    ndcg3: float | None = None
+    ndcg5: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRow(_Row):
+    """An ``evaluation_cases`` row (``CASE_COLUMNS``): one case as a system run scored it."""
+
+    domain: str
+    split: str
+    system: str
+    seed: int
+    family: str
+    user_idx: int
+    candidates_hash: str
+    rank: int | None  # the target's rank (ranking families)
+    valid: bool
+    hit: bool
+    answer: str | None  # the greedy answer (generation)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow(_Row):
+    """An ``evaluation_costs`` row (``COST_COLUMNS``): what an LLM system run cost."""
+
+    domain: str
+    split: str
+    system: str
+    seed: int
+    cases: int
+    load_seconds: float
+    score_seconds: float
+    answers_read_off: int | None
+    answers_decoded: int | None
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceRow(_Row):
+    """An ``evaluation_choices`` row (``CHOICE_COLUMNS``): what validation decided."""
+
+    domain: str
+    system: str
+    seed: int
+    choice: str
+    value: str
+    basis: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows of the four evaluation tables, each list in the order written."""
+
+    results: list[ResultRow] = field(default_factory=list)
+    cases: list[CaseRow] = field(default_factory=list)
+    costs: list[CostRow] = field(default_factory=list)
+    choices: list[ChoiceRow] = field(default_factory=list)
+
+    @classmethod
+    def join(cls, parts: Iterable[Rows]) -> Rows:
+        parts = list(parts)
+        return cls([r for p in parts for r in p.results], [r for p in parts for r in p.cases],
+                    [r for p in parts for r in p.costs], [r for p in parts for r in p.choices])
+
+    def systems(self) -> set[str]:
+        return {r.system for r in (*self.results, *self.costs, *self.choices)}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate_domain`` wrote: the domain, as the database names it, and its rows."""
+
+    domain: str
+    rows: Rows
 
 
 def candidates_hash(candidates) -> str:
@@ -145,7 +257,8 @@ def classic_scores(con, profile: Profile, slug: str, cases: Cases, log: Log = pr
 
 
 def _seeded(key: tuple[str, int]) -> str:
-    return key[0] + (f" seed {key[1]}" if key[1] else "")
+    system, seed = key
+    return system + (f" seed {seed}" if seed else "")
 
 
 def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
@@ -272,21 +385,6 @@ def pick_lambda(classic: np.ndarray, llm: np.ndarray, target_col: np.ndarray,
     return max(hr, key=lambda lam: (hr[lam], -lam)), hr
 
 
-def _case_rows(domain, split, system, seed, family, cases: Cases, ranks=None, chosen=None,
-               answers=None) -> list[tuple]:
-    rows = []
-    for i, user in enumerate(cases.users):
-        h = candidates_hash(cases.candidates[i])
-        if ranks is not None:
-            rows.append((domain, split, system, seed, family, int(user), h, int(ranks[i]), True,
-                         bool(ranks[i] == 0), None))
-        else:
-            valid = chosen[i] is not None
-            rows.append((domain, split, system, seed, family, int(user), h, None, valid,
-                         valid and chosen[i] == int(cases.targets[i]), answers[i]))
-    return rows
-
-
 def subset_masks(cases: Cases) -> dict[str, np.ndarray]:
     """Every case (``all``), the cases of each user-activity tercile and of each
     target-popularity tercile (cprec_core.data.cases), the empty ones left out."""
@@ -297,21 +395,40 @@ def subset_masks(cases: Cases) -> dict[str, np.ndarray]:
     return {name: mask for name, mask in masks.items() if mask.any()}
 
 
-def _aggregate(domain, split, system, seed, family, subsets: dict[str, np.ndarray], ranks=None,
-               valid=None, hits=None) -> list[tuple]:
-    rows = []
+def ranking_rows(cases: Cases, subsets: dict[str, np.ndarray], system: str, seed: int,
+                 family: str, ranks: np.ndarray) -> Rows:
+    """A ranking's rows: the target's rank per case, and its metrics per user subset (every
+    answer counts as valid, so ``hr@1 (valid)`` is ``hr@1``)."""
+    key = (cases.domain, cases.split, system, seed, family)
+    results = []
     for subset, keep in subsets.items():
-        n = int(keep.sum())
-        if ranks is not None:
-            m = ranking_report(ranks[keep])
-            rows.append((domain, split, system, seed, family, subset, n, 1.0, m["hr@1"],
-                         m["hr@1"], m["hr@3"], m["hr@5"], m["ndcg@3"], m["ndcg@5"]))
-        else:
-            v, h = valid[keep], hits[keep]
-            rows.append((domain, split, system, seed, family, subset, n, float(v.mean()),
-                         float(h.mean()), float(h.sum() / v.sum()) if v.any() else None,
-                         None, None, None, None))
-    return rows
+        m = ranking_report(ranks[keep])
+        results.append(ResultRow(*key, subset, int(keep.sum()), 1.0, m["hr@1"], m["hr@1"],
+                                 m["hr@3"], m["hr@5"], m["ndcg@3"], m["ndcg@5"]))
+    case_rows = [CaseRow(*key, int(user), candidates_hash(candidates), int(rank), True,
+                         bool(rank == 0), None)
+                 for user, candidates, rank in zip(cases.users, cases.candidates, ranks)]
+    return Rows(results, case_rows)
+
+
+def generation_rows(cases: Cases, subsets: dict[str, np.ndarray], system: str, seed: int,
+                    run: LLMRun) -> Rows:
+    """Greedy generation's rows: each answer and the candidate it names (None: invalid), and
+    per user subset the share of valid answers, HR@1 over all cases and over valid ones."""
+    key = (cases.domain, cases.split, system, seed, "generation")
+    chosen = [r.chosen for r in run.cases]
+    valid = np.array([c is not None for c in chosen])
+    hits = np.array([c == int(t) for c, t in zip(chosen, cases.targets)])
+    results = []
+    for subset, keep in subsets.items():
+        v, h = valid[keep], hits[keep]
+        results.append(ResultRow(*key, subset, int(keep.sum()), float(v.mean()), float(h.mean()),
+                                 float(h.sum() / v.sum()) if v.any() else None))
+    case_rows = [CaseRow(*key, int(user), candidates_hash(candidates), None, c is not None,
+                         c is not None and c == int(target), r.answer)
+                 for user, candidates, target, c, r in zip(
+                     cases.users, cases.candidates, cases.targets, chosen, run.cases)]
+    return Rows(results, case_rows)
 
 
 def chosen_llm_systems(profile: Profile, systems: Collection[str] | None) -> set[str] | None:
@@ -326,9 +443,211 @@ def chosen_llm_systems(profile: Profile, systems: Collection[str] | None) -> set
     return set(systems)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What one evaluation scores: the LLM systems named (None: every one), their runs on the
+    test split, and whether the fused system is rebuilt."""
+
+    systems: set[str] | None
+    runs: list[tuple[str, int, bool]]
+    fusion: bool
+
+    @property
+    def with_llm(self) -> bool:
+        return self.systems is None or bool(self.systems)
+
+
+def plan(profile: Profile, slug: str, systems: Collection[str] | None, log: Log) -> Scope:
+    """The scope of ``systems``, checked (``()``: the classic systems only)."""
+    chosen, fusion = chosen_llm_systems(profile, systems), profile.evaluation.fusion
+    runs = []
+    if chosen is None or chosen:
+        runs = [(name, seed, shuffled) for name, seed, shuffled in planned_runs(profile, slug, log)
+                if chosen is None or name in chosen]
+    return Scope(chosen, runs, bool(fusion) and (chosen is None or fusion in chosen))
+
+
+@dataclass(frozen=True)
+class ClassicScores:
+    """A domain's cases per split and every classic system's scores on them, with what the
+    LLM systems read from the database (item titles), so the connection can close."""
+
+    domain: str
+    splits: dict[str, Cases]  # valid, test
+    scores: dict[str, dict[tuple[str, int], np.ndarray]]  # split -> (system, seed) -> scores
+    titles: dict[int, str]
+
+
+def score_classic(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str, log: Log,
+                  every_s: float | None) -> ClassicScores:
+    """Stage 1, on the open database: the cases and the classic systems' scores."""
+    cfg = profile.evaluation
+    domain, _ = domain_for_slug(con, slug)
+    create_tables(con)
+    splits = {split: load_cases(con, domain, split, cfg.max_cases, cfg.seed)
+              for split in ("valid", "test")}
+    log(f"{slug}: {len(splits['valid'].users):,} validation and"
+        f" {len(splits['test'].users):,} test cases")
+    scores = {split: classic_scores(con, profile, slug, cases, log, every_s)
+              for split, cases in splits.items()}
+    titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
+                              [domain]).fetchall())
+    return ClassicScores(domain, splits, scores, titles)
+
+
+def fusion_partner(profile: Profile, classic: ClassicScores) -> tuple[str, int] | None:
+    """(system, first seed) of the classic system the fused one builds on: of SASRec and
+    GRU4Rec, the one with the better validation HR@1 (None when neither was trained)."""
+    valid = classic.splits["valid"]
+    firsts = [(name, getattr(profile, name).seeds[0]) for name in FUSION_PARTNERS]
+
+    def hr1(key: tuple[str, int]) -> float:
+        return float((ranks_from_scores(classic.scores["valid"][key], valid.target_col) == 0).mean())
+
+    return max((key for key in firsts if key in classic.scores["valid"]), key=hr1, default=None)
+
+
+@dataclass(frozen=True)
+class LLMScores:
+    """The LLM runs: on the test split per (system, seed), and the fusion system's on the
+    validation split per seed (what lambda is picked on)."""
+
+    test: dict[tuple[str, int], LLMRun]
+    fusion_valid: dict[int, LLMRun]
+
+
+def score_llm(profile: Profile, slug: str, scope: Scope, classic: ClassicScores,
+              partner: tuple[str, int] | None, log: Log, every_s: float | None) -> LLMScores:
+    """Stage 2, with the database closed (minutes to hours): the fusion system on the
+    validation split where the fused system is built, then every run of ``scope``."""
+    fusion, valid = profile.evaluation.fusion, {}
+    if partner and scope.fusion:
+        seeds = [seed for name, seed in llm_systems(profile, slug, log) if name == fusion]
+        if seeds:
+            valid = {seed: run for (_, seed), run in llm_results(
+                classic.titles, profile, slug, classic.splits["valid"], log,
+                [(fusion, seed, False) for seed in seeds], every_s).items()}
+    test = llm_results(classic.titles, profile, slug, classic.splits["test"], log, scope.runs,
+                       every_s) if scope.with_llm else {}
+    return LLMScores(test, valid)
+
+
+def cost_row(cases: Cases, system: str, seed: int, run: LLMRun, answers: bool = True) -> CostRow:
+    """What the run cost; ``answers=False`` leaves out how its greedy answers were read."""
+    return CostRow(cases.domain, cases.split, system, seed, len(run.cases), run.load_seconds,
+                   run.score_seconds, run.answers_read_off if answers else None,
+                   run.answers_decoded if answers else None, run.device, run.threads)
+
+
+def likelihoods(run: LLMRun, family: str) -> np.ndarray:
+    """(cases, candidates) likelihoods of ``family``: summed, or mean per token."""
+    return np.stack([r.summed if family == "likelihood (sum)" else r.mean for r in run.cases])
+
+
+def llm_run_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, np.ndarray],
+                 system: str, seed: int, run: LLMRun) -> Rows:
+    """A test run's rows: its cost, the scoring family validation chose (SFT and DPO systems),
+    its rankings by summed and by mean likelihood, and its greedy answers where it made any."""
+    trained = system.removesuffix(SHUFFLED_SUFFIX)
+    choices = []
+    if registered(trained).kind in ("sft", "dpo"):
+        family, why = chosen_scoring(profile, slug, trained, seed)
+        choices.append(ChoiceRow(cases.domain, system, seed, "scoring", family, why))
+    parts = [Rows(costs=[cost_row(cases, system, seed, run)], choices=choices)]
+    for family in LIKELIHOOD_FAMILIES:
+        ranks = ranks_from_scores(likelihoods(run, family), cases.target_col)
+        parts.append(ranking_rows(cases, subsets, system, seed, family, ranks))
+    if run.answers_read_off is not None:  # generated (never for a shuffled run)
+        parts.append(generation_rows(cases, subsets, system, seed, run))
+    return Rows.join(parts)
+
+
+def fused_rows(profile: Profile, slug: str, classic: ClassicScores, partner: tuple[str, int],
+               subsets: dict[str, np.ndarray], seed: int, valid: LLMRun, test: LLMRun) -> Rows:
+    """The fused system of one seed of the fusion system: lambda picked on the validation
+    split, the test split ranked, and what was chosen."""
+    cfg = profile.evaluation
+    family, _ = chosen_scoring(profile, slug, cfg.fusion, seed)
+    valid_cases, cases = classic.splits["valid"], classic.splits["test"]
+    lam, by_lambda = pick_lambda(classic.scores["valid"][partner], likelihoods(valid, family),
+                                 valid_cases.target_col, cfg.fusion_lambdas)
+    ranks = ranks_from_scores(fuse(classic.scores["test"][partner], likelihoods(test, family),
+                                   lam), cases.target_col)
+    grid = ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lambda.items())
+    name, _ = partner
+    choices = [ChoiceRow(cases.domain, FUSED, seed, "classic", name,
+                         "the better of SASRec and GRU4Rec on validation HR@1"),
+               ChoiceRow(cases.domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
+               ChoiceRow(cases.domain, FUSED, seed, "lambda", f"{lam:g}",
+                         f"validation HR@1 by lambda: {grid}")]
+    return Rows.join([ranking_rows(cases, subsets, FUSED, seed, "ranking", ranks),
+                      Rows(choices=choices)])
+
+
+def aggregate(profile: Profile, slug: str, classic: ClassicScores, llm: LLMScores,
+              partner: tuple[str, int] | None) -> Rows:
+    """Stage 3: every row, in the order written: the classic systems per split, the fusion
+    system's validation cost, each LLM run on the test split, then the fused system."""
+    parts = []
+    for split, cases in classic.splits.items():
+        subsets = subset_masks(cases)
+        parts += [ranking_rows(cases, subsets, system, seed, "ranking",
+                               ranks_from_scores(scores, cases.target_col))
+                  for (system, seed), scores in classic.scores[split].items()]
+    valid, test = classic.splits["valid"], classic.splits["test"]
+    subsets, fusion = subset_masks(test), profile.evaluation.fusion
+    parts += [Rows(costs=[cost_row(valid, fusion, seed, run, answers=False)])
+              for seed, run in llm.fusion_valid.items()]
+    parts += [llm_run_rows(profile, slug, test, subsets, system, seed, run)
+              for (system, seed), run in llm.test.items()]
+    parts += [fused_rows(profile, slug, classic, partner, subsets, seed, run,
+                         llm.test[(fusion, seed)]) for seed, run in llm.fusion_valid.items()]
+    return Rows.join(parts)
+
+
+def owned_systems(scope: Scope, rows: Rows, partner: tuple[str, int] | None) -> set[str] | None:
+    """The systems whose earlier rows this evaluation replaces (None: the whole domain's):
+    those written now, and the named ones even where their weights are gone (their old rows
+    would describe weights that no longer are)."""
+    if scope.systems is None:
+        return None
+    owned = rows.systems() | {name + suffix for name in scope.systems
+                              for suffix in ("", SHUFFLED_SUFFIX)}
+    if scope.fusion and partner:
+        owned.add(FUSED)
+    return owned
+
+
+def write(con: duckdb.DuckDBPyConnection, domain: str, rows: Rows, owned: set[str] | None) -> None:
+    """Stage 4: the domain's earlier rows (of the ``owned`` systems only, unless None) replaced
+    by ``rows``, as a whole or not at all; results and costs name the code that scored them."""
+    revision = git_revision()
+    with atomic(con):
+        for table in TABLES:
+            if owned is None:
+                con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
+            else:
+                con.execute(f"DELETE FROM {table} WHERE domain = ?"
+                            " AND list_contains(?, system)", [domain, sorted(owned)])
+        _insert(con, "evaluation_results", (*RESULT_COLUMNS, "git_revision"),
+                [(*row.values(), revision) for row in rows.results])
+        _insert(con, "evaluation_cases", CASE_COLUMNS, [row.values() for row in rows.cases])
+        if rows.choices:
+            _insert(con, "evaluation_choices", CHOICE_COLUMNS,
+                    [row.values() for row in rows.choices])
+        if rows.costs:  # none when only the classic systems were scored
+            _insert(con, "evaluation_costs", (*COST_COLUMNS, "git_revision"),
+                    [(*row.values(), revision) for row in rows.costs])
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns, rows: list[tuple]) -> None:
+    con.executemany(f"INSERT INTO {table} ({', '.join(map(_q, columns))})"
+                    f" VALUES ({', '.join('?' * len(columns))})", rows)
+
+
 def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnection]],
                     profile: Profile, slug: str, systems: Collection[str] | None = None,
-                    log=print, every_s: float | None = None) -> list[tuple]:
+                    log: Log = print, every_s: float | None = None) -> Evaluation:
     """Score every system on ``slug``'s candidate sets; replaces the domain's earlier rows.
 
     ``systems`` names the LLM systems to score (default: every planned one). With a subset,
@@ -342,116 +661,15 @@ def evaluate_domain(connect: Callable[[], ContextManager[duckdb.DuckDBPyConnecti
     Progress goes to ``log``: each classic system's time, each LLM run's cases scored and
     time left, at most every ``every_s`` seconds (cprec_core.progress.EVERY_S by default).
     """
-    cfg = profile.evaluation
-    subset = chosen_llm_systems(profile, systems)
-    with_llm = subset is None or bool(subset)
-    runs = [run for run in planned_runs(profile, slug, log)
-            if subset is None or run[0] in subset] if with_llm else []
-    with_fusion = bool(cfg.fusion) and (subset is None or cfg.fusion in subset)
+    scope = plan(profile, slug, systems, log)
     with connect() as con:
-        domain, _ = domain_for_slug(con, slug)
-        create_tables(con)
-        splits = {split: load_cases(con, domain, split, cfg.max_cases, cfg.seed)
-                  for split in ("valid", "test")}
-        log(f"{slug}: {len(splits['valid'].users):,} validation and"
-            f" {len(splits['test'].users):,} test cases")
-        classic = {split: classic_scores(con, profile, slug, cases, log, every_s)
-                   for split, cases in splits.items()}
-        titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
-                                  [domain]).fetchall())
-    results, case_rows, costs, choices = [], [], [], []
-    first = {s: (s, getattr(profile, s).seeds[0]) for s in FUSION_PARTNERS}  # one seed fused
-    partner = max((s for s in FUSION_PARTNERS if first[s] in classic["valid"]), default=None,
-                  key=lambda s: float((ranks_from_scores(classic["valid"][first[s]],
-                                                        splits["valid"].target_col) == 0).mean()))
-    fusion = {}  # seed -> validation LLMRun of the fusion system
-    if partner and with_fusion:
-        seeds = [seed for name, seed in llm_systems(profile, slug, log) if name == cfg.fusion]
-        if seeds:
-            fusion = {seed: run for (_, seed), run in llm_results(
-                titles, profile, slug, splits["valid"], log,
-                [(cfg.fusion, seed, False) for seed in seeds], every_s).items()}
-    for split, cases in splits.items():
-        subsets = subset_masks(cases)
-        target_col = cases.target_col
-        for (system, seed), scores in classic[split].items():
-            ranks = ranks_from_scores(scores, target_col)
-            results += _aggregate(domain, split, system, seed, "ranking", subsets, ranks)
-            case_rows += _case_rows(domain, split, system, seed, "ranking", cases, ranks)
-        if not (with_llm and split == "test"):
-            continue
-        for seed, run in fusion.items():  # its validation scoring, a cost too
-            costs.append((domain, "valid", cfg.fusion, seed, len(run.cases), run.load_seconds,
-                          run.score_seconds, None, None, run.device, run.threads))
-        llm = llm_results(titles, profile, slug, cases, log, runs, every_s)
-        for (system, seed), run in llm.items():
-            scored = run.cases
-            costs.append((domain, split, system, seed, len(scored), run.load_seconds,
-                          run.score_seconds, run.answers_read_off, run.answers_decoded,
-                          run.device, run.threads))
-            if registered(system.removesuffix(SHUFFLED_SUFFIX)).kind in ("sft", "dpo"):
-                family, why = chosen_scoring(profile, slug, system.removesuffix(SHUFFLED_SUFFIX),
-                                             seed)
-                choices.append((domain, system, seed, "scoring", family, why))
-            for family, attr in (("likelihood (sum)", "summed"), ("likelihood (mean)", "mean")):
-                ranks = ranks_from_scores(np.stack([getattr(r, attr) for r in scored]), target_col)
-                results += _aggregate(domain, split, system, seed, family, subsets, ranks)
-                case_rows += _case_rows(domain, split, system, seed, family, cases, ranks)
-            if run.answers_read_off is not None:  # generated (never for a shuffled run)
-                chosen = [r.chosen for r in scored]
-                valid = np.array([c is not None for c in chosen])
-                hits = np.array([c == int(t) for c, t in zip(chosen, cases.targets)])
-                results += _aggregate(domain, split, system, seed, "generation", subsets,
-                                      valid=valid, hits=hits)
-                case_rows += _case_rows(domain, split, system, seed, "generation", cases,
-                                        chosen=chosen, answers=[r.answer for r in scored])
-        for seed, valid_run in fusion.items():
-            family, _ = chosen_scoring(profile, slug, cfg.fusion, seed)
-            attr = "summed" if family == "likelihood (sum)" else "mean"
-            llm_valid = np.stack([getattr(r, attr) for r in valid_run.cases])
-            llm_test = np.stack([getattr(r, attr) for r in llm[(cfg.fusion, seed)].cases])
-            lam, by_lambda = pick_lambda(classic["valid"][first[partner]], llm_valid,
-                                         splits["valid"].target_col, cfg.fusion_lambdas)
-            ranks = ranks_from_scores(fuse(classic[split][first[partner]], llm_test, lam),
-                                      target_col)
-            results += _aggregate(domain, split, FUSED, seed, "ranking", subsets, ranks)
-            case_rows += _case_rows(domain, split, FUSED, seed, "ranking", cases, ranks)
-            grid = ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lambda.items())
-            choices += [(domain, FUSED, seed, "classic", partner,
-                         "the better of SASRec and GRU4Rec on validation HR@1"),
-                        (domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
-                        (domain, FUSED, seed, "lambda", f"{lam:g}",
-                         f"validation HR@1 by lambda: {grid}")]
-    # every system whose rows this run owns: those written now, and the chosen ones even
-    # where their weights are gone (their old rows would describe weights that no longer are)
-    replaced = {r[2] for r in results} | {c[2] for c in costs} | {c[1] for c in choices}
-    replaced |= {name + suffix for name in subset or () for suffix in ("", SHUFFLED_SUFFIX)}
-    if with_fusion and partner:
-        replaced.add(FUSED)
+        classic = score_classic(con, profile, slug, log, every_s)
+    partner = fusion_partner(profile, classic)
+    llm = score_llm(profile, slug, scope, classic, partner, log, every_s)
+    rows = aggregate(profile, slug, classic, llm, partner)
     with connect() as con:
-        with atomic(con):  # the old rows are replaced as a whole or not at all
-            for table in ("evaluation_results", "evaluation_cases", "evaluation_costs",
-                          "evaluation_choices"):
-                if subset is None:
-                    con.execute(f"DELETE FROM {table} WHERE domain = ?", [domain])
-                else:
-                    con.execute(f"DELETE FROM {table} WHERE domain = ?"
-                                " AND list_contains(?, system)", [domain, sorted(replaced)])
-            columns = (*RESULT_COLUMNS, "git_revision")  # the code that scored them
-            revision = git_revision()
-            con.executemany(f"INSERT INTO evaluation_results ({', '.join(map(_q, columns))})"
-                            f" VALUES ({', '.join('?' * len(columns))})",
-                            [(*row, revision) for row in results])
-            con.executemany(f"INSERT INTO evaluation_cases ({', '.join(map(_q, CASE_COLUMNS))})"
-                            f" VALUES ({', '.join('?' * len(CASE_COLUMNS))})", case_rows)
-            if choices:
-                con.executemany("INSERT INTO evaluation_choices VALUES (?, ?, ?, ?, ?, ?)",
-                                choices)
-            if costs:  # none when only the classic systems were scored
-                con.executemany(f"INSERT INTO evaluation_costs ({', '.join(COST_COLUMNS)})"
-                                f" VALUES ({', '.join('?' * len(COST_COLUMNS))})",
-                                [(*row, revision) for row in costs])
-    return results
+        write(con, classic.domain, rows, owned_systems(scope, rows, partner))
+    return Evaluation(classic.domain, rows)
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -586,9 +804,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     def work() -> None:
-        rows = evaluate_domain(lambda: connect(profile.layout.database), profile, args.domain,
-                               systems)
-        print(f"{args.domain}: {len(rows)} result rows written to {profile.layout.database}")
+        evaluated = evaluate_domain(lambda: connect(profile.layout.database), profile, args.domain,
+                                    systems)
+        print(f"{args.domain}: {len(evaluated.rows.results)} result rows written to"
+              f" {profile.layout.database}")
 
     return run_tool(work, profile.layout.database)
 

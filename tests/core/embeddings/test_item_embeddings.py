@@ -130,10 +130,10 @@ def test_a_text_system_trains_every_seed_and_joins_evaluation_and_full_ranking(c
     assert found == [("sasrec", 0), ("sasrec", 1), ("sasrec_text_base", 0),
                      ("sasrec_text_base", 1)]
     rows = evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=(),
-                           log=lambda _: None)
-    seeds = {(r[2], r[3]) for r in rows if r[1] == "test" and r[5] == "all"}
+                           log=lambda _: None).rows.results
+    seeds = {(r.system, r.seed) for r in rows if r.split == "test" and r.subset == "all"}
     assert {("sasrec_text_base", 0), ("sasrec_text_base", 1), ("sasrec", 1)} <= seeds
-    subsets = {r[5] for r in rows if r[2] == "sasrec_text_base"}
+    subsets = {r.subset for r in rows if r.system == "sasrec_text_base"}
     assert {"all", "head", "tail"} <= subsets and subsets <= {
         "all", "sparse", "medium", "dense", "head", "torso", "tail"}
     summary = full_ranking_domain(lambda: nullcontext(con), profile, "crime", log=lambda _: None)

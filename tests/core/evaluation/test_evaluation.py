@@ -12,9 +12,11 @@ from cprec_core.evaluation import evaluate as evaluate_module
 from cprec_core.data.cases import load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
-from cprec_core.evaluation.evaluate import (RESULT_COLUMNS, SCHEMA, LLMRun, create_tables,
-                                             evaluate_domain, mismatched_candidates,
-                                             pick_lambda, scoring_costs, zscore)
+from cprec_core.evaluation.evaluate import (CASE_COLUMNS, CHOICE_COLUMNS, COST_COLUMNS,
+                                             RESULT_COLUMNS, SCHEMA, CaseRow, ChoiceRow, CostRow,
+                                             LLMRun, ResultRow, create_tables, evaluate_domain,
+                                             mismatched_candidates, pick_lambda, scoring_costs,
+                                             zscore)
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.llm import CaseResult
@@ -73,19 +75,23 @@ def test_item_knn_and_popularity_on_a_hand_example():
 def test_classic_systems_are_scored_on_the_same_rows(con):
     con, profile = con
     build_candidate_sets(con, "crime", negatives=2)
-    rows = [dict(zip(RESULT_COLUMNS, r))
-            for r in evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())]
+    evaluated = evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())
+    assert evaluated.domain == "Crime"  # as the database names it, not the partition key
+    rows = evaluated.rows.results
     assert {"random", "popularity", "item-knn (domain)", "item-knn (all domains)"} <= {
-        r["system"] for r in rows}
-    test_all = [r for r in rows if r["subset"] == "all" and r["split"] == "test"]
-    assert len({r["cases"] for r in test_all}) == 1  # same cases for every system
-    assert all(0 <= r["hr@1"] <= r["hr@3"] <= r["hr@5"] <= 1 for r in rows)
-    assert all(r["hr@1 (valid)"] == r["hr@1"] and r["valid_ratio"] == 1 for r in rows)
-    # per-case rows agree with the aggregates
+        r.system for r in rows}
+    test_all = [r for r in rows if r.subset == "all" and r.split == "test"]
+    assert len({r.cases for r in test_all}) == 1  # same cases for every system
+    assert all(0 <= r.hr1 <= r.hr3 <= r.hr5 <= 1 for r in rows)
+    assert all(r.hr1_valid == r.hr1 and r.valid_ratio == 1 for r in rows)
+    # per-case rows agree with the aggregates, and are what the database holds
     for r in test_all:
         hits = con.execute("""SELECT avg(hit::INT) FROM evaluation_cases WHERE domain = 'Crime'
-                              AND split = 'test' AND system = ?""", [r["system"]]).fetchall()[0][0]
-        assert hits == pytest.approx(r["hr@1"])
+                              AND split = 'test' AND system = ?""", [r.system]).fetchall()[0][0]
+        assert hits == pytest.approx(r.hr1)
+    columns = ", ".join(f'"{c}"' for c in RESULT_COLUMNS)
+    stored = con.execute(f"SELECT {columns} FROM evaluation_results ORDER BY rowid").fetchall()
+    assert stored == [r.values() for r in rows]
     # every scored case saw the stored candidate list; changing a stored set is detected
     assert mismatched_candidates(con) == 0
     con.execute("""UPDATE candidate_sets SET candidates = list_reverse(candidates)
@@ -98,6 +104,17 @@ def test_classic_systems_are_scored_on_the_same_rows(con):
     # every result row names the code that scored it
     assert con.execute("SELECT DISTINCT git_revision FROM evaluation_results").fetchall() == [
         (git_revision(),)]
+
+
+def test_each_row_type_has_its_tables_columns_in_order():
+    """The rows are written by position (``values()``): one field per column, same order."""
+    for row, columns in ((ResultRow, RESULT_COLUMNS), (CaseRow, CASE_COLUMNS),
+                         (CostRow, COST_COLUMNS), (ChoiceRow, CHOICE_COLUMNS)):
+        names = [f.name for f in dataclasses.fields(row)]
+        assert len(names) == len(columns), row
+        assert [n for n in names if n in columns] == [c for c in columns if c in names], row
+    row = ResultRow("Crime", "test", "base", 0, "generation", "all", 3, 0.5, 0.25, 0.5)
+    assert row.values()[-4:] == (None,) * 4 and not hasattr(row, "__getitem__")
 
 
 def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
