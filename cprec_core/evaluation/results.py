@@ -2,6 +2,9 @@
 output: it states the data, model, profile, sizes, hardware and the command that made it.
 
     python -m cprec_core.evaluation.results --profile study --out docs/RESULTS.md
+
+Every report table lives here: ``render`` (the results file) and ``summary`` (what `make
+demo` prints when done) are built from the same table functions.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision, processor
+from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import SHUFFLED_SUFFIX, lora_init
+from cprec_core.training.next_item import trained_next_item_models
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -85,6 +90,69 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
         lines += ["", "Not recorded: LLM scoring evaluated before scoring times were stored"
                   " (rerun the domain's `evaluation` asset to record them)."]
     return "\n".join(lines)
+
+
+def trained_manifests(profile: Profile) -> tuple[list[dict], list[dict]]:
+    """The manifests of every finished CPT run, and of every SFT and DPO run."""
+    cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
+    sft = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_sft_runs()]
+    return cpt, sft
+
+
+def cpt_table(cpt: list[dict]) -> str:
+    """The CPT runs: model, size, schedule, final loss, speed, dtype and time."""
+    if not cpt:
+        return "(no CPT)"
+    return md_table(["CPT variant", "model", "tokens", "steps", "warmup/stable/anneal",
+                     "final loss", "tokens/s", "dtype", "hours"],
+                    [(m["variant"], m.get("base_model", ""), m["tokens"], m["steps"],
+                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
+                      m["final_loss"], m["tokens_per_second"], m.get("dtype", ""),
+                      round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt])
+
+
+def sft_table(sft: list[dict]) -> str:
+    """The SFT and DPO runs: objective (ntp = LLaRA's recipe, rank = candidate-aware, dpo),
+    size, steps with the hybrid prompt, final loss, speed, LoRA init and time."""
+    if not sft:
+        return "(no SFT)"
+    return md_table(["domain", "SFT system", "seed", "objective", "samples", "epochs", "steps",
+                     "hybrid", "final loss", "tokens/s", "LoRA init", "minutes"],
+                    [(m["domain"], m["system"], m.get("seed", 0), m.get("objective", "ntp"),
+                      m["samples"], m.get("epochs", 1), m["steps"], m.get("hybrid_steps", ""),
+                      m["final_loss"], m.get("tokens_per_second", ""), lora_init(m["system"]),
+                      round(m.get("train_seconds", 0) / 60, 1)) for m in sft])
+
+
+def next_item_table(profile: Profile, domains: list[str]) -> str:
+    """Every trained next-item model of ``domains`` (SASRec, GRU4Rec and the text systems):
+    its size, training and its scores, full ranking over the domain's items."""
+    rows = []
+    for key in domains:
+        for name, seed, files in trained_next_item_models(profile, key):
+            m = json.loads(files.manifest.read_text())
+            rows.append((m["domain"], name, seed, (m.get("item_embeddings") or {}).get(
+                "source", ""), m["users"], m["shape"]["n_items"], m["epochs"], m["seconds"],
+                m["valid"]["ndcg@10"], m["test"]["hr@10"], m["test"]["ndcg@10"]))
+    return md_table(["domain", "model", "seed", "text", "users", "items", "epochs", "seconds",
+                     "valid NDCG@10", "test HR@10", "test NDCG@10"], rows)
+
+
+def embeddings_section(profile: Profile) -> list[str]:
+    """The LLM item embeddings the text systems read; empty when none were made."""
+    layout = profile.layout
+    embedded = [json.loads(layout.item_embeddings(source).manifest.read_text())
+                for source in profile.item_text.sources()
+                if layout.item_embeddings(source).exists()]
+    if not embedded:
+        return []
+    return ["LLM item embeddings (every item's title, one forward each; the text systems"
+            " read them)",
+            md_table(["source", "model", "items", "dim", "pooling", "seconds", "items/s",
+                      "dtype", "device"],
+                     [(m["source"], m["model"], m["items"], m["dim"], m["pooling"],
+                       m["seconds"], m["items_per_second"], m["dtype"], m["device"])
+                      for m in embedded]), ""]
 
 
 def validation_section(sft: list[dict]) -> list[str]:
@@ -150,6 +218,45 @@ def dpo_section(profile: Profile) -> list[str]:
             " start); the last step's reward margin and accuracy (chosen above rejected);"
             " validation HR@1 of the weights kept beside the SFT run's:", "",
             md_table(DPO_TABLE_HEADER, rows), ""]
+
+
+def leaderboard_section(con: duckdb.DuckDBPyConnection, profile: Profile) -> list[str]:
+    """How the leaderboard ranks, the leaderboard (cprec_core.evaluation.leaderboard) and the
+    full-ranking table (cprec_core.recommend.full_ranking)."""
+    return [
+        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood of each"
+        " candidate title, summed or mean per token as chosen on validation (`ranked by`);"
+        " `fused`: the better of SASRec and GRU4Rec on validation, z-scored, plus lambda times"
+        f" the z-scored `{profile.evaluation.fusion or 'none'}` likelihood, lambda picked on"
+        " validation; `(shuffled emb)`: the system scored again with every injected vector"
+        " another item's. Generation: greedy answer, valid iff it names exactly one candidate"
+        " (the paper's ValidRatio and HR@1 over valid answers).",
+        "",
+        leaderboard_markdown(con),
+        "",
+        full_ranking_markdown(con, profile.evaluation.bootstrap),
+    ]
+
+
+def recommendations_section(con: duckdb.DuckDBPyConnection, profile: Profile,
+                            domains: list[str]) -> list[str]:
+    """Each exported domain's recommendations: the snapshot, and the top k of the users with
+    the most recent activity, to judge by eye."""
+    lines = []
+    for key in domains:
+        files = profile.layout.recommendation_files(key)
+        if not files.current.is_file():
+            continue
+        info = json.loads(files.current.read_text())
+        rerank = info["models"]["rerank"]
+        lines += [f"Recommendations {info['domain']}: top {info['k']} for {info['users']:,} users"
+                  f" ({info['reranked_users']:,} re-ranked by"
+                  f" {rerank['system'] if rerank else 'no LLM'}), snapshot {info['version']}"
+                  f" in {files.path} (`make serve` serves it); the most recent users:",
+                  md_table(["user", "recent history (oldest first)", "recommended (best first)"],
+                           recommendation_sample(con, info["domain"], users=3), max_cell=240),
+                  ""]
+    return lines
 
 
 GOAL_P = 0.05  # a paired difference counts when McNemar's p is below this
@@ -241,8 +348,7 @@ def goals_section(con: duckdb.DuckDBPyConnection, sft: list[dict]) -> list[str]:
 
 def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart: Path | None,
            outputs: tuple[Path, ...] = ()) -> str:
-    cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
-    sft = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_sft_runs()]
+    cpt, sft = trained_manifests(profile)
     # what each domain's evaluation actually scored, against the test users it has (an
     # evaluation kept from an earlier run of the profile may cover fewer)
     cases = con.execute("""SELECT e.domain, count(DISTINCT e.user_idx), any_value(c.users)
@@ -291,19 +397,9 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         "",
         "## Training sizes",
         "",
-        md_table(["CPT variant", "tokens", "steps", "warmup/stable/anneal", "final loss", "tokens/s",
-                  "hours"],
-                 [(m["variant"], m["tokens"], m["steps"],
-                   "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
-                   m["final_loss"], m["tokens_per_second"],
-                   round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt]) if cpt else "(no CPT)",
+        cpt_table(cpt),
         "",
-        md_table(["domain", "SFT system", "seed", "objective", "samples", "epochs", "steps",
-                  "final loss", "LoRA init", "minutes"],
-                 [(m["domain"], m["system"], m.get("seed", 0), m.get("objective", "ntp"),
-                   m["samples"], m.get("epochs", 1), m["steps"], m["final_loss"],
-                   lora_init(m["system"]),
-                   round(m.get("train_seconds", 0) / 60, 1)) for m in sft]) if sft else "(no SFT)",
+        sft_table(sft),
         "",
         *validation_section(sft),
         *dpo_section(profile),
@@ -313,21 +409,43 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         "",
         "## Leaderboard (test split)",
         "",
-        "HR@1 ranking: classic systems by their scores, LLM systems by likelihood of each"
-        " candidate title, summed or mean per token as chosen on validation (`ranked by`);"
-        " `fused`: the better of SASRec and GRU4Rec on validation, z-scored, plus lambda times"
-        f" the z-scored `{profile.evaluation.fusion or 'none'}` likelihood, lambda picked on"
-        " validation; `(shuffled emb)`: the system scored again with every injected vector"
-        " another item's. Generation: greedy answer, valid iff it names exactly one candidate"
-        " (the paper's ValidRatio and HR@1 over valid answers).",
-        "",
-        leaderboard_markdown(con),
-        "",
-        full_ranking_markdown(con, profile.evaluation.bootstrap),
+        *leaderboard_section(con, profile),
     ]
     if chart is not None:
         lines += ["", f"![HR@1 per system and domain]({chart.name})"]
     return "\n".join(lines) + "\n"
+
+
+def summary(con: duckdb.DuckDBPyConnection, profile: Profile, domains: list[str]) -> str:
+    """What `make demo` prints when done: the tables `make results` writes (the same
+    functions), with the demo's own beside them (next-item models, item embeddings, a
+    sample of the exported recommendations)."""
+    cpt, sft = trained_manifests(profile)
+    return "\n".join([
+        corpus_summary(con),
+        "",
+        "Next-item models per target domain: SASRec, GRU4Rec and the text systems (item"
+        " table + LLM title embeddings); full ranking over the domain's items, history"
+        " excluded",
+        next_item_table(profile, domains),
+        "",
+        "SFT and DPO adapters (hybrid: steps with the hybrid prompt)",
+        sft_table(sft),
+        "",
+        *validation_section(sft),
+        *dpo_section(profile),
+        *embeddings_section(profile),
+        "CPT adapters",
+        cpt_table(cpt),
+        "",
+        "Leaderboard: test cases on the fixed 20-candidate sets.",
+        "",
+        *leaderboard_section(con, profile),
+        "",
+        *recommendations_section(con, profile, domains),
+        "At this demo scale the simple baselines are expected to win (method.md section 3);"
+        " `make results` writes these tables to docs/RESULTS.md.",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
