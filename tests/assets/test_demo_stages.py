@@ -1,13 +1,16 @@
-"""`python -m cprec_assets.demo --stage ...`: names are checked before anything runs, and a
-killed run of an earlier command does not hold its pool slot."""
+"""`python -m cprec_assets.demo --stage ...`: names are checked before anything runs, a
+killed run of an earlier command does not hold its pool slot, and the summary is rendered
+where `make results` renders its tables."""
 
 import os
+from contextlib import contextmanager
 
 import dagster as dg
 import pytest
 
 from cprec_assets import demo
 from cprec_assets.partitions import domain_partitions
+from cprec_core.evaluation import results
 
 
 @pytest.fixture
@@ -60,3 +63,25 @@ def test_a_killed_demo_run_gives_its_pool_slot_back(instance):
     assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
     assert storage.claim_concurrency_slot("train", runs["alive"], "sft_adapter").is_claimed
     assert demo.release_dead_runs(instance) == []
+
+
+def test_the_summary_is_printed_by_the_reports_renderer(instance, monkeypatch, capsys):
+    """demo.py only orchestrates: the leaderboard rebuilt, then cprec_core.evaluation.results'
+    summary printed (its tables are render's: tests/core/evaluation/test_results_report.py)."""
+
+    class Resource:
+        profile = "the profile"
+
+        @contextmanager
+        def connect(self):
+            yield "the database"
+
+    ran, rendered = [], []
+    monkeypatch.setattr(demo, "run", lambda label, *args, **kwargs: ran.append(label))
+    monkeypatch.setattr(results, "summary",
+                        lambda *args: rendered.append(args) or "the report's tables")
+    instance.add_dynamic_partitions(domain_partitions.name, ["crime"])
+    demo.print_summary(Resource(), instance)
+    assert ran == ["leaderboard"]
+    assert rendered == [("the database", "the profile", ["crime"])]
+    assert capsys.readouterr().out == "\nthe report's tables\n"
