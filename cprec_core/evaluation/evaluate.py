@@ -41,7 +41,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, fields
-from typing import Callable, Collection, ContextManager, Iterable
+from typing import Callable, Collection, ContextManager, Iterable, NamedTuple
 
 import duckdb
 import numpy as np
@@ -697,7 +697,22 @@ def mismatched_candidates(con: duckdb.DuckDBPyConnection) -> int:
     return sum(cand is None or candidates_hash(cand) != h for _, _, _, h, cand in rows)
 
 
-def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> list[tuple]:
+class SystemCost(NamedTuple):
+    """A ``scoring_costs`` row, a row of a ``COST_HEADER`` table: one LLM system's scoring
+    on one domain's test split, all its seeds."""
+
+    domain: str
+    system: str
+    seeds: int
+    cases: int  # per seed
+    seconds_per_case: float  # scoring alone, mean over seeds
+    minutes: float  # loading and scoring, every seed
+    answers_decoded: float | None  # the share of greedy answers decoded step by step
+    devices: str  # device (the chip's name) x threads
+
+
+def scoring_costs(con: duckdb.DuckDBPyConnection,
+                  domain: str | None = None) -> list[SystemCost]:
     """Per (domain, system): seeds, cases per seed, seconds per case (scoring only, mean over
     seeds), minutes in all (loading and scoring, every seed), the share of greedy answers that
     needed decoding, device (with the chip's name) and threads. Empty when no LLM scoring
@@ -706,7 +721,7 @@ def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> 
     if not con.execute("SELECT count(*) FROM information_schema.tables"
                        " WHERE table_name = 'evaluation_costs'").fetchall()[0][0]:
         return []
-    return con.execute("""
+    rows = con.execute("""
         SELECT domain, system, count(*) AS seeds, max(cases) AS cases,
                round(avg(score_seconds / cases), 3) AS "s/case",
                round(sum(load_seconds + score_seconds) / 60, 1) AS minutes,
@@ -716,6 +731,7 @@ def scoring_costs(con: duckdb.DuckDBPyConnection, domain: str | None = None) -> 
         FROM evaluation_costs WHERE split = 'test' AND (? IS NULL OR domain = ?)
         GROUP BY domain, system ORDER BY domain, min(rowid)""",
                        [domain, domain]).fetchall()
+    return [SystemCost(*row) for row in rows]
 
 
 def scoring_seconds(con: duckdb.DuckDBPyConnection, domain: str) -> float:
@@ -744,7 +760,8 @@ def evaluation_tables(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, 
         SELECT system, round("hr@1", 4) AS "HR@1", round("ndcg@5", 4) AS "NDCG@5"
         FROM evaluation_results WHERE domain = ? AND split = 'valid' AND subset = 'all'
         ORDER BY "HR@1" DESC""", [domain])
-    costs = md_table(COST_HEADER[1:], [c[1:] for c in scoring_costs(con, domain)])
+    # the domain column left out: these are the one domain's
+    costs = md_table(COST_HEADER[1:], [cost[1:] for cost in scoring_costs(con, domain)])
     choices = query_table(con, """
         SELECT system, seed, choice, value, basis FROM evaluation_choices WHERE domain = ?
         ORDER BY rowid""", [domain])

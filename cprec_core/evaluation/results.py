@@ -72,8 +72,8 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
                                            " WHERE split = 'test' AND family != 'ranking'"
                                            " ORDER BY domain").fetchall()]
     scoring: dict[str, float] = {}  # minutes per domain with a recorded cost
-    for row in costs:
-        scoring[row[0]] = scoring.get(row[0], 0.0) + row[5]
+    for cost in costs:
+        scoring[cost.domain] = scoring.get(cost.domain, 0.0) + cost.minutes
     parts = [f"{name} {minutes:.0f} min" for name, minutes in train.items()]
     parts += [f"LLM scoring {domain} " + (f"{scoring[domain]:.0f} min" if domain in scoring
                                           else "not recorded") for domain in evaluated]

@@ -137,13 +137,14 @@ def test_llm_scoring_costs_are_stored_replaced_and_summed(con, monkeypatch):
     monkeypatch.setattr(evaluate_module, "llm_results", fake_llm_results)
     evaluate_domain(lambda: nullcontext(con), profile, "crime")
     n = calls[0]
-    rows = {r[1]: r for r in scoring_costs(con, "Crime")}
-    # (domain, system, seeds, cases, s/case, minutes, answers decoded, device x threads)
-    assert rows["llara"][2:5] == (2, n, pytest.approx(0.4))
-    assert rows["llara"][5] == pytest.approx(round((6.0 + 0.8 * n) / 60, 1))
-    assert rows["llara"][6] == pytest.approx(round((n - 1) / (2 * n), 2))
-    assert rows["base"][6] is None and rows["base"][7] == "cpu x2"
-    assert [r[1] for r in scoring_costs(con)] == ["llara", "base"]  # the order they were scored
+    rows = {r.system: r for r in scoring_costs(con, "Crime")}
+    llara, base = rows["llara"], rows["base"]
+    assert (llara.seeds, llara.cases, llara.seconds_per_case) == (2, n, pytest.approx(0.4))
+    assert llara.minutes == pytest.approx(round((6.0 + 0.8 * n) / 60, 1))
+    assert llara.answers_decoded == pytest.approx(round((n - 1) / (2 * n), 2))
+    assert base.answers_decoded is None and base.devices == "cpu x2"
+    # the order they were scored
+    assert [r.system for r in scoring_costs(con)] == ["llara", "base"]
     # a second full evaluation replaces the domain's cost rows; a classic-only one keeps them
     evaluate_domain(lambda: nullcontext(con), profile, "crime")
     evaluate_domain(lambda: nullcontext(con), profile, "crime", systems=())
