@@ -180,6 +180,15 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
     assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()
+    # `make demo`'s summary: the same tables from the same functions, and the demo's own
+    from cprec_core.evaluation.results import cpt_table, sft_table, summary, trained_manifests
+    with cprec.connect() as con:
+        printed = summary(con, cprec.profile, ["crime"])
+    cpt_runs, sft_runs = trained_manifests(cprec.profile)
+    assert cpt_table(cpt_runs) in text and cpt_table(cpt_runs) in printed
+    assert sft_table(sft_runs) in text and sft_table(sft_runs) in printed
+    assert re.search(r"\| Crime \| cprec_dpo \| 0 \| cprec_rank \| \d+ \|", printed)
+    assert "| Crime | gru4rec | 0 |" in printed and "Recommendations Crime: top 3" in printed
     # the same without Dagster: classic systems re-scored alone, then the leaderboard rebuilt
     from cprec_core.evaluation.evaluate import main as evaluate_cli
     from cprec_core.evaluation.leaderboard import main as leaderboard_cli
