@@ -27,6 +27,7 @@ import torch
 from cprec_core.config import load_profile
 from cprec_core.provenance import processor
 from cprec_core.reporting import md_table
+from cprec_core.training.loop import one_step
 from cprec_core.training.sft import SFTTrainer
 
 
@@ -39,13 +40,13 @@ def timed_steps(trainer, steps: int, units=lambda t, step: len(t.steps[step])) -
     seconds, tokens, count, prompts = 0.0, 0, 0, []
     for k, step in enumerate(range(total - steps - 1, total)):
         t0 = time.perf_counter()
-        _, hybrid = trainer.train_step(step)
+        row = one_step(trainer, step, trainer.cfg.grad_clip)  # what the trainer's loop runs
         elapsed = time.perf_counter() - t0
         if k:
             seconds += elapsed
-            tokens += trainer._step_tokens(step, hybrid)
+            tokens += row["tokens"]
             count += units(trainer, step)
-            prompts.append("hybrid" if hybrid else "text")
+            prompts.append(row.get("prompt", "hybrid"))
     return {"s/step": seconds / steps, "units": count, "s/unit": seconds / count,
             "tokens/unit": tokens / count, "tokens/s": tokens / seconds,
             "prompts": ",".join(prompts)}

@@ -15,10 +15,12 @@ system reads), and cprec_core.training.preference_loss turns them into the loss.
 LoRA weights learn (every dropout off, so the policy starts exactly at the reference); the
 projector stays the SFT adapter's.
 
-Everything else is the SFT trainer's (cprec_core.training.sft): bf16 where supported,
-checkpoints with exact resume, ``train_log.jsonl`` (here with the reward margin and the
-accuracy of chosen over rejected), validation scoring of the final weights, the manifest
-(naming the SFT adapter and the pairs it came from). The output is an SFT-style run folder
+A trainer of its own, built from the pieces SFT uses too (cprec_core.training.hybrid_run:
+the domain's inputs, the hybrid model, validation scoring; cprec_core.training.loop: the
+step loop with ``dpo.checkpoint_every`` and ``dpo.grad_clip``): bf16 where supported,
+checkpoints with exact resume, ``train_log.jsonl`` (with the reward margin and the accuracy
+of chosen over rejected), validation scoring of the final weights, the manifest (naming
+the SFT adapter and the pairs it came from). The output is an SFT-style run folder
 of the DPO system (cprec_core.layout), so the evaluation scores it like any SFT system.
 """
 
@@ -42,21 +44,24 @@ from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
                             add_reporter_argument, profile_from_args, run_trainer)
 from cprec_core.config import Profile
 from cprec_core.data.sources.base import file_sha256
+from cprec_core.layout import RunManifest
 from cprec_core.models.candidate_tree import TREE_ATTENTION
 from cprec_core.models.hybrid import (CandidateInputs, HybridLM, Projector,
-                                      add_placeholder_to_tokenizer,
-                                      add_placeholder_token)
-from cprec_core.models.loader import load_base_model, resolve_dtype
+                                      add_placeholder_to_tokenizer)
+from cprec_core.models.loader import resolve_dtype
 from cprec_core.models.lora import load_trainable_lora
-from cprec_core.models.quantization import prepare_for_training
 from cprec_core.progress import Reporter
 from cprec_core.prompts import Case, encode_answer, encode_prompt
+from cprec_core.provenance import git_revision, processor
 from cprec_core.systems import system as registered
-from cprec_core.training import dry_run
+from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
-from cprec_core.training.loop import autocast, fingerprint, micro_batches
+from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
+                                            load_domain_inputs, publish, validate)
+from cprec_core.training.loop import (autocast, fingerprint, log_totals, micro_batches,
+                                      read_log, run_steps)
 from cprec_core.training.preference_loss import preference_loss
-from cprec_core.training.sft import SFTError, SFTTrainer, over_seeds
+from cprec_core.training.sft import over_seeds
 
 
 @dataclass(frozen=True)
@@ -96,29 +101,29 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-class DPOTrainer(SFTTrainer):
-    """The SFT trainer with pairs for samples and the preference loss for the objective."""
-
-    TRAINER = "dpo"
+class DPOTrainer:
+    """Pairs for samples, the preference loss for the objective, the SFT adapter as both
+    the start and the (stored) reference."""
 
     def __init__(self, profile: Profile, domain: str, system: str,
                  reporter: Reporter | None = None, seed: int | None = None):
         entry = registered(system)
         if entry.kind != "dpo":
             raise SFTError(f"{system!r} is not a DPO system of cprec_core.systems")
-        super().__init__(profile, domain, system, reporter, seed)
-        self.dpo = profile.dpo
+        self.profile, self.cfg = profile, profile.dpo
+        self.partition, self.system, self.domain = domain, system, domain
         self.source = entry.sft_init
         if not registered(self.source).ranks_candidates:
             raise SFTError(f"{system}: DPO starts from a candidate-aware SFT system, not"
                            f" {self.source!r}")
+        self.seed = profile.sft.seeds_for(self.source)[0] if seed is None else seed
+        self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.source_run = profile.layout.sft_run(self.source, domain, self.seed)
-        self.listing = profile.sft.listing_for(self.source)
-
-    @property
-    def stage(self):
-        """DPO's own checkpoint_every and grad_clip drive the inherited loop."""
-        return self.dpo
+        self.reporter = reporter or Reporter()
+        self.listing = profile.sft.listing_for(self.source)  # the prompt the SFT system reads
+        self.label = f"{system}[{domain}]"
+        self.sharded = None  # DPO runs under DDP only (check_launch)
+        self.answers: dict[int, list[int]] = {}  # answer token ids by item
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -128,56 +133,54 @@ class DPOTrainer(SFTTrainer):
         self.accelerator = Accelerator(cpu=self.profile.device == "cpu")
         self.device = self.accelerator.device
         self.dtype = resolve_dtype(self.profile.sft.dtype, str(self.device))
-        self.check_setup()
+        check_launch(self.accelerator, "dpo", self.profile)
         self.tokenizer = AutoTokenizer.from_pretrained(self.profile.layout.tokenizer_dir)
-        self._setup_sasrec()
-        self._load_domain()
+        self.inputs = load_domain_inputs(self.profile, self.partition, True, self.reporter.log)
+        self.domain = self.inputs.domain
+        self._setup_steps()
+        base, self.placeholder_id = load_base(self.profile, self.tokenizer, self.dtype,
+                                              self.device)
+        torch.manual_seed(self.seed)
+        no_dropout = dataclasses.replace(self.profile.cpt.lora, dropout=0.0)  # no shared masks
+        self.peft_model = load_trainable_lora(base, self.source_run.adapter, no_dropout)
+        disable_dropout(self.peft_model)
+        base.set_attn_implementation(TREE_ATTENTION)
+        self.projector = Projector(self.inputs.item_table.shape[1],
+                                   base.get_input_embeddings().embedding_dim)
+        self.projector.load_state_dict(load_file(self.source_run.projector))
+        self.projector.requires_grad_(False)  # the SFT adapter's, kept
+        self.model = HybridLM(self.peft_model, self.projector, self.inputs.item_table,
+                              self.placeholder_id)
+        self.diagnostics = {"before": injection(self)}
+        lora = [p for p in self.peft_model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in lora)
+        self.optimizer = torch.optim.AdamW([{"params": lora, "lr": self.cfg.lr}],
+                                           weight_decay=0.0)
+        warmup = max(1, round(self.cfg.warmup_ratio * self.total_steps))
+        self.scheduler = get_wsd_schedule(
+            self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
+            num_decay_steps=max(1, self.total_steps - warmup), decay_type="cosine",
+            min_lr_ratio=self.cfg.min_lr_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.start_step = self.load_checkpoint()
+
+    def _setup_steps(self) -> None:
+        """The mined pairs grouped by window, ``dpo.epochs`` shuffled passes over them in
+        steps of ``dpo.batch_size`` windows, and the fingerprint of that plan."""
         if not self.run.pairs.is_file():
             raise SFTError(f"{self.run.pairs}: no pairs; mine them first: python -m"
                            f" cprec_core.training.dpo_pairs --domain {self.partition} --system"
                            f" {self.system}")
         self.windows = windows_from_pairs(pq.read_table(self.run.pairs))
-        self.samples, self.epochs = self.windows, [self.windows] * self.dpo.epochs
-        self.steps, self.step_epoch = [], []
-        for e in range(self.dpo.epochs):
+        self.steps = []
+        for e in range(self.cfg.epochs):
             order = np.random.default_rng(self.seed + e).permutation(len(self.windows))
-            for i in range(0, len(order), self.dpo.batch_size):
-                self.steps.append(order[i:i + self.dpo.batch_size])
-                self.step_epoch.append(e)
+            self.steps += [order[i:i + self.cfg.batch_size]
+                           for i in range(0, len(order), self.cfg.batch_size)]
         self.total_steps = len(self.steps)
         self.fingerprint = fingerprint(
-            [file_sha256(self.run.pairs), dataclasses.asdict(self.dpo), self.system,
+            [file_sha256(self.run.pairs), dataclasses.asdict(self.cfg), self.system,
              self.profile.model.name])
-        base = load_base_model(self.profile.model.name, self.profile.layout.cache_dir, self.dtype,
-                               self.tokenizer, self.profile.model.trust_remote_code,
-                               self.profile.model.quantization, self.device,
-                               allow_pickle=self.profile.model.allow_pickle_weights)
-        base = prepare_for_training(base, self.profile.model.quantization, False)
-        self.placeholder_id = add_placeholder_token(self.tokenizer, base)
-        torch.manual_seed(self.seed)
-        self.init_run = self.source_run
-        no_dropout = dataclasses.replace(self.profile.cpt.lora, dropout=0.0)  # no shared masks
-        self.peft_model = load_trainable_lora(base, self.source_run.adapter, no_dropout)
-        disable_dropout(self.peft_model)
-        base.set_attn_implementation(TREE_ATTENTION)
-        self.projector = Projector(self.item_table.shape[1],
-                                   base.get_input_embeddings().embedding_dim)
-        self.projector.load_state_dict(load_file(self.source_run.projector))
-        self.projector.requires_grad_(False)
-        self.model = HybridLM(self.peft_model, self.projector, self.item_table, self.placeholder_id)
-        self.diagnostics = {"before": self._injection()}
-        lora = [p for p in self.peft_model.parameters() if p.requires_grad]
-        self.trainable = sum(p.numel() for p in lora)
-        self.optimizer = torch.optim.AdamW([{"params": lora, "lr": self.dpo.lr}], weight_decay=0.0)
-        warmup = max(1, round(self.dpo.warmup_ratio * self.total_steps))
-        self.scheduler = get_wsd_schedule(
-            self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
-            num_decay_steps=max(1, self.total_steps - warmup), decay_type="cosine",
-            min_lr_ratio=self.dpo.min_lr_ratio)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.curriculum = np.random.default_rng(self.seed + 1)  # unused; kept in checkpoints
-        self.answers: dict[int, list[int]] = {}
-        self.start_step = self.load_checkpoint()
 
     def dry_run(self, processes: int | None = None) -> dict:
         """The windows the pairs come from, the widest tree row (prompt, chosen answer and
@@ -188,7 +191,7 @@ class DPOTrainer(SFTTrainer):
         windows, titles = training_windows(self.profile, self.partition)
         if not windows:
             raise SFTError(f"domain {self.partition!r} has no training window for DPO")
-        rejected = self.dpo.hard_negatives + self.dpo.random_negatives
+        rejected = self.cfg.hard_negatives + self.cfg.random_negatives
         longest = 0
         for case in windows[:256]:
             prompt, _ = encode_prompt(case, titles, self.tokenizer, placeholder, True,
@@ -198,36 +201,33 @@ class DPOTrainer(SFTTrainer):
             longest = max(longest, len(prompt) + len(encode_answer(titles[case.target],
                                                                    self.tokenizer))
                           + sum(others[:rejected]))
-        steps = -(-len(windows) // self.dpo.batch_size) * self.dpo.epochs
+        steps = -(-len(windows) // self.cfg.batch_size) * self.cfg.epochs
         source = (f"from {self.source_run.adapter}" if self.source_run.exists() else
                   f"from {self.source} (not trained yet)")
         lines = [f"DPO {self.system} seed {self.seed} on {self.partition}: {len(windows)} windows x"
-                 f" {rejected} pairs, {steps} steps of {self.dpo.batch_size} windows, widest"
+                 f" {rejected} pairs, {steps} steps of {self.cfg.batch_size} windows, widest"
                  f" row {longest} tokens; {source}"]
-        shape = dry_run.Shape(self.dpo.micro_batch, longest, False, self.profile.sft.dtype)
+        shape = dry_run.Shape(self.cfg.micro_batch, longest, False, self.profile.sft.dtype)
         result = dry_run.report(self.profile, "dpo", shape, self.profile.cpt.lora, lines,
                                 self.tokenizer, self.profile.layout.tokenizer_dir, processes,
                                 self.reporter.log)
         return {"dry_run": True, "steps": steps, **result}
-
-    def _selects(self, step: int) -> bool:
-        """The final weights are scored on the validation sample (no selection)."""
-        return bool(self.validation) and step == self.total_steps
 
     # -- the loop ---------------------------------------------------------------------------
     def pair_inputs(self, windows: list[Window]) -> CandidateInputs:
         """Each window's prompt (the SFT system's, listing its candidates where that system's
         does) and, as its continuations, the chosen answer and the rejected ones."""
         prompt_ids, slots, conts = [], [], []
+        titles, local = self.inputs.titles, self.inputs.local
         for w in windows:
-            ids, items = encode_prompt(w.case, self.titles, self.tokenizer, self.placeholder_id,
+            ids, items = encode_prompt(w.case, titles, self.tokenizer, self.placeholder_id,
                                        True, self.listing)
             prompt_ids.append(torch.tensor(ids, device=self.device))
-            slots += [self.local[i] for i in items]
+            slots += [local[i] for i in items]
             answers = []
             for item in (w.case.target, *w.rejected):
                 if item not in self.answers:
-                    self.answers[item] = encode_answer(self.titles[item], self.tokenizer)
+                    self.answers[item] = encode_answer(titles[item], self.tokenizer)
                 answers.append(self.answers[item])
             conts.append(answers)
         return CandidateInputs(prompt_ids, torch.tensor(slots, dtype=torch.long,
@@ -238,12 +238,14 @@ class DPOTrainer(SFTTrainer):
         with autocast(self.device, self.dtype):
             return self.model(candidates=inputs, hybrid=True).float()
 
-    def train_step(self, step: int) -> tuple[float, bool]:
+    def train_step(self, step: int) -> dict:
+        """Forwards and backwards of one step (loop.one_step updates); the mean loss, reward
+        margin, accuracy and chosen reward per pair, and the tokens."""
         acc = self.accelerator
         windows = [self.windows[i] for i in self.steps[step]]
         n_pairs = sum(len(w.rejected) for w in windows)
         sums = torch.zeros(5, device=self.device)  # loss, margin, accuracy, chosen reward, tokens
-        for part, sync in micro_batches(acc, self.model, windows, self.dpo.micro_batch):
+        for part, sync in micro_batches(acc, self.model, windows, self.cfg.micro_batch):
             inputs = self.pair_inputs(part)
             with sync:
                 scores = self.policy_scores(inputs)
@@ -255,7 +257,7 @@ class DPOTrainer(SFTTrainer):
                 tok_c = torch.tensor([part[j].tokens[0] for j, _ in pairs], device=self.device)
                 tok_r = torch.tensor([part[j].tokens[1 + r] for j, r in pairs], device=self.device)
                 out = preference_loss(scores[rows, 0], scores[rows, cols], ref_c, ref_r,
-                                      self.dpo.beta, self.dpo.loss_type, tok_c.float(), tok_r.float())
+                                      self.cfg.beta, self.cfg.loss_type, tok_c.float(), tok_r.float())
                 acc.backward(out.losses.sum() * acc.num_processes / n_pairs)
             margins = out.chosen_rewards - out.rejected_rewards
             tokens = sum(len(p) for p in inputs.prompt_ids) + sum(sum(w.tokens) for w in part)
@@ -263,23 +265,60 @@ class DPOTrainer(SFTTrainer):
                                  out.chosen_rewards.sum(), torch.tensor(float(tokens), device=self.device)])
         sums = acc.reduce(sums, reduction="sum")
         loss, margin, accuracy, chosen = (sums[:4] / n_pairs).tolist()
-        self.last_tokens = int(sums[4])
-        self._optimizer_step(True)
-        self.last_parts = {"margin": round(margin, 5), "accuracy": round(accuracy, 4),
-                           "chosen_reward": round(chosen, 5), "pairs": n_pairs}
-        return loss, True
+        return {"prompt": "hybrid", "samples": len(windows), "loss": loss,
+                "tokens": int(sums[4]), "margin": round(margin, 5),
+                "accuracy": round(accuracy, 4), "chosen_reward": round(chosen, 5),
+                "pairs": n_pairs}
 
-    def _step_tokens(self, step: int, hybrid: bool) -> int:
-        return self.last_tokens
+    def train(self, stop_after: int | None = None) -> dict:
+        result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after)
+        return {**result, "seed": self.seed}
 
-    def _manifest_extra(self) -> dict:
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        """Adapter, optimiser, scheduler and RNGs (the projector is the SFT run's, frozen)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            checkpointing.save(self.run.checkpoints, step, {"plan": self.fingerprint},
+                               self.peft_model, self.optimizer, self.scheduler)
+
+    def load_checkpoint(self) -> int:
+        """The step to start from: 0, or the step of the newest intact checkpoint of this
+        plan (checkpointing.load); the loop then cuts the train log back to it."""
+        found = checkpointing.load(
+            self.run.checkpoints, self.fingerprint,
+            lambda checkpoint: checkpointing.restore(checkpoint, self.peft_model,
+                                                     self.optimizer, self.scheduler),
+            self.reporter.log, main=self.accelerator.is_main_process,
+            barrier=self.accelerator.wait_for_everyone)
+        return 0 if found is None else found.step
+
+    def save_final(self) -> dict:
+        """The final weights scored on the validation sample (no selection), the manifest,
+        the adapter with the (unchanged) projector beside it."""
+        report = validate(self, self.cfg.micro_batch)
+        chosen = None if report is None else {"step": self.total_steps, **report}
+        with distributed.full_parameters(self.accelerator, self.model):
+            self.diagnostics["after"] = injection(self)
+        rows = read_log(self.run.train_log)
         info = json.loads(self.run.pairs_info.read_text())
-        return {"objective": "dpo", "sft_system": self.source,
-                "sft_adapter": str(self.source_run.adapter),
-                "sft_fingerprint": info["sft_fingerprint"], "pairs": str(self.run.pairs),
-                "pairs_sha256": file_sha256(self.run.pairs), "pair_summary": info["summary"],
-                "windows": len(self.windows), "epochs": self.dpo.epochs,
-                "config": dataclasses.asdict(self.dpo)}
+        manifest = RunManifest(
+            kind="dpo", objective="dpo", system=self.system, domain=self.domain,
+            partition=self.partition, data_version=self.inputs.data_version, seed=self.seed,
+            base_model=self.profile.model.name, init_adapter=str(self.source_run.adapter),
+            listing=self.listing, samples=len(self.windows), windows=len(self.windows),
+            epochs=self.cfg.epochs, steps=self.total_steps, fingerprint=self.fingerprint,
+            validation=chosen, scoring=chosen["scoring"] if chosen else None,
+            validation_curve=[chosen] if chosen else [], injection=self.diagnostics,
+            hybrid_steps=len(rows), **log_totals(rows), trainable_parameters=self.trainable,
+            placeholder_id=self.placeholder_id, config=dataclasses.asdict(self.cfg),
+            dtype=str(self.dtype).replace("torch.", ""), git_revision=git_revision(),
+            processor=processor(str(self.device)), sft_system=self.source,
+            sft_adapter=str(self.source_run.adapter), sft_fingerprint=info["sft_fingerprint"],
+            pairs=str(self.run.pairs), pairs_sha256=file_sha256(self.run.pairs),
+            pair_summary=info["summary"])
+        publish(self, manifest)
+        return manifest.to_dict()
 
 
 def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = None,

@@ -99,11 +99,10 @@ def test_sft_and_dpo_dry_runs_plan_their_widest_row(tmp_path, fixture_config, ll
 
     from cprec_core.config import SASRecConfig, load_config_file
     from cprec_core.data.domain_users import build_domain_users, load_domain_data
-    from cprec_core.training import dpo, sft
+    from cprec_core.training import dpo, hybrid_run, sft
     from cprec_core.training.next_item import train_next_item
 
-    monkeypatch.setattr(sft, "load_base_model", no_weights_loader)
-    monkeypatch.setattr(dpo, "load_base_model", no_weights_loader)
+    monkeypatch.setattr(hybrid_run, "load_base_model", no_weights_loader)  # SFT's and DPO's
     data = tmp_path / "data"
     path = write_config(tmp_path, fixture_config, model={"name": str(llama7b_config)},
                         sft={"dtype": "bf16"}, train={"distributed": "fsdp"})

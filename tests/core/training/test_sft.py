@@ -104,7 +104,7 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
     assert [(s.user, s.history, s.target) for s in first] == [
         (s.user, s.history, s.target) for s in second]  # the same windows,
     assert [s.candidates for s in first] != [s.candidates for s in second]  # new negatives
-    assert trainer.item_table[1:].mean(0).abs().max() < 1e-4  # standardised inputs
+    assert trainer.inputs.item_table[1:].mean(0).abs().max() < 1e-4  # standardised inputs
     rank = rank_profile.sft.rank  # LoRA and the projector learn at their own rates
     assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [rank.lr,
                                                                           rank.projector_lr]

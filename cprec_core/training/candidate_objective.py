@@ -1,0 +1,73 @@
+"""The candidate-aware SFT objective (``objective: rank`` in cprec_core.systems).
+
+It reads the same sliding windows as the paper's recipe with negatives re-drawn every
+epoch, scores every candidate's answer behind one shared prompt (the tree forward,
+cprec_core.models.candidate_tree) and trains on cprec_core.training.rank_loss: the softmax
+over the candidates' answer likelihoods plus a weighted next-token loss. SASRec inputs are
+standardised, the projector learns at its own rate, and with ``sft.rank.select_every`` the
+trainer keeps the adapter that scores best on the validation sample.
+
+The SFT trainer (cprec_core.training.sft) holds one objective, this one or
+cprec_core.training.next_token_objective, and asks it the few things they differ in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from cprec_core.config import SFTConfig
+from cprec_core.training.hybrid_run import candidate_batch
+from cprec_core.training.loop import autocast, fingerprint, micro_batches
+from cprec_core.training.rank_loss import candidate_loss
+
+
+class CandidateObjective:
+    name = "rank"
+    standardise = True  # SASRec vectors standardised before the projector
+    tree_attention = True  # every step is a tree forward
+
+    def __init__(self, cfg: SFTConfig):
+        self.cfg = cfg
+        self.epochs = cfg.rank.epochs
+        self.max_samples = cfg.rank.max_samples
+        self.redraw = True  # negatives drawn again for each epoch
+        self.select_every = cfg.rank.select_every
+
+    def param_groups(self, lora: list, projector: list) -> list[dict]:
+        """The projector learns from scratch: its own learning rate."""
+        return [{"params": lora, "lr": self.cfg.rank.lr},
+                {"params": projector, "lr": self.cfg.rank.projector_lr}]
+
+    def prepare(self, trainer) -> str:
+        """Nothing to tokenize ahead (candidates change every epoch); the fingerprint of
+        every epoch's windows, the settings, the system and the model."""
+        return fingerprint([[[[s.user, s.history, s.candidates] for s in e]
+                             for e in trainer.epochs], dataclasses.asdict(self.cfg),
+                            trainer.system, trainer.profile.model.name])
+
+    def longest_row(self, trainer) -> int:
+        """Prompt and every candidate's answer, measured on the first 64 windows."""
+        batch = candidate_batch(trainer, trainer.epochs[0][:64], True)
+        return max(len(p) for p in batch.inputs.prompt_ids) + int(batch.answer_tokens.sum(1).max())
+
+    def step(self, trainer, step: int, hybrid: bool) -> dict:
+        """Forwards and backwards of one step; the mean losses per case and the tokens (each
+        prompt once, every candidate's answer)."""
+        acc = trainer.accelerator
+        cases = [trainer.epochs[trainer.step_epoch[step]][i] for i in trainer.steps[step]]
+        sums = torch.zeros(4, device=trainer.device)  # loss, its two parts, tokens
+        for part, sync in micro_batches(acc, trainer.model, cases, self.cfg.micro_batch):
+            batch = candidate_batch(trainer, part, hybrid)
+            with sync, autocast(trainer.device, trainer.dtype):
+                scores = trainer.model(candidates=batch.inputs, hybrid=hybrid)
+            loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight)
+            acc.backward(loss.total * acc.num_processes / len(cases))
+            tokens = sum(len(p) for p in batch.inputs.prompt_ids) + batch.answer_tokens.sum()
+            sums += torch.stack([loss.total.detach(), loss.ranking, loss.ntp,
+                                 tokens.to(sums.device)])
+        sums = acc.reduce(sums, reduction="sum")
+        total, ranking, ntp = (sums[:3] / len(cases)).tolist()
+        return {"loss": total, "tokens": int(sums[3]), "rank_loss": round(ranking, 5),
+                "ntp_loss": round(ntp, 5)}
