@@ -1,5 +1,6 @@
 """The layout owns every artifact path and refuses names that would leave the data folder."""
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -100,3 +101,27 @@ def test_quotes_semicolons_and_dots_in_the_data_folder_never_reach_sql(tmp_path,
 def test_source_paths_and_model_folders_with_nul_are_refused(overrides):
     with pytest.raises(ConfigError, match="NUL or control"):
         load_profile("demo", overrides)
+
+
+def test_run_manifest_round_trips_and_reads_older_files(tmp_path):
+    from cprec_core.layout import RunManifest, TrainedAdapter
+
+    run = TrainedAdapter(tmp_path / "run")
+    run.path.mkdir()
+    written = RunManifest(kind="sft", system="cprec_rank", partition="crime", seed=1,
+                          base_model="tiny", steps=3, objective="rank",
+                          validation={"step": 3, "scoring": "sum"}, extra={"note": "kept"})
+    run.write_manifest(written)
+    assert run.read_manifest() == written
+    assert not list(run.path.glob("*.tmp"))  # written beside, renamed over
+    raw = json.loads(run.manifest.read_text())
+    assert raw["note"] == "kept" and "extra" not in raw and "sft_system" not in raw
+
+    # a file from before the record: no kind, no objective, a key this version lacks
+    old = RunManifest.from_json(json.dumps({"system": "llara", "base_model": "tiny",
+                                            "steps": 2, "final_loss": 1.5, "retired": 7}))
+    assert (old.kind, old.objective, old.final_loss, old.extra) == ("sft", "ntp", 1.5,
+                                                                    {"retired": 7})
+    assert RunManifest.from_json(json.dumps({"variant": "wsa"})).kind == "cpt"
+    assert RunManifest.from_json(json.dumps({"objective": "dpo"})).kind == "dpo"
+    assert json.loads(old.to_json())["retired"] == 7  # written back unchanged
