@@ -38,7 +38,6 @@ closed), ``aggregate`` (every row, in the order written) and ``write`` (one tran
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Collection, ContextManager, Iterable, NamedTuple
@@ -356,8 +355,8 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 def chosen_scoring(profile: Profile, slug: str, system: str, seed: int) -> tuple[str, str]:
     """(family, why) of an SFT run: summed or mean likelihood, whichever ranked the trainer's
     validation sample better (cprec_core.training.sft); mean where none was recorded."""
-    manifest = profile.layout.sft_run(system, slug, seed).manifest
-    found = json.loads(manifest.read_text()).get("validation") if manifest.is_file() else None
+    run = profile.layout.sft_run(system, slug, seed)
+    found = run.read_manifest().validation if run.manifest.is_file() else None
     if not found:
         return "likelihood (mean)", "no validation scores recorded"
     return (f"likelihood ({found['scoring']})",

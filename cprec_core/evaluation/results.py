@@ -24,6 +24,7 @@ from cprec_core.cli import add_profile_arguments, profile_from_args, run_tool
 from cprec_core.config import DPOConfig, Profile
 from cprec_core.data.db import connect
 from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
+from cprec_core.layout import RunManifest
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
                                                leaderboard_markdown, require_evaluation)
 from cprec_core.provenance import git_revision, processor
@@ -61,13 +62,14 @@ def hardware() -> str:
     return f"{os.cpu_count()} CPU cores ({processor()}), GPU: {gpu}, torch {torch.__version__}"
 
 
-def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[dict]) -> str:
+def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[RunManifest],
+                    sft: list[RunManifest]) -> str:
     """What the study cost, part by part: training time from the CPT and SFT manifests, LLM
     scoring time from ``evaluation_costs``, per domain whose LLM systems were scored. Not
     counted: data, SASRec/GRU4Rec, classic scoring and run start-ups (minutes in all)."""
     costs = scoring_costs(con)
-    train = {"CPT": sum(m.get("train_seconds", 0) for m in cpt) / 60,
-             "SFT": sum(m.get("train_seconds", 0) for m in sft) / 60}
+    train = {"CPT": sum(m.train_seconds for m in cpt) / 60,
+             "SFT": sum(m.train_seconds for m in sft) / 60}
     evaluated = [d for (d,) in con.execute("SELECT DISTINCT domain FROM evaluation_results"
                                            " WHERE split = 'test' AND family != 'ranking'"
                                            " ORDER BY domain").fetchall()]
@@ -92,36 +94,36 @@ def compute_summary(con: duckdb.DuckDBPyConnection, cpt: list[dict], sft: list[d
     return "\n".join(lines)
 
 
-def trained_manifests(profile: Profile) -> tuple[list[dict], list[dict]]:
+def trained_manifests(profile: Profile) -> tuple[list[RunManifest], list[RunManifest]]:
     """The manifests of every finished CPT run, and of every SFT and DPO run."""
-    cpt = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_cpt_adapters()]
-    sft = [json.loads(r.manifest.read_text()) for r in profile.layout.trained_sft_runs()]
+    cpt = [r.read_manifest() for r in profile.layout.trained_cpt_adapters()]
+    sft = [r.read_manifest() for r in profile.layout.trained_sft_runs()]
     return cpt, sft
 
 
-def cpt_table(cpt: list[dict]) -> str:
+def cpt_table(cpt: list[RunManifest]) -> str:
     """The CPT runs: model, size, schedule, final loss, speed, dtype and time."""
     if not cpt:
         return "(no CPT)"
     return md_table(["CPT variant", "model", "tokens", "steps", "warmup/stable/anneal",
                      "final loss", "tokens/s", "dtype", "hours"],
-                    [(m["variant"], m.get("base_model", ""), m["tokens"], m["steps"],
-                      "/".join(str(m["phase_steps"][p]) for p in ("warmup", "stable", "anneal")),
-                      m["final_loss"], m["tokens_per_second"], m.get("dtype", ""),
-                      round(m.get("train_seconds", 0) / 3600, 2)) for m in cpt])
+                    [(m.variant, m.base_model, m.tokens, m.steps,
+                      "/".join(str(m.phase_steps[p]) for p in ("warmup", "stable", "anneal")),
+                      m.final_loss, m.tokens_per_second, m.dtype or "",
+                      round(m.train_seconds / 3600, 2)) for m in cpt])
 
 
-def sft_table(sft: list[dict]) -> str:
+def sft_table(sft: list[RunManifest]) -> str:
     """The SFT and DPO runs: objective (ntp = LLaRA's recipe, rank = candidate-aware, dpo),
     size, steps with the hybrid prompt, final loss, speed, LoRA init and time."""
     if not sft:
         return "(no SFT)"
     return md_table(["domain", "SFT system", "seed", "objective", "samples", "epochs", "steps",
                      "hybrid", "final loss", "tokens/s", "LoRA init", "minutes"],
-                    [(m["domain"], m["system"], m.get("seed", 0), m.get("objective", "ntp"),
-                      m["samples"], m.get("epochs", 1), m["steps"], m.get("hybrid_steps", ""),
-                      m["final_loss"], m.get("tokens_per_second", ""), lora_init(m["system"]),
-                      round(m.get("train_seconds", 0) / 60, 1)) for m in sft])
+                    [(m.domain, m.system, m.seed or 0, m.objective, m.samples, m.epochs or 1,
+                      m.steps, "" if m.hybrid_steps is None else m.hybrid_steps, m.final_loss,
+                      m.tokens_per_second or "", lora_init(m.system),
+                      round(m.train_seconds / 60, 1)) for m in sft])
 
 
 def next_item_table(profile: Profile, domains: list[str]) -> str:
@@ -155,10 +157,10 @@ def embeddings_section(profile: Profile) -> list[str]:
                       for m in embedded]), ""]
 
 
-def validation_section(sft: list[dict]) -> list[str]:
+def validation_section(sft: list[RunManifest]) -> list[str]:
     """The SFT runs' validation scores (the weights kept) and what their injected vectors
     carry before and after training; empty for runs trained before these were recorded."""
-    rows = [m for m in sft if m.get("validation")]
+    rows = [m for m in sft if m.validation and m.injection]
     if not rows:
         return []
     ln20 = "3.00"
@@ -170,13 +172,13 @@ def validation_section(sft: list[dict]) -> list[str]:
         md_table(["domain", "SFT system", "seed", "kept step", "HR@1 sum", "HR@1 mean",
                   "loss per answer", "scoring", "specific before", "after", "cosine before",
                   "after"],
-                 [(m["domain"], m["system"], m.get("seed", 0), m["validation"]["step"],
-                   m["validation"]["hr@1 (sum)"], m["validation"]["hr@1 (mean)"],
-                   m["validation"]["loss per answer"], m["scoring"],
-                   m["injection"]["before"]["item_specific_share"],
-                   m["injection"]["after"]["item_specific_share"],
-                   m["injection"]["before"]["mean_pairwise_cosine"],
-                   m["injection"]["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
+                 [(m.domain, m.system, m.seed or 0, m.validation["step"],
+                   m.validation["hr@1 (sum)"], m.validation["hr@1 (mean)"],
+                   m.validation["loss per answer"], m.scoring,
+                   m.injection["before"]["item_specific_share"],
+                   m.injection["after"]["item_specific_share"],
+                   m.injection["before"]["mean_pairwise_cosine"],
+                   m.injection["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
 
 
 DPO_TABLE_HEADER = ("domain", "system", "seed", "from", "pairs", "SFT HR@1 on windows",
@@ -190,20 +192,20 @@ def dpo_table(profile: Profile) -> list[tuple]:
     margin and accuracy, and its validation HR@1 beside the SFT run it started from."""
     rows = []
     for run in profile.layout.trained_sft_runs():
-        m = json.loads(run.manifest.read_text())
-        if m.get("objective") != "dpo":
+        m = run.read_manifest()
+        if m.objective != "dpo":
             continue
         log = [json.loads(x) for x in run.train_log.read_text().splitlines()]
-        sft = profile.layout.sft_run(m["sft_system"], m["partition"], m["seed"]).manifest
-        before = json.loads(sft.read_text()).get("validation") if sft.is_file() else None
+        sft = profile.layout.sft_run(m.sft_system, m.partition, m.seed)
+        before = sft.read_manifest().validation if sft.manifest.is_file() else None
 
         def hr1(v: dict | None) -> str:
             return f"{v['hr@1 (sum)']:.3f}/{v['hr@1 (mean)']:.3f}" if v else ""
 
-        rows.append((m["domain"], m["system"], m["seed"], m["sft_system"],
-                     m["pair_summary"]["pairs"], m["pair_summary"]["sft_hr@1 on windows"],
-                     m["steps"], log[0]["loss"], m["final_loss"], log[-1]["margin"],
-                     log[-1]["accuracy"], hr1(m.get("validation")), hr1(before)))
+        rows.append((m.domain, m.system, m.seed, m.sft_system, m.pair_summary["pairs"],
+                     m.pair_summary["sft_hr@1 on windows"], m.steps, log[0]["loss"],
+                     m.final_loss, log[-1]["margin"], log[-1]["accuracy"], hr1(m.validation),
+                     hr1(before)))
     return rows
 
 
@@ -263,7 +265,7 @@ GOAL_P = 0.05  # a paired difference counts when McNemar's p is below this
 DPO_VALID_RATIO_MARGIN = DPOConfig.valid_ratio_margin  # the issue's 0.02, the check's default
 
 
-def goals_section(con: duckdb.DuckDBPyConnection, sft: list[dict]) -> list[str]:
+def goals_section(con: duckdb.DuckDBPyConnection, sft: list[RunManifest]) -> list[str]:
     """The candidate-aware study's goals, each read off the leaderboard and the SFT
     manifests per target domain, and whether it is met: where one is not, the table says
     so. Empty when no domain has ``cprec_rank`` on the leaderboard."""
@@ -289,8 +291,8 @@ def goals_section(con: duckdb.DuckDBPyConnection, sft: list[dict]) -> list[str]:
                 hr[(d, "cprec_rank")] > hr[(d, "popularity")])
 
     def validation_loss(d: str) -> tuple[str, bool | None]:
-        losses = [m["validation"]["loss per answer"] for m in sft
-                  if m["system"] == "cprec_rank" and m["domain"] == d and m.get("validation")]
+        losses = [m.validation["loss per answer"] for m in sft
+                  if m.system == "cprec_rank" and m.domain == d and m.validation]
         if not losses:
             return "not recorded", None
         return f"{min(losses):.2f}-{max(losses):.2f}", max(losses) < math.log(20)
@@ -375,10 +377,10 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         f"- **Profile:** `{profile.name}`; git revision `{git_revision()}`{_dirty(outputs)};"
         f" written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- **Trained at git revisions** (from the CPT and SFT manifests):"
-        f" {', '.join(sorted({m.get('git_revision', '?') for m in cpt + sft}))}",
+        f" {', '.join(sorted({m.git_revision or '?' for m in cpt + sft}))}",
         f"- **Evaluated at git revisions:** {', '.join(f'{d} {r}' for d, r in scored_at)}",
         f"- **Trained on** (from the CPT and SFT manifests):"
-        f" {', '.join(sorted({m.get('processor', 'not recorded') for m in cpt + sft}))};"
+        f" {', '.join(sorted({m.processor or 'not recorded' for m in cpt + sft}))};"
         " scored on: the Compute section's `device` column",
         f"- **Hardware** (the machine that wrote this file): {hardware()}",
         f"- **Model:** `{profile.model.name}`, LoRA r={profile.cpt.lora.r}"

@@ -8,6 +8,7 @@ import pytest
 
 from cprec_core.data.domain_users import build_domain_users
 from cprec_core.data.interactions import build_interactions
+from cprec_core.layout import RunManifest
 from cprec_core.evaluation import evaluate as evaluate_module
 from cprec_core.data.cases import load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity
@@ -169,7 +170,8 @@ def test_compute_summary_says_which_scoring_was_not_recorded():
     con.execute("""INSERT INTO evaluation_costs (domain, split, system, seed, cases, load_seconds,
                    score_seconds, answers_read_off, answers_decoded, device, threads)
                    VALUES ('Crime', 'test', 'llara', 0, 4, 6, 1194, 1, 3, 'cpu', 2)""")
-    text = compute_summary(con, [{"train_seconds": 1800}], [{"train_seconds": 600}])
+    text = compute_summary(con, [RunManifest(kind="cpt", train_seconds=1800)],
+                           [RunManifest(kind="sft", train_seconds=600)])
     # ... but only Crime's cost was recorded: the total says it leaves Sci-Fi out
     assert text.startswith("Recorded: CPT 30 min, SFT 10 min, LLM scoring Crime 20 min,"
                            " LLM scoring Sci-Fi not recorded; 1.00 hours without the scoring"
@@ -232,7 +234,8 @@ def test_goals_section_says_per_domain_which_goal_is_met():
             con.execute("""INSERT INTO leaderboard_tests (domain, family, system_a, system_b,
                            diff, p_value) VALUES (?, 'ranking', ?, ?, ?, ?)""",
                         [domain, a, b, diff, p])
-    sft = [{"system": "cprec_rank", "domain": d, "validation": {"loss per answer": x}}
+    sft = [RunManifest(kind="sft", system="cprec_rank", domain=d,
+                       validation={"loss per answer": x})
            for d, x in (("Crime", 2.1), ("Crime", 2.9), ("Sci-Fi", 2.5))]
     lines = "\n".join(goals_section(con, sft)).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines
