@@ -207,3 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     run_domain_stages(args, cprec.profile, instance)
     if args.stage in ("all", "summary"):
         print_summary(cprec, instance)
+
+
+if __name__ == "__main__":
+    main()

@@ -111,3 +111,17 @@ def test_the_core_never_imports_dagster():
     offenders = [name for name, path in modules().items() if name.startswith("cprec_core")
                  and re.search(r"^\s*(import|from)\s+dagster", path.read_text(), re.M)]
     assert offenders == []
+
+
+def test_every_module_run_with_python_m_has_its_main_guard():
+    """A module whose docstring says ``python -m <module>`` runs its ``main`` when executed
+    (without the guard the command does nothing and exits 0: `make demo` once did)."""
+    missing = []
+    for name, path in modules().items():
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if not re.search(rf"python -m {re.escape(name)}(?![\w.])", doc):
+            continue
+        package_main = path.name == "__init__.py" and (path.parent / "__main__.py").is_file()
+        if not package_main and 'if __name__ == "__main__":' not in path.read_text():
+            missing.append(name)
+    assert missing == [], f"run as python -m but never call main: {missing}"
