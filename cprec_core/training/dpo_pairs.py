@@ -137,9 +137,7 @@ def training_windows(profile: Profile, slug: str) -> tuple[list[Case], dict[int,
         data = load_domain_data(con, slug)
         titles = dict(con.execute("SELECT item_idx, title FROM items WHERE domain = ?",
                                   [data.domain]).fetchall())
-    seen = [set(h) | {v for v in (valid, test) if v is not None}
-            for h, valid, test in zip(data.histories, data.valid, data.test)]
-    windows = build_samples(data.histories, data.items, seen, sft.history, sft.min_history,
+    windows = build_samples(data.histories, data.items, sft.history, sft.min_history,
                             sft.negatives, cfg.window_seed)
     if cfg.max_windows and len(windows) > cfg.max_windows:
         pick = sorted(np.random.default_rng(cfg.window_seed).choice(len(windows), cfg.max_windows,

@@ -194,12 +194,10 @@ class SFTTrainer:
         self.inputs = load_domain_inputs(self.profile, self.partition,
                                          self.objective.standardise, self.reporter.log)
         self.domain, data = self.inputs.domain, self.inputs.data
-        seen = [set(h) | {v for v in (valid, test) if v is not None}
-                for h, valid, test in zip(data.histories, data.valid, data.test)]
         epochs, redraw = self.objective.epochs, self.objective.redraw
         draws = [self.seed + 1000 * e for e in range(epochs)] if redraw else [self.seed]
         try:
-            drawn = [build_samples(data.histories, data.items, seen, self.cfg.history,
+            drawn = [build_samples(data.histories, data.items, self.cfg.history,
                                    self.cfg.min_history, self.cfg.negatives, seed)
                      for seed in draws]
         except ValueError as exc:

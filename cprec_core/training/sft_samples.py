@@ -3,7 +3,10 @@
 For each user, a sliding window over the train history: the last up-to-``history`` items
 before position t are the history, item t the target (histories shorter than
 ``min_history`` are skipped). Candidates: the target plus ``negatives`` items of the domain
-the user never touched, drawn with a fixed seed, in a seeded random order.
+outside the window (its history and target), drawn with a fixed seed, in a seeded random
+order. As LLaRA draws them, and never conditioned on the user's validation or test item:
+excluding those would mark them, over many epochs, as "never a negative beside this
+history", a leak that grows with training. A held-out item may so appear as a negative.
 
 Prompts: cprec_core.prompts (LLaRA's template, hybrid or text-only). The curriculum
 (``hybrid_probability``) decides per optimiser step which of the two a step reads.
@@ -16,11 +19,9 @@ import numpy as np
 from cprec_core.prompts import Case
 
 
-def build_samples(histories: list[list[int]], items: list[int], seen: list[set[int]],
-                  history: int = 10, min_history: int = 3, negatives: int = 19,
-                  seed: int = 0) -> list[Case]:
-    """Sliding-window samples; ``seen[u]`` is every item user u touched in the domain
-    (train, valid and test), so no negative is a held-out positive."""
+def build_samples(histories: list[list[int]], items: list[int], history: int = 10,
+                  min_history: int = 3, negatives: int = 19, seed: int = 0) -> list[Case]:
+    """Sliding-window samples of the users' train histories (global item ids)."""
     if len(items) < negatives + 1:
         raise ValueError(f"the domain has {len(items)} items: {negatives + 1} candidates"
                          " need at least that many")
@@ -28,15 +29,15 @@ def build_samples(histories: list[list[int]], items: list[int], seen: list[set[i
     pool = np.asarray(sorted(items))
     samples = []
     for user, items_of_user in enumerate(histories):
-        unseen = pool[~np.isin(pool, list(seen[user]))]
-        if len(unseen) < negatives:
-            continue  # a user who saw nearly every item cannot get 19 negatives
         for t in range(min_history, len(items_of_user)):
-            target = items_of_user[t]
-            negs = rng.choice(unseen, size=negatives, replace=False).tolist()
+            window, target = items_of_user[max(0, t - history):t], items_of_user[t]
+            allowed = pool[~np.isin(pool, [*window, target])]
+            if len(allowed) < negatives:
+                continue  # a window that holds nearly every item cannot get 19 negatives
+            negs = rng.choice(allowed, size=negatives, replace=False).tolist()
             candidates = [target, *negs]
             rng.shuffle(candidates)
-            samples.append(Case(user, items_of_user[max(0, t - history):t], candidates, target))
+            samples.append(Case(user, window, candidates, target))
     return samples
 
 

@@ -15,24 +15,40 @@ TITLES = {i: f"Movie {i} ({1990 + i % 10})" for i in ITEMS}
 
 def samples():
     histories = [[100, 101, 102, 103, 104, 105], [110, 111, 112], [120, 121]]
-    seen = [set(h) | {106, 107} for h in histories]  # valid/test items too
-    return build_samples(histories, ITEMS, seen, history=4, min_history=3, seed=1), seen
+    return build_samples(histories, ITEMS, history=4, min_history=3, seed=1), histories
 
 
 def test_sliding_windows_and_candidates():
-    out, seen = samples()
+    out, histories = samples()
     # user 0: targets at t = 3, 4, 5; user 1 has only 3 items: no target after 3; user 2 too short
     assert [(s.user, s.target) for s in out] == [(0, 103), (0, 104), (0, 105)]
     assert out[0].history == [100, 101, 102] and out[2].history == [101, 102, 103, 104]
     for s in out:
         assert len(s.candidates) == 20 == len(set(s.candidates))
         assert s.candidates.count(s.target) == 1
-        assert not (set(s.candidates) - {s.target}) & seen[s.user]  # negatives never seen
+        assert not (set(s.candidates) - {s.target}) & {*s.history, s.target}  # outside the window
     again, _ = samples()
     assert again == out  # fixed seed
     assert len({s.candidates.index(s.target) for s in out}) > 1  # target position varies
     with pytest.raises(ValueError, match="at least"):
-        build_samples([[1, 2, 3, 4]], [1, 2, 3, 4, 5], [set()])
+        build_samples([[1, 2, 3, 4]], [1, 2, 3, 4, 5])
+
+
+def test_negatives_are_not_conditioned_on_held_out_items():
+    """The user's own validation/test item (106, 107: after the train history) is drawn as a
+    negative like any other item outside the window: excluding it would single it out."""
+    histories = [[100, 101, 102, 103]]
+    drawn = [s for seed in range(20) for s in build_samples(histories, ITEMS, history=3,
+                                                            min_history=3, seed=seed)]
+    negatives = {i for s in drawn for i in s.candidates if i != s.target}
+    assert {106, 107} <= negatives
+    assert not negatives & {100, 101, 102, 103}  # the window and its target never are
+    # an item older than the window is outside it and may be a negative, as LLaRA draws
+    older = {i for seed in range(20)
+             for s in build_samples([[100, 101, 102, 103]], ITEMS, history=1, min_history=3,
+                                    seed=seed)
+             for i in s.candidates if i != s.target}
+    assert 100 in older and 102 not in older  # 102 is the window, 100 came before it
 
 
 def test_prompts_hybrid_and_text():
