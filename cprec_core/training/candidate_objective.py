@@ -1,7 +1,8 @@
 """The candidate-aware SFT objective (``objective: rank`` in cprec_core.systems).
 
 It reads the same sliding windows as the paper's recipe with negatives re-drawn every
-epoch, scores every candidate's answer behind one shared prompt (the tree forward,
+epoch, reads the hybrid prompt on every step (no curriculum), scores every candidate's
+answer behind one shared prompt (the tree forward,
 cprec_core.models.candidate_tree) and trains on cprec_core.training.rank_loss: the softmax
 over the candidates' answer likelihoods plus a weighted next-token loss. SASRec inputs are
 standardised, the projector learns at its own rate, and with ``sft.rank.select_every`` the
@@ -27,6 +28,9 @@ class CandidateObjective:
     name = "rank"
     standardise = True  # SASRec vectors standardised before the projector
     tree_attention = True  # every step is a tree forward
+    curriculum = False  # the hybrid prompt on every step: validation and test read it, and
+    # the projector learns only where it is in the graph (LLaRA's curriculum left it about
+    # two steps at the peak rate in study-rank)
 
     def __init__(self, cfg: SFTConfig):
         self.cfg = cfg

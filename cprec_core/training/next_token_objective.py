@@ -21,6 +21,7 @@ class NextTokenObjective:
     name = "ntp"
     standardise = False
     tree_attention = False
+    curriculum = True  # LLaRA's: the hybrid prompt with probability step / total
 
     def __init__(self, cfg: SFTConfig):
         self.cfg = cfg

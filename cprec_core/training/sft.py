@@ -221,15 +221,17 @@ class SFTTrainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
-        """Forwards and backwards of one step: the prompt the curriculum draws, the
-        objective's loss; the projector gets no update on a text-only step."""
-        hybrid = choose_hybrid(step, self.total_steps, self.curriculum)
+        """Forwards and backwards of one step: the prompt the curriculum draws (the hybrid
+        one on every step where the objective has no curriculum), the objective's loss; the
+        projector gets no update on a text-only step."""
+        p_hybrid = hybrid_probability(step, self.total_steps) if self.objective.curriculum else 1.0
+        hybrid = choose_hybrid(step, self.total_steps, self.curriculum) if self.objective.curriculum \
+            else True
         fields = self.objective.step(self, step, hybrid)
         if not hybrid:  # the projector was not in the graph: no AdamW update either
             for p in self.projector.parameters():
                 p.grad = None
-        return {"prompt": "hybrid" if hybrid else "text",
-                "p_hybrid": round(hybrid_probability(step, self.total_steps), 4),
+        return {"prompt": "hybrid" if hybrid else "text", "p_hybrid": round(p_hybrid, 4),
                 "samples": len(self.steps[step]), **fields}
 
     def train(self, stop_after: int | None = None) -> dict:

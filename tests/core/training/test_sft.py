@@ -113,6 +113,8 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
     out = rank_profile.layout.sft_run("cprec_rank", "crime", 0)
     rows = [json.loads(x) for x in out.train_log.read_text().splitlines()]
     assert all(r["rank_loss"] >= 0 and r["ntp_loss"] >= 0 for r in rows)
+    # no curriculum: the hybrid prompt (and a projector update) on every step
+    assert {(r["prompt"], r["p_hybrid"]) for r in rows} == {("hybrid", 1.0)}
     curve = [json.loads(x) for x in out.validation_log.read_text().splitlines()]
     assert [r["step"] for r in curve] == [2, 4, 6, 8] and curve[0]["cases"] == 6
     manifest = json.loads(out.manifest.read_text())
