@@ -431,6 +431,7 @@ class SFTConfig:
     seeds: tuple[int, ...] = (0,)  # llara and cprec train one adapter per seed
     dtype: str = "auto"
     checkpoint_every: int = 20
+    constant_below: int = 50  # a run of fewer steps trains at the peak rate throughout
     validation_cases: int = 64  # seeded sample of validation cases scored after training
     rank: RankConfig = field(default_factory=RankConfig)
 
@@ -485,6 +486,7 @@ class DPOConfig:
     micro_batch: int = 4
     grad_clip: float = 1.0
     checkpoint_every: int = 20
+    constant_below: int = 50  # a run of fewer steps trains at the peak rate throughout
     valid_ratio_margin: float = 0.02
 
     def __post_init__(self) -> None:

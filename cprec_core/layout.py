@@ -184,6 +184,7 @@ class RunManifest:
     init_manifest: str | None = None  # that CPT run's corpus fingerprint
     samples: int | None = None
     epochs: int | None = None
+    schedule: str | None = None  # "constant" (a short run) or "warmup-cosine"
     validation: dict | None = None  # the validation row of the weights saved
     scoring: str | None = None  # "sum" or "mean": the better on validation
     validation_curve: list = field(default_factory=list)

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, get_wsd_schedule
+from transformers import AutoTokenizer
 
 from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
                             add_reporter_argument, profile_from_args, run_trainer)
@@ -58,8 +58,8 @@ from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
 from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
                                             load_domain_inputs, publish, validate)
-from cprec_core.training.loop import (autocast, fingerprint, log_totals, micro_batches,
-                                      read_log, run_steps)
+from cprec_core.training.loop import (autocast, fingerprint, log_totals, lr_schedule,
+                                      micro_batches, read_log, run_steps)
 from cprec_core.training.preference_loss import preference_loss
 from cprec_core.training.sft import over_seeds
 
@@ -156,11 +156,9 @@ class DPOTrainer:
         self.trainable = sum(p.numel() for p in lora)
         self.optimizer = torch.optim.AdamW([{"params": lora, "lr": self.cfg.lr}],
                                            weight_decay=0.0)
-        warmup = max(1, round(self.cfg.warmup_ratio * self.total_steps))
-        self.scheduler = get_wsd_schedule(
-            self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
-            num_decay_steps=max(1, self.total_steps - warmup), decay_type="cosine",
-            min_lr_ratio=self.cfg.min_lr_ratio)
+        self.scheduler, self.schedule = lr_schedule(
+            self.optimizer, self.total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio,
+            self.cfg.constant_below)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.start_step = self.load_checkpoint()
 
@@ -265,7 +263,8 @@ class DPOTrainer:
                                  out.chosen_rewards.sum(), torch.tensor(float(tokens), device=self.device)])
         sums = acc.reduce(sums, reduction="sum")
         loss, margin, accuracy, chosen = (sums[:4] / n_pairs).tolist()
-        return {"prompt": "hybrid", "samples": len(windows), "loss": loss,
+        return {"prompt": "hybrid", "schedule": self.schedule, "samples": len(windows),
+                "loss": loss,
                 "tokens": int(sums[4]), "margin": round(margin, 5),
                 "accuracy": round(accuracy, 4), "chosen_reward": round(chosen, 5),
                 "pairs": n_pairs}
@@ -307,7 +306,8 @@ class DPOTrainer:
             partition=self.partition, data_version=self.inputs.data_version, seed=self.seed,
             base_model=self.profile.model.name, init_adapter=str(self.source_run.adapter),
             listing=self.listing, samples=len(self.windows), windows=len(self.windows),
-            epochs=self.cfg.epochs, steps=self.total_steps, fingerprint=self.fingerprint,
+            epochs=self.cfg.epochs, steps=self.total_steps, schedule=self.schedule,
+            fingerprint=self.fingerprint,
             validation=chosen, scoring=chosen["scoring"] if chosen else None,
             validation_curve=[chosen] if chosen else [], injection=self.diagnostics,
             hybrid_steps=len(rows), **log_totals(rows), trainable_parameters=self.trainable,
@@ -340,7 +340,7 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
         trainer.setup()
         reporter.log(f"DPO {system} seed {seed} on {trainer.domain}: {len(trainer.windows)}"
                      f" windows, {sum(len(w.rejected) for w in trainer.windows)} pairs,"
-                     f" {trainer.total_steps} steps, {trainer.dtype}, from"
+                     f" {trainer.total_steps} steps ({trainer.schedule} rate), {trainer.dtype}, from"
                      f" {trainer.source_run.adapter}, starting at step {trainer.start_step}")
         return trainer.train(stop_after)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 import torch
+from transformers import get_constant_schedule, get_wsd_schedule
 
 from cprec_core.layout import RunManifest, TrainedAdapter
 
@@ -57,6 +58,21 @@ def publishing(scratch: Path, final: Path) -> Iterator[Path]:
     shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch.rename(final)
+
+
+def lr_schedule(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float,
+                constant_below: int) -> tuple[Any, str]:
+    """(scheduler, its name) of an SFT or DPO run: linear warmup, then cosine to
+    ``min_lr_ratio`` (``get_wsd_schedule`` without a stable phase); a run of fewer than
+    ``constant_below`` steps instead trains at the peak rate on every step. With 10 steps
+    the warmup rounds to one step at a few per cent of the rate and the cosine leaves
+    about five near the peak: too little to learn from."""
+    if total_steps < constant_below:
+        return get_constant_schedule(optimizer), "constant"
+    warmup = max(1, round(warmup_ratio * total_steps))
+    return get_wsd_schedule(optimizer, num_warmup_steps=warmup, num_stable_steps=0,
+                            num_decay_steps=max(1, total_steps - warmup), decay_type="cosine",
+                            min_lr_ratio=min_lr_ratio), "warmup-cosine"
 
 
 def cut_log(path: Path, step: int) -> None:

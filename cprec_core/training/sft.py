@@ -45,7 +45,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, get_wsd_schedule
+from transformers import AutoTokenizer
 
 from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
                             add_reporter_argument, profile_from_args, run_trainer)
@@ -63,7 +63,8 @@ from cprec_core.training.candidate_objective import CandidateObjective
 from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
                                             load_domain_inputs, projector_weights, publish,
                                             trained_weights, validate, write_adapter)
-from cprec_core.training.loop import cut_log, log_totals, publishing, read_log, run_steps
+from cprec_core.training.loop import (cut_log, log_totals, lr_schedule, publishing, read_log,
+                                      run_steps)
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_token_objective import NextTokenObjective
 from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
@@ -129,11 +130,9 @@ class SFTTrainer:
         self.trainable = sum(p.numel() for p in lora + projector)
         self.optimizer = torch.optim.AdamW(self.objective.param_groups(lora, projector),
                                            weight_decay=0.0)
-        warmup = max(1, round(self.cfg.warmup_ratio * self.total_steps))
-        self.scheduler = get_wsd_schedule(
-            self.optimizer, num_warmup_steps=warmup, num_stable_steps=0,
-            num_decay_steps=self.total_steps - warmup, decay_type="cosine",
-            min_lr_ratio=self.cfg.min_lr_ratio)
+        self.scheduler, self.schedule = lr_schedule(
+            self.optimizer, self.total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio,
+            self.cfg.constant_below)
         if distributed.uses_fsdp(self.accelerator):  # LoRA and projector sharded with the rest
             distributed.name_decoder_layers(self.accelerator, self.model)
             self.sharded = checkpointing.ShardedModel(self.model, self.peft_model, self.projector)
@@ -232,7 +231,7 @@ class SFTTrainer:
             for p in self.projector.parameters():
                 p.grad = None
         return {"prompt": "hybrid" if hybrid else "text", "p_hybrid": round(p_hybrid, 4),
-                "samples": len(self.steps[step]), **fields}
+                "schedule": self.schedule, "samples": len(self.steps[step]), **fields}
 
     def train(self, stop_after: int | None = None) -> dict:
         result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after,
@@ -356,7 +355,8 @@ class SFTTrainer:
             init_adapter=str(init.adapter) if init else None,
             init_manifest=init.read_manifest().corpus_fingerprint if init else None,
             objective=self.objective.name, listing=self.listing, samples=len(self.samples),
-            epochs=self.objective.epochs, steps=self.total_steps, fingerprint=self.fingerprint,
+            epochs=self.objective.epochs, steps=self.total_steps, schedule=self.schedule,
+            fingerprint=self.fingerprint,
             validation=chosen, scoring=chosen["scoring"] if chosen else None,
             validation_curve=read_log(self.run.validation_log), injection=self.diagnostics,
             hybrid_steps=sum(r["prompt"] == "hybrid" for r in rows), **log_totals(rows),
@@ -399,7 +399,7 @@ def run(profile: Profile, domain: str, system: str, reporter: Reporter | None = 
         trainer.setup()
         trainer.reporter.log(
             f"SFT {system} seed {seed} on {trainer.domain}: {len(trainer.samples)} samples,"
-            f" {trainer.total_steps} steps, {trainer.dtype},"
+            f" {trainer.total_steps} steps ({trainer.schedule} rate), {trainer.dtype},"
             f" {trainer.accelerator.num_processes} process(es)"
             f"{' under FSDP' if trainer.sharded else ''} on {trainer.device}, LoRA from"
             f" {trainer.init_run.adapter if trainer.init_run else 'scratch'}, starting at step"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -92,3 +93,22 @@ def test_publish_run_writes_the_manifest_last(tmp_path):
     assert sorted(p.name for p in run.adapter.iterdir()) == ["adapter_model.safetensors"]
     assert run.projector.read_text() == "p" and not run.scratch.exists()
     assert run.read_manifest().kind == "cpt"
+
+
+def test_a_short_run_trains_at_the_peak_rate_a_long_one_warms_up_and_decays():
+    def rates(total: int) -> tuple[str, list[float]]:
+        optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+        scheduler, name = loop.lr_schedule(optimizer, total, warmup_ratio=0.05,
+                                           min_lr_ratio=0.01, constant_below=50)
+        out = []
+        for _ in range(total):
+            out.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return name, out
+
+    name, short = rates(10)
+    assert name == "constant" and short == [0.1] * 10
+    name, long = rates(100)  # 5 warmup steps from 1 % of the peak, then cosine down to 1 % of the peak
+    assert name == "warmup-cosine" and long[0] < 0.01 and max(long) == pytest.approx(0.1)
+    assert long[-1] < 0.01 and long == sorted(long[:6]) + long[6:]

@@ -39,6 +39,8 @@ def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
     assert result["finished"] and len(rows) == total >= 4
     assert [r["p_hybrid"] for r in rows] == [round(s / total, 4) for s in range(total)]
     assert rows[0]["prompt"] == "text"  # probability 0 at the first step
+    # fewer steps than sft.constant_below: the peak rate on every step, said in the log
+    assert {(r["schedule"], r["lr"]) for r in rows} == {("constant", profile.sft.lr)}
     assert {"hybrid", "text"} >= {r["prompt"] for r in rows}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert set(load_file(out / "projector.safetensors")) == {"net.0.weight", "net.0.bias",
