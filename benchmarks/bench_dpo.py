@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args(argv)
     base = load_profile(args.profile, {"data_dir": args.data_dir})
-    profile = dataclasses.replace(base, sft=dataclasses.replace(base.sft, validation_cases=0))
+    profile = dataclasses.replace(base, sft=dataclasses.replace(base.sft, validation_cases=1))
     torch.manual_seed(0)
     sft = SFTTrainer(profile, args.domain, "cprec_rank", seed=99)
     sft.setup()

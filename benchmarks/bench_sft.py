@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         rank = dataclasses.replace(base.sft.rank, listing=listing, epochs=1,
                                    max_samples=base.sft.max_samples, select_every=0)
         profile = dataclasses.replace(base, sft=dataclasses.replace(
-            base.sft, rank=rank, validation_cases=0))
+            base.sft, rank=rank, validation_cases=1))  # loaded, never scored here
         torch.manual_seed(0)
         arms.append((label, measure(profile, args.domain, system, args.steps)))
     ntp = arms[0][1]

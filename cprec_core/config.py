@@ -432,7 +432,7 @@ class SFTConfig:
     dtype: str = "auto"
     checkpoint_every: int = 20
     constant_below: int = 50  # a run of fewer steps trains at the peak rate throughout
-    validation_cases: int = 64  # seeded sample of validation cases scored after training
+    validation_cases: int = 0  # 0: every validation case; N: a seeded sample of N (stated)
     rank: RankConfig = field(default_factory=RankConfig)
 
     def seeds_for(self, name: str) -> tuple[int, ...]:
@@ -454,7 +454,7 @@ class SFTConfig:
         if self.batch_size % self.micro_batch:
             raise ConfigError("sft.batch_size must be a multiple of sft.micro_batch")
         if self.validation_cases < 0:
-            raise ConfigError("sft.validation_cases must be 0 (none) or more")
+            raise ConfigError("sft.validation_cases must be 0 (every case) or more")
 
 
 @dataclass(frozen=True)
@@ -753,7 +753,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sft": {"systems": ["llara", "cprec", "llara_rank", "cprec_rank",
                             "cprec_shuffled_control_rank"],
                 "seeds": [0, 1], "max_samples": 32, "checkpoint_every": 5,
-                "validation_cases": 40,
                 "rank": _RANK_STUDY_SFT},
         **_RANK_STUDY_AFTER_SFT},
     # The DPO study, fitted to one session on a 2-core CPU (`make study-dpo` writes
@@ -763,7 +762,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "name": "study-dpo", "device": "cpu", **_ML100K_DEMO,
         "cpt": {"variants": ["wsa"], "max_tokens": 30_000, "checkpoint_every": 5},
         "sft": {"systems": ["llara_rank", "cprec_rank"], "seeds": [0], "checkpoint_every": 5,
-                "validation_cases": 40,
                 "rank": _RANK_STUDY_SFT},
         **_RANK_STUDY_AFTER_SFT},
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the

@@ -162,9 +162,11 @@ def sft_diagnostics(manifest: RunManifest) -> dict:
             if when in injection])
     curve = manifest.validation_curve or ([manifest.validation] if manifest.validation else [])
     if curve:
-        keys = ["step", "hr@1 (sum)", "hr@1 (mean)", "loss per answer"]
-        out["validation"] = table(keys, [[r[k] for k in keys] for r in curve])
+        keys = ["step", "cases", "hr@1 (sum)", "hr@1 (mean)", "mrr (sum)", "mrr (mean)",
+                "loss per answer", "loss se"]  # MRR and the error: runs since they were kept
+        out["validation"] = table(keys, [[r.get(k, "") for k in keys] for r in curve])
         out["validation_kept_step"] = manifest.validation["step"]
+        out["validation_selected"] = manifest.validation.get("selected", "")
         out["scoring"] = manifest.scoring
     return out
 

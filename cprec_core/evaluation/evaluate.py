@@ -50,7 +50,7 @@ from cprec_core.data.db import atomic
 from cprec_core.data.domain_users import domain_for_slug
 from cprec_core.data.cases import Cases, load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
-from cprec_core.metrics import ranking_report, ranks_from_scores
+from cprec_core.metrics import one_se_choice, ranking_report, ranks_from_scores, reciprocal_ranks
 from cprec_core.progress import Log, Progress, Throttled, duration
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
@@ -359,9 +359,12 @@ def chosen_scoring(profile: Profile, slug: str, system: str, seed: int) -> tuple
     found = run.read_manifest().validation if run.manifest.is_file() else None
     if not found:
         return "likelihood (mean)", "no validation scores recorded"
-    return (f"likelihood ({found['scoring']})",
-            f"validation HR@1 sum {found['hr@1 (sum)']:.3f}, mean {found['hr@1 (mean)']:.3f}"
-            f" ({found['cases']} cases, step {found['step']})")
+    if "mrr (sum)" in found:  # runs trained before MRR was recorded chose on HR@1
+        why = (f"validation MRR sum {found['mrr (sum)']:.3f}, mean {found['mrr (mean)']:.3f};"
+               " the mean unless the sum is better by more than one standard error")
+    else:
+        why = f"validation HR@1 sum {found['hr@1 (sum)']:.3f}, mean {found['hr@1 (mean)']:.3f}"
+    return f"likelihood ({found['scoring']})", f"{why} ({found['cases']} cases, step {found['step']})"
 
 
 def zscore(scores: np.ndarray) -> np.ndarray:
@@ -377,11 +380,13 @@ def fuse(classic: np.ndarray, llm: np.ndarray, lam: float) -> np.ndarray:
 
 def pick_lambda(classic: np.ndarray, llm: np.ndarray, target_col: np.ndarray,
                 lambdas) -> tuple[float, dict[float, float]]:
-    """The lambda with the best HR@1 on the validation cases (the smallest among ties) and
-    every lambda's HR@1."""
-    hr = {float(lam): float((ranks_from_scores(fuse(classic, llm, lam), target_col) == 0).mean())
+    """The lambda with the best MRR on every validation case, unless the smallest lambda
+    (0: the classic model alone) is within one standard error of it (metrics.one_se_choice),
+    and every lambda's MRR. HR@1 on a hundred cases moved the pick by one case."""
+    rr = {float(lam): reciprocal_ranks(fuse(classic, llm, lam), target_col)
           for lam in sorted(lambdas)}
-    return max(hr, key=lambda lam: (hr[lam], -lam)), hr
+    lam, mrr = one_se_choice(rr, min(rr))
+    return lam, mrr
 
 
 def subset_masks(cases: Cases) -> dict[str, np.ndarray]:
@@ -578,7 +583,8 @@ def fused_rows(profile: Profile, slug: str, classic: ClassicScores, partner: tup
                          "the better of SASRec and GRU4Rec on validation HR@1"),
                ChoiceRow(cases.domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
                ChoiceRow(cases.domain, FUSED, seed, "lambda", f"{lam:g}",
-                         f"validation HR@1 by lambda: {grid}")]
+                         f"validation MRR by lambda ({len(valid_cases.users)} cases; the"
+                         f" smallest within one standard error of the best): {grid}")]
     return Rows.join([ranking_rows(cases, subsets, FUSED, seed, "ranking", ranks),
                       Rows(choices=choices)])
 

@@ -57,7 +57,8 @@ from cprec_core.systems import system as registered
 from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
 from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
-                                            load_domain_inputs, publish, validate)
+                                            load_domain_inputs, publish, validate,
+                                            without_per_case)
 from cprec_core.training.loop import (autocast, fingerprint, log_totals, lr_schedule,
                                       micro_batches, read_log, run_steps)
 from cprec_core.training.preference_loss import preference_loss
@@ -308,8 +309,9 @@ class DPOTrainer:
             listing=self.listing, samples=len(self.windows), windows=len(self.windows),
             epochs=self.cfg.epochs, steps=self.total_steps, schedule=self.schedule,
             fingerprint=self.fingerprint,
-            validation=chosen, scoring=chosen["scoring"] if chosen else None,
-            validation_curve=[chosen] if chosen else [], injection=self.diagnostics,
+            validation=without_per_case(chosen), scoring=chosen["scoring"] if chosen else None,
+            validation_curve=[without_per_case(chosen)] if chosen else [],
+            injection=self.diagnostics,
             hybrid_steps=len(rows), **log_totals(rows), trainable_parameters=self.trainable,
             placeholder_id=self.placeholder_id, config=dataclasses.asdict(self.cfg),
             dtype=str(self.dtype).replace("torch.", ""), git_revision=git_revision(),

@@ -77,10 +77,8 @@ def load_domain_inputs(profile: Profile, partition: str, standardise: bool, log
 
 
 def validation_cases(con, profile: Profile, domain: str, log) -> list[Case]:
-    """The fixed validation sample (``sft.validation_cases`` of the stored validation
-    candidate sets, the evaluation's seed); none where candidate sets are missing."""
-    if not profile.sft.validation_cases:
-        return []
+    """The stored validation candidate sets as cases: every one, or a fixed sample of
+    ``sft.validation_cases`` (the evaluation's seed); none where they are missing."""
     try:
         cases = load_cases(con, domain, "valid", profile.sft.validation_cases,
                            profile.evaluation.seed)
@@ -152,6 +150,11 @@ def validate(trainer, micro_batch: int) -> dict | None:
         base.set_attn_implementation(before)
     return validation_report(torch.cat(summed).numpy(), torch.cat(tokens).numpy(),
                              torch.cat(target).numpy())
+
+
+def without_per_case(row: dict | None) -> dict | None:
+    """A validation row as the manifest keeps it: the per-case values stay in the log."""
+    return None if row is None else {k: v for k, v in row.items() if k != "per_case"}
 
 
 def projector_weights(trainer) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cprec_core.metrics import one_se_choice, ranks_from_scores
 from cprec_core.models.hybrid import CandidateInputs
 from cprec_core.prompts import Case, encode_answer, encode_prompt
 
@@ -62,16 +63,26 @@ def candidate_loss(scores: torch.Tensor, batch: RankBatch, ntp_weight: float) ->
 
 
 def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.ndarray) -> dict:
-    """HR@1 of the ranking by summed and by mean log-likelihood per token (ties count as
-    misses, as in cprec_core.metrics), and the loss per answer: the cross-entropy over the
-    candidates of the summed scores (ln 20 = 3.0 for a blind guess among 20)."""
+    """HR@1 and MRR of the ranking by summed and by mean log-likelihood per token (ties
+    count as misses, as in cprec_core.metrics), the loss per answer (the cross-entropy over
+    the candidates of the summed scores: ln 20 = 3.0 for a blind guess among 20) with its
+    standard error, the scoring chosen, and under ``per_case`` the values the choices are
+    made on. Scoring: by MRR, the mean (the evaluation's default) unless the sum is better
+    by more than one standard error (metrics.one_se_choice)."""
     from scipy.special import log_softmax
 
     rows = np.arange(len(summed))
-    out = {"cases": int(len(summed))}
+    out: dict = {"cases": int(len(summed))}
+    per_case = {"loss": -log_softmax(summed, 1)[rows, target_index]}
     for name, scores in (("sum", summed), ("mean", summed / tokens)):
-        target = scores[rows, target_index]
-        out[f"hr@1 ({name})"] = round(float(np.mean((scores >= target[:, None]).sum(1) == 1)), 4)
-    out["loss per answer"] = round(float(-log_softmax(summed, 1)[rows, target_index].mean()), 4)
-    out["scoring"] = "mean" if out["hr@1 (mean)"] > out["hr@1 (sum)"] else "sum"
+        ranks = ranks_from_scores(scores, target_index)
+        out[f"hr@1 ({name})"] = round(float(np.mean(ranks == 0)), 4)
+        per_case[f"rr ({name})"] = 1.0 / (ranks + 1.0)
+        out[f"mrr ({name})"] = round(float(per_case[f"rr ({name})"].mean()), 4)
+    loss = per_case["loss"]
+    out["loss per answer"] = round(float(loss.mean()), 4)
+    out["loss se"] = round(float(loss.std(ddof=1) / np.sqrt(len(loss))), 4) if len(loss) > 1 else None
+    out["scoring"], _ = one_se_choice({"sum": per_case["rr (sum)"],
+                                       "mean": per_case["rr (mean)"]}, "mean")
+    out["per_case"] = {k: [round(float(x), 5) for x in v] for k, v in per_case.items()}
     return out

@@ -51,6 +51,7 @@ from cprec_core.cli import (add_domain_run_arguments, add_profile_arguments,
                             add_reporter_argument, profile_from_args, run_trainer)
 from cprec_core.config import Profile
 from cprec_core.layout import RunManifest, TrainedAdapter
+from cprec_core.metrics import one_se_choice
 from cprec_core.models.candidate_tree import TREE_ATTENTION
 from cprec_core.models.hybrid import HybridLM, Projector, add_placeholder_to_tokenizer
 from cprec_core.models.loader import resolve_dtype
@@ -62,7 +63,8 @@ from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.candidate_objective import CandidateObjective
 from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
                                             load_domain_inputs, projector_weights, publish,
-                                            trained_weights, validate, write_adapter)
+                                            trained_weights, validate, without_per_case,
+                                            write_adapter)
 from cprec_core.training.loop import (cut_log, log_totals, lr_schedule, publishing, read_log,
                                       run_steps)
 from cprec_core.training.memory import available_memory, estimate_memory
@@ -253,18 +255,17 @@ class SFTTrainer:
         return sorted((int(p.name.split("-")[1]), p) for p in self.run.best.glob("step-*"))
 
     def _record_validation(self, step: int) -> None:
-        """Score, log, and keep the adapter when it is the best so far (HR@1 by its better
-        scoring, then the lower loss per answer)."""
+        """Score, log, and keep the adapter when its validation loss per answer (a smooth
+        criterion over every case scored) is the lowest so far."""
         report = validate(self, self.cfg.micro_batch)
-        key = (max(report["hr@1 (sum)"], report["hr@1 (mean)"]), -report["loss per answer"])
         if self.accelerator.is_main_process:
             with open(self.run.validation_log, "a") as fh:
                 fh.write(json.dumps({"step": step, **report}) + "\n")
         best = self._best_validation()
-        self.reporter.log(f"{self.label} validation at step {step}: HR@1 sum"
-                          f" {report['hr@1 (sum)']:.3f} mean {report['hr@1 (mean)']:.3f}, loss per"
-                          f" answer {report['loss per answer']:.3f}")
-        if best is None or key > best[0]:
+        self.reporter.log(f"{self.label} validation at step {step} ({report['cases']} cases):"
+                          f" loss per answer {report['loss per answer']:.3f}, MRR sum"
+                          f" {report['mrr (sum)']:.3f} mean {report['mrr (mean)']:.3f}")
+        if best is None or report["loss per answer"] < best["loss per answer"]:
             adapter, projector = trained_weights(self)
             if self.accelerator.is_main_process:
                 folder = self.run.best / f"step-{step:06d}"
@@ -272,15 +273,12 @@ class SFTTrainer:
                     write_adapter(self.peft_model, staged / "adapter", adapter)
                     save_file(projector, staged / "projector.safetensors")
 
-    def _best_validation(self) -> tuple[tuple, dict] | None:
-        """(selection key, validation row) of the best kept adapter."""
+    def _best_validation(self) -> dict | None:
+        """The validation row of the best kept adapter (the lowest loss, the later step on
+        ties)."""
         kept = {step for step, _ in self._best_runs()}
         rows = [r for r in read_log(self.run.validation_log) if r["step"] in kept]
-        if not rows:
-            return None
-        best = max(rows, key=lambda r: (max(r["hr@1 (sum)"], r["hr@1 (mean)"]),
-                                        -r["loss per answer"], r["step"]))
-        return (max(best["hr@1 (sum)"], best["hr@1 (mean)"]), -best["loss per answer"]), best
+        return min(rows, key=lambda r: (r["loss per answer"], -r["step"])) if rows else None
 
     def _forget_after(self, step: int) -> None:
         """Drops what the run wrote after checkpoint ``step`` beside the train log (the
@@ -291,13 +289,24 @@ class SFTTrainer:
                 shutil.rmtree(path)
 
     def _select_best(self) -> dict | None:
-        """Load the best validation adapter into the model (selection), or score the final
-        one; the validation row of the weights that are saved."""
+        """The validation row of the weights that are saved. With selection: the kept
+        adapter with the lowest validation loss, loaded into the model, unless the last
+        step's weights are within one standard error of it (metrics.one_se_choice: the
+        simpler choice); without, the final weights scored."""
         best = self._best_validation() if self._selects(self.total_steps) else None
-        if best is None:
+        last = next((r for r in read_log(self.run.validation_log)
+                     if r["step"] == self.total_steps), None) if best else None
+        if best is None or last is None:
             report = validate(self, self.cfg.micro_batch)
             return None if report is None else {"step": self.total_steps, **report}
-        folder = self.run.best / f"step-{best[1]['step']:06d}"
+        choice, _ = one_se_choice({"last": last["per_case"]["loss"],
+                                   "best": best["per_case"]["loss"]}, "last",
+                                  higher_is_better=False)
+        if choice == "last":
+            beaten = best["step"] != last["step"]
+            return {**last, "selected": f"the last step (step {best['step']}'s loss within one"
+                                         " standard error)" if beaten else "the last step"}
+        folder = self.run.best / f"step-{best['step']:06d}"
         adapter = load_file(folder / "adapter" / "adapter_model.safetensors")
         projector = load_file(folder / "projector.safetensors")
         if self.sharded is None:
@@ -306,7 +315,8 @@ class SFTTrainer:
         else:
             self.sharded.load_adapter(adapter)
             self.sharded.load_extra(projector)
-        return best[1]
+        return {**best, "selected": f"step {best['step']}: validation loss lower than the last"
+                                    " step's by more than one standard error"}
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -357,8 +367,9 @@ class SFTTrainer:
             objective=self.objective.name, listing=self.listing, samples=len(self.samples),
             epochs=self.objective.epochs, steps=self.total_steps, schedule=self.schedule,
             fingerprint=self.fingerprint,
-            validation=chosen, scoring=chosen["scoring"] if chosen else None,
-            validation_curve=read_log(self.run.validation_log), injection=self.diagnostics,
+            validation=without_per_case(chosen), scoring=chosen["scoring"] if chosen else None,
+            validation_curve=[without_per_case(r) for r in read_log(self.run.validation_log)],
+            injection=self.diagnostics,
             hybrid_steps=sum(r["prompt"] == "hybrid" for r in rows), **log_totals(rows),
             trainable_parameters=self.trainable, placeholder_id=self.placeholder_id,
             config=dataclasses.asdict(self.cfg), dtype=str(self.dtype).replace("torch.", ""),

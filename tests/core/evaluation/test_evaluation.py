@@ -21,7 +21,7 @@ from cprec_core.evaluation.evaluate import (CASE_COLUMNS, CHOICE_COLUMNS, COST_C
 from cprec_core.evaluation.leaderboard import (bootstrap_interval, build_leaderboard,
                                                leaderboard_chart, leaderboard_markdown, paired_test)
 from cprec_core.evaluation.llm import CaseResult
-from cprec_core.metrics import hit_ratio, ndcg, ranking_report, ranks_from_scores
+from cprec_core.metrics import hit_ratio, ndcg, one_se_choice, ranking_report, ranks_from_scores
 from cprec_core.provenance import git_revision
 from tests.conftest import data_config, load_rows
 
@@ -372,8 +372,21 @@ def test_fusion_picks_lambda_on_validation():
     llm = np.array([[0.0, 5.0, 0.0], [9.0, 0.0, 0.0]])
     target = np.array([1, 0])  # the classic scores miss both, the LLM's hit both
     lam, by_lambda = pick_lambda(classic, llm, target, (0.0, 0.5, 4.0))
-    assert by_lambda == {0.0: 0.0, 0.5: 0.0, 4.0: 1.0} and lam == 4.0
+    # MRR: the classic ranks are 1 and 2 (0.5, 1/3), the LLM's 0 and 0
+    assert by_lambda[0.0] == pytest.approx((1 / 2 + 1 / 3) / 2) and by_lambda[4.0] == 1.0
+    assert lam == 4.0  # better than lambda 0 by more than one standard error
     assert pick_lambda(classic, classic, np.array([0, 1]), (0.0, 1.0))[0] == 0.0  # ties: smallest
+
+
+def test_one_standard_error_prefers_the_simpler_choice_within_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random(200)
+    noisy = {"simple": base, "complex": base + rng.normal(0.01, 0.2, 200)}  # a hair better
+    assert one_se_choice(noisy, "simple")[0] == "simple"
+    clear = {"simple": base, "complex": base + rng.normal(0.2, 0.2, 200)}
+    assert one_se_choice(clear, "simple")[0] == "complex"
+    losses = {"last": base, "best": base - 0.3}  # lower is better
+    assert one_se_choice(losses, "last", higher_is_better=False)[0] == "best"
     z = zscore(np.array([[1.0, 1.0], [0.0, 2.0]]))
     assert np.allclose(z, [[0, 0], [-1, 1]])
 

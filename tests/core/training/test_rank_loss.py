@@ -103,8 +103,12 @@ def test_validation_report_counts_ties_as_misses_and_picks_the_better_scoring():
     assert report["hr@1 (sum)"] == 0.0 and report["hr@1 (mean)"] == 0.0
     report = validation_report(summed, tokens, np.array([0, 0]))
     assert report["hr@1 (sum)"] == 0.5 and report["hr@1 (mean)"] == 0.5
-    assert report["scoring"] == "sum"
-    assert report["loss per answer"] > 0
+    assert report["scoring"] == "mean"  # level (MRR 0.75 both): the evaluation's default
+    assert report["loss per answer"] > 0 and len(report["per_case"]["loss"]) == 2
+    # the sum ranks the target first on 50 cases, the mean last: the sum, beyond noise
+    summed, tokens = np.tile([[-1.0, -2.0]], (50, 1)), np.tile([[1.0, 10.0]], (50, 1))
+    report = validation_report(summed, tokens, np.zeros(50, int))
+    assert (report["mrr (sum)"], report["mrr (mean)"], report["scoring"]) == (1.0, 0.5, "sum")
 
 
 def test_standardised_inputs_make_injected_vectors_item_specific():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cprec_core.metrics import one_se_choice
 from cprec_core.training.sft import SFTError, SFTTrainer, run
 
 
@@ -120,9 +121,19 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
     curve = [json.loads(x) for x in out.validation_log.read_text().splitlines()]
     assert [r["step"] for r in curve] == [2, 4, 6, 8] and curve[0]["cases"] == 6
     manifest = json.loads(out.manifest.read_text())
-    best = max(curve, key=lambda r: (max(r["hr@1 (sum)"], r["hr@1 (mean)"]),
-                                     -r["loss per answer"], r["step"]))
-    assert manifest["validation"] == best and manifest["scoring"] in ("sum", "mean")
+    # kept: the lowest validation loss; saved: that one, or the last step's weights where
+    # they are within one standard error of it (the simpler choice)
+    best = min(curve, key=lambda r: (r["loss per answer"], -r["step"]))
+    choice, _ = one_se_choice({"last": curve[-1]["per_case"]["loss"],
+                               "best": best["per_case"]["loss"]}, "last", higher_is_better=False)
+    expected = curve[-1] if choice == "last" else best
+    saved = manifest["validation"]
+    assert {k: v for k, v in saved.items() if k != "selected"} == {
+        k: v for k, v in expected.items() if k != "per_case"}
+    assert saved["selected"].startswith("the last step" if choice == "last" else "step")
+    assert manifest["scoring"] in ("sum", "mean") and "per_case" not in str(manifest)
+    assert len(curve[0]["per_case"]["loss"]) == 6 and {"mrr (sum)", "mrr (mean)", "loss se"} <= set(
+        curve[0])
     assert manifest["objective"] == "rank" and manifest["epochs"] == 2
     injection = manifest["injection"]
     assert injection["before"]["items"] == injection["after"]["items"] > 0
