@@ -393,6 +393,7 @@ class RankConfig:
 
     lr: float = 5e-4
     projector_lr: float = 1e-3
+    temperature_lr: float = 0.05  # the ranking softmax's log-temperature, learned from 0
     epochs: int = 5
     max_samples: int = 0  # per domain and epoch; 0 = every sliding window
     ntp_weight: float = 0.5
@@ -874,7 +875,7 @@ AT_LEAST_ONE = {"adapter_hidden", "alpha", "batch_size", "block_size", "blocks_p
                 "bootstrap", "epochs", "gru_hidden", "heads", "hidden", "history", "k", "layers",
                 "max_epochs", "max_items", "max_len", "max_new_tokens", "micro_batch",
                 "negatives", "patience", "r", "retrieve"}
-POSITIVE = {"lr", "projector_lr", "beta"}
+POSITIVE = {"lr", "projector_lr", "temperature_lr", "beta"}
 FRACTIONS = {"anneal_ratio", "anneal_share", "min_lr_ratio", "ntp_weight",
              "target_train_share", "valid_ratio_floor", "valid_ratio_margin", "warmup_ratio"}
 

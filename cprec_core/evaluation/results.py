@@ -165,15 +165,18 @@ def validation_section(sft: list[RunManifest]) -> list[str]:
         return []
     ln20 = "3.00"
     return [
-        "SFT on the validation sample (the weights kept; loss per answer: cross-entropy over"
-        f" the candidates of the summed likelihoods, {ln20} for a blind guess among 20) and"
+        "SFT on the validation cases (the weights kept; loss per answer: cross-entropy over"
+        " the candidates of the summed likelihoods divided by the learned temperature T,"
+        f" {ln20} for a blind guess among 20; T and MRR for runs that recorded them) and"
         " the injected vectors (item-specific share of a vector's norm, mean cosine of two"
         " items' vectors), before and after training:", "",
-        md_table(["domain", "SFT system", "seed", "kept step", "HR@1 sum", "HR@1 mean",
-                  "loss per answer", "scoring", "specific before", "after", "cosine before",
-                  "after"],
-                 [(m.domain, m.system, m.seed or 0, m.validation["step"],
-                   m.validation["hr@1 (sum)"], m.validation["hr@1 (mean)"],
+        md_table(["domain", "SFT system", "seed", "cases", "kept step", "HR@1 sum",
+                  "HR@1 mean", "MRR sum", "MRR mean", "T", "loss per answer", "scoring",
+                  "specific before", "after", "cosine before", "after"],
+                 [(m.domain, m.system, m.seed or 0, m.validation.get("cases", ""),
+                   m.validation["step"], m.validation["hr@1 (sum)"],
+                   m.validation["hr@1 (mean)"], m.validation.get("mrr (sum)", ""),
+                   m.validation.get("mrr (mean)", ""), m.validation.get("temperature", ""),
                    m.validation["loss per answer"], m.scoring,
                    m.injection["before"]["item_specific_share"],
                    m.injection["after"]["item_specific_share"],

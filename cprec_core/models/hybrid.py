@@ -22,15 +22,25 @@ from cprec_core.prompts import PLACEHOLDER
 
 
 class Projector(nn.Module):
-    """MLP from the collaborative space (SASRec, d=64) to the LLM's input space."""
+    """MLP from the collaborative space (SASRec, d=64) to the LLM's input space, and the
+    ranking temperature the candidate-aware objective learns beside it (``log_temperature``,
+    0 at the start: summed log-likelihoods of ~10-token titles spread over tens of nats, so
+    a softmax over 20 of them is nearly one-hot). The temperature lives here because the
+    projector is what the run saves beside its adapter and what DDP/FSDP already handle."""
 
     def __init__(self, item_dim: int, model_dim: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(item_dim, model_dim), nn.GELU(),
                                  nn.Linear(model_dim, model_dim))
+        self.log_temperature = nn.Parameter(torch.zeros(1))  # 1-D: FSDP shards no scalars
 
     def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(item_embeddings)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a projector saved before the temperature was learned: temperature 1
+        state_dict.setdefault(prefix + "log_temperature", torch.zeros(1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def collab_inputs(item_table: torch.Tensor, standardise: bool) -> torch.Tensor:
@@ -156,9 +166,16 @@ class HybridLM(nn.Module):
         self.placeholder_id = placeholder_id
 
     def forward(self, input_ids=None, labels=None, attention_mask=None, slot_items=None,
-                hybrid: bool = True, candidates: CandidateInputs | None = None):
+                hybrid: bool = True, candidates: CandidateInputs | None = None,
+                calibrated: bool = False):
+        """``calibrated`` (with ``candidates``): also the summed log-likelihoods divided by
+        the learned temperature, as a pair; inside the forward so that DDP sees the
+        temperature used."""
         if candidates is not None:
-            return self.candidate_logprobs(candidates, hybrid)
+            summed = self.candidate_logprobs(candidates, hybrid)
+            if not calibrated:
+                return summed
+            return summed, summed / self.projector.log_temperature.exp().to(summed.dtype)
         base = self.model.get_base_model()
         embeds = hybrid_embeds(base, self.projector, self.item_table, input_ids, slot_items,
                                self.placeholder_id, hybrid)

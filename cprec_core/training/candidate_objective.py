@@ -39,10 +39,11 @@ class CandidateObjective:
         self.redraw = True  # negatives drawn again for each epoch
         self.select_every = cfg.rank.select_every
 
-    def param_groups(self, lora: list, projector: list) -> list[dict]:
-        """The projector learns from scratch: its own learning rate."""
+    def param_groups(self, lora: list, projector) -> list[dict]:
+        """The projector learns from scratch: its own learning rate; the temperature too."""
         return [{"params": lora, "lr": self.cfg.rank.lr},
-                {"params": projector, "lr": self.cfg.rank.projector_lr}]
+                {"params": list(projector.net.parameters()), "lr": self.cfg.rank.projector_lr},
+                {"params": [projector.log_temperature], "lr": self.cfg.rank.temperature_lr}]
 
     def prepare(self, trainer) -> str:
         """Nothing to tokenize ahead (candidates change every epoch); the fingerprint of
@@ -61,17 +62,24 @@ class CandidateObjective:
         prompt once, every candidate's answer)."""
         acc = trainer.accelerator
         cases = [trainer.epochs[trainer.step_epoch[step]][i] for i in trainer.steps[step]]
-        sums = torch.zeros(4, device=trainer.device)  # loss, its two parts, tokens
+        sums = torch.zeros(5, device=trainer.device)  # loss, its two parts, tokens, temperature
         for part, sync in micro_batches(acc, trainer.model, cases, self.cfg.micro_batch):
             batch = candidate_batch(trainer, part, hybrid)
             with sync, autocast(trainer.device, trainer.dtype):
-                scores = trainer.model(candidates=batch.inputs, hybrid=hybrid)
-            loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight)
+                scores, calibrated = trainer.model(candidates=batch.inputs, hybrid=hybrid,
+                                                   calibrated=True)
+            loss = candidate_loss(scores.float(), batch, self.cfg.rank.ntp_weight,
+                                  calibrated.float())
             acc.backward(loss.total * acc.num_processes / len(cases))
             tokens = sum(len(p) for p in batch.inputs.prompt_ids) + batch.answer_tokens.sum()
+            # the temperature as the forward used it (under FSDP the parameter is sharded
+            # outside the forward), weighted by the cases it scored
+            ratio = scores.detach().float() / calibrated.detach().float()
+            temperature = ratio[calibrated.detach() != 0].median() * len(part)
             sums += torch.stack([loss.total.detach(), loss.ranking, loss.ntp,
-                                 tokens.to(sums.device)])
+                                 tokens.to(sums.device), temperature.to(sums.device)])
         sums = acc.reduce(sums, reduction="sum")
         total, ranking, ntp = (sums[:3] / len(cases)).tolist()
+        temperature = float(sums[4] / len(cases))
         return {"loss": total, "tokens": int(sums[3]), "rank_loss": round(ranking, 5),
-                "ntp_loss": round(ntp, 5)}
+                "ntp_loss": round(ntp, 5), "temperature": round(temperature, 4)}

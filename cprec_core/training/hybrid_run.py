@@ -127,7 +127,8 @@ def candidate_batch(trainer, cases: list[Case], hybrid: bool):
 @torch.no_grad()
 def validate(trainer, micro_batch: int) -> dict | None:
     """Scores of the validation sample with the system's own prompt (hybrid), from the
-    tree forward: HR@1 by summed and by mean log-likelihood, loss per answer."""
+    tree forward: HR@1 and MRR by summed and by mean log-likelihood, the loss per answer at
+    the learned temperature (rank_loss.validation_report)."""
     cases = trainer.inputs.validation
     if not cases:
         return None
@@ -135,13 +136,16 @@ def validate(trainer, micro_batch: int) -> dict | None:
     before = base.config._attn_implementation
     base.set_attn_implementation(TREE_ATTENTION)
     trainer.model.eval()
-    summed, tokens, target = [], [], []
+    summed, calibrated, tokens, target = [], [], [], []
     progress = Progress(trainer.reporter.log, f"{trainer.label} validation", len(cases))
     try:
         for i in range(0, len(cases), micro_batch):
             batch = candidate_batch(trainer, cases[i:i + micro_batch], True)
             with autocast(trainer.device, trainer.dtype):
-                summed.append(trainer.model(candidates=batch.inputs, hybrid=True).float().cpu())
+                scores, scaled = trainer.model(candidates=batch.inputs, hybrid=True,
+                                               calibrated=True)
+            summed.append(scores.float().cpu())
+            calibrated.append(scaled.float().cpu())
             tokens.append(batch.answer_tokens.cpu())
             target.append(batch.target_index.cpu())
             progress.update(min(i + micro_batch, len(cases)))
@@ -149,7 +153,7 @@ def validate(trainer, micro_batch: int) -> dict | None:
         trainer.model.train()
         base.set_attn_implementation(before)
     return validation_report(torch.cat(summed).numpy(), torch.cat(tokens).numpy(),
-                             torch.cat(target).numpy())
+                             torch.cat(target).numpy(), torch.cat(calibrated).numpy())
 
 
 def without_per_case(row: dict | None) -> dict | None:

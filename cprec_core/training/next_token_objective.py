@@ -31,8 +31,9 @@ class NextTokenObjective:
         self.select_every = 0  # the last step's weights are kept
         self.rows: dict[bool, list[dict]] = {}
 
-    def param_groups(self, lora: list, projector: list) -> list[dict]:
-        return [{"params": lora + projector, "lr": self.cfg.lr}]
+    def param_groups(self, lora: list, projector) -> list[dict]:
+        """One rate for all (the temperature is the candidate objective's: no gradient)."""
+        return [{"params": lora + list(projector.parameters()), "lr": self.cfg.lr}]
 
     def prepare(self, trainer) -> str:
         """Every window tokenized in both prompts; the fingerprint of the hybrid rows, the

@@ -53,27 +53,37 @@ class RankLoss:
     ntp: torch.Tensor  # the target's next-token loss per token, summed over the cases
 
 
-def candidate_loss(scores: torch.Tensor, batch: RankBatch, ntp_weight: float) -> RankLoss:
-    """``scores``: (B, K) summed log-likelihoods of the candidates' answers."""
+def candidate_loss(scores: torch.Tensor, batch: RankBatch, ntp_weight: float,
+                   calibrated: torch.Tensor | None = None) -> RankLoss:
+    """``scores``: (B, K) summed log-likelihoods of the candidates' answers; ``calibrated``:
+    the same divided by the learned temperature, what the softmax reads (``scores`` where
+    not given)."""
     rows = torch.arange(len(scores), device=scores.device)
-    ranking = -torch.log_softmax(scores, -1)[rows, batch.target_index]
+    logits = scores if calibrated is None else calibrated
+    ranking = -torch.log_softmax(logits, -1)[rows, batch.target_index]
     ntp = -scores[rows, batch.target_index] / batch.answer_tokens[rows, batch.target_index]
     total = ranking + ntp_weight * ntp if ntp_weight else ranking
     return RankLoss(total.sum(), ranking.detach().sum(), ntp.detach().sum())
 
 
-def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.ndarray) -> dict:
+def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.ndarray,
+                      calibrated: np.ndarray | None = None) -> dict:
     """HR@1 and MRR of the ranking by summed and by mean log-likelihood per token (ties
     count as misses, as in cprec_core.metrics), the loss per answer (the cross-entropy over
-    the candidates of the summed scores: ln 20 = 3.0 for a blind guess among 20) with its
-    standard error, the scoring chosen, and under ``per_case`` the values the choices are
+    the candidates of ``calibrated``, the summed scores divided by the learned temperature:
+    ln 20 = 3.0 for a blind guess among 20) with its standard error, the loss at temperature
+    1, the
+    scoring chosen, and under ``per_case`` the values the choices are
     made on. Scoring: by MRR, the mean (the evaluation's default) unless the sum is better
     by more than one standard error (metrics.one_se_choice)."""
     from scipy.special import log_softmax
 
     rows = np.arange(len(summed))
-    out: dict = {"cases": int(len(summed))}
-    per_case = {"loss": -log_softmax(summed, 1)[rows, target_index]}
+    calibrated = summed if calibrated is None else calibrated
+    nonzero = calibrated != 0
+    temperature = float(np.median(summed[nonzero] / calibrated[nonzero])) if nonzero.any() else 1.0
+    out: dict = {"cases": int(len(summed)), "temperature": round(temperature, 4)}
+    per_case = {"loss": -log_softmax(calibrated, 1)[rows, target_index]}
     for name, scores in (("sum", summed), ("mean", summed / tokens)):
         ranks = ranks_from_scores(scores, target_index)
         out[f"hr@1 ({name})"] = round(float(np.mean(ranks == 0)), 4)
@@ -81,6 +91,7 @@ def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.n
         out[f"mrr ({name})"] = round(float(per_case[f"rr ({name})"].mean()), 4)
     loss = per_case["loss"]
     out["loss per answer"] = round(float(loss.mean()), 4)
+    out["loss per answer (T=1)"] = round(float(-log_softmax(summed, 1)[rows, target_index].mean()), 4)
     out["loss se"] = round(float(loss.std(ddof=1) / np.sqrt(len(loss))), 4) if len(loss) > 1 else None
     out["scoring"], _ = one_se_choice({"sum": per_case["rr (sum)"],
                                        "mean": per_case["rr (mean)"]}, "mean")

@@ -130,7 +130,7 @@ class SFTTrainer:
         lora = [p for p in self.peft_model.parameters() if p.requires_grad]
         projector = list(self.projector.parameters())
         self.trainable = sum(p.numel() for p in lora + projector)
-        self.optimizer = torch.optim.AdamW(self.objective.param_groups(lora, projector),
+        self.optimizer = torch.optim.AdamW(self.objective.param_groups(lora, self.projector),
                                            weight_decay=0.0)
         self.scheduler, self.schedule = lr_schedule(
             self.optimizer, self.total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio,

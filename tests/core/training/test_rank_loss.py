@@ -14,7 +14,7 @@ from cprec_core.models.loader import TINY
 from cprec_core.models.lora import apply_lora
 from cprec_core.models.tokenizer import train_tiny_tokenizer
 from cprec_core.prompts import Case, encode_answer, encode_prompt, render_llara
-from cprec_core.training.rank_loss import candidate_loss, rank_batch, validation_report
+from cprec_core.training.rank_loss import RankBatch, candidate_loss, rank_batch, validation_report
 
 ITEMS = list(range(1, 31))
 TITLES = {i: f"Film {i} of {1960 + i}" + (" part two" * (i % 3)) for i in ITEMS}
@@ -122,3 +122,26 @@ def test_standardised_inputs_make_injected_vectors_item_specific():
     assert after["item_specific_share"] > 2 * before["item_specific_share"]
     assert after["mean_pairwise_cosine"] < before["mean_pairwise_cosine"]
     assert before["items"] == 199
+
+
+def test_the_learned_temperature_calibrates_the_loss_and_old_projectors_load():
+    summed = np.array([[-10.0, -40.0, -60.0], [-50.0, -20.0, -30.0]])  # tens of nats apart
+    tokens = np.ones_like(summed)
+    target = np.array([0, 2])  # one confident hit, one confident miss
+    raw = validation_report(summed, tokens, target)
+    calibrated = validation_report(summed, tokens, target, summed / 20.0)
+    assert raw["temperature"] == 1.0 and calibrated["temperature"] == 20.0
+    assert calibrated["loss per answer"] < raw["loss per answer"] == raw["loss per answer (T=1)"]
+    assert calibrated["mrr (sum)"] == raw["mrr (sum)"]  # the ranking does not change
+    # the training loss reads the calibrated scores
+    batch = RankBatch(None, torch.tensor(target), torch.ones(2, 3))
+    scores = torch.tensor(summed)
+    hot = candidate_loss(scores, batch, 0.0)
+    soft = candidate_loss(scores, batch, 0.0, scores / 20.0)
+    assert soft.ranking < hot.ranking and torch.isclose(soft.ntp, hot.ntp)
+    # a projector saved before the temperature existed loads with temperature 1
+    old = {k: v for k, v in Projector(4, 8).state_dict().items() if k != "log_temperature"}
+    projector = Projector(4, 8)
+    projector.log_temperature.data.fill_(3.0)
+    projector.load_state_dict(old)
+    assert float(projector.log_temperature) == 0.0

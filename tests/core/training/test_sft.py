@@ -44,8 +44,8 @@ def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
     assert {(r["schedule"], r["lr"]) for r in rows} == {("constant", profile.sft.lr)}
     assert {"hybrid", "text"} >= {r["prompt"] for r in rows}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert set(load_file(out / "projector.safetensors")) == {"net.0.weight", "net.0.bias",
-                                                             "net.2.weight", "net.2.bias"}
+    assert set(load_file(out / "projector.safetensors")) == {
+        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "log_temperature"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["init_adapter"].endswith("cpt/wsa/adapter")
     assert manifest["samples"] == sum(r["samples"] for r in rows) <= 24
@@ -108,14 +108,16 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
         (s.user, s.history, s.target) for s in second]  # the same windows,
     assert [s.candidates for s in first] != [s.candidates for s in second]  # new negatives
     assert trainer.inputs.item_table[1:].mean(0).abs().max() < 1e-4  # standardised inputs
-    rank = rank_profile.sft.rank  # LoRA and the projector learn at their own rates
-    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [rank.lr,
-                                                                          rank.projector_lr]
+    rank = rank_profile.sft.rank  # LoRA, the projector and the temperature: their own rates
+    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [
+        rank.lr, rank.projector_lr, rank.temperature_lr]
     result = run(rank_profile, "crime", "cprec_rank")
     assert result["finished"] and result["steps"] == 8  # 2 epochs x 8 windows / batch 2
     out = rank_profile.layout.sft_run("cprec_rank", "crime", 0)
     rows = [json.loads(x) for x in out.train_log.read_text().splitlines()]
     assert all(r["rank_loss"] >= 0 and r["ntp_loss"] >= 0 for r in rows)
+    # the ranking temperature learns (from 1) and the validation loss is read through it
+    assert rows[0]["temperature"] == 1.0 and rows[-1]["temperature"] != 1.0
     # no curriculum: the hybrid prompt (and a projector update) on every step
     assert {(r["prompt"], r["p_hybrid"]) for r in rows} == {("hybrid", 1.0)}
     curve = [json.loads(x) for x in out.validation_log.read_text().splitlines()]
