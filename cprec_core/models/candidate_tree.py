@@ -96,6 +96,7 @@ class TreeBatch:
     first_targets: torch.Tensor  # (B, K)
     sizes: list[list[int]]
     tokens: list[list[list[int]]]
+    prefixed: bool = False  # each branch starts with its candidate's vector (see build_tree)
 
     def forward_kwargs(self) -> dict:
         return {"inputs_embeds": self.embeds, "attention_mask": self.mask,
@@ -103,24 +104,32 @@ class TreeBatch:
 
 
 def build_tree(prompts: list[torch.Tensor], continuations: list[list[list[int]]],
-               embed: Callable[[torch.Tensor], torch.Tensor]) -> TreeBatch:
+               embed: Callable[[torch.Tensor], torch.Tensor],
+               prefixes: torch.Tensor | None = None) -> TreeBatch:
     """``prompts[b]``: case b's prompt embeddings (P_b, d); ``continuations[b][k]``: candidate
     k's tokens, title then EOS; ``embed``: token ids -> input embeddings. Every case needs the
-    same number of candidates. Differentiable through ``prompts`` and ``embed``."""
+    same number of candidates. Differentiable through ``prompts``, ``embed`` and ``prefixes``.
+
+    ``prefixes`` (B, K, d): an input row per candidate placed before its tokens, seen by that
+    branch only and never scored (the candidate's collaborative vector). Its column then
+    predicts the candidate's first token, so every token of a branch is a target of the
+    branch (``prefixed``) and the prompt's last column predicts nothing that is scored."""
     counts = {len(cs) for cs in continuations}
     if len(counts) > 1:
         raise ValueError(f"cases in one tree batch need the same number of candidates, got"
                          f" {sorted(counts)}")
     dev, dtype = prompts[0].device, prompts[0].dtype
+    # a branch's input positions: its tokens but the last; with a prefix, the prefix first
     inputs = [[c[:-1] for c in cs] for cs in continuations]
+    shift = 0 if prefixes is None else 1
     lengths = torch.tensor([len(p) for p in prompts])
     w = int(lengths.max())
-    c_width = max(sum(len(t) for t in ts) for ts in inputs)
+    c_width = max(sum(len(t) + shift for t in ts) for ts in inputs)
     mask = torch.zeros(len(prompts), 1, c_width, w + c_width, dtype=torch.bool)
     positions = torch.zeros(len(prompts), w + c_width, dtype=torch.long)
     rows, cols, targets, pieces = [], [], [], []
     for b, (prompt, ts, cs) in enumerate(zip(prompts, inputs, continuations)):
-        p, sizes = len(prompt), [len(t) for t in ts]
+        p, sizes = len(prompt), [len(t) + shift for t in ts]
         n = sum(sizes)
         owner = torch.repeat_interleave(torch.arange(len(ts)), torch.tensor(sizes))
         mask[b, 0, :n, :p] = True
@@ -129,6 +138,10 @@ def build_tree(prompts: list[torch.Tensor], continuations: list[list[list[int]]]
         pad = torch.arange(n, c_width)
         mask[b, 0, pad, w + pad] = True  # padding rows see themselves (no empty softmax)
         conts = embed(torch.tensor([t for tok in ts for t in tok], dtype=torch.long, device=dev))
+        if prefixes is not None:  # each branch: its prefix row, then its token rows
+            rows_of = torch.split(conts, [len(t) for t in ts])
+            conts = torch.cat([torch.cat([prefixes[b, k][None].to(conts.dtype), r])
+                               for k, r in enumerate(rows_of)])
         d = prompt.shape[-1]
         pieces.append(torch.cat([prompt, prompt.new_zeros(w - p, d), conts.to(dtype),
                                  prompt.new_zeros(c_width - n, d)]))
@@ -136,13 +149,13 @@ def build_tree(prompts: list[torch.Tensor], continuations: list[list[list[int]]]
         positions[b, w:w + n] = torch.cat([torch.arange(p, p + k) for k in sizes])
         rows += [b] * n
         cols += range(w, w + n)
-        targets += [t for c in cs for t in c[1:]]
+        targets += [t for c in cs for t in c[1 - shift:]]
     return TreeBatch(
         torch.stack(pieces), mask.to(dev), positions.to(dev), lengths, w,
         torch.tensor(rows, device=dev), torch.tensor(cols, device=dev),
         torch.tensor(targets, dtype=torch.long, device=dev),
         torch.tensor([[c[0] for c in cs] for cs in continuations], device=dev),
-        [[len(t) for t in ts] for ts in inputs], continuations)
+        [[len(t) + shift for t in ts] for ts in inputs], continuations, prefixes is not None)
 
 
 def summed_logprobs(batch: TreeBatch, first_logp: torch.Tensor,
@@ -154,6 +167,8 @@ def summed_logprobs(batch: TreeBatch, first_logp: torch.Tensor,
                           device=rest_logp.device)
     rest = torch.zeros(first_logp.numel(), dtype=rest_logp.dtype, device=rest_logp.device)
     rest = rest.index_add(0, owners, rest_logp)
+    if batch.prefixed:  # every token is scored inside its branch
+        return rest.view_as(first_logp)
     return first_logp + rest.view_as(first_logp)
 
 

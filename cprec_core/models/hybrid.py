@@ -147,6 +147,9 @@ class CandidateInputs:
     prompt_ids: list[torch.Tensor]  # (P_b,) each
     slot_items: torch.Tensor  # rows of the item table
     continuations: list[list[list[int]]]  # title and EOS per candidate
+    # rows of the item table of every case's candidates (row-major): each candidate's answer
+    # is then read after its own vector (candidate_tree's prefixes); None: titles alone
+    candidate_slots: torch.Tensor | None = None
 
 
 class HybridLM(nn.Module):
@@ -199,12 +202,21 @@ class HybridLM(nn.Module):
                 e = inject(e[None], ids[None], self.placeholder_id, vectors[used:used + n])[0]
                 used += n
             prompts.append(e)
-        tree = build_tree(prompts, batch.continuations, embed)
+        prefixes = None
+        if hybrid and batch.candidate_slots is not None:
+            k = len(batch.continuations[0])
+            prefixes = as_token_embeddings(
+                embed, self.projector(self.item_table[batch.candidate_slots])).view(
+                len(prompts), k, -1)
+        tree = build_tree(prompts, batch.continuations, embed, prefixes)
         hidden = base.get_decoder()(**tree.forward_kwargs(), use_cache=False).last_hidden_state
         weight = base.get_output_embeddings().weight
-        last = hidden[torch.arange(len(prompts)), (tree.lengths - 1).to(hidden.device)]
         k = tree.first_targets.shape[1]
-        first = chunked_token_logprobs(last.repeat_interleave(k, 0), weight,
-                                       tree.first_targets.reshape(-1)).view(-1, k)
+        if tree.prefixed:  # the prompt's last column predicts nothing scored
+            first = hidden.new_zeros(len(prompts), k, dtype=torch.float32)
+        else:
+            last = hidden[torch.arange(len(prompts)), (tree.lengths - 1).to(hidden.device)]
+            first = chunked_token_logprobs(last.repeat_interleave(k, 0), weight,
+                                           tree.first_targets.reshape(-1)).view(-1, k)
         rest = chunked_token_logprobs(hidden[tree.rows, tree.cols], weight, tree.targets)
         return summed_logprobs(tree, first, rest)

@@ -27,9 +27,11 @@ class RankBatch:
 
 def rank_batch(cases: list[Case], titles: dict[int, str], tokenizer, placeholder_id: int,
                local: dict[int, int], hybrid: bool, listing: bool, device,
-               answers: dict[int, list[int]] | None = None) -> RankBatch:
+               answers: dict[int, list[int]] | None = None,
+               candidate_vectors: bool = False) -> RankBatch:
     """The cases' prompts (LLaRA's, ``listing`` the candidates or not) and candidate answers.
-    ``answers``: a cache of answer token ids by item."""
+    ``answers``: a cache of answer token ids by item. ``candidate_vectors``: each answer is
+    read after its candidate's injected vector (cprec_core.models.hybrid.CandidateInputs)."""
     answers = {} if answers is None else answers
     prompt_ids, slots, conts = [], [], []
     for case in cases:
@@ -40,8 +42,12 @@ def rank_batch(cases: list[Case], titles: dict[int, str], tokenizer, placeholder
             if c not in answers:
                 answers[c] = encode_answer(titles[c], tokenizer)
         conts.append([answers[c] for c in case.candidates])
+    candidate_slots = (torch.tensor([local[c] for case in cases for c in case.candidates],
+                                    dtype=torch.long, device=device)
+                       if candidate_vectors else None)
     return RankBatch(
-        CandidateInputs(prompt_ids, torch.tensor(slots, dtype=torch.long, device=device), conts),
+        CandidateInputs(prompt_ids, torch.tensor(slots, dtype=torch.long, device=device), conts,
+                        candidate_slots),
         torch.tensor([case.candidates.index(case.target) for case in cases], device=device),
         torch.tensor([[len(c) for c in cs] for cs in conts], dtype=torch.float32, device=device))
 

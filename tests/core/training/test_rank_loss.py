@@ -37,8 +37,10 @@ def hybrid_model(listing: bool):
     return HybridLM(model, Projector(8, base.config.hidden_size), table, ph), tok, ph
 
 
-def reference_scores(lm: HybridLM, tok, ph, listing: bool) -> torch.Tensor:
-    """A separate full forward (plain causal attention) per case and candidate."""
+def reference_scores(lm: HybridLM, tok, ph, listing: bool,
+                     candidate_vectors: bool = False) -> torch.Tensor:
+    """A separate full forward (plain causal attention) per case and candidate; with
+    ``candidate_vectors`` the candidate's injected vector sits between prompt and answer."""
     base = lm.model.get_base_model()
     rows = []
     for case in CASES:
@@ -49,8 +51,13 @@ def reference_scores(lm: HybridLM, tok, ph, listing: bool) -> torch.Tensor:
             x = torch.tensor([ids + answer])
             embeds = hybrid_embeds(base, lm.projector, lm.item_table, x, torch.tensor(slots),
                                    ph, hybrid=True)
+            start = len(ids) - 1  # the column that predicts the answer's first token
+            if candidate_vectors:
+                vector = lm.projector(lm.item_table[torch.tensor([c])])[None]
+                embeds = torch.cat([embeds[:, :len(ids)], vector, embeds[:, len(ids):]], 1)
+                start = len(ids)
             logits = base(inputs_embeds=embeds, use_cache=False).logits[0].float()
-            lp = torch.log_softmax(logits[len(ids) - 1:-1], -1)
+            lp = torch.log_softmax(logits[start:-1], -1)
             scores.append(lp.gather(1, torch.tensor(answer)[:, None]).sum())
         rows.append(torch.stack(scores))
     return torch.stack(rows)
@@ -62,16 +69,18 @@ def grads(lm: HybridLM) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("listing", [True, False])
-def test_tree_loss_and_gradients_equal_separate_forwards(listing):
+@pytest.mark.parametrize("listing,candidate_vectors", [(True, False), (False, False),
+                                                       (False, True)])
+def test_tree_loss_and_gradients_equal_separate_forwards(listing, candidate_vectors):
     lm, tok, ph = hybrid_model(listing)
-    batch = rank_batch(CASES, TITLES, tok, ph, {i: i for i in ITEMS}, True, listing, "cpu")
+    batch = rank_batch(CASES, TITLES, tok, ph, {i: i for i in ITEMS}, True, listing, "cpu",
+                       candidate_vectors=candidate_vectors)
     assert batch.answer_tokens.shape == (2, 20)
     tree = lm(candidates=batch.inputs, hybrid=True)
     loss = candidate_loss(tree, batch, ntp_weight=0.5)
     loss.total.backward()
     tree_grads = grads(lm)
-    reference = reference_scores(lm, tok, ph, listing)
+    reference = reference_scores(lm, tok, ph, listing, candidate_vectors)
     expected = candidate_loss(reference, batch, ntp_weight=0.5)
     expected.total.backward()
     reference_grads = grads(lm)
