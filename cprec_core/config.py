@@ -398,6 +398,9 @@ class RankConfig:
     max_samples: int = 0  # per domain and epoch; 0 = every sliding window
     ntp_weight: float = 0.5
     listing: bool = True
+    # each candidate's answer is read after its own injected vector (the model can compare
+    # a candidate's vector with the history's); off: the titles alone, as before
+    candidate_vectors: bool = True
     select_every: int = 0
 
     def __post_init__(self) -> None:
@@ -445,6 +448,11 @@ class SFTConfig:
         """Whether system ``name``'s hybrid prompt lists the candidates: always for the paper
         recipes (LLaRA's prompt), ``rank.listing`` for the candidate-aware systems."""
         return self.rank.listing if system(name).ranks_candidates else True
+
+    def candidate_vectors_for(self, name: str) -> bool:
+        """Whether system ``name`` reads each candidate's answer after its vector: the
+        candidate-aware systems with ``rank.candidate_vectors``; never the paper recipes."""
+        return self.rank.candidate_vectors and system(name).ranks_candidates
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:

@@ -32,8 +32,8 @@ from cprec_core.config import CorpusConfig, Profile
 from cprec_core.evaluation.allocator import keep_freed_heap
 from cprec_core.layout import TrainedAdapter
 from cprec_core.models.candidate_tree import TREE_ATTENTION, build_tree, sliding_window_of
-from cprec_core.models.hybrid import (Projector, add_placeholder_token, collab_inputs,
-                                      hybrid_embeds)
+from cprec_core.models.hybrid import (Projector, add_placeholder_token, as_token_embeddings,
+                                      collab_inputs, hybrid_embeds)
 from cprec_core.models.loader import load_base_model, resolve_device, resolve_dtype
 from cprec_core.prompts import (Case, answer_text, bos_prefix, parse_answer, prompt_text,
                                 render_llara)
@@ -134,6 +134,7 @@ class LLMScorer:
     decode_rows: int = 64  # pending answers of several batches decoded together (evaluate)
     drop_finished: bool = True  # finished rows leave the decoding batch (_greedy)
     listing: bool = True  # the hybrid prompt lists the candidates (render_llara)
+    candidate_vectors: bool = False  # each answer read after its candidate's vector
     # item -> item whose vector is injected instead (the shuffled-embedding ablation)
     shuffled: dict[int, int] | None = None
 
@@ -190,7 +191,8 @@ class LLMScorer:
         listing = profile.sft.listing_for(name)
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
-                   profile.corpus, torch.device(device), listing=listing, shuffled=shuffled)
+                   profile.corpus, torch.device(device), listing=listing, shuffled=shuffled,
+                   candidate_vectors=profile.sft.candidate_vectors_for(name))
 
     @property
     def hybrid(self) -> bool:
@@ -213,6 +215,18 @@ class LLMScorer:
         embeds = hybrid_embeds(self.model, self.projector, self.item_table, ids, slot_items,
                                self.placeholder_id, hybrid=self.hybrid)
         return ids, embeds
+
+    def candidate_prefixes(self, samples: list[Case]) -> torch.Tensor | None:
+        """(B, K, d) each candidate's injected vector, read before its answer (the shuffled
+        ablation's item where it applies), or None for a system without them."""
+        if not (self.candidate_vectors and self.hybrid):
+            return None
+        items = [c if self.shuffled is None else self.shuffled[c]
+                 for s in samples for c in s.candidates]
+        rows = torch.tensor([self.local[i] for i in items], dtype=torch.long, device=self.device)
+        embedding = self.model.get_input_embeddings()
+        vectors = as_token_embeddings(embedding, self.projector(self.item_table[rows]))
+        return vectors.to(embedding.weight.dtype).view(len(samples), len(samples[0].candidates), -1)
 
     def continuations(self, sample: Case, titles: dict[int, str]) -> list[list[int]]:
         eos = self.tokenizer.eos_token_id
@@ -267,25 +281,28 @@ class LLMScorer:
             raise ValueError(f"cases scored together need the same number of candidates ({counts});"
                              " check candidate_sets")
         with self._autocast():
-            tree = build_tree(prompts, conts, self.model.get_input_embeddings())
+            tree = build_tree(prompts, conts, self.model.get_input_embeddings(),
+                              self.candidate_prefixes(samples))
             out = self.model.get_decoder()(**tree.forward_kwargs(), use_cache=generate,
                                            **self._cache_kwargs(generate))
-        w, lengths, inputs = tree.width, tree.lengths, [[c[:-1] for c in cs] for cs in conts]
+        w, lengths = tree.width, tree.lengths
         hidden = out.last_hidden_state
         first_lp, first_top = self._head(hidden[torch.arange(len(samples)), lengths - 1],
                                          tree.first_targets, argmax=generate)
         rest_lp, rest_top = self._head(hidden[tree.rows, tree.cols], tree.targets[:, None],
                                        generate)
         first_lp, rest_lp = first_lp.cpu().numpy(), rest_lp[:, 0].cpu().numpy()
+        if tree.prefixed:  # every answer token is scored inside its branch
+            first_lp = np.zeros_like(first_lp)
         results, tops, row = [], [], 0
         rest_top = rest_top.tolist() if generate else None
-        for b, ts in enumerate(inputs):
+        for b, sizes in enumerate(tree.sizes):
             summed, top = first_lp[b].astype(float), []
-            for k, t in enumerate(ts):
-                summed[k] += rest_lp[row:row + len(t)].sum()
+            for k, n in enumerate(sizes):
+                summed[k] += rest_lp[row:row + n].sum()
                 if generate:
-                    top.append(rest_top[row:row + len(t)])
-                row += len(t)
+                    top.append(rest_top[row:row + n])
+                row += n
             tops.append(top)
             results.append(CaseResult(summed, summed / np.asarray([len(c) for c in conts[b]],
                                                                   float)))
@@ -319,7 +336,10 @@ class LLMScorer:
         (``greedy_walk``); the rest of the rows, with their prompt columns of the cache, as
         a job for ``_decode``."""
         eos = self.tokenizer.eos_token_id
-        tokens = [greedy_walk(f, cs, ts, eos, self._ends_line, max_new_tokens)
+        # with candidate vectors a branch reads its vector first: its outputs are not the
+        # greedy answer of the prompt alone, so every answer is decoded from the prompt
+        tokens = [None if self.candidate_vectors and self.hybrid else
+                  greedy_walk(f, cs, ts, eos, self._ends_line, max_new_tokens)
                   for f, cs, ts in zip(first, conts, tops)]
         pending = [b for b, t in enumerate(tokens) if t is None]
         self.answers_read_off += len(tokens) - len(pending)

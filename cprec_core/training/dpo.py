@@ -122,6 +122,7 @@ class DPOTrainer:
         self.source_run = profile.layout.sft_run(self.source, domain, self.seed)
         self.reporter = reporter or Reporter()
         self.listing = profile.sft.listing_for(self.source)  # the prompt the SFT system reads
+        self.candidate_vectors = profile.sft.candidate_vectors_for(self.source)
         self.label = f"{system}[{domain}]"
         self.sharded = None  # DPO runs under DDP only (check_launch)
         self.answers: dict[int, list[int]] = {}  # answer token ids by item
@@ -216,7 +217,7 @@ class DPOTrainer:
     def pair_inputs(self, windows: list[Window]) -> CandidateInputs:
         """Each window's prompt (the SFT system's, listing its candidates where that system's
         does) and, as its continuations, the chosen answer and the rejected ones."""
-        prompt_ids, slots, conts = [], [], []
+        prompt_ids, slots, conts, answer_slots = [], [], [], []
         titles, local = self.inputs.titles, self.inputs.local
         for w in windows:
             ids, items = encode_prompt(w.case, titles, self.tokenizer, self.placeholder_id,
@@ -228,9 +229,13 @@ class DPOTrainer:
                 if item not in self.answers:
                     self.answers[item] = encode_answer(titles[item], self.tokenizer)
                 answers.append(self.answers[item])
+                answer_slots.append(local[item])
             conts.append(answers)
+        candidate_slots = (torch.tensor(answer_slots, dtype=torch.long, device=self.device)
+                           if self.candidate_vectors else None)  # as the SFT system reads them
         return CandidateInputs(prompt_ids, torch.tensor(slots, dtype=torch.long,
-                                                        device=self.device), conts)
+                                                        device=self.device), conts,
+                               candidate_slots)
 
     def policy_scores(self, inputs: CandidateInputs) -> torch.Tensor:
         """(W, 1 + rejected) summed answer log-likelihoods under the policy."""

@@ -5,7 +5,8 @@ forward, and writing the adapter with its projector.
 
 The helpers that take ``trainer`` read these attributes of it: ``accelerator``, ``model``
 (the prepared ``HybridLM``), ``peft_model``, ``projector``, ``sharded`` (under FSDP),
-``inputs`` (``DomainInputs``), ``tokenizer``, ``placeholder_id``, ``listing``, ``device``,
+``inputs`` (``DomainInputs``), ``tokenizer``, ``placeholder_id``, ``listing``,
+``candidate_vectors``, ``device``,
 ``dtype``, ``answers`` (answer token ids by item), ``reporter`` and ``label``.
 """
 
@@ -121,7 +122,7 @@ def candidate_batch(trainer, cases: list[Case], hybrid: bool):
     """The tree-forward batch of ``cases`` (cprec_core.training.rank_loss.rank_batch)."""
     return rank_batch(cases, trainer.inputs.titles, trainer.tokenizer, trainer.placeholder_id,
                       trainer.inputs.local, hybrid, trainer.listing, trainer.device,
-                      trainer.answers)
+                      trainer.answers, trainer.candidate_vectors)
 
 
 @torch.no_grad()

@@ -95,6 +95,7 @@ class SFTTrainer:
         self.reporter = reporter or Reporter()
         self.objective = objective_for(system, self.cfg)
         self.listing = self.cfg.listing_for(system)
+        self.candidate_vectors = self.cfg.candidate_vectors_for(system)
         self.label = f"{system}[{domain}]"
         self.sharded = None  # under FSDP: the checkpointing.ShardedModel of the prepared model
         self.answers: dict[int, list[int]] = {}  # answer token ids by item (tree forwards)

@@ -240,3 +240,33 @@ def test_prompt_without_listing_has_slots_for_the_history_only():
     ids, _ = s.prompt(sample, TITLES)
     assert int((ids == s.placeholder_id).sum()) == len(sample.history)
     assert len(s.score([sample], TITLES)[0].summed) == len(sample.candidates)
+
+
+def test_candidate_vectors_precede_each_answer_and_answers_are_decoded():
+    """With candidate vectors each candidate's likelihood is read after its own projected
+    vector (a full forward with the vector between prompt and answer gives the same), and a
+    greedy answer, which the prompt alone decides, is decoded rather than read off."""
+    s, sample = scorer()
+    s.candidate_vectors = True
+    cases = two_cases(sample)
+    results = s.score(cases, TITLES, generate=True, max_new_tokens=8)
+    for case, result in zip(cases, results):
+        prompt, slots = render_llara(case, TITLES, hybrid=True)
+        prompt_ids = s.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        base = s.model.get_base_model()
+        for k, c in enumerate(case.candidates):
+            cont = (s.tokenizer(" " + TITLES[c], add_special_tokens=False)["input_ids"]
+                    + [s.tokenizer.eos_token_id])
+            ids = torch.tensor([prompt_ids + cont])
+            with torch.no_grad():
+                embeds = hybrid_embeds(base, s.projector, s.item_table, ids, torch.tensor(slots),
+                                       s.placeholder_id, hybrid=True)
+                vector = s.projector(s.item_table[torch.tensor([c])])[None]
+                embeds = torch.cat([embeds[:, :len(prompt_ids)], vector,
+                                    embeds[:, len(prompt_ids):]], 1)
+                logits = s.model(inputs_embeds=embeds, use_cache=False).logits[0].float()
+            lp = torch.log_softmax(logits[len(prompt_ids):-1], -1)
+            expected = lp.gather(1, torch.tensor(cont)[:, None]).sum().item()
+            assert abs(result.summed[k] - expected) < 1e-3, (k, result.summed[k], expected)
+    assert (s.answers_read_off, s.answers_decoded) == (0, 2)
+    assert [r.answer for r in results] == [greedy_reference(s, c, 8) for c in cases]

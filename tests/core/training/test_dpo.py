@@ -54,9 +54,11 @@ def test_dpo_starts_at_the_reference_and_resumes_to_the_same_adapter(dpo_profile
     assert ensure_pairs(profile, "crime", "cprec_dpo", 0, lines) == info  # reused
     assert "stored pairs reused" in lines.lines[-1]
 
-    # the policy starts exactly where the stored reference scores were taken
+    # the policy starts exactly where the stored reference scores were taken (the scorer's
+    # tree and the trainer's, both reading each answer after its candidate's vector)
     trainer = DPOTrainer(profile, "crime", "cprec_dpo", Lines(), 0)
     trainer.setup()
+    assert trainer.pair_inputs(trainer.windows[:1]).candidate_slots is not None
     trainer.model.eval()
     with torch.no_grad():
         scores = trainer.policy_scores(trainer.pair_inputs(trainer.windows))
