@@ -451,8 +451,11 @@ class SFTConfig:
 
     def candidate_vectors_for(self, name: str) -> bool:
         """Whether system ``name`` reads each candidate's answer after its vector: the
-        candidate-aware systems with ``rank.candidate_vectors``; never the paper recipes."""
-        return self.rank.candidate_vectors and system(name).ranks_candidates
+        candidate-aware systems (and the DPO systems trained from one) with
+        ``rank.candidate_vectors``; never the paper recipes."""
+        entry = system(name)
+        source = system(entry.sft_init) if entry.sft_init else entry
+        return self.rank.candidate_vectors and source.ranks_candidates
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:

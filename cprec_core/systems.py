@@ -179,7 +179,23 @@ PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "lla
                 ("sasrec_text_cpt_target", "sasrec_text_cpt"),
                 ("sasrec_text_cpt_target", "sasrec"), ("sasrec_text_base", "sasrec"),
                 ("gru4rec_text_cpt", "gru4rec"), ("gru4rec_text_cpt", "gru4rec_text_base"))
-SHUFFLED_SUFFIX = " (shuffled emb)"  # a hybrid system scored with candidates' vectors shuffled
+SHUFFLED_SUFFIX = " (shuffled emb)"  # a hybrid system scored with every vector shuffled
+# which injected vectors an ablation run replaces by another item's, and its row's suffix:
+# every one, or (systems that read candidate vectors) the history's or the candidates'
+SHUFFLES = {"all": SHUFFLED_SUFFIX, "history": " (shuffled history emb)",
+            "candidates": " (shuffled candidate emb)"}
+
+
+def unshuffled(name: str) -> str:
+    """The system an ablation row belongs to (``name`` itself when it is none)."""
+    for suffix in SHUFFLES.values():
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def is_shuffled(name: str) -> bool:
+    return unshuffled(name) != name
 
 
 def system(name: str) -> System:
@@ -212,7 +228,7 @@ def lora_init(name: str) -> str:
 def leaderboard_rank(name: str) -> int:
     """Registry order; an ablation row right after its system."""
     names = [s.name for s in SYSTEMS]
-    base = name.removesuffix(SHUFFLED_SUFFIX)
+    base = unshuffled(name)
     return 2 * (names.index(base) if base in names else len(names)) + (base != name)
 
 

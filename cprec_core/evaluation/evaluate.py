@@ -54,7 +54,7 @@ from cprec_core.metrics import one_se_choice, ranking_report, ranks_from_scores,
 from cprec_core.progress import Log, Progress, Throttled, duration
 from cprec_core.provenance import git_revision, processor
 from cprec_core.reporting import md_table, query_table
-from cprec_core.systems import (DPO_SYSTEMS, SHUFFLED_SUFFIX, ZERO_SHOT_SYSTEM_NAMES,
+from cprec_core.systems import (DPO_SYSTEMS, SHUFFLES, ZERO_SHOT_SYSTEM_NAMES, unshuffled,
                                 system as registered)
 from cprec_core.training.next_item import load_next_item_model, trained_next_item_models
 
@@ -291,23 +291,30 @@ def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]
     return systems
 
 
-def planned_runs(profile: Profile, slug: str, log=print) -> list[tuple[str, int, bool]]:
-    """(system, seed, shuffled) of every LLM scoring run on the test split: each trained
-    system, and with ``shuffled_ablation`` each hybrid system's first seed shuffled."""
+def planned_runs(profile: Profile, slug: str, log=print) -> list[tuple[str, int, str | None]]:
+    """(system, seed, shuffle) of every LLM scoring run on the test split: each trained
+    system (shuffle None), and with ``shuffled_ablation`` each hybrid system's first seed
+    with its injected vectors shuffled (systems.SHUFFLES): every one, or, for a system that
+    reads candidate vectors, two runs, the history's shuffled and the candidates'."""
     systems = llm_systems(profile, slug, log)
-    runs = [(name, seed, False) for name, seed in systems]
+    runs: list[tuple[str, int, str | None]] = [(name, seed, None) for name, seed in systems]
     if profile.evaluation.shuffled_ablation:
         firsts = dict.fromkeys(name for name, _ in systems
                                if registered(name).kind in ("sft", "dpo"))
-        runs += [(name, next(s for n, s in systems if n == name), True) for name in firsts]
+        for name in firsts:
+            seed = next(s for n, s in systems if n == name)
+            parts = (("history", "candidates") if profile.sft.candidate_vectors_for(name)
+                     else ("all",))
+            runs += [(name, seed, part) for part in parts]
     return runs
 
 
 def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Cases,
-                log=print, runs: list[tuple[str, int, bool]] | None = None,
+                log=print, runs: list[tuple[str, int, str | None]] | None = None,
                 every_s: float | None = None) -> dict[tuple[str, int], LLMRun]:
     """{(system, seed): LLMRun} for every run of ``runs`` (default ``planned_runs``), each
-    timed (load and scoring apart). A shuffled run's key is ``<system> (shuffled emb)``; it,
+    timed (load and scoring apart). A shuffled run's key is the system's name with its
+    suffix (``<system> (shuffled emb)``, systems.SHUFFLES); it,
     and a system whose prompt does not list the candidates, is scored by likelihood only.
 
     Each run logs its loading, then its cases scored (time per case, time left: the cases
@@ -324,12 +331,13 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
     runs = planned_runs(profile, slug, log) if runs is None else runs
     for n, (name, seed, shuffled) in enumerate(runs, 1):
         torch.manual_seed(0)
-        system = name + SHUFFLED_SUFFIX if shuffled else name
+        system = name + SHUFFLES[shuffled] if shuffled else name
         label = f"{slug} {cases.split}: {system} seed {seed}"
         log(f"{label}: loading (LLM run {n}/{len(runs)})")
         loading = time.perf_counter()
         scorer = LLMScorer.load(profile, slug, name, seed,
-                                shuffle_seed=cfg.seed if shuffled else None)
+                                shuffle_seed=cfg.seed if shuffled else None,
+                                shuffle=shuffled or "all")
         # a greedy answer can name a candidate only when the prompt lists them
         generation = cfg.generation and not shuffled and scorer.listing
         started = time.perf_counter()
@@ -552,7 +560,7 @@ def llm_run_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, n
                  system: str, seed: int, run: LLMRun) -> Rows:
     """A test run's rows: its cost, the scoring family validation chose (SFT and DPO systems),
     its rankings by summed and by mean likelihood, and its greedy answers where it made any."""
-    trained = system.removesuffix(SHUFFLED_SUFFIX)
+    trained = unshuffled(system)
     choices = []
     if registered(trained).kind in ("sft", "dpo"):
         family, why = chosen_scoring(profile, slug, trained, seed)
@@ -617,7 +625,7 @@ def owned_systems(scope: Scope, rows: Rows, partner: tuple[str, int] | None) -> 
     if scope.systems is None:
         return None
     owned = rows.systems() | {name + suffix for name in scope.systems
-                              for suffix in ("", SHUFFLED_SUFFIX)}
+                              for suffix in ("", *SHUFFLES.values())}
     if scope.fusion and partner:
         owned.add(FUSED)
     return owned

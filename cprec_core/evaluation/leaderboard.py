@@ -30,7 +30,8 @@ import numpy as np
 from scipy.stats import binomtest
 
 from cprec_core.data.db import atomic
-from cprec_core.systems import (PAIRED_TESTS, SHUFFLED_SUFFIX, TEXT_SYSTEM_NAMES, is_cprec,
+from cprec_core.systems import (PAIRED_TESTS, TEXT_SYSTEM_NAMES, is_cprec, is_shuffled,
+                                unshuffled,
                                 leaderboard_rank, system as registered)
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
@@ -144,8 +145,8 @@ def test_pairs(con, domain: str, systems) -> list[tuple[str, str]]:
                                  AND system = 'fused' AND choice = 'classic'""", [domain]).fetchone()[0]
         if partner:
             pairs.append(("fused", partner))
-    pairs += [(s.removesuffix(SHUFFLED_SUFFIX), s) for s in sorted(systems, key=leaderboard_rank)
-              if s.endswith(SHUFFLED_SUFFIX)]
+    pairs += [(unshuffled(s), s) for s in sorted(systems, key=leaderboard_rank)
+              if is_shuffled(s)]
     return [(a, b) for a, b in pairs if a in systems and b in systems]
 
 
@@ -216,7 +217,7 @@ def leaderboard_markdown(con: duckdb.DuckDBPyConnection) -> str:
                               FROM leaderboard WHERE domain = ?""", [domain]).fetchall()
         rows.sort(key=lambda r: leaderboard_rank(r[0]))
         rows = [(r[0], *r[2:], r[1]) for r in rows]  # the family last
-        best = max((r for r in rows if not is_cprec(r[0]) and not r[0].endswith(SHUFFLED_SUFFIX)),
+        best = max((r for r in rows if not is_cprec(r[0]) and not is_shuffled(r[0])),
                    key=lambda r: r[3], default=None)
         out.append(f"### {domain} (test cases: {rows[0][2]})\n")
         out.append("| system | ranked by | seeds | HR@1 ranking | 95 % CI | NDCG@5 | ValidRatio |"

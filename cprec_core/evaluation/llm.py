@@ -135,8 +135,10 @@ class LLMScorer:
     drop_finished: bool = True  # finished rows leave the decoding batch (_greedy)
     listing: bool = True  # the hybrid prompt lists the candidates (render_llara)
     candidate_vectors: bool = False  # each answer read after its candidate's vector
-    # item -> item whose vector is injected instead (the shuffled-embedding ablation)
+    # item -> item whose vector is injected instead (the shuffled-embedding ablation), in
+    # the history ("history"), before the candidates' answers ("candidates") or both ("all")
     shuffled: dict[int, int] | None = None
+    shuffle: str = "all"
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -148,8 +150,8 @@ class LLMScorer:
 
     @classmethod
     def load(cls, profile: Profile, slug: str, name: str, seed: int = 0,
-             shuffle_seed: int | None = None, run: TrainedAdapter | None = None
-             ) -> "LLMScorer":
+             shuffle_seed: int | None = None, run: TrainedAdapter | None = None,
+             shuffle: str = "all") -> "LLMScorer":
         """A registered LLM system (cprec_core.systems): an SFT adapter with its projector
         (hybrid prompt), or a zero-shot model (text prompt), LoRA merged. With
         ``shuffle_seed``, every injected vector is another item's, by a seeded permutation of
@@ -192,7 +194,7 @@ class LLMScorer:
         return cls(model, tokenizer, projector.eval(), table,
                    {item: j + 1 for j, item in enumerate(index)}, placeholder_id, dtype,
                    profile.corpus, torch.device(device), listing=listing, shuffled=shuffled,
-                   candidate_vectors=profile.sft.candidate_vectors_for(name))
+                   shuffle=shuffle, candidate_vectors=profile.sft.candidate_vectors_for(name))
 
     @property
     def hybrid(self) -> bool:
@@ -208,7 +210,7 @@ class LLMScorer:
         ids = torch.tensor([bos_prefix(self.tokenizer)
                             + self.tokenizer(text, add_special_tokens=False)["input_ids"]],
                            device=self.device)
-        if self.shuffled is not None:
+        if self.shuffled is not None and self.shuffle in ("all", "history"):
             slots = [self.shuffled[i] for i in slots]
         slot_items = torch.tensor([self.local[i] for i in slots], dtype=torch.long,
                                   device=self.device)
@@ -221,8 +223,8 @@ class LLMScorer:
         ablation's item where it applies), or None for a system without them."""
         if not (self.candidate_vectors and self.hybrid):
             return None
-        items = [c if self.shuffled is None else self.shuffled[c]
-                 for s in samples for c in s.candidates]
+        moved = self.shuffled is not None and self.shuffle in ("all", "candidates")
+        items = [self.shuffled[c] if moved else c for s in samples for c in s.candidates]
         rows = torch.tensor([self.local[i] for i in items], dtype=torch.long, device=self.device)
         embedding = self.model.get_input_embeddings()
         vectors = as_token_embeddings(embedding, self.projector(self.item_table[rows]))

@@ -87,3 +87,12 @@ def test_profiles_name_only_registered_systems():
         load_profile("demo", {"cpt": {"variants": ["wsd"]}})
     study = load_profile("study")
     assert study.sft.seeds_for("cprec") == (0, 1, 2) and study.sft.seeds_for("cprec_ds_only") == (0,)
+
+
+def test_every_shuffled_row_belongs_to_its_system_and_follows_it():
+    from cprec_core.systems import SHUFFLES, is_shuffled, leaderboard_rank, unshuffled
+
+    for suffix in SHUFFLES.values():
+        assert unshuffled("cprec_rank" + suffix) == "cprec_rank" and is_shuffled("cprec_rank" + suffix)
+        assert leaderboard_rank("cprec_rank" + suffix) == leaderboard_rank("cprec_rank") + 1
+    assert unshuffled("cprec_rank") == "cprec_rank" and not is_shuffled("sasrec")

@@ -200,7 +200,7 @@ def test_generation_only_where_the_prompt_lists_the_candidates(tmp_path, monkeyp
             asked[(self.name, self.shuffled)] = generate
             return []
 
-    def load(cls, profile, slug, name, seed, shuffle_seed=None):
+    def load(cls, profile, slug, name, seed, shuffle_seed=None, shuffle="all"):
         return Scorer(name, shuffled=shuffle_seed is not None)
 
     monkeypatch.setattr(LLMScorer, "load", classmethod(load))
@@ -213,7 +213,7 @@ def test_generation_only_where_the_prompt_lists_the_candidates(tmp_path, monkeyp
 
     assert profile.evaluation.generation
     out = evaluate_module.llm_results({}, profile, "crime", NoCases(), runs=[
-        ("cprec", 0, False), ("cprec", 0, True), ("cprec_rank", 0, False)])
+        ("cprec", 0, None), ("cprec", 0, "all"), ("cprec_rank", 0, None)])
     assert asked == {("cprec", False): True, ("cprec", True): False, ("cprec_rank", False): False}
     assert out[("cprec_rank", 0)].answers_read_off is None  # no generation rows follow
 
@@ -449,7 +449,7 @@ def test_llm_scoring_reports_cases_done_and_time_left(tmp_path, monkeypatch):
         def prompt_cases(self, history):
             return [object()] * 5
 
-    runs = [("llara", 0, False), ("llara", 0, True)]
+    runs = [("llara", 0, None), ("llara", 0, "all")]
     lines = []
     evaluate_module.llm_results({}, profile, "crime", FiveCases(), lines.append, runs, every_s=0)
     first = [x for x in lines if x.startswith("crime test: llara seed 0: ")]

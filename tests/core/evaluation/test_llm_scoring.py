@@ -270,3 +270,18 @@ def test_candidate_vectors_precede_each_answer_and_answers_are_decoded():
             assert abs(result.summed[k] - expected) < 1e-3, (k, result.summed[k], expected)
     assert (s.answers_read_off, s.answers_decoded) == (0, 2)
     assert [r.answer for r in results] == [greedy_reference(s, c, 8) for c in cases]
+
+
+def test_the_two_shuffled_ablations_move_only_their_own_vectors():
+    """``shuffle="history"`` replaces the history's vectors only, ``"candidates"`` the
+    vectors before the answers only: the two ablation rows of a candidate-vector system."""
+    s, sample = scorer()
+    s.candidate_vectors = True
+    plain_prompt, plain_prefixes = s.prompt(sample, TITLES)[1], s.candidate_prefixes([sample])
+    s.shuffled = {i: ITEMS[(k + 1) % len(ITEMS)] for k, i in enumerate(ITEMS)}
+    s.shuffle = "history"
+    assert not torch.equal(s.prompt(sample, TITLES)[1], plain_prompt)
+    assert torch.equal(s.candidate_prefixes([sample]), plain_prefixes)
+    s.shuffle = "candidates"
+    assert torch.equal(s.prompt(sample, TITLES)[1], plain_prompt)
+    assert not torch.equal(s.candidate_prefixes([sample]), plain_prefixes)
