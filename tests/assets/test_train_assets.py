@@ -137,16 +137,20 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert pairs["summary"].value["pairs"] > 0 and "| window | chosen |" in pairs["sample"].value
     assert dpo["sft_adapter"].value.endswith("sft/cprec_rank/crime/seed-0/adapter")
     assert "| step | lr | loss | margin | accuracy | pairs |" in dpo["train_log"].value
-    for system in ("llara", "cprec", "cprec_rank", "cprec_dpo"):
-        assert f"| {system} (shuffled emb) | likelihood (sum) |" in results, system
-        assert f"| {system} (shuffled emb) | generation |" not in results
+    # (systems reading candidate vectors: the history's and the candidates' shuffled apart)
+    for system, suffixes in (("llara", ["shuffled emb"]), ("cprec", ["shuffled emb"]),
+                             ("cprec_rank", ["shuffled history emb", "shuffled candidate emb"]),
+                             ("cprec_dpo", ["shuffled history emb", "shuffled candidate emb"])):
+        for suffix in suffixes:
+            assert f"| {system} ({suffix}) | likelihood (sum) |" in results, (system, suffix)
+            assert f"| {system} ({suffix}) | generation |" not in results
     assert "| fused | ranking |" in results
     chosen = scored_meta["chosen_on_validation"].value
     assert "| fused | 0 | lambda |" in chosen and "| cprec_rank | 0 | scoring |" in chosen
     # the candidate-aware adapter's diagnostics and validation curve in the UI
     assert "| before |" in rank["injected_vectors"].value and "| after |" in rank[
         "injected_vectors"].value
-    assert "| step | hr@1 (sum) |" in rank["validation"].value
+    assert "| step | cases | hr@1 (sum) | hr@1 (mean) | mrr (sum) |" in rank["validation"].value
     assert rank["scoring"].value in ("sum", "mean")
     checks_run = {e.check_name: e for e in scored.get_asset_check_evaluations()}
     assert checks_run["every_system_saw_the_stored_candidate_sets"].passed
@@ -156,8 +160,9 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
     assert "| Crime | cprec_rank vs cprec | ranking |" in board_meta["leaderboard"].value
     assert re.search(r"\| Crime \| fused vs (sasrec|gru4rec) \| ranking \|",
                      board_meta["leaderboard"].value)
-    assert "| Crime | cprec_rank vs cprec_rank (shuffled emb) | ranking |" in board_meta[
-        "leaderboard"].value
+    for suffix in ("shuffled history emb", "shuffled candidate emb"):
+        assert f"| Crime | cprec_rank vs cprec_rank ({suffix}) | ranking |" in board_meta[
+            "leaderboard"].value
     assert board_meta["chart"].value.startswith("![leaderboard](data:image/png;base64,")
     # `make results` renders the same leaderboard into a markdown file with its provenance
     from cprec_core.evaluation.results import main as write_results
