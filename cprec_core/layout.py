@@ -128,7 +128,11 @@ class TrainedAdapter:
         return self.adapter_weights.is_file()
 
     def read_manifest(self) -> RunManifest:
-        return RunManifest.from_json(self.manifest.read_text())
+        """The run's manifest; a damaged one is an error naming the file."""
+        try:
+            return RunManifest.from_json(self.manifest.read_text())
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise LayoutError(f"{self.manifest}: not a run manifest ({exc})") from exc
 
     def write_manifest(self, manifest: RunManifest) -> None:
         """Written beside and renamed over the old one: a reader finds one whole file."""

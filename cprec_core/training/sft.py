@@ -226,9 +226,11 @@ class SFTTrainer:
         """Forwards and backwards of one step: the prompt the curriculum draws (the hybrid
         one on every step where the objective has no curriculum), the objective's loss; the
         projector gets no update on a text-only step."""
-        p_hybrid = hybrid_probability(step, self.total_steps) if self.objective.curriculum else 1.0
-        hybrid = choose_hybrid(step, self.total_steps, self.curriculum) if self.objective.curriculum \
-            else True
+        if self.objective.curriculum:
+            p_hybrid = hybrid_probability(step, self.total_steps)
+            hybrid = choose_hybrid(step, self.total_steps, self.curriculum)
+        else:
+            p_hybrid, hybrid = 1.0, True
         fields = self.objective.step(self, step, hybrid)
         if not hybrid:  # the projector was not in the graph: no AdamW update either
             for p in self.projector.parameters():
