@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui serve bench results study study-dpo study-text study-text-scaling \
+.PHONY: install demo test test-ui ui serve bench results study study-residual study-dpo study-text study-text-scaling \
 	study-gpu clean-data
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -57,6 +57,10 @@ STUDY_PROFILE ?= study-rank
 study: install  ## the candidate-aware study (profile study-rank), then `make results`; STUDY_PROFILE=study RESULTS_OUT=docs/RESULTS-paper.md for the paper-recipe study of every CPT variant
 	CPREC_PROFILE=$(STUDY_PROFILE) $(PY) -m cprec_assets.demo
 	$(MAKE) results RESULTS_PROFILE=$(STUDY_PROFILE)
+
+study-residual: install  ## the residual ranker's rows (profile study-residual, sized for one session on 2 cores), writes docs/RESULTS-residual.md
+	CPREC_PROFILE=study-residual $(PY) -m cprec_assets.demo
+	$(MAKE) results RESULTS_PROFILE=study-residual RESULTS_OUT=docs/RESULTS-residual.md
 
 study-dpo: install  ## the DPO study (profile study-dpo, about 1 h 45 min on 2 cores), writes docs/RESULTS-dpo.md
 	CPREC_PROFILE=study-dpo $(PY) -m cprec_assets.demo

@@ -394,6 +394,9 @@ class RankConfig:
     lr: float = 5e-4
     projector_lr: float = 1e-3
     temperature_lr: float = 0.05  # the ranking softmax's log-temperature, learned from 0
+    # the residual systems' gate on the LLM's z-scored scores, learned from 0
+    # (cprec_core.training.residual)
+    residual_lr: float = 0.05
     epochs: int = 5
     max_samples: int = 0  # per domain and epoch; 0 = every sliding window
     ntp_weight: float = 0.5
@@ -404,8 +407,9 @@ class RankConfig:
     select_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.projector_lr <= 0:
-            raise ConfigError("sft.rank.lr and sft.rank.projector_lr must be positive")
+        if min(self.lr, self.projector_lr, self.temperature_lr, self.residual_lr) <= 0:
+            raise ConfigError("sft.rank: lr, projector_lr, temperature_lr and residual_lr must"
+                              " be positive")
         if self.epochs < 1 or self.max_samples < 0 or self.select_every < 0:
             raise ConfigError("sft.rank: epochs must be at least 1, max_samples and"
                               " select_every 0 or more")
@@ -694,7 +698,7 @@ _DEMO = {
     "cpt": {"max_tokens": 60_000, "checkpoint_every": 10},
     # SASRec reading the base model's and the CPT adapter's title embeddings
     "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt"]},
-    "sft": {"systems": ["llara", "cprec", "cprec_rank"], "max_samples": 48,
+    "sft": {"systems": ["llara", "cprec", "cprec_rank", "cprec_residual"], "max_samples": 48,
             "checkpoint_every": 3, "validation_cases": 32,
             "rank": {"epochs": 1, "max_samples": 48, "listing": False}},
     "dpo": {"systems": ["cprec_dpo"], "max_windows": 48, "checkpoint_every": 3},
@@ -763,7 +767,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cpt": {"variants": ["wsa", "shuffled_control"], "max_tokens": 30_000,
                 "checkpoint_every": 5},
         "sft": {"systems": ["llara", "cprec", "llara_rank", "cprec_rank",
-                            "cprec_shuffled_control_rank"],
+                            "cprec_shuffled_control_rank", "llara_residual", "cprec_residual"],
                 "seeds": [0, 1], "max_samples": 32, "checkpoint_every": 5,
                 "rank": _RANK_STUDY_SFT},
         **_RANK_STUDY_AFTER_SFT},
@@ -776,6 +780,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sft": {"systems": ["llara_rank", "cprec_rank"], "seeds": [0], "checkpoint_every": 5,
                 "rank": _RANK_STUDY_SFT},
         **_RANK_STUDY_AFTER_SFT},
+    # The residual ranker's rows (issue 35), sized for one session on a 2-core CPU (`make
+    # study-residual` writes docs/RESULTS-residual.md): study-rank's data, CPT (WSA only)
+    # and candidate-aware settings; cprec_rank and the two residual systems, one seed; 200
+    # validation cases per domain for selection (of 558 and 649: what fits, stated); no DPO
+    "study-residual": _merge({
+        "name": "study-residual", "device": "cpu", **_ML100K_DEMO,
+        "cpt": {"variants": ["wsa"], "max_tokens": 30_000, "checkpoint_every": 5},
+        "sft": {"systems": ["cprec_rank", "llara_residual", "cprec_residual"], "seeds": [0],
+                "checkpoint_every": 5, "validation_cases": 200, "rank": _RANK_STUDY_SFT},
+        **_RANK_STUDY_AFTER_SFT}, {"dpo": {"systems": []},
+                                   "recommend": {"rerank_users": 20, "full_ranking_cases": 50}}),
     # The same study on one GPU, scaled up (`make study-gpu` writes docs/RESULTS-gpu.md; the
     # run is in docs/SCALING.md section 1b): every test user, one epoch of CPT over the whole
     # corpus, 2,048 SFT samples per domain.

@@ -181,7 +181,7 @@ class RunManifest:
     partition: str | None = None
     seed: int | None = None
     data_version: str | None = None
-    objective: str = "ntp"  # ntp, rank (candidate-aware) or dpo
+    objective: str = "ntp"  # ntp, rank (candidate-aware), residual or dpo
     listing: bool | None = None
     fingerprint: str | None = None
     init_adapter: str | None = None  # the CPT adapter its LoRA started from (None: fresh)
@@ -190,7 +190,9 @@ class RunManifest:
     epochs: int | None = None
     schedule: str | None = None  # "constant" (a short run) or "warmup-cosine"
     validation: dict | None = None  # the validation row of the weights saved
-    scoring: str | None = None  # "sum" or "mean": the better on validation
+    scoring: str | None = None  # "sum", "mean" (the better on validation) or "residual"
+    # a residual system's classic partner, its seed, every partner's validation MRR, the gate
+    residual: dict | None = None
     validation_curve: list = field(default_factory=list)
     injection: dict | None = None
     hybrid_steps: int | None = None

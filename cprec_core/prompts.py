@@ -45,6 +45,13 @@ class Case:
     history: list[int]  # oldest first
     candidates: list[int]
     target: int
+    # the whole in-domain history before the target, what a classic next-item model reads
+    # (the prompt reads its last ``sft.history`` items, ``history``); None: ``history``
+    full_history: list[int] | None = None
+
+    @property
+    def classic_history(self) -> list[int]:
+        return self.history if self.full_history is None else self.full_history
 
 
 def render_unified(titles: Sequence[str], cfg) -> str:

@@ -57,6 +57,8 @@ class System:
     title, the paper's recipe) or ``rank`` (softmax over the candidates' summed
     log-likelihoods plus a weighted next-token loss, cprec_core.training.rank_loss), which
     also standardises the SASRec inputs of the projector (cprec_core.models.hybrid), or
+    ``residual`` (the candidate-aware loss on z(classic score) + g * z(LLM score): the
+    classic model frozen, the LLM learning what it adds, cprec_core.training.residual), or
     ``dpo`` (the preference loss, from the SFT system ``sft_init``, whose prompt and inputs
     it keeps).
     sft_init: a ``dpo`` system's starting point and frozen reference.
@@ -86,7 +88,12 @@ class System:
         post-trained from a system that was."""
         if self.sft_init is not None:
             return _BY_NAME[self.sft_init].ranks_candidates
-        return self.objective == "rank"
+        return self.objective in ("rank", "residual")
+
+    @property
+    def residual(self) -> bool:
+        """Scored as z(classic partner) + g * z(LLM) (cprec_core.training.residual)."""
+        return self.objective == "residual"
 
     @property
     def pairs_asset(self) -> str | None:
@@ -124,9 +131,10 @@ def _sft(name: str, variant: str | None, asset: str, headline: bool = False) -> 
     return System(name, "sft", asset, variant, all_seeds=headline, automated=headline)
 
 
-def _rank(name: str, variant: str | None, asset: str, headline: bool = False) -> System:
+def _rank(name: str, variant: str | None, asset: str, headline: bool = False,
+          objective: str = "rank") -> System:
     return System(name, "sft", asset, variant, all_seeds=headline, automated=headline,
-                  objective="rank")
+                  objective=objective)
 
 
 SYSTEMS: tuple[System, ...] = (  # in leaderboard order
@@ -150,10 +158,15 @@ SYSTEMS: tuple[System, ...] = (  # in leaderboard order
     _rank("cprec_rank", "wsa", "sft_rank_adapter", headline=True),
     *(_rank(f"cprec_{v.name}_rank", v.name, f"sft_rank_adapter_{v.name}") for v in CPT_VARIANTS
       if v.name != "wsa"),
+    # the LLM as a residual on the better classic model's score (training.residual)
+    _rank("llara_residual", None, "llara_residual_adapter", headline=True, objective="residual"),
+    _rank("cprec_residual", "wsa", "sft_residual_adapter", headline=True, objective="residual"),
     # DPO after SFT (dpo.systems), from the candidate-aware SFT adapters
     System("llara_dpo", "dpo", "llara_dpo_adapter", None, objective="dpo", sft_init="llara_rank"),
     System("cprec_dpo", "dpo", "dpo_adapter", "wsa", objective="dpo", sft_init="cprec_rank"),
-    System("fused", "fused"),  # best classic + lambda * cprec_rank (evaluation.fusion)
+    # best classic + lambda * cprec_rank, lambda picked after training (evaluation.fusion):
+    # beside cprec_residual, what learning the combination inside the loss adds
+    System("fused", "fused"),
 )
 _BY_NAME = {s.name: s for s in SYSTEMS}
 
@@ -167,8 +180,11 @@ NEXT_ITEM_SYSTEM_NAMES = tuple(s.name for s in NEXT_ITEM_SYSTEMS)
 TEXT_SYSTEMS = tuple(s for s in SYSTEMS if s.kind == "text")
 TEXT_SYSTEM_NAMES = tuple(s.name for s in TEXT_SYSTEMS)
 # The leaderboard's paired tests (a, b), each where both were scored; the fused system's
-# classic partner and every shuffled-embedding ablation are added from the evaluation.
+# and residual systems' classic partners and every shuffled-embedding ablation are added
+# from the evaluation.
 PAIRED_TESTS = (("cprec", "llara"), ("cprec_rank", "cprec"), ("cprec_rank", "llara_rank"),
+                ("cprec_residual", "llara_residual"), ("cprec_residual", "cprec_rank"),
+                ("cprec_residual", "fused"),
                 ("cprec_rank", "cprec_shuffled_control_rank"), ("cprec_dpo", "cprec_rank"),
                 ("cprec_dpo", "llara_dpo"),
                 # what the LLM's item embeddings buy a sequential recommender, and what CPT adds

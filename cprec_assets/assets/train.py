@@ -118,7 +118,11 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
     start = system.cpt_variant and cpt_variant(system.cpt_variant)
     source = f"initialised from the CPT adapter `{start.name}`" if start else "fresh LoRA (no CPT)"
 
-    @dg.asset(name=system.asset, group_name="sft", deps=[sasrec, *([start.asset] if start else [])],
+    # a residual system also reads GRU4Rec: its classic partner is the better of the two
+    partners = ["gru4rec"] if system.residual else []
+
+    @dg.asset(name=system.asset, group_name="sft",
+              deps=[sasrec, *partners, *([start.asset] if start else [])],
               pool=TRAIN_POOL, partitions_def=domain_partitions, kinds={"pytorch"},
               tags={"system": system.name}, code_version="1",
               automation_condition=TRAIN if system.automated else None,
@@ -164,10 +168,15 @@ def sft_diagnostics(manifest: RunManifest) -> dict:
     if curve:
         keys = ["step", "cases", "hr@1 (sum)", "hr@1 (mean)", "mrr (sum)", "mrr (mean)",
                 "loss per answer", "loss se"]  # MRR and the error: runs since they were kept
+        if manifest.residual:
+            keys.insert(6, "mrr (residual)")
         out["validation"] = table(keys, [[r.get(k, "") for k in keys] for r in curve])
         out["validation_kept_step"] = manifest.validation["step"]
         out["validation_selected"] = manifest.validation.get("selected", "")
         out["scoring"] = manifest.scoring
+    if manifest.residual:  # cprec_core.training.residual
+        out["residual_partner"] = manifest.residual["partner"]
+        out["residual_gate"] = manifest.residual["gate"]
     return out
 
 

@@ -33,7 +33,7 @@ class Cases:
 
     def prompt_cases(self, history: int) -> list[Case]:
         """The cases as prompts read them: the last ``history`` items of each history."""
-        return [Case(int(u), h[-history:], [int(c) for c in cand], int(t))
+        return [Case(int(u), h[-history:], [int(c) for c in cand], int(t), list(h))
                 for u, h, cand, t in zip(self.users, self.histories, self.candidates,
                                          self.targets)]
 

@@ -50,10 +50,17 @@ def item_knn(con: duckdb.DuckDBPyConnection, cases: Cases, all_domains: bool) ->
 def sequential_scores(model, index: list[int], cases: Cases, max_len: int) -> np.ndarray:
     """SASRec's or GRU4Rec's logits (the same interface) for each case's candidates, from
     its history re-indexed to the model's item ids (``index``)."""
+    return next_item_scores(model, index, cases.histories, cases.candidates, max_len)
+
+
+def next_item_scores(model, index: list[int], histories, candidates, max_len: int) -> np.ndarray:
+    """(cases, candidates) logits of a next-item model: each history (global ids, oldest
+    first, its last ``max_len`` read) re-indexed to the model's items. The evaluation and
+    the residual ranker's training windows (cprec_core.training.residual) both score here."""
     from cprec_core.models.sasrec import left_pad
 
     local = {item: j + 1 for j, item in enumerate(index)}
-    seqs = left_pad([[local[i] for i in h] for h in cases.histories], max_len)
-    cands = torch.as_tensor(np.vectorize(local.get)(cases.candidates), dtype=torch.long)
+    seqs = left_pad([[local[i] for i in h] for h in histories], max_len)
+    cands = torch.as_tensor(np.vectorize(local.get)(np.asarray(candidates)), dtype=torch.long)
     with torch.no_grad():
         return model.scores(seqs, cands).numpy()

@@ -57,6 +57,7 @@ from cprec_core.reporting import md_table, query_table
 from cprec_core.systems import (DPO_SYSTEMS, SHUFFLES, ZERO_SHOT_SYSTEM_NAMES, unshuffled,
                                 system as registered)
 from cprec_core.training.next_item import load_next_item_model, trained_next_item_models
+from cprec_core.training.residual import PARTNERS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluation_results (
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS evaluation_choices (
     choice VARCHAR NOT NULL, value VARCHAR NOT NULL, basis VARCHAR);
 """
 FUSED = "fused"
-FUSION_PARTNERS = ("sasrec", "gru4rec")  # the classic systems the fused one may build on
+RESIDUAL = "residual"  # the family a residual system ranks by (cprec_core.training.residual)
 # user activity (train items in the domain) and the test item's train popularity, terciles
 SUBSETS = ("all", "sparse", "medium", "dense", "head", "torso", "tail")
 RESULT_COLUMNS = ("domain", "split", "system", "seed", "family", "subset", "cases",
@@ -365,6 +366,8 @@ def chosen_scoring(profile: Profile, slug: str, system: str, seed: int) -> tuple
     validation sample better (cprec_core.training.sft); mean where none was recorded."""
     run = profile.layout.sft_run(system, slug, seed)
     found = run.read_manifest().validation if run.manifest.is_file() else None
+    if registered(system).residual:
+        return RESIDUAL, "a residual system: z(classic partner) + gate * z(summed likelihood)"
     if not found:
         return "likelihood (mean)", "no validation scores recorded"
     if "mrr (sum)" in found:  # runs trained before MRR was recorded chose on HR@1
@@ -509,14 +512,15 @@ def score_classic(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str, l
 
 def fusion_partner(profile: Profile, classic: ClassicScores) -> tuple[str, int] | None:
     """(system, first seed) of the classic system the fused one builds on: of SASRec and
-    GRU4Rec, the one with the better validation HR@1 (None when neither was trained)."""
+    GRU4Rec, the one with the better validation MRR, SASRec on ties (None when neither was
+    trained); the residual systems choose theirs the same way when they train."""
     valid = classic.splits["valid"]
-    firsts = [(name, getattr(profile, name).seeds[0]) for name in FUSION_PARTNERS]
+    firsts = [(name, getattr(profile, name).seeds[0]) for name in PARTNERS]
 
-    def hr1(key: tuple[str, int]) -> float:
-        return float((ranks_from_scores(classic.scores["valid"][key], valid.target_col) == 0).mean())
+    def mrr(key: tuple[str, int]) -> float:
+        return float(reciprocal_ranks(classic.scores["valid"][key], valid.target_col).mean())
 
-    return max((key for key in firsts if key in classic.scores["valid"]), key=hr1, default=None)
+    return max((key for key in firsts if key in classic.scores["valid"]), key=mrr, default=None)
 
 
 @dataclass(frozen=True)
@@ -557,9 +561,11 @@ def likelihoods(run: LLMRun, family: str) -> np.ndarray:
 
 
 def llm_run_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, np.ndarray],
-                 system: str, seed: int, run: LLMRun) -> Rows:
+                 system: str, seed: int, run: LLMRun,
+                 classic: dict[tuple[str, int], np.ndarray]) -> Rows:
     """A test run's rows: its cost, the scoring family validation chose (SFT and DPO systems),
-    its rankings by summed and by mean likelihood, and its greedy answers where it made any."""
+    its rankings by summed and by mean likelihood (and a residual system's own, on the
+    ``classic`` scores of its partner), and its greedy answers where it made any."""
     trained = unshuffled(system)
     choices = []
     if registered(trained).kind in ("sft", "dpo"):
@@ -569,9 +575,38 @@ def llm_run_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, n
     for family in LIKELIHOOD_FAMILIES:
         ranks = ranks_from_scores(likelihoods(run, family), cases.target_col)
         parts.append(ranking_rows(cases, subsets, system, seed, family, ranks))
+    if registered(trained).residual:
+        parts.append(residual_rows(profile, slug, cases, subsets, system, seed, run, classic))
     if run.answers_read_off is not None:  # generated (never for a shuffled run)
         parts.append(generation_rows(cases, subsets, system, seed, run))
     return Rows.join(parts)
+
+
+def residual_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, np.ndarray],
+                  system: str, seed: int, run: LLMRun,
+                  classic: dict[tuple[str, int], np.ndarray]) -> Rows:
+    """A residual system's ranking (cprec_core.training.residual): z(its partner's scores)
+    + gate * z(summed likelihood), partner and gate as its run recorded them; the partner
+    and gate as choices."""
+    run_files = profile.layout.sft_run(unshuffled(system), slug, seed)
+    record = run_files.read_manifest().residual
+    if not record:
+        raise ValueError(f"{run_files.manifest}: a residual system's run without its partner"
+                         " and gate (field 'residual'); train it again")
+    key = (record["partner"], int(record["partner_seed"]))
+    if key not in classic:
+        raise ValueError(f"{run_files.manifest}: its classic partner {key[0]} seed {key[1]}"
+                         f" is not trained for {slug}; materialise {key[0]}")
+    gate = float(record["gate"])
+    ranks = ranks_from_scores(fuse(classic[key], likelihoods(run, "likelihood (sum)"), gate),
+                              cases.target_col)
+    mrr = ", ".join(f"{k} {v:.3f}" for k, v in record.get("partner_valid_mrr", {}).items())
+    choices = [ChoiceRow(cases.domain, system, seed, "classic", key[0],
+                         f"the better of SASRec and GRU4Rec by validation MRR ({mrr})"),
+               ChoiceRow(cases.domain, system, seed, "gate", f"{gate:.4g}",
+                         "learned in the candidate loss from 0 (the classic ranking)")]
+    return Rows.join([ranking_rows(cases, subsets, system, seed, RESIDUAL, ranks),
+                      Rows(choices=choices)])
 
 
 def fused_rows(profile: Profile, slug: str, classic: ClassicScores, partner: tuple[str, int],
@@ -588,7 +623,7 @@ def fused_rows(profile: Profile, slug: str, classic: ClassicScores, partner: tup
     grid = ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lambda.items())
     name, _ = partner
     choices = [ChoiceRow(cases.domain, FUSED, seed, "classic", name,
-                         "the better of SASRec and GRU4Rec on validation HR@1"),
+                         "the better of SASRec and GRU4Rec by validation MRR"),
                ChoiceRow(cases.domain, FUSED, seed, "llm", f"{cfg.fusion} {family}", ""),
                ChoiceRow(cases.domain, FUSED, seed, "lambda", f"{lam:g}",
                          f"validation MRR by lambda ({len(valid_cases.users)} cases; the"
@@ -611,7 +646,8 @@ def aggregate(profile: Profile, slug: str, classic: ClassicScores, llm: LLMScore
     subsets, fusion = subset_masks(test), profile.evaluation.fusion
     parts += [Rows(costs=[cost_row(valid, fusion, seed, run, answers=False)])
               for seed, run in llm.fusion_valid.items()]
-    parts += [llm_run_rows(profile, slug, test, subsets, system, seed, run)
+    parts += [llm_run_rows(profile, slug, test, subsets, system, seed, run,
+                           classic.scores["test"])
               for (system, seed), run in llm.test.items()]
     parts += [fused_rows(profile, slug, classic, partner, subsets, seed, run,
                          llm.test[(fusion, seed)]) for seed, run in llm.fusion_valid.items()]

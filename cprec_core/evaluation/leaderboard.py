@@ -2,7 +2,8 @@
 
 Per domain and system:
 
-* ``HR@1`` of the ranking (classic and fused systems: their scores; LLM systems:
+* ``HR@1`` of the ranking (classic and fused systems: their scores; residual systems:
+  theirs, cprec_core.training.residual; other LLM systems:
   likelihood, summed or mean per token as chosen on validation, ``evaluation_choices``, else
   the mean), the mean over seeds, the spread over seeds (sd, for systems with several seeds)
   and a 95 % bootstrap interval (cases resampled with replacement, each case's hit averaged
@@ -12,8 +13,8 @@ Per domain and system:
 * CPRec against the best system that is not a CPRec variant (relative improvement of HR@1;
   negative when CPRec loses).
 
-Paired tests on the same test cases (cprec_core.systems.PAIRED_TESTS, the fused system
-against its classic partner, each system against its shuffled-embedding ablation): the
+Paired tests on the same test cases (cprec_core.systems.PAIRED_TESTS, the fused and the
+residual systems against their classic partners, each system against its shuffled-embedding ablation): the
 (case, seed) pairs of both systems, pooled over the seeds both have (a classic system's one
 seed is paired with each seed of the other); exact McNemar test on the discordant pairs
 (two-sided binomial), and a 95 % bootstrap interval of the HR@1 difference resampling cases.
@@ -36,7 +37,8 @@ from cprec_core.systems import (PAIRED_TESTS, TEXT_SYSTEM_NAMES, is_cprec, is_sh
 
 RANKING_FAMILY = {"llm": "likelihood (mean)", "classic": "ranking"}
 # the systems whose HR@1 is set against the best system built without CPT, in the markdown
-VERDICTS = (("cprec", "CPRec"), ("cprec_rank", "cprec_rank"), ("fused", "fused"))
+VERDICTS = (("cprec", "CPRec"), ("cprec_rank", "cprec_rank"),
+            ("cprec_residual", "cprec_residual"), ("fused", "fused"))
 # and the next-item models reading LLM item embeddings, against the best classic system
 TEXT_VERDICTS = TEXT_SYSTEM_NAMES
 SUBSET_COLUMNS = ("sparse", "medium", "dense", "head", "torso", "tail")
@@ -141,10 +143,11 @@ def test_pairs(con, domain: str, systems) -> list[tuple[str, str]]:
     """The paired tests of a domain, among the systems it has."""
     pairs = list(PAIRED_TESTS)
     if "evaluation_choices" in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
-        partner = con.execute("""SELECT mode(value) FROM evaluation_choices WHERE domain = ?
-                                 AND system = 'fused' AND choice = 'classic'""", [domain]).fetchone()[0]
-        if partner:
-            pairs.append(("fused", partner))
+        # the fused and residual systems against the classic model each builds on
+        pairs += [(a, b) for a, b in con.execute(
+            """SELECT system, mode(value) FROM evaluation_choices WHERE domain = ?
+               AND choice = 'classic' GROUP BY system ORDER BY system""", [domain]).fetchall()
+            if not is_shuffled(a)]
     pairs += [(unshuffled(s), s) for s in sorted(systems, key=leaderboard_rank)
               if is_shuffled(s)]
     return [(a, b) for a, b in pairs if a in systems and b in systems]

@@ -33,6 +33,7 @@ from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.reporting import corpus_summary, md_table
 from cprec_core.systems import SHUFFLES, lora_init
 from cprec_core.training.next_item import trained_next_item_models
+from cprec_core.training.residual import PARTNERS
 
 
 def _dirty(outputs: tuple[Path, ...] = ()) -> str:
@@ -302,12 +303,29 @@ def goals_section(con: duckdb.DuckDBPyConnection, sft: list[RunManifest]) -> lis
             return "not recorded", None
         return f"{min(losses):.2f}-{max(losses):.2f}", max(losses) < math.log(20)
 
-    def fused(d: str) -> tuple[str, bool | None]:
-        partner = next((b for (dd, a, b) in tests if dd == d and a == "fused"), None)
-        if partner is None:
-            return "no fused system", None
-        text, met = above(d, "fused", partner)
-        return f"vs {partner}: {text}", met
+    def partner_of(d: str, system: str) -> str | None:
+        return next((b for (dd, a, b) in tests if dd == d and a == system
+                     and b in PARTNERS), None)
+
+    def over_partner(system: str, strict: bool):
+        """``system`` against the classic model it builds on: above it at p < GOAL_P
+        (``strict``), or not below it."""
+        def check(d: str) -> tuple[str, bool | None]:
+            partner = partner_of(d, system)
+            if partner is None:
+                return f"no {system} row", None
+            text, met = above(d, system, partner)
+            return f"vs {partner}: {text}", met if strict else tests[(d, system, partner)][0] >= 0
+        return check
+
+    def shuffle_drops(system: str):
+        """``system`` above its candidate-vector shuffle (where it reads candidate vectors),
+        else its every-vector shuffle."""
+        def check(d: str) -> tuple[str, bool | None]:
+            candidates = system + SHUFFLES["candidates"]
+            return above(d, system, candidates if (d, system, candidates) in tests
+                         else system + SHUFFLES["all"])
+        return check
 
     def valid_ratio_kept(d: str) -> tuple[str, bool | None]:
         if (d, "cprec_dpo") not in ratios or (d, "cprec_rank") not in ratios:
@@ -326,14 +344,24 @@ def goals_section(con: duckdb.DuckDBPyConnection, sft: list[RunManifest]) -> lis
          lambda d: above(d, "cprec_rank", "cprec")),
         ("validation loss per answer of the kept `cprec_rank` weights below ln 20 = 3.00",
          validation_loss),
-        (f"`fused` above its classic system, paired p < {GOAL_P}", fused),
         # the candidates' vectors shuffled where it reads them, else every vector
         (f"`cprec_rank` above its shuffled-vector ablation, paired p < {GOAL_P}",
-         lambda d: above(d, "cprec_rank", "cprec_rank" + SHUFFLES["candidates"])
-         if (d, "cprec_rank", "cprec_rank" + SHUFFLES["candidates"]) in tests
-         else above(d, "cprec_rank", "cprec_rank" + SHUFFLES["all"])),
+         shuffle_drops("cprec_rank")),
     ]
     goals = [(label, check, "all") for label, check in goals]
+    if any(s == "cprec_residual" for _, s in hr):  # the residual ranker's (issue 35)
+        goals += [
+            ("`cprec_residual` not below its classic partner", over_partner("cprec_residual",
+                                                                            False), "all"),
+            (f"`cprec_residual` above its classic partner, paired p < {GOAL_P}, on one domain",
+             over_partner("cprec_residual", True), "any"),
+            (f"`cprec_residual` above its shuffled-vector ablation, paired p < {GOAL_P}",
+             shuffle_drops("cprec_residual"), "all"),
+            (f"`cprec_residual` above `llara_residual`, paired p < {GOAL_P} (reported)",
+             lambda d: above(d, "cprec_residual", "llara_residual"), "all")]
+    if any(s == "fused" for _, s in hr):  # post-hoc fusion: what learning the gate adds
+        goals.append((f"`fused` above its classic system, paired p < {GOAL_P}",
+                      over_partner("fused", True), "all"))
     if any(s == "cprec_dpo" for _, s in hr):  # the DPO stage's goals (docs/DPO.md)
         goals += [
             (f"`cprec_dpo` above `cprec_rank`, paired p < {GOAL_P}, on at least one domain",

@@ -33,14 +33,32 @@ class Projector(nn.Module):
         self.net = nn.Sequential(nn.Linear(item_dim, model_dim), nn.GELU(),
                                  nn.Linear(model_dim, model_dim))
         self.log_temperature = nn.Parameter(torch.zeros(1))  # 1-D: FSDP shards no scalars
+        # the residual ranker's gate on the LLM's scores (residual_scores): 0 at the start,
+        # so the first ranking is the classic model's; unused by the other objectives
+        self.residual_weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(item_embeddings)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a projector saved before the temperature was learned: temperature 1
+        # a projector saved before the temperature (or the residual gate) was learned:
+        # temperature 1, gate 0
         state_dict.setdefault(prefix + "log_temperature", torch.zeros(1))
+        state_dict.setdefault(prefix + "residual_weight", torch.zeros(1))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def zscore(scores: torch.Tensor) -> torch.Tensor:
+    """Per case (row), the candidates' scores at zero mean and unit spread (population
+    spread, as cprec_core.evaluation.evaluate.zscore)."""
+    spread = scores.std(-1, correction=0, keepdim=True)
+    return (scores - scores.mean(-1, keepdim=True)) / torch.where(spread > 0, spread, 1.0)
+
+
+def residual_scores(llm: torch.Tensor, classic: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The residual ranker's (B, K) scores: z(classic) + weight * z(LLM summed
+    log-likelihoods); the evaluation's ``fuse`` with lambda = weight."""
+    return zscore(classic.to(llm.dtype)) + weight.to(llm.dtype) * zscore(llm)
 
 
 def collab_inputs(item_table: torch.Tensor, standardise: bool) -> torch.Tensor:
@@ -170,15 +188,19 @@ class HybridLM(nn.Module):
 
     def forward(self, input_ids=None, labels=None, attention_mask=None, slot_items=None,
                 hybrid: bool = True, candidates: CandidateInputs | None = None,
-                calibrated: bool = False):
-        """``calibrated`` (with ``candidates``): also the summed log-likelihoods divided by
-        the learned temperature, as a pair; inside the forward so that DDP sees the
-        temperature used."""
+                calibrated: bool = False, classic: torch.Tensor | None = None):
+        """``calibrated`` (with ``candidates``): (summed, ranking, ranking divided by the
+        learned temperature), the ranking scores being the summed log-likelihoods or, given
+        ``classic`` (the (B, K) scores of the residual ranker's classic model),
+        ``residual_scores``; inside the forward so that DDP and FSDP see the temperature and
+        the gate used."""
         if candidates is not None:
             summed = self.candidate_logprobs(candidates, hybrid)
             if not calibrated:
                 return summed
-            return summed, summed / self.projector.log_temperature.exp().to(summed.dtype)
+            ranking = (summed if classic is None
+                       else residual_scores(summed, classic, self.projector.residual_weight))
+            return summed, ranking, ranking / self.projector.log_temperature.exp().to(summed.dtype)
         base = self.model.get_base_model()
         embeds = hybrid_embeds(base, self.projector, self.item_table, input_ids, slot_items,
                                self.placeholder_id, hybrid)

@@ -1,12 +1,13 @@
 """The two-stage pipeline: retrieve the top N of a domain's items with the better classic
-model, re-rank them with the best LLM system (the fused score where the evaluation fused
-one), keep the top k.
+model, re-rank them with the best LLM system (a residual system where one is trained, else
+the fused score where the evaluation fused one), keep the top k.
 
 Every choice is made on validation data, never on test cases: the retrieval model and seed
 (SASRec, GRU4Rec or a text system) by the next-item trainer's validation NDCG@10 (full
 ranking), the LLM system and seed by its SFT
-or DPO run's validation HR@1 (``manifest.json``), the fusion's lambda as the evaluation
-picked it on the validation split (``evaluation_choices``).
+or DPO run's validation HR@1 (``manifest.json``), a residual system's partner and gate as its
+run learned them, the fusion's lambda as the evaluation picked it on the validation split
+(``evaluation_choices``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Reranker:
 
     system: str
     seed: int
-    scoring: str  # sum or mean: the run's choice on its validation sample
+    scoring: str  # sum, mean (the run's choice on its validation sample) or residual
     valid_hr1: float | None
     version: str
     fusion_lambda: float | None = None  # None: the LLM's scores alone
@@ -79,9 +80,11 @@ def _validation(layout: Layout, system: str, slug: str, seed: int) -> tuple[str,
 
 def choose_reranker(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
                     domain: str) -> Reranker | None:
-    """The fusion of the evaluation where it picked a lambda for this domain (its LLM
-    system's best seed on validation), else the trained SFT or DPO run with the best
-    validation HR@1; None when no LLM system is trained for the domain."""
+    """The trained residual run with the best validation HR@1 (its partner and gate
+    learned in training: cprec_core.training.residual), else the fusion of the evaluation
+    where it picked a lambda for this domain (its LLM system's best seed on validation),
+    else the trained SFT or DPO run with the best validation HR@1; None when no LLM system
+    is trained for the domain."""
     layout = profile.layout
     trained = [(name, seed) for name, seed in llm_systems(profile, slug, log=lambda _: None)
                if registered(name).kind in ("sft", "dpo")]
@@ -95,7 +98,8 @@ def choose_reranker(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
         "SELECT seed, value FROM evaluation_choices WHERE domain = ? AND system = ?"
         " AND choice = 'classic'", [domain, FUSED]).fetchall()) if lambdas else {}
     fusion = profile.evaluation.fusion
-    pool = [(n, s) for n, s in trained if n == fusion and s in lambdas] or trained
+    pool = ([(n, s) for n, s in trained if registered(n).residual]
+            or [(n, s) for n, s in trained if n == fusion and s in lambdas] or trained)
 
     def ranked(run: tuple[str, int]) -> tuple[float, int]:
         hr1 = _validation(layout, run[0], slug, run[1])[1]
@@ -103,10 +107,15 @@ def choose_reranker(con: duckdb.DuckDBPyConnection, profile: Profile, slug: str,
 
     name, seed = max(pool, key=ranked)
     scoring, hr1 = _validation(layout, name, slug, seed)
+    run = layout.sft_run(name, slug, seed)
+    version = manifest_version(run.manifest)
+    if registered(name).residual:
+        record = run.read_manifest().residual
+        return Reranker(name, seed, scoring, hr1, version, float(record["gate"]),
+                        record["partner"])
     fused = name == fusion and seed in lambdas
-    return Reranker(name, seed, scoring, hr1, manifest_version(layout.sft_run(name, slug,
-                                                                                 seed).manifest),
-                    float(lambdas[seed]) if fused else None, partners.get(seed) if fused else None)
+    return Reranker(name, seed, scoring, hr1, version, float(lambdas[seed]) if fused else None,
+                    partners.get(seed) if fused else None)
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -133,7 +142,7 @@ class LLMReranking:
                  for u, h, cand in zip(users, histories, candidates)]
         scored = self.scorer.evaluate(cases, self.titles, self.profile.evaluation.batch_size,
                                       generate=False, progress=progress)
-        attr = "summed" if self.choice.scoring == "sum" else "mean"
+        attr = "summed" if self.choice.scoring in ("sum", "residual") else "mean"
         return np.stack([getattr(r, attr) for r in scored]) if scored else np.zeros(
             candidates.shape)
 

@@ -125,6 +125,7 @@ class DPOTrainer:
         self.candidate_vectors = profile.sft.candidate_vectors_for(self.source)
         self.label = f"{system}[{domain}]"
         self.sharded = None  # DPO runs under DDP only (check_launch)
+        self.partner = None  # no residual DPO system (validate reads it)
         self.answers: dict[int, list[int]] = {}  # answer token ids by item
 
     # -- setup -----------------------------------------------------------------------------

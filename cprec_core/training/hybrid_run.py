@@ -128,8 +128,9 @@ def candidate_batch(trainer, cases: list[Case], hybrid: bool):
 @torch.no_grad()
 def validate(trainer, micro_batch: int) -> dict | None:
     """Scores of the validation sample with the system's own prompt (hybrid), from the
-    tree forward: HR@1 and MRR by summed and by mean log-likelihood, the loss per answer at
-    the learned temperature (rank_loss.validation_report)."""
+    tree forward: HR@1 and MRR by summed and by mean log-likelihood (and a residual
+    system's own scores), the loss per answer at the learned temperature
+    (rank_loss.validation_report)."""
     cases = trainer.inputs.validation
     if not cases:
         return None
@@ -137,15 +138,19 @@ def validate(trainer, micro_batch: int) -> dict | None:
     before = base.config._attn_implementation
     base.set_attn_implementation(TREE_ATTENTION)
     trainer.model.eval()
-    summed, calibrated, tokens, target = [], [], [], []
+    summed, ranking, calibrated, tokens, target = [], [], [], [], []
     progress = Progress(trainer.reporter.log, f"{trainer.label} validation", len(cases))
     try:
         for i in range(0, len(cases), micro_batch):
-            batch = candidate_batch(trainer, cases[i:i + micro_batch], True)
+            part = cases[i:i + micro_batch]
+            batch = candidate_batch(trainer, part, True)
+            classic = (None if trainer.partner is None else
+                       torch.as_tensor(trainer.partner.scores(part), device=trainer.device))
             with autocast(trainer.device, trainer.dtype):
-                scores, scaled = trainer.model(candidates=batch.inputs, hybrid=True,
-                                               calibrated=True)
+                scores, ranked, scaled = trainer.model(candidates=batch.inputs, hybrid=True,
+                                                       calibrated=True, classic=classic)
             summed.append(scores.float().cpu())
+            ranking.append(ranked.float().cpu())
             calibrated.append(scaled.float().cpu())
             tokens.append(batch.answer_tokens.cpu())
             target.append(batch.target_index.cpu())
@@ -153,8 +158,9 @@ def validate(trainer, micro_batch: int) -> dict | None:
     finally:
         trainer.model.train()
         base.set_attn_implementation(before)
+    residual = torch.cat(ranking).numpy() if trainer.partner is not None else None
     return validation_report(torch.cat(summed).numpy(), torch.cat(tokens).numpy(),
-                             torch.cat(target).numpy(), torch.cat(calibrated).numpy())
+                             torch.cat(target).numpy(), torch.cat(calibrated).numpy(), residual)
 
 
 def without_per_case(row: dict | None) -> dict | None:

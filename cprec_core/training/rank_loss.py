@@ -73,7 +73,8 @@ def candidate_loss(scores: torch.Tensor, batch: RankBatch, ntp_weight: float,
 
 
 def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.ndarray,
-                      calibrated: np.ndarray | None = None) -> dict:
+                      calibrated: np.ndarray | None = None,
+                      residual: np.ndarray | None = None) -> dict:
     """HR@1 and MRR of the ranking by summed and by mean log-likelihood per token (ties
     count as misses, as in cprec_core.metrics), the loss per answer (the cross-entropy over
     the candidates of ``calibrated``, the summed scores divided by the learned temperature:
@@ -81,25 +82,34 @@ def validation_report(summed: np.ndarray, tokens: np.ndarray, target_index: np.n
     1, the
     scoring chosen, and under ``per_case`` the values the choices are
     made on. Scoring: by MRR, the mean (the evaluation's default) unless the sum is better
-    by more than one standard error (metrics.one_se_choice)."""
+    by more than one standard error (metrics.one_se_choice). ``residual``: a residual
+    system's scores (cprec_core.training.residual), which ``calibrated`` divides by the
+    temperature: its HR@1 and MRR too, and its scoring is ``residual``."""
     from scipy.special import log_softmax
 
     rows = np.arange(len(summed))
-    calibrated = summed if calibrated is None else calibrated
+    ranking = summed if residual is None else residual
+    calibrated = ranking if calibrated is None else calibrated
     nonzero = calibrated != 0
-    temperature = float(np.median(summed[nonzero] / calibrated[nonzero])) if nonzero.any() else 1.0
+    temperature = float(np.median(ranking[nonzero] / calibrated[nonzero])) if nonzero.any() else 1.0
     out: dict = {"cases": int(len(summed)), "temperature": round(temperature, 4)}
     per_case = {"loss": -log_softmax(calibrated, 1)[rows, target_index]}
-    for name, scores in (("sum", summed), ("mean", summed / tokens)):
+    families = [("sum", summed), ("mean", summed / tokens)]
+    if residual is not None:
+        families.append(("residual", residual))
+    for name, scores in families:
         ranks = ranks_from_scores(scores, target_index)
         out[f"hr@1 ({name})"] = round(float(np.mean(ranks == 0)), 4)
         per_case[f"rr ({name})"] = 1.0 / (ranks + 1.0)
         out[f"mrr ({name})"] = round(float(per_case[f"rr ({name})"].mean()), 4)
     loss = per_case["loss"]
     out["loss per answer"] = round(float(loss.mean()), 4)
-    out["loss per answer (T=1)"] = round(float(-log_softmax(summed, 1)[rows, target_index].mean()), 4)
+    out["loss per answer (T=1)"] = round(float(-log_softmax(ranking, 1)[rows, target_index].mean()), 4)
     out["loss se"] = round(float(loss.std(ddof=1) / np.sqrt(len(loss))), 4) if len(loss) > 1 else None
-    out["scoring"], _ = one_se_choice({"sum": per_case["rr (sum)"],
-                                       "mean": per_case["rr (mean)"]}, "mean")
+    if residual is None:
+        out["scoring"], _ = one_se_choice({"sum": per_case["rr (sum)"],
+                                           "mean": per_case["rr (mean)"]}, "mean")
+    else:
+        out["scoring"] = "residual"
     out["per_case"] = {k: [round(float(x), 5) for x in v] for k, v in per_case.items()}
     return out

@@ -69,6 +69,7 @@ from cprec_core.training.loop import (cut_log, log_totals, lr_schedule, publishi
                                       run_steps)
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_token_objective import NextTokenObjective
+from cprec_core.training.residual import ResidualError, choose_partner
 from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
 
 __all__ = ["SFTError", "SFTTrainer", "over_seeds", "run"]
@@ -76,7 +77,10 @@ __all__ = ["SFTError", "SFTTrainer", "over_seeds", "run"]
 
 def objective_for(system: str, cfg):
     """The system's training objective (cprec_core.systems: ``ranks_candidates``)."""
-    return CandidateObjective(cfg) if registered(system).ranks_candidates else NextTokenObjective(cfg)
+    entry = registered(system)
+    if entry.ranks_candidates:
+        return CandidateObjective(cfg, residual=entry.residual)
+    return NextTokenObjective(cfg)
 
 
 class SFTTrainer:
@@ -98,6 +102,7 @@ class SFTTrainer:
         self.candidate_vectors = self.cfg.candidate_vectors_for(system)
         self.label = f"{system}[{domain}]"
         self.sharded = None  # under FSDP: the checkpointing.ShardedModel of the prepared model
+        self.partner = None  # a residual system's classic model (cprec_core.training.residual)
         self.answers: dict[int, list[int]] = {}  # answer token ids by item (tree forwards)
 
     # -- setup -----------------------------------------------------------------------------
@@ -212,6 +217,11 @@ class SFTTrainer:
         if not drawn[0]:
             raise SFTError(f"domain {data.domain!r} has no SFT sample (users need >= "
                            f"{self.cfg.min_history + 1} train items)")
+        if registered(self.system).residual:
+            try:
+                self.partner = choose_partner(self.profile, self.partition, self.inputs.validation)
+            except ResidualError as exc:
+                raise SFTError(str(exc)) from exc
         self.epochs, self.samples = drawn, drawn[0]
         self.steps, self.step_epoch = [], []
         for e in range(epochs):
@@ -265,9 +275,10 @@ class SFTTrainer:
             with open(self.run.validation_log, "a") as fh:
                 fh.write(json.dumps({"step": step, **report}) + "\n")
         best = self._best_validation()
+        mrr = ", ".join(f"{k} {report[f'mrr ({k})']:.3f}" for k in ("sum", "mean", "residual")
+                        if f"mrr ({k})" in report)
         self.reporter.log(f"{self.label} validation at step {step} ({report['cases']} cases):"
-                          f" loss per answer {report['loss per answer']:.3f}, MRR sum"
-                          f" {report['mrr (sum)']:.3f} mean {report['mrr (mean)']:.3f}")
+                          f" loss per answer {report['loss per answer']:.3f}, MRR {mrr}")
         if best is None or report["loss per answer"] < best["loss per answer"]:
             adapter, projector = trained_weights(self)
             if self.accelerator.is_main_process:
@@ -353,6 +364,14 @@ class SFTTrainer:
             barrier=self.accelerator.wait_for_everyone)
         return 0 if found is None else found.step
 
+    def _residual_record(self) -> dict | None:
+        """A residual system's partner and the gate the saved weights learned (every
+        process calls it: under FSDP gathering the projector is a collective)."""
+        if self.partner is None:
+            return None
+        gate = float(projector_weights(self)["residual_weight"][0])
+        return {**self.partner.record(), "gate": round(gate, 6)}
+
     def save_final(self) -> dict:
         if self.run.best.exists() and not self._selects(self.total_steps):
             shutil.rmtree(self.run.best)  # left from a run with selection: not this plan's
@@ -372,7 +391,7 @@ class SFTTrainer:
             fingerprint=self.fingerprint,
             validation=without_per_case(chosen), scoring=chosen["scoring"] if chosen else None,
             validation_curve=[without_per_case(r) for r in read_log(self.run.validation_log)],
-            injection=self.diagnostics,
+            injection=self.diagnostics, residual=self._residual_record(),
             hybrid_steps=sum(r["prompt"] == "hybrid" for r in rows), **log_totals(rows),
             trainable_parameters=self.trainable, placeholder_id=self.placeholder_id,
             config=dataclasses.asdict(self.cfg), dtype=str(self.dtype).replace("torch.", ""),

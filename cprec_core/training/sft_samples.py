@@ -37,7 +37,7 @@ def build_samples(histories: list[list[int]], items: list[int], history: int = 1
             negs = rng.choice(allowed, size=negatives, replace=False).tolist()
             candidates = [target, *negs]
             rng.shuffle(candidates)
-            samples.append(Case(user, window, candidates, target))
+            samples.append(Case(user, window, candidates, target, items_of_user[:t]))
     return samples
 
 

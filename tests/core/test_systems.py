@@ -9,10 +9,12 @@ from cprec_core.systems import (CPT_VARIANTS, SFT_SYSTEM_NAMES, SYSTEMS, TEXT_SY
 
 
 def test_every_cpt_variant_has_an_asset_and_two_sft_systems_starting_from_it():
-    """One with the paper's recipe, one with the candidate-aware objective."""
+    """One with the paper's recipe, one with the candidate-aware objective (and for the
+    WSA adapter, the headline, a residual ranker, as for the fresh LoRA)."""
     for variant in CPT_VARIANTS:
         starting = [s for s in SYSTEMS if s.kind == "sft" and s.cpt_variant == variant.name]
-        assert [s.objective for s in starting] == ["ntp", "rank"]
+        assert [s.objective for s in starting] == ["ntp", "rank"] + (
+            ["residual"] if variant.name == "wsa" else [])
         assert starting[0].asset.startswith("sft_adapter")
         assert starting[1].asset.startswith("sft_rank_adapter")
         assert starting[1].name == starting[0].name + "_rank"
@@ -22,6 +24,10 @@ def test_every_cpt_variant_has_an_asset_and_two_sft_systems_starting_from_it():
 
 
 def test_what_each_system_is():
+    residual = [s.name for s in SYSTEMS if s.residual]
+    assert residual == ["llara_residual", "cprec_residual"]
+    assert all(system(n).ranks_candidates and system(n).all_seeds for n in residual)
+    assert system("cprec_residual").cpt_variant == "wsa" and system("llara_residual").cpt_variant is None
     assert system("llara").cpt_variant is None and lora_init("llara") == "none"
     assert lora_init("cprec_ds_only") == "CPT ds_only"
     assert [is_cprec(n) for n in ("cprec", "cprec_zero_shot", "cprec_shuffled_control",

@@ -5,11 +5,21 @@ import dataclasses
 import json
 import shutil
 
+import duckdb
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cprec_core.metrics import one_se_choice
+from cprec_core.config import GRU4RecConfig
+from cprec_core.data.domain_users import load_domain_data
+from cprec_core.data.db import connect
+from cprec_core.evaluation.evaluate import evaluate_domain, fuse
+from cprec_core.recommend.pipeline import choose_reranker
+from cprec_core.metrics import one_se_choice, reciprocal_ranks
+from cprec_core.models.hybrid import residual_scores
+from cprec_core.training.hybrid_run import validate
+from cprec_core.training.next_item import train_next_item
 from cprec_core.training.sft import SFTError, SFTTrainer, run
 
 
@@ -162,3 +172,78 @@ def test_paper_recipe_is_scored_on_validation_without_selection(profile):
     manifest = json.loads(profile.layout.sft_run("llara", "crime", 0).manifest.read_text())
     assert manifest["objective"] == "ntp" and manifest["validation"]["step"] == manifest["steps"]
     assert manifest["injection"]["before"]["mean_pairwise_cosine"] > 0
+
+
+@pytest.fixture
+def residual_profile(rank_profile):
+    """rank_profile with a GRU4Rec beside the SASRec: the residual system picks one."""
+    with duckdb.connect(str(rank_profile.layout.database), read_only=True) as con:
+        data = load_domain_data(con, "crime")
+    train_next_item(data, GRU4RecConfig(max_epochs=2, max_len=10),
+                    rank_profile.layout.next_item_model("gru4rec", "crime"), log=lambda *_: None)
+    return rank_profile
+
+
+def test_residual_ranker_starts_at_its_classic_partner_and_learns_the_gate(residual_profile):
+    trainer = SFTTrainer(residual_profile, "crime", "cprec_residual")
+    trainer.setup()
+    partner, cases = trainer.partner, trainer.inputs.validation
+    # the partner: the better of SASRec and GRU4Rec by MRR on the validation cases
+    assert set(partner.valid_mrr) == {"sasrec", "gru4rec"}
+    assert partner.valid_mrr[partner.name] == max(partner.valid_mrr.values())
+    target = np.array([c.candidates.index(c.target) for c in cases])
+    classic = partner.scores(cases)
+    # its scores of a window come from the whole history before the target, which ends in
+    # the prompt's window (test_sft_samples: longer than the window)
+    assert all(c.classic_history[-len(c.history):] == c.history for c in trainer.samples)
+    # step 0: the gate is 0, so the residual ranking is the classic model's, case by case
+    report = validate(trainer, 2)
+    assert report["scoring"] == "residual"
+    assert report["per_case"]["rr (residual)"] == pytest.approx(
+        reciprocal_ranks(classic, target).tolist(), abs=1e-5)
+    rank = residual_profile.sft.rank
+    assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [
+        rank.lr, rank.projector_lr, rank.temperature_lr, rank.residual_lr]
+
+    result = run(residual_profile, "crime", "cprec_residual")
+    assert result["finished"]
+    out = residual_profile.layout.sft_run("cprec_residual", "crime", 0)
+    rows = [json.loads(x) for x in out.train_log.read_text().splitlines()]
+    assert rows[0]["gate"] == 0.0 and rows[-1]["gate"] != 0.0  # learned inside the loss
+    manifest = json.loads(out.manifest.read_text())
+    assert manifest["objective"] == "residual" and manifest["scoring"] == "residual"
+    saved = load_file(out.projector)["residual_weight"]
+    assert manifest["residual"]["partner"] == partner.name
+    assert manifest["residual"]["gate"] == pytest.approx(float(saved[0]), abs=1e-6)
+    assert manifest["validation"]["mrr (residual)"] > 0
+
+    # the evaluation ranks its test cases by the same formula with the recorded partner and
+    # gate; the two-stage pipeline re-ranks with it
+    profile = dataclasses.replace(
+        residual_profile, sft=dataclasses.replace(residual_profile.sft, systems=("cprec_residual",)),
+        evaluation=dataclasses.replace(residual_profile.evaluation, max_cases=8, zero_shot=False,
+                                       generation=False, fusion=""))
+    evaluate_domain(lambda: connect(profile.layout.database), profile, "crime",
+                    systems=["cprec_residual"], log=lambda *_: None)
+    with connect(profile.layout.database) as con:
+        families = {r for r in con.execute("""SELECT DISTINCT system, family FROM evaluation_cases
+                                              WHERE system LIKE 'cprec_residual%'""").fetchall()}
+        choices = dict(con.execute("""SELECT choice, value FROM evaluation_choices
+                                      WHERE system = 'cprec_residual'""").fetchall())
+        reranker = choose_reranker(con, profile, "crime", "Crime")
+    assert {("cprec_residual", "residual"), ("cprec_residual (shuffled candidate emb)",
+                                             "residual")} <= families
+    assert choices["scoring"] == "residual" and choices["classic"] == partner.name
+    assert float(choices["gate"]) == pytest.approx(manifest["residual"]["gate"], rel=1e-3)
+    assert (reranker.system, reranker.fusion_partner) == ("cprec_residual", partner.name)
+    assert reranker.fusion_lambda == manifest["residual"]["gate"]
+
+
+def test_residual_scores_are_the_evaluations_fusion_with_lambda_the_gate():
+    llm, classic = torch.randn(4, 5), torch.randn(4, 5)
+    weight = torch.tensor([0.7])
+    torch.testing.assert_close(residual_scores(llm, classic, weight).double(),
+                               torch.as_tensor(fuse(classic.numpy(), llm.numpy(), 0.7)).double(),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(residual_scores(llm, classic, torch.zeros(1)).argsort(),
+                       classic.argsort())  # gate 0: the classic ranking

@@ -23,6 +23,8 @@ def test_sliding_windows_and_candidates():
     # user 0: targets at t = 3, 4, 5; user 1 has only 3 items: no target after 3; user 2 too short
     assert [(s.user, s.target) for s in out] == [(0, 103), (0, 104), (0, 105)]
     assert out[0].history == [100, 101, 102] and out[2].history == [101, 102, 103, 104]
+    # a classic model reads the whole history before the target, the prompt its window
+    assert out[2].classic_history == [100, 101, 102, 103, 104]
     for s in out:
         assert len(s.candidates) == 20 == len(set(s.candidates))
         assert s.candidates.count(s.target) == 1
