@@ -13,12 +13,16 @@ timed after ``2 x --concurrency`` untimed warm-up requests:
 - ours, paced: the same requests offered at ``--rate`` per second (open loop, latency from
   each request's due time);
 - rerank (``--rerank``): ``POST /rerank`` with 20 candidates and 10 history items, one
-  request at a time, with the reranker of ``cprec_core.recommend.rerank.load_reranker``.
+  request at a time, with the reranker of ``cprec_core.recommend.rerank.load_reranker``;
+  then the same requests to a second service whose config reads each candidate's title
+  alone (``sft.rank.candidate_vectors: false``, the prompt before candidate vectors), the
+  baseline the vectors' cost is read against (goal: within 1.1x).
 Data: the profile's published snapshot of ``--domain`` when there is one, else a synthetic
 one (``--users`` users x 10 items) in a temporary folder; rerank needs the profile's.
 The client shares the machine (2 cores here) with the server: latencies include its time,
 and the server's CPU time per request (from /proc) is the server's own cost.
-Goals: fast path p99 < 10 ms and >= 1,000 requests/s; rerank of 20 < 0.3 s.
+Goals: fast path p99 < 10 ms and >= 1,000 requests/s; rerank of 20 < 0.3 s, and with
+candidate vectors within 1.1x of the titles alone (p50).
 """
 
 from __future__ import annotations
@@ -204,6 +208,23 @@ def rerank_latency(server: Server, slug: str, items: list[str], requests: int) -
             "server CPU us/request": None, "errors": errors}
 
 
+def titles_alone_rerank(args, data_dir: str, tmp: Path, items: list) -> dict | None:
+    """/rerank latency of a service reading each candidate's title alone (no candidate
+    vectors): the same model, snapshot and requests."""
+    config = tmp / "titles_alone.yaml"
+    config.write_text(f"profile: {args.profile}\nsft:\n  rank:\n    candidate_vectors: false\n")
+    server = Server([sys.executable, "-m", "cprec_core.serving", "--config", str(config),
+                     "--data-dir", data_dir, "--port", str(port := free_port()),
+                     "--domain", args.domain], port, "/health", tmp / "titles.log")
+    try:
+        if not httpx.get(server.url + "/health").json()["rerank"]["available"]:
+            print("rerank, titles alone: not measured, no reranker loaded")
+            return None
+        return rerank_latency(server, args.domain, items, args.rerank_requests)
+    finally:
+        server.stop()
+
+
 def reranker_importable() -> bool:
     try:
         from cprec_core.recommend.rerank import load_reranker  # noqa: F401
@@ -264,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
                                           columns=["item_id"])["item_id"].to_pylist()
                     results["rerank"] = rerank_latency(ours, args.domain, items,
                                                        args.rerank_requests)
+                    results["rerank, titles alone"] = titles_alone_rerank(
+                        args, data_dir, Path(tmp), items)
                 else:
                     print("rerank: not measured, the service loaded no reranker (its log:"
                           f" {(Path(tmp) / 'ours.log').read_text()[-500:]})")
@@ -290,6 +313,12 @@ def main(argv: list[str] | None = None) -> None:
         fast_enough = results["rerank"]["p99 ms"] < 300 and not results["rerank"]["errors"]
         rows.append(row("rerank, 20 candidates", results["rerank"],
                         f"p99 < 0.3 s: {'met' if fast_enough else 'NOT met'}"))
+        titles = results.get("rerank, titles alone")
+        if titles:
+            ratio = results["rerank"]["p50 ms"] / titles["p50 ms"]
+            rows.append(row("rerank, titles alone (no candidate vectors)", titles,
+                            f"vectors / titles p50 {ratio:.2f}x <= 1.1x:"
+                            f" {'met' if ratio <= 1.1 else 'NOT met'}"))
     print(f"Serving on {processor()}, {os.cpu_count()} cores; {source} ({len(users)} users,"
           f" {len(body)} B per answer); uvicorn {uvicorn.__version__}, aiohttp {aiohttp.__version__}"
           " client on uvloop in this process")

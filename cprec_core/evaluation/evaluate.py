@@ -604,7 +604,7 @@ def residual_rows(profile: Profile, slug: str, cases: Cases, subsets: dict[str, 
     choices = [ChoiceRow(cases.domain, system, seed, "classic", key[0],
                          f"the better of SASRec and GRU4Rec by validation MRR ({mrr})"),
                ChoiceRow(cases.domain, system, seed, "gate", f"{gate:.4g}",
-                         "learned in the candidate loss from 0 (the classic ranking)")]
+                         record.get("kept", "learned in the candidate loss from 0"))]
     return Rows.join([ranking_rows(cases, subsets, system, seed, RESIDUAL, ranks),
                       Rows(choices=choices)])
 

@@ -12,6 +12,13 @@ LLM has to earn any weight it gets. (The issue's ``exp(a)`` cannot be 0: started
 would learn at ``exp(a)`` times its rate; a plain gate at 0 gets its gradient, the
 correlation of the LLM's scores with the target, from the first step.)
 
+The gate has to earn its place on held-out data too: when the run ends, the learned gate is
+kept only where the residual ranking's validation MRR beats the classic model's alone by
+more than one standard error of the paired per-case differences (``keep_gate``); otherwise
+the saved gate is 0 and the system ranks as its partner does. The gate learns on training
+windows, on which the partner itself was trained and is surer than on held-out cases, so
+the loss can favour a gate that held-out cases do not.
+
 The partner is the better of SASRec and GRU4Rec (first seed each, frozen) by MRR on the
 trainer's validation cases, SASRec on ties; its scores for a training window come from the
 user's whole train history before the target, as the evaluation scores a case
@@ -29,7 +36,7 @@ import torch
 
 from cprec_core.config import Profile
 from cprec_core.evaluation.baselines import next_item_scores
-from cprec_core.metrics import reciprocal_ranks
+from cprec_core.metrics import one_se_choice, reciprocal_ranks
 from cprec_core.models.hybrid import zscore
 from cprec_core.prompts import Case
 from cprec_core.training.next_item import load_next_item_model
@@ -55,6 +62,11 @@ class ClassicPartner:
         """(cases, candidates) scores, each from the case's whole in-domain history."""
         return next_item_scores(self.model, self.index, [c.classic_history for c in cases],
                                 [c.candidates for c in cases], self.model.shape.max_len)
+
+    def reciprocal_ranks(self, cases: list[Case]) -> np.ndarray:
+        """Per case, 1 / (rank + 1) of the target by the partner alone."""
+        target = np.array([c.candidates.index(c.target) for c in cases])
+        return reciprocal_ranks(self.scores(cases), target)
 
     def record(self) -> dict:
         """What the run manifest keeps (the gate is added when the run ends)."""
@@ -84,6 +96,18 @@ def choose_partner(profile: Profile, partition: str, validation: list[Case]) -> 
     best = max(loaded, key=lambda name: mrr.get(name, 0.0))  # max keeps the first on ties
     seed, model, index = loaded[best]
     return ClassicPartner(best, seed, model, index, mrr)
+
+
+def keep_gate(classic_rr, residual_rr) -> tuple[bool, str, dict[str, float]]:
+    """(keep the learned gate, why, each ranking's validation MRR): kept only where the
+    residual ranking beats the classic model alone by more than one standard error
+    (metrics.one_se_choice, the classic model the simpler choice)."""
+    choice, means = one_se_choice({"classic": classic_rr, "residual": residual_rr}, "classic")
+    mrr = f"validation MRR residual {means['residual']:.4f}, classic alone {means['classic']:.4f}"
+    if choice == "residual":
+        return True, f"the learned gate: {mrr}, better by more than one standard error", means
+    return False, (f"gate 0, the classic model alone: {mrr}, the residual not better by more"
+                   " than one standard error"), means
 
 
 def gate_from(ranking: torch.Tensor, classic: torch.Tensor, summed: torch.Tensor) -> float:

@@ -69,7 +69,7 @@ from cprec_core.training.loop import (cut_log, log_totals, lr_schedule, publishi
                                       run_steps)
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_token_objective import NextTokenObjective
-from cprec_core.training.residual import ResidualError, choose_partner
+from cprec_core.training.residual import ResidualError, choose_partner, keep_gate
 from cprec_core.training.sft_samples import build_samples, choose_hybrid, hybrid_probability
 
 __all__ = ["SFTError", "SFTTrainer", "over_seeds", "run"]
@@ -364,18 +364,35 @@ class SFTTrainer:
             barrier=self.accelerator.wait_for_everyone)
         return 0 if found is None else found.step
 
-    def _residual_record(self) -> dict | None:
-        """A residual system's partner and the gate the saved weights learned (every
-        process calls it: under FSDP gathering the projector is a collective)."""
+    def _residual_choice(self, chosen: dict | None) -> dict | None:
+        """A residual system's partner and gate: the learned gate where the residual
+        ranking beats the partner alone on validation by more than one standard error, else
+        0, written into the projector (residual.keep_gate). Every process calls it: under
+        FSDP the projector's weights are gathered and loaded back collectively."""
         if self.partner is None:
             return None
-        gate = float(projector_weights(self)["residual_weight"][0])
-        return {**self.partner.record(), "gate": round(gate, 6)}
+        weights = projector_weights(self)
+        learned = float(weights["residual_weight"][0])
+        record = {**self.partner.record(), "learned_gate": round(learned, 6)}
+        if chosen is None:  # no validation cases: nothing to check the gate on
+            return {**record, "gate": round(learned, 6), "kept": "the learned gate (no"
+                                                                 " validation cases)"}
+        keep, why, means = keep_gate(self.partner.reciprocal_ranks(self.inputs.validation),
+                                     chosen["per_case"]["rr (residual)"])
+        if not keep:
+            weights["residual_weight"].zero_()
+            if self.sharded is None:
+                self.projector.load_state_dict(weights)
+            else:
+                self.sharded.load_extra(weights)
+        return {**record, "gate": round(learned, 6) if keep else 0.0, "kept": why,
+                "valid_mrr": {k: round(v, 4) for k, v in means.items()}}
 
     def save_final(self) -> dict:
         if self.run.best.exists() and not self._selects(self.total_steps):
             shutil.rmtree(self.run.best)  # left from a run with selection: not this plan's
         chosen = self._select_best()
+        residual = self._residual_choice(chosen)
         with distributed.full_parameters(self.accelerator, self.model):
             self.diagnostics["after"] = injection(self)
         rows = read_log(self.run.train_log)
@@ -391,7 +408,7 @@ class SFTTrainer:
             fingerprint=self.fingerprint,
             validation=without_per_case(chosen), scoring=chosen["scoring"] if chosen else None,
             validation_curve=[without_per_case(r) for r in read_log(self.run.validation_log)],
-            injection=self.diagnostics, residual=self._residual_record(),
+            injection=self.diagnostics, residual=residual,
             hybrid_steps=sum(r["prompt"] == "hybrid" for r in rows), **log_totals(rows),
             trainable_parameters=self.trainable, placeholder_id=self.placeholder_id,
             config=dataclasses.asdict(self.cfg), dtype=str(self.dtype).replace("torch.", ""),

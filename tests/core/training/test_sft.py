@@ -20,6 +20,7 @@ from cprec_core.metrics import one_se_choice, reciprocal_ranks
 from cprec_core.models.hybrid import residual_scores
 from cprec_core.training.hybrid_run import validate
 from cprec_core.training.next_item import train_next_item
+from cprec_core.training.residual import keep_gate
 from cprec_core.training.sft import SFTError, SFTTrainer, run
 
 
@@ -213,8 +214,13 @@ def test_residual_ranker_starts_at_its_classic_partner_and_learns_the_gate(resid
     manifest = json.loads(out.manifest.read_text())
     assert manifest["objective"] == "residual" and manifest["scoring"] == "residual"
     saved = load_file(out.projector)["residual_weight"]
-    assert manifest["residual"]["partner"] == partner.name
-    assert manifest["residual"]["gate"] == pytest.approx(float(saved[0]), abs=1e-6)
+    record = manifest["residual"]
+    assert record["partner"] == partner.name
+    assert record["gate"] == pytest.approx(float(saved[0]), abs=1e-6)
+    # the learned gate is saved only where validation says it beats the partner alone
+    keep, why, _ = keep_gate(partner.reciprocal_ranks(cases),
+                             _kept_row(out, manifest)["per_case"]["rr (residual)"])
+    assert record["kept"] == why and record["gate"] == (record["learned_gate"] if keep else 0.0)
     assert manifest["validation"]["mrr (residual)"] > 0
 
     # the evaluation ranks its test cases by the same formula with the recorded partner and
@@ -237,6 +243,22 @@ def test_residual_ranker_starts_at_its_classic_partner_and_learns_the_gate(resid
     assert float(choices["gate"]) == pytest.approx(manifest["residual"]["gate"], rel=1e-3)
     assert (reranker.system, reranker.fusion_partner) == ("cprec_residual", partner.name)
     assert reranker.fusion_lambda == manifest["residual"]["gate"]
+
+
+def _kept_row(out, manifest) -> dict:
+    """The validation log's row of the step whose weights were saved."""
+    step = manifest["validation"]["step"]
+    return next(r for r in map(json.loads, out.validation_log.read_text().splitlines())
+                if r["step"] == step)
+
+
+def test_the_learned_gate_is_kept_only_where_it_beats_the_partner_by_one_standard_error():
+    rng = np.random.default_rng(0)
+    classic = rng.uniform(0.2, 1.0, 200)
+    assert not keep_gate(classic, classic + rng.normal(0, 0.05, 200))[0]  # noise: gate 0
+    assert not keep_gate(classic, classic - 0.1)[0]  # worse: gate 0
+    keep, why, means = keep_gate(classic, np.minimum(classic + rng.uniform(0.05, 0.2, 200), 1))
+    assert keep and why.startswith("the learned gate") and means["residual"] > means["classic"]
 
 
 def test_residual_scores_are_the_evaluations_fusion_with_lambda_the_gate():
