@@ -185,6 +185,26 @@ def validation_section(sft: list[RunManifest]) -> list[str]:
                    m.injection["after"]["mean_pairwise_cosine"]) for m in rows]), ""]
 
 
+def residual_section(sft: list[RunManifest]) -> list[str]:
+    """The residual runs (cprec_core.training.residual): partner, gate learned, gate kept and
+    why; empty without them."""
+    rows = [m for m in sft if m.residual]
+    if not rows:
+        return []
+    return [
+        "Residual systems: z(classic partner) + gate x z(summed likelihood), the gate learned"
+        " from 0 in the candidate loss and kept only where the residual ranking's validation"
+        " MRR beats the partner's alone by more than one standard error:", "",
+        md_table(["domain", "system", "seed", "partner", "partners' validation MRR",
+                  "gate learned", "gate kept", "validation MRR residual / partner alone"],
+                 [(m.domain, m.system, m.seed or 0, m.residual["partner"],
+                   ", ".join(f"{k} {v:.3f}" for k, v in
+                             m.residual.get("partner_valid_mrr", {}).items()),
+                   m.residual.get("learned_gate", m.residual["gate"]), m.residual["gate"],
+                   " / ".join(f"{m.residual['valid_mrr'][k]:.3f}" for k in ("residual", "classic"))
+                   if "valid_mrr" in m.residual else "") for m in rows]), ""]
+
+
 DPO_TABLE_HEADER = ("domain", "system", "seed", "from", "pairs", "SFT HR@1 on windows",
                     "steps", "first loss", "final loss", "margin", "accuracy",
                     "validation HR@1 sum/mean", "its SFT's")
@@ -234,7 +254,8 @@ def leaderboard_section(con: duckdb.DuckDBPyConnection, profile: Profile) -> lis
         " candidate title, summed or mean per token as chosen on validation (`ranked by`);"
         " `fused`: the better of SASRec and GRU4Rec on validation, z-scored, plus lambda times"
         f" the z-scored `{profile.evaluation.fusion or 'none'}` likelihood, lambda picked on"
-        " validation; `(shuffled emb)`: the system scored again with every injected vector"
+        " validation; `*_residual`: z(its classic partner) + the gate its training learned"
+        " times z(summed likelihood); `(shuffled emb)`: the system scored again with every injected vector"
         " another item's, `(shuffled history emb)` / `(shuffled candidate emb)`: only the"
         " history's / only the candidates' (systems that read candidate vectors)."
         " Generation: greedy answer, valid iff it names exactly one candidate"
@@ -440,6 +461,7 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
         sft_table(sft),
         "",
         *validation_section(sft),
+        *residual_section(sft),
         *dpo_section(profile),
         "## Compute",
         "",
@@ -471,6 +493,7 @@ def summary(con: duckdb.DuckDBPyConnection, profile: Profile, domains: list[str]
         sft_table(sft),
         "",
         *validation_section(sft),
+        *residual_section(sft),
         *dpo_section(profile),
         *embeddings_section(profile),
         "CPT adapters",

@@ -69,3 +69,16 @@ def test_demo_summary_and_results_file_render_the_same_tables(tmp_path, fixture_
         assert "| Crime | cprec_dpo | 0 | cprec_rank | 12 | 0.3 | 4 | 0.693 | 1.2 |" in text
         assert "LEADERBOARD" in text and "FULL" in text
     assert printed.startswith("CORPUS\n") and "Next-item models per target domain" in printed
+
+
+def test_residual_runs_show_their_partner_and_the_gate_learned_and_kept():
+    from cprec_core.layout import RunManifest
+
+    assert results.residual_section([RunManifest(kind="sft", system="cprec_rank")]) == []
+    run = RunManifest(kind="sft", system="cprec_residual", domain="Crime", seed=0, residual={
+        "partner": "sasrec", "partner_seed": 0,
+        "partner_valid_mrr": {"sasrec": 0.57, "gru4rec": 0.546}, "learned_gate": 0.2,
+        "gate": 0.0, "kept": "gate 0", "valid_mrr": {"residual": 0.549, "classic": 0.57}})
+    text = "\n".join(results.residual_section([run]))
+    assert ("| Crime | cprec_residual | 0 | sasrec | sasrec 0.570, gru4rec 0.546 | 0.2 | 0 |"
+            " 0.549 / 0.570 |") in text
