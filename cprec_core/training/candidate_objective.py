@@ -47,14 +47,14 @@ class CandidateObjective:
         self.select_every = cfg.rank.select_every
 
     def param_groups(self, lora: list, projector) -> list[dict]:
-        """The projector learns from scratch: its own learning rate; the temperature and
-        (residual systems) the gate too."""
-        groups = [{"params": lora, "lr": self.cfg.rank.lr},
-                  {"params": list(projector.net.parameters()), "lr": self.cfg.rank.projector_lr},
-                  {"params": [projector.log_temperature], "lr": self.cfg.rank.temperature_lr}]
-        if self.residual:
-            groups.append({"params": [projector.residual_weight], "lr": self.cfg.rank.residual_lr})
-        return groups
+        """The projector learns from scratch: its own learning rate; the temperature and the
+        residual gate too. The gate is in the optimiser for every system (FSDP's optimiser
+        state covers every parameter of the projector); outside a residual system it is
+        never in the graph, so it gets no gradient and stays 0."""
+        return [{"params": lora, "lr": self.cfg.rank.lr},
+                {"params": list(projector.net.parameters()), "lr": self.cfg.rank.projector_lr},
+                {"params": [projector.log_temperature], "lr": self.cfg.rank.temperature_lr},
+                {"params": [projector.residual_weight], "lr": self.cfg.rank.residual_lr}]
 
     def prepare(self, trainer) -> str:
         """Nothing to tokenize ahead (candidates change every epoch); the fingerprint of

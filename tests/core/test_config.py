@@ -33,8 +33,8 @@ def test_every_named_profile_loads_into_its_own_folder():
     # the paper-recipe studies train the paper's systems; the candidate-aware study both kinds
     assert not any(name.endswith("_rank") for name in study.sft.systems)
     rank = load_profile("study-rank")
-    assert {"llara", "cprec", "llara_rank", "cprec_rank",
-            "cprec_shuffled_control_rank"} == set(rank.sft.systems)
+    assert {"llara", "cprec", "llara_rank", "cprec_rank", "cprec_shuffled_control_rank",
+            "llara_residual", "cprec_residual"} == set(rank.sft.systems)
     assert rank.sft.seeds_for("cprec_rank") == (0, 1) and rank.evaluation.fusion == "cprec_rank"
     assert "shuffled_control" in rank.cpt.variants
 

@@ -56,7 +56,8 @@ def test_sft_logs_the_curriculum_and_writes_adapter_and_projector(profile):
     assert {"hybrid", "text"} >= {r["prompt"] for r in rows}
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert set(load_file(out / "projector.safetensors")) == {
-        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "log_temperature"}
+        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "log_temperature",
+        "residual_weight"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["init_adapter"].endswith("cpt/wsa/adapter")
     assert manifest["samples"] == sum(r["samples"] for r in rows) <= 24
@@ -121,7 +122,7 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
     assert trainer.inputs.item_table[1:].mean(0).abs().max() < 1e-4  # standardised inputs
     rank = rank_profile.sft.rank  # LoRA, the projector and the temperature: their own rates
     assert [g["initial_lr"] for g in trainer.optimizer.param_groups] == [
-        rank.lr, rank.projector_lr, rank.temperature_lr]
+        rank.lr, rank.projector_lr, rank.temperature_lr, rank.residual_lr]
     result = run(rank_profile, "crime", "cprec_rank")
     assert result["finished"] and result["steps"] == 8  # 2 epochs x 8 windows / batch 2
     out = rank_profile.layout.sft_run("cprec_rank", "crime", 0)
@@ -148,6 +149,7 @@ def test_rank_system_redraws_negatives_selects_on_validation_and_reports(rank_pr
     assert len(curve[0]["per_case"]["loss"]) == 6 and {"mrr (sum)", "mrr (mean)", "loss se"} <= set(
         curve[0])
     assert manifest["objective"] == "rank" and manifest["epochs"] == 2
+    assert float(load_file(out.projector)["residual_weight"][0]) == 0.0  # no gradient outside
     injection = manifest["injection"]
     assert injection["before"]["items"] == injection["after"]["items"] > 0
     assert 0 < injection["after"]["item_specific_share"] <= 1.5
