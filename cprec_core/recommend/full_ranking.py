@@ -303,14 +303,17 @@ def full_ranking_markdown(con: duckdb.DuckDBPyConnection, resamples: int = 1000)
 
 
 def pipeline_label(info: dict) -> str:
-    """``two-stage: sasrec top 50 -> cprec_rank seed 0 (fused, lambda 0.5)``."""
+    """``two-stage: sasrec top 50 -> cprec_rank seed 0 (fused with sasrec, lambda 0.5)``,
+    or for a residual system ``(residual on sasrec, gate 0.2)``."""
     retrieval, rerank = info["retrieval"], info["rerank"]
     label = f"{PIPELINE}: {retrieval['model']} top {info['retrieve']} -> "
     if rerank is None:
         return label + "no LLM (retrieval order)"
     label += f"{rerank['system']} seed {rerank['seed']}"
     if rerank["fusion_lambda"] is not None:
-        label += f" (fused with {rerank['fusion_partner']}, lambda {rerank['fusion_lambda']:g})"
+        how = "residual on {}, gate {:g}" if rerank.get("scoring") == "residual" else \
+            "fused with {}, lambda {:g}"
+        label += f" ({how.format(rerank['fusion_partner'], rerank['fusion_lambda'])})"
     return label
 
 

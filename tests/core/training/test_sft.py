@@ -15,6 +15,7 @@ from cprec_core.config import GRU4RecConfig
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.data.db import connect
 from cprec_core.evaluation.evaluate import evaluate_domain, fuse
+from cprec_core.recommend.full_ranking import pipeline_label
 from cprec_core.recommend.pipeline import choose_reranker
 from cprec_core.metrics import one_se_choice, reciprocal_ranks
 from cprec_core.models.hybrid import residual_scores
@@ -245,6 +246,9 @@ def test_residual_ranker_starts_at_its_classic_partner_and_learns_the_gate(resid
     assert float(choices["gate"]) == pytest.approx(manifest["residual"]["gate"], rel=1e-3)
     assert (reranker.system, reranker.fusion_partner) == ("cprec_residual", partner.name)
     assert reranker.fusion_lambda == manifest["residual"]["gate"]
+    label = pipeline_label({"retrieval": {"model": "sasrec"}, "retrieve": 5,
+                            "rerank": dataclasses.asdict(reranker)})
+    assert label.endswith(f"(residual on {partner.name}, gate {reranker.fusion_lambda:g})")
 
 
 def _kept_row(out, manifest) -> dict:
