@@ -364,10 +364,10 @@ def llm_results(titles: dict[int, str], profile: Profile, slug: str, cases: Case
 def chosen_scoring(profile: Profile, slug: str, system: str, seed: int) -> tuple[str, str]:
     """(family, why) of an SFT run: summed or mean likelihood, whichever ranked the trainer's
     validation sample better (cprec_core.training.sft); mean where none was recorded."""
-    run = profile.layout.sft_run(system, slug, seed)
-    found = run.read_manifest().validation if run.manifest.is_file() else None
     if registered(system).residual:
         return RESIDUAL, "a residual system: z(classic partner) + gate * z(summed likelihood)"
+    run = profile.layout.sft_run(system, slug, seed)
+    found = run.read_manifest().validation if run.manifest.is_file() else None
     if not found:
         return "likelihood (mean)", "no validation scores recorded"
     if "mrr (sum)" in found:  # runs trained before MRR was recorded chose on HR@1

@@ -22,7 +22,7 @@ import dataclasses
 import torch
 
 from cprec_core.config import SFTConfig
-from cprec_core.training.hybrid_run import candidate_batch
+from cprec_core.training.hybrid_run import candidate_batch, classic_scores
 from cprec_core.training.loop import autocast, fingerprint, micro_batches
 from cprec_core.training.rank_loss import candidate_loss
 from cprec_core.training.residual import gate_from
@@ -101,13 +101,6 @@ class CandidateObjective:
         if self.residual:
             fields["gate"] = round(gate, 4)
         return fields
-
-
-def classic_scores(trainer, cases) -> torch.Tensor | None:
-    """The residual partner's (B, K) scores of ``cases`` (None: not a residual system)."""
-    if trainer.partner is None:
-        return None
-    return torch.as_tensor(trainer.partner.scores(cases), device=trainer.device)
 
 
 def learned_temperature(ranking: torch.Tensor, calibrated: torch.Tensor) -> float:

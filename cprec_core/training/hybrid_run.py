@@ -125,6 +125,14 @@ def candidate_batch(trainer, cases: list[Case], hybrid: bool):
                       trainer.answers, trainer.candidate_vectors)
 
 
+def classic_scores(trainer, cases: list[Case]) -> torch.Tensor | None:
+    """The residual partner's (B, K) scores of ``cases`` (None: not a residual system,
+    cprec_core.training.residual)."""
+    if trainer.partner is None:
+        return None
+    return torch.as_tensor(trainer.partner.scores(cases), device=trainer.device)
+
+
 @torch.no_grad()
 def validate(trainer, micro_batch: int) -> dict | None:
     """Scores of the validation sample with the system's own prompt (hybrid), from the
@@ -144,8 +152,7 @@ def validate(trainer, micro_batch: int) -> dict | None:
         for i in range(0, len(cases), micro_batch):
             part = cases[i:i + micro_batch]
             batch = candidate_batch(trainer, part, True)
-            classic = (None if trainer.partner is None else
-                       torch.as_tensor(trainer.partner.scores(part), device=trainer.device))
+            classic = classic_scores(trainer, part)
             with autocast(trainer.device, trainer.dtype):
                 scores, ranked, scaled = trainer.model(candidates=batch.inputs, hybrid=True,
                                                        calibrated=True, classic=classic)

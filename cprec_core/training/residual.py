@@ -29,7 +29,7 @@ partner's scores (cprec_core.evaluation.evaluate, family ``residual``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class ClassicPartner:
     seed: int
     model: torch.nn.Module
     index: list[int]  # position j holds the global id of the model's item j + 1
-    valid_mrr: dict[str, float]  # every partner's validation MRR: why this one
+    valid_mrr: dict[str, float] = field(default_factory=dict)  # every partner's: why this one
 
     def scores(self, cases: list[Case]) -> np.ndarray:
         """(cases, candidates) scores, each from the case's whole in-domain history."""
@@ -77,25 +77,20 @@ class ClassicPartner:
 def choose_partner(profile: Profile, partition: str, validation: list[Case]) -> ClassicPartner:
     """Of SASRec and GRU4Rec (first seed each), the one with the better MRR on
     ``validation``; SASRec on ties or without validation cases."""
-    loaded = {}
+    loaded = []
     for name in PARTNERS:
         seed = getattr(profile, name).seeds[0]
         files = profile.layout.next_item_model(name, partition, seed)
         if files.exists():
-            loaded[name] = (seed, *load_next_item_model(files))
+            loaded.append(ClassicPartner(name, seed, *load_next_item_model(files)))
     if not loaded:
         raise ResidualError(f"no SASRec or GRU4Rec for domain {partition!r}: a residual system"
                             " builds on one; materialise sasrec first")
-    mrr = {}
-    if validation:
-        target = np.array([c.candidates.index(c.target) for c in validation])
-        for name, (_, model, index) in loaded.items():
-            scores = next_item_scores(model, index, [c.classic_history for c in validation],
-                                      [c.candidates for c in validation], model.shape.max_len)
-            mrr[name] = float(reciprocal_ranks(scores, target).mean())
-    best = max(loaded, key=lambda name: mrr.get(name, 0.0))  # max keeps the first on ties
-    seed, model, index = loaded[best]
-    return ClassicPartner(best, seed, model, index, mrr)
+    mrr = ({p.name: float(p.reciprocal_ranks(validation).mean()) for p in loaded}
+           if validation else {})
+    best = max(loaded, key=lambda p: mrr.get(p.name, 0.0))  # max keeps the first on ties
+    best.valid_mrr = mrr
+    return best
 
 
 def keep_gate(classic_rr, residual_rr) -> tuple[bool, str, dict[str, float]]:
