@@ -50,7 +50,9 @@ class SourceConfig:
     MovieLens domains are genres, one per movie (``genre_rule``):
       - ``first``: the first listed genre;
       - ``priority``: the first genre of ``genre_priority`` the movie has, else its first genre
-        (lets small target genres claim their multi-genre movies).
+        (lets small target genres claim their multi-genre movies);
+      - ``whole``: every movie in the one domain ``domain`` (genres ignored, a movie without
+        one kept): the data set as the public benchmarks treat it (docs/BENCHMARK.md).
     ``timestamp_unit``: ``auto`` (numbers above 1e11 are milliseconds, others seconds), ``s``
     or ``ms``; for every format with numeric timestamps (table, MovieLens, both Amazon ones).
     ``max_record_bytes`` / ``max_file_bytes``: what one line, and one file after
@@ -62,6 +64,7 @@ class SourceConfig:
     path: str = ""
     genre_rule: str = "first"
     genre_priority: tuple[str, ...] = ()
+    domain: str = ""  # genre_rule whole: the one domain
     categories: tuple[str, ...] = ()
     append_year: bool = True
     timestamp_unit: str = "auto"
@@ -83,8 +86,13 @@ class SourceConfig:
                 check_folder(self.path, f"source path of kind {self.kind!r}")
             except LayoutError as exc:
                 raise ConfigError(str(exc)) from exc
-        if self.genre_rule not in ("first", "priority"):
-            raise ConfigError(f"genre_rule {self.genre_rule!r} is not 'first' or 'priority'")
+        if self.genre_rule not in ("first", "priority", "whole"):
+            raise ConfigError(f"genre_rule {self.genre_rule!r} is not 'first', 'priority' or"
+                              " 'whole'")
+        if (self.genre_rule == "whole") != bool(self.domain.strip()):
+            raise ConfigError("genre_rule 'whole' needs a domain name (source `domain`), and"
+                              f" `domain` goes with genre_rule 'whole' only; got genre_rule"
+                              f" {self.genre_rule!r}, domain {self.domain!r}")
         if self.timestamp_unit not in ("auto", "s", "ms"):
             raise ConfigError(f"timestamp_unit {self.timestamp_unit!r} is not auto, s or ms")
 
@@ -258,8 +266,11 @@ def _check_next_item(cfg, section: str) -> None:
             raise ConfigError(f"{section}.{name} must be at least 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"{section}.dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"{section}.lr must be positive, got {cfg.lr}")
+    if cfg.lr <= 0 or cfg.temperature <= 0 or not 0 < cfg.beta2 < 1 or cfg.negatives < 0:
+        raise ConfigError(f"{section}: lr and temperature must be positive, beta2 in (0, 1)"
+                          f" and negatives 0 (full softmax) or more; got lr {cfg.lr},"
+                          f" temperature {cfg.temperature}, beta2 {cfg.beta2}, negatives"
+                          f" {cfg.negatives}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
         raise ConfigError(f"{section}.seeds must be distinct non-negative integers, got"
                           f" {cfg.seeds}")
@@ -268,17 +279,30 @@ def _check_next_item(cfg, section: str) -> None:
 @dataclass(frozen=True)
 class SASRecConfig:
     """SASRec per target domain (cprec_core.models.sasrec): RecBole's shape (d=64, 2 blocks,
-    2 heads), full-softmax cross-entropy, Adam, early stopping on validation NDCG@10. One
-    model per seed of ``seeds`` (the LLaRA projector and the two-stage pipeline read the
-    first seed's, or the best seed's on validation); the text systems built on SASRec
-    (``sasrec_text_*``) train with these settings too."""
+    2 heads, pre-LayerNorm ``block``), full-softmax cross-entropy, Adam, early stopping on
+    validation NDCG@10. One model per seed of ``seeds`` (the LLaRA projector and the
+    two-stage pipeline read the first seed's, or the best seed's on validation); the text
+    systems built on SASRec (``sasrec_text_*``) train with these settings too.
+
+    The public benchmark's settings (profile ml1m-bench, docs/BENCHMARK.md) use the rest:
+    ``block`` ``original`` (the paper's layout), ``ffn_hidden`` (0: 4 * hidden) and
+    ``activation``; the loss's ``negatives`` (0: full softmax; N: sampled softmax over N
+    uniform negatives per position), ``temperature`` and ``l2_norm`` (cosine scores);
+    Adam's ``beta2``."""
 
     hidden: int = 64
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
     max_len: int = 50
+    block: str = "pre_norm"
+    ffn_hidden: int = 0
+    activation: str = "gelu"
+    negatives: int = 0
+    temperature: float = 1.0
+    l2_norm: bool = False
     lr: float = 1e-3
+    beta2: float = 0.999
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
@@ -290,20 +314,31 @@ class SASRecConfig:
         if self.heads < 1 or self.hidden % self.heads:
             raise ConfigError(f"sasrec.heads must divide sasrec.hidden ({self.hidden}),"
                               f" got {self.heads}")
+        if self.block not in ("pre_norm", "original") or self.activation not in ("gelu", "relu"):
+            raise ConfigError(f"sasrec.block is pre_norm or original and sasrec.activation gelu"
+                              f" or relu; got {self.block!r}, {self.activation!r}")
+        if self.ffn_hidden < 0:
+            raise ConfigError(f"sasrec.ffn_hidden must be 0 (4 * hidden) or more, got"
+                              f" {self.ffn_hidden}")
 
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
     """GRU4Rec per target domain (cprec_core.models.gru4rec), the recurrent classic baseline:
     RecBole's shape (item embeddings 64, one GRU layer of 128, dropout 0.3), trained like
-    SASRec (full-softmax cross-entropy, Adam, early stopping on validation NDCG@10)."""
+    SASRec (full-softmax cross-entropy, Adam, early stopping on validation NDCG@10); the
+    loss settings (``negatives``, ``temperature``, ``l2_norm``, ``beta2``) as SASRec's."""
 
     hidden: int = 64
     gru_hidden: int = 128
     layers: int = 1
     dropout: float = 0.3
     max_len: int = 50
+    negatives: int = 0
+    temperature: float = 1.0
+    l2_norm: bool = False
     lr: float = 1e-3
+    beta2: float = 0.999
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
@@ -741,6 +776,38 @@ _TEXT_STUDY = {
     "recommend": {"full_ranking_cases": 0}}
 
 
+# The public benchmark (`make benchmark`, docs/BENCHMARK.md): MovieLens-1M as one target
+# domain under the HSTU paper's protocol (Zhai et al., ICML 2024; facebookresearch/
+# generative-recommenders): every user and every rating, time order (ties in file order),
+# the last item test and the one before validation, histories up to 200 items, full ranking
+# over every item with the history excluded. SASRec with that repository's ML-1M settings
+# (d 50, 2 blocks, 1 head, feed-forward 50 with ReLU, dropout 0.2, sampled softmax over 128
+# uniform negatives at temperature 0.05 on L2-normalised vectors, Adam lr 1e-3 with beta2
+# 0.98, batch 128); GRU4Rec with the same width and loss. CPT (`wsa_target`) reads the
+# train split's title sequences; the text systems read the base model's and that adapter's
+# title embeddings. Three seeds each; no generative LLM stage (the sequences are too long
+# for a 2-core CPU to rank with an LLM over 3,706 items).
+_HSTU_LOSS = {"negatives": 128, "temperature": 0.05, "l2_norm": True, "lr": 1e-3,
+              "beta2": 0.98, "batch_size": 128, "max_len": 200, "max_epochs": 101,
+              "patience": 5, "seeds": [0, 1, 2]}
+_ML1M_BENCH = {
+    "name": "ml1m-bench", "device": "cpu",
+    "data": {"sources": [{"kind": "embedded", "name": "ml-1m", "genre_rule": "whole",
+                          "domain": "ML-1M"}],
+             "source_domains": [], "target_domains": ["ML-1M"], "user_core": 1,
+             "item_core": 1, "min_target_items": 1, "min_target_users": 1},
+    "cpt": {"variants": ["wsa_target"], "max_tokens": 200_000, "anneal_ratio": 0.2,
+            "checkpoint_every": 10},
+    "sasrec": {"hidden": 50, "layers": 2, "heads": 1, "dropout": 0.2, "block": "original",
+               "ffn_hidden": 50, "activation": "relu", **_HSTU_LOSS},
+    "gru4rec": {"hidden": 50, "gru_hidden": 100, "dropout": 0.2, **_HSTU_LOSS},
+    "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt_target"]},
+    "sft": {"systems": []},
+    "evaluation": {"max_cases": 0, "zero_shot": False, "generation": False, "fusion": "",
+                   "shuffled_ablation": False},
+    "recommend": {"full_ranking_cases": 0, "rerank_users": 0}}
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU, MovieLens-100K: large genres pre-train, two unseen genres are the targets.
     # The CPT token budget keeps `make demo` within minutes on 2 cores.
@@ -825,6 +892,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 "checkpoint_every": 50},
         "evaluation": {"max_cases": 0, "batch_size": 16},
     },
+    "ml1m-bench": _ML1M_BENCH,
     # LLM item embeddings in the sequential recommenders (`make study-text`)
     "study-text": {**_TEXT_STUDY, "name": "study-text"},
     "study-text-sparse": _merge(_TEXT_STUDY, {

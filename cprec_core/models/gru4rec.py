@@ -34,6 +34,7 @@ class GRU4RecShape:
     text_dim: int = 0  # width of the LLM title embeddings in the item table (0: IDs only)
     text_hidden: int = 256  # the adapter MLP's hidden width
     text_only: bool = False  # the item table is the adapted text alone
+    l2_norm: bool = False  # scores are cosine similarities (cprec_core.models.next_item)
 
 
 class GRU4Rec(NextItemModel):

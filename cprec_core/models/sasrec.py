@@ -2,9 +2,14 @@
 
 A causal Transformer over the item ids of a user's history; the hidden state at position t
 scores the item at t + 1 by a dot product with the (shared) item embeddings. Small and
-standard, as in LLaRA and RecBole: learned positions, pre-LayerNorm blocks, full softmax
-cross-entropy over the domain's items (a genre domain has tens to hundreds of items, so
-sampling negatives would only add noise). Item 0 is padding.
+standard, as in LLaRA and RecBole: learned positions, pre-LayerNorm blocks (``block``
+``pre_norm``), full softmax cross-entropy over the domain's items (a genre domain has tens
+to hundreds of items, so sampling negatives would only add noise). Item 0 is padding.
+
+``block`` ``original`` is the paper's own layout, as its code and HSTU's SASRec baseline
+(the public ML-1M benchmark, docs/BENCHMARK.md) have it: item embeddings times sqrt(d),
+the attention's query LayerNormed (keys and values not), the feed-forward (with its own
+residual) after a LayerNorm of the attention's sum, no final LayerNorm.
 
 Its item embeddings (``item_embeddings``, d=64) are what LLaRA's projector maps into the
 LLM's input space.
@@ -32,20 +37,65 @@ class SASRecShape:
     text_dim: int = 0  # width of the LLM title embeddings in the item table (0: IDs only)
     text_hidden: int = 256  # the adapter MLP's hidden width
     text_only: bool = False  # the item table is the adapted text alone
+    block: str = "pre_norm"  # or "original" (Kang & McAuley's layout; see the docstring)
+    ffn_hidden: int = 0  # the feed-forward's width (0: 4 * hidden)
+    activation: str = "gelu"  # or "relu"
+    l2_norm: bool = False  # scores are cosine similarities (cprec_core.models.next_item)
+
+    @property
+    def ffn_width(self) -> int:
+        return self.ffn_hidden or 4 * self.hidden
+
+
+def _feed_forward(shape: SASRecShape, dropout_out: bool) -> nn.Sequential:
+    act = nn.ReLU() if shape.activation == "relu" else nn.GELU()
+    layers = [nn.Linear(shape.hidden, shape.ffn_width), act, nn.Dropout(shape.dropout),
+              nn.Linear(shape.ffn_width, shape.hidden)]
+    return nn.Sequential(*layers, *([nn.Dropout(shape.dropout)] if dropout_out else []))
+
+
+def _attention(x_q: torch.Tensor, x_kv: torch.Tensor, q_proj, kv_proj, heads: int,
+               mask: torch.Tensor, dropout: float) -> torch.Tensor:
+    b, n, d = x_q.shape
+    q = q_proj(x_q).view(b, n, heads, d // heads).transpose(1, 2)
+    k, v = kv_proj(x_kv).view(b, n, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return att.transpose(1, 2).reshape(b, n, d)
+
+
+class OriginalBlock(nn.Module):
+    """Kang & McAuley's block: LayerNormed query over the raw sequence, then a LayerNorm and
+    the feed-forward with its own residual (``block: original``)."""
+
+    def __init__(self, shape: SASRecShape):
+        super().__init__()
+        self.heads, self.p = shape.heads, shape.dropout
+        self.norm_q = nn.LayerNorm(shape.hidden, eps=1e-8)
+        self.norm_ff = nn.LayerNorm(shape.hidden, eps=1e-8)
+        self.q = nn.Linear(shape.hidden, shape.hidden)
+        self.kv = nn.Linear(shape.hidden, 2 * shape.hidden)
+        self.proj = nn.Linear(shape.hidden, shape.hidden)
+        self.ff = _feed_forward(shape, dropout_out=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        query = self.norm_q(x)
+        att = _attention(query, x, self.q, self.kv, self.heads, mask,
+                         self.p if self.training else 0.0)
+        x = self.norm_ff(query + self.proj(att))
+        return x + self.ff(x)
 
 
 class Block(nn.Module):
     """Pre-LayerNorm self-attention + feed-forward block."""
 
-    def __init__(self, hidden: int, heads: int, dropout: float):
+    def __init__(self, shape: SASRecShape):
         super().__init__()
-        self.heads, self.p = heads, dropout
+        hidden, self.heads, self.p = shape.hidden, shape.heads, shape.dropout
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
-        self.ff = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(4 * hidden, hidden))
-        self.drop = nn.Dropout(dropout)
+        self.ff = _feed_forward(shape, dropout_out=False)
+        self.drop = nn.Dropout(shape.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -64,11 +114,14 @@ class SASRec(NextItemModel):
         self.text = self.text_items(shape)
         self.positions = nn.Embedding(shape.max_len, shape.hidden)
         self.dropout = nn.Dropout(shape.dropout)
-        self.blocks = nn.ModuleList(Block(shape.hidden, shape.heads, shape.dropout)
+        original = shape.block == "original"
+        self.blocks = nn.ModuleList((OriginalBlock if original else Block)(shape)
                                     for _ in range(shape.layers))
-        self.norm = nn.LayerNorm(shape.hidden)
+        self.norm = nn.Identity() if original else nn.LayerNorm(shape.hidden)
+        self.scale = shape.hidden ** 0.5 if original else 1.0
         nn.init.normal_(self.items.weight, std=0.02)
-        nn.init.normal_(self.positions.weight, std=0.02)
+        # the original scales item embeddings by sqrt(d); its positions start at that size
+        nn.init.normal_(self.positions.weight, std=shape.hidden ** -0.5 if original else 0.02)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -76,7 +129,7 @@ class SASRec(NextItemModel):
         """(batch, length) left-padded item ids -> (batch, length, hidden)."""
         length = seq.shape[1]
         pos = torch.arange(length, device=seq.device)
-        x = self.dropout(self.embed(seq) + self.positions(pos)[None])
+        x = self.dropout(self.embed(seq) * self.scale + self.positions(pos)[None])
         # Additive mask: no attention to later positions or to padding. A large negative
         # number rather than -inf, so padded rows (all keys masked) stay finite instead of
         # turning into NaN and leaking through the next layer's zero attention weights.

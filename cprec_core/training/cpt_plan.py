@@ -14,7 +14,11 @@ Variants (method.md section 1.4):
                     behaviour destroyed
   wsa_target        wsa whose warmup and stable phases also read the target domains' train
                     sequences (documents of kind ``target``); every other variant drops them
-                    (``for_variant``), so its corpus is source-only as the paper's
+                    (``for_variant``), so its corpus is source-only as the paper's. A data
+                    set that is one target domain (the public benchmark, genre_rule whole)
+                    has no mixed sequences: with ``anneal_ratio`` set, its last share of
+                    steps anneals on the same kind of documents (the LR shape of WSA
+                    without the data switch, which needs two domains)
 """
 
 from __future__ import annotations
@@ -174,13 +178,15 @@ def build_plan(corpus: Corpus, cfg: CPTConfig, variant: str, pad_id: int) -> Pla
         warmup = max(1, round(cfg.warmup_ratio * len(steps)))
         return Plan(blocks, steps, ["domain+mixed"] * len(steps), warmup, 0, len(steps) - warmup)
 
-    if variant in ("wsa", "shuffled_control", "wsa_target") and not mixed:
+    single = variant == "wsa_target" and not mixed and cfg.anneal_ratio > 0
+    if variant in ("wsa", "shuffled_control", "wsa_target") and not mixed and not single:
         raise CorpusError("the corpus has no mixed sequences: WSA anneals on them (need users"
-                          " with >= corpus.min_domains source domains)")
+                          " with >= corpus.min_domains source domains; a single-domain"
+                          " wsa_target run anneals on its own documents with cpt.anneal_ratio)")
     if not domain:
         raise CorpusError("the corpus has no domain-specific sequences")
     d_blocks = pack_documents([domain[i] for i in rng.permutation(len(domain))], cfg.block_size, pad_id)
-    if variant == "ds_only":
+    if variant == "ds_only" or single:
         blocks = d_blocks
         order = rng.permutation(len(blocks))
         total = math.ceil(len(blocks) / per_step)

@@ -152,3 +152,42 @@ def estimate_plan(size: ModelSize, dtype: torch.dtype, micro_batch: int, tokens:
     parts["framework"] = (1 << 30) if cpu else 0
     sharded = ("weights", "lora weights", "lora gradients", "adam state") if split > 1 else ()
     return Estimate({k: int(v) for k, v in parts.items()}, sharded, processes, sharding)
+
+
+def _status_kb(field: str) -> int | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+class PeakRSS:
+    """This process's resident memory over one run (Linux): ``start()`` resets the kernel's
+    high-water mark (``/proc/self/clear_refs``) and reads the RSS then; ``peak_mb()`` is the
+    high-water mark since. Both are None where /proc does not allow it (another OS, a
+    sandbox): a figure that cannot be measured is not guessed. The process is the whole of
+    it (a Dagster run holds its database and libraries too): ``start_mb`` says what was
+    there before the run began."""
+
+    def __init__(self) -> None:
+        self.start_mb: float | None = None
+        self._reset = False
+
+    def start(self) -> "PeakRSS":
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+            rss = _status_kb("VmRSS")
+            self.start_mb = None if rss is None else round(rss / 1024, 1)
+        except OSError:
+            self._reset = False
+        return self
+
+    def peak_mb(self) -> float | None:
+        if not self._reset:
+            return None
+        try:
+            hwm = _status_kb("VmHWM")
+        except OSError:
+            return None
+        return None if hwm is None else round(hwm / 1024, 1)

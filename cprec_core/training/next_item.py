@@ -36,6 +36,7 @@ from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
+from cprec_core.training.memory import PeakRSS
 from cprec_core.progress import Throttled, counted, duration
 from cprec_core.systems import (NEXT_ITEM_SYSTEM_NAMES, embedding_asset, next_item_systems,
                                 system as registered)
@@ -134,6 +135,7 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     if len(data.items) < 2 or not data.histories:
         raise ValueError(f"domain {data.domain!r} has {len(data.items)} items and"
                          f" {len(data.histories)} users: too little to train {name}")
+    memory = PeakRSS().start()
     torch.manual_seed(seed)
     local = {item: i + 1 for i, item in enumerate(sorted(data.items))}
     hist = [[local[i] for i in h] for h in data.histories]
@@ -149,7 +151,8 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     model = build_model(kind, len(local), cfg, text)
     if text is not None:
         model.text.set_text(text.vectors.rows(sorted(data.items)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.beta2),
+                                 weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     best, best_state, history, waited = -1.0, None, [], 0
     started = time.perf_counter()
@@ -167,7 +170,7 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         total, epoch_started = 0.0, time.perf_counter()
         for batch, start in enumerate(range(0, len(order), cfg.batch_size), 1):
             idx = order[start:start + cfg.batch_size]
-            loss = model.loss(seqs[idx], targets[idx])
+            loss = model.loss(seqs[idx], targets[idx], cfg.negatives, cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -205,7 +208,10 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         "epochs": len(history), "best_epoch": best_epoch,
         "valid": evaluate(model, valid_hist, valid_target, cfg.max_len),
         "test": evaluate(model, test_hist, test_target, cfg.max_len),
-        "seconds": round(time.perf_counter() - started, 1), "history": history,
+        "seconds": round(time.perf_counter() - started, 1),
+        # the process's resident memory (MB) when training began and its peak during it
+        "rss_start_mb": memory.start_mb, "peak_rss_mb": memory.peak_mb(),
+        "parameters": sum(p.numel() for p in model.parameters()), "history": history,
     }
     # The weights file marks a finished model (NextItemFiles.exists): the old one goes first,
     # the new one is renamed into place last, so a crash never pairs weights with another

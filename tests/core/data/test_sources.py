@@ -362,6 +362,16 @@ def test_movielens_genre_rules(tmp_path):
     cfg = ml_cfg(folder, genre_rule="first", genre_priority=("Comedy",))
     assert {a.item_id: a.domain for a in split(read_movielens(folder, cfg))[0]} == first
 
+    # 'whole': one domain for every movie, as the public benchmarks rank all items; the
+    # movie whose only genre is 'unknown' (rejected above) is kept
+    cfg = ml_cfg(folder, genre_rule="whole", domain="MovieLens")
+    assert {a.item_id: a.domain for a in split(read_movielens(folder, cfg))[0]} == {
+        "1": "MovieLens", "12": "MovieLens", "50": "MovieLens", "1373": "MovieLens"}
+    with pytest.raises(ConfigError, match="needs a domain name"):
+        ml_cfg(folder, genre_rule="whole")
+    with pytest.raises(ConfigError, match="goes with genre_rule 'whole' only"):
+        ml_cfg(folder, domain="MovieLens")
+
 
 def test_pick_genre_skips_unknown():
     cfg = SourceConfig(kind="movielens", path="x", genre_rule="priority",
