@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
 .PHONY: install demo test test-ui ui serve bench results study study-residual study-dpo study-text study-text-scaling \
-	study-gpu clean-data
+	study-gpu benchmark clean-data
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -80,6 +80,16 @@ study-text-scaling: install  ## the CPT scaling curve of profile study-text (aft
 study-gpu: install  ## the same study scaled up on one CUDA GPU (8.3 min on an H200), writes docs/RESULTS-gpu.md
 	PY=$(PY) CPREC_PROFILE=study-gpu POOL_LIMIT=16 RESULTS_OUT=docs/RESULTS-gpu.md \
 		scripts/study_side_by_side.sh
+
+benchmark: install  ## MovieLens-1M under the HSTU paper's protocol (profile ml1m-bench): SASRec, GRU4Rec, CPT and the text systems, 3 seeds each; writes docs/BENCHMARK.md
+	@date +%s > data/.benchmark-started 2>/dev/null || (mkdir -p data && date +%s > data/.benchmark-started)
+	CPREC_PROFILE=ml1m-bench $(PY) -m cprec_assets.demo --stage corpus
+	CPREC_PROFILE=ml1m-bench $(PY) -m cprec_assets.demo --stage cpt
+	CPREC_PROFILE=ml1m-bench $(PY) -m cprec_assets.demo --stage embeddings
+	CPREC_PROFILE=ml1m-bench $(PY) -m cprec_assets.demo --stage sasrec
+	CPREC_PROFILE=ml1m-bench $(PY) -m cprec_assets.demo --stage recommend
+	$(PY) -m cprec_core.evaluation.benchmark --profile ml1m-bench --out docs/BENCHMARK.md \
+		--started $$(cat data/.benchmark-started)
 
 clean-data:  ## remove databases and runs (keeps the download cache in data/cache)
 	rm -rf data/demo data/full

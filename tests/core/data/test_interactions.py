@@ -83,6 +83,19 @@ def test_target_too_small_is_a_clear_error():
         build_interactions(con, data_config(min_target_items=20))
 
 
+def test_a_data_set_of_one_target_domain_builds_but_an_emptied_source_does_not():
+    """The public benchmark is one target domain and no source at all; a configured source
+    domain that filtering emptied is still the nothing-to-pre-train-on error."""
+    con = load_rows([("u1", "t1", "T", 1), ("u1", "t2", "T", 2), ("u1", "t3", "T", 3)])
+    report = build_interactions(con, data_config())
+    assert report.reconciled and rows_of(con, "SELECT domain, role FROM domains") == [
+        ("T", "target")]
+    con = load_rows([("u1", "a1", "A", 9), ("u1", "t1", "T", 1), ("u1", "t2", "T", 2),
+                     ("u1", "t3", "T", 3)])
+    with pytest.raises(DataError, match="no source domain has interactions left"):
+        build_interactions(con, data_config(user_core=2))
+
+
 def test_unknown_configured_domain_names_what_exists():
     con = load_rows([("u1", "a1", "A", 1), ("u1", "t1", "T", 2)])
     with pytest.raises(DataError, match=r"\['Nope'\] not in the data; present: \['A', 'T'\]"):

@@ -48,6 +48,53 @@ def test_save_and_load_give_the_same_scores(tmp_path):
     assert a == manifest["valid"]
 
 
+# the public benchmark's settings (profile ml1m-bench), scaled to the tiny cycle
+BENCH = dataclasses.replace(FAST, block="original", ffn_hidden=16, activation="relu",
+                            negatives=4, temperature=0.1, l2_norm=True, beta2=0.98)
+
+
+def test_the_benchmark_settings_learn_and_reload_as_cosine_scores(tmp_path):
+    data = cyclic_domain()
+    manifest = train_next_item(data, BENCH, NextItemFiles(tmp_path / "m"), log=lambda *_: None)
+    assert manifest["valid"]["ndcg@10"] > 0.9
+    assert manifest["shape"]["block"] == "original" and manifest["shape"]["l2_norm"]
+    assert manifest["parameters"] > 0
+    model, index = load_next_item_model(NextItemFiles(tmp_path / "m"))
+    local = {item: i + 1 for i, item in enumerate(index)}
+    histories = [[local[i] for i in h] for h in data.histories]
+    assert evaluate(model, histories, [local[v] for v in data.valid], BENCH.max_len) == (
+        manifest["valid"])
+    with torch.no_grad():
+        scores = model.scores(left_pad(histories, BENCH.max_len))
+    assert scores.abs().max() <= 1 + 1e-5  # cosine similarities
+
+
+def test_sampled_softmax_drawing_every_item_is_the_full_softmax(monkeypatch):
+    """With every item drawn once per sequence, the target's draw masked out, the sampled
+    loss sees exactly the full softmax's competitors: the two losses agree."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecShape(n_items=9, max_len=6, l2_norm=True, block="original")).eval()
+    seq = left_pad([[1, 2, 3], [4, 5, 6, 7, 8]], 6)
+    targets = left_pad([[2, 3, 9], [5, 6, 7, 8, 1]], 6)
+    full = model.loss(seq, targets, negatives=0, temperature=0.2)
+    every = torch.arange(1, 10).expand(2, 9)
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: every[:, :size[1]])
+    sampled = model.loss(seq, targets, negatives=9, temperature=0.2)
+    torch.testing.assert_close(sampled, full)
+
+
+def test_both_blocks_are_causal():
+    """A later item never changes an earlier item's state (the ``original`` block's
+    query-only LayerNorm included); padding positions, whose keys are all masked, are
+    never read."""
+    for block in ("pre_norm", "original"):
+        model = SASRec(SASRecShape(n_items=20, max_len=8, block=block)).eval()
+        a, b = left_pad([[3, 4, 5, 6]], 8), left_pad([[3, 4, 5, 19]], 8)
+        with torch.no_grad():
+            torch.testing.assert_close(model(a)[:, 4:-1], model(b)[:, 4:-1])
+            assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
+
+
 def test_heavily_padded_histories_give_finite_scores_in_eval():
     """Regression: with -inf masks, all-padding rows turned into NaN in eval and every
     NaN score counted as a hit."""

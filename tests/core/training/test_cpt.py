@@ -102,6 +102,23 @@ def test_other_variants_plan(profile):
         build_plan(only_domain, profile.cpt, "wsa", pad_id=0)
 
 
+def test_a_single_domain_corpus_anneals_on_its_own_documents(profile):
+    """The public benchmark's corpus is one target domain's train split: wsa_target with
+    anneal_ratio keeps WSA's LR shape over it (no data switch: there is no mixed kind);
+    without anneal_ratio it is the clear no-mixed-sequences error."""
+    docs = [np.arange(1, 40 + i) for i in range(40)]
+    single = Corpus(["target"] * 40, [["ML-1M"]] * 40, [[1, 2]] * 40, docs, "single")
+    cfg = dataclasses.replace(profile.cpt, anneal_ratio=0.25, blocks_per_step=2, micro_batch=1,
+                              block_size=64)
+    plan = build_plan(single, cfg, "wsa_target", pad_id=0)
+    phases = [plan.phase(s) for s in range(plan.total_steps)]
+    assert phases[0] == "warmup" and "stable" in phases and phases[-1] == "anneal"
+    assert plan.anneal_steps == round(0.25 * plan.total_steps) and set(plan.data) == {"domain"}
+    assert sorted(np.concatenate(plan.steps)) == list(range(len(plan.blocks)))  # one epoch
+    with pytest.raises(CorpusError, match="no mixed sequences"):
+        build_plan(single, dataclasses.replace(cfg, anneal_ratio=0.0), "wsa_target", pad_id=0)
+
+
 def test_control_arm_shuffles_items_across_users_keeping_format(profile):
     from transformers import AutoTokenizer
     import pyarrow.parquet as pq
