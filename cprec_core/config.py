@@ -288,7 +288,9 @@ class SASRecConfig:
     ``block`` ``original`` (the paper's layout), ``ffn_hidden`` (0: 4 * hidden) and
     ``activation``; the loss's ``negatives`` (0: full softmax; N: sampled softmax over N
     uniform negatives per position), ``temperature`` and ``l2_norm`` (cosine scores);
-    Adam's ``beta2``."""
+    Adam's ``beta2``; ``length_buckets``: batches of similar history lengths, each cut to
+    its longest (cprec_core.training.next_item.epoch_batches: about half the cost where
+    most histories are shorter than ``max_len``)."""
 
     hidden: int = 64
     layers: int = 2
@@ -308,6 +310,7 @@ class SASRecConfig:
     max_epochs: int = 200
     patience: int = 10
     seeds: tuple[int, ...] = (0,)
+    length_buckets: bool = False
 
     def __post_init__(self) -> None:
         _check_next_item(self, "sasrec")
@@ -327,7 +330,8 @@ class GRU4RecConfig:
     """GRU4Rec per target domain (cprec_core.models.gru4rec), the recurrent classic baseline:
     RecBole's shape (item embeddings 64, one GRU layer of 128, dropout 0.3), trained like
     SASRec (full-softmax cross-entropy, Adam, early stopping on validation NDCG@10); the
-    loss settings (``negatives``, ``temperature``, ``l2_norm``, ``beta2``) as SASRec's."""
+    loss settings (``negatives``, ``temperature``, ``l2_norm``, ``beta2``) and
+    ``length_buckets`` as SASRec's."""
 
     hidden: int = 64
     gru_hidden: int = 128
@@ -344,6 +348,7 @@ class GRU4RecConfig:
     max_epochs: int = 200
     patience: int = 10
     seeds: tuple[int, ...] = (0,)
+    length_buckets: bool = False
 
     def __post_init__(self) -> None:
         _check_next_item(self, "gru4rec")
@@ -789,7 +794,7 @@ _TEXT_STUDY = {
 # for a 2-core CPU to rank with an LLM over 3,706 items).
 _HSTU_LOSS = {"negatives": 128, "temperature": 0.05, "l2_norm": True, "lr": 1e-3,
               "beta2": 0.98, "batch_size": 128, "max_len": 200, "max_epochs": 101,
-              "patience": 5, "seeds": [0, 1, 2]}
+              "patience": 5, "seeds": [0, 1, 2], "length_buckets": True}
 _ML1M_BENCH = {
     "name": "ml1m-bench", "device": "cpu",
     "data": {"sources": [{"kind": "embedded", "name": "ml-1m", "genre_rule": "whole",

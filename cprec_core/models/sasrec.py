@@ -128,7 +128,9 @@ class SASRec(NextItemModel):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """(batch, length) left-padded item ids -> (batch, length, hidden)."""
         length = seq.shape[1]
-        pos = torch.arange(length, device=seq.device)
+        # positions count from the right edge: a history cut to fewer than max_len columns
+        # (trim_padding in training) gets the positions it has at full length
+        pos = torch.arange(length, device=seq.device) + max(self.shape.max_len - length, 0)
         x = self.dropout(self.embed(seq) * self.scale + self.positions(pos)[None])
         # Additive mask: no attention to later positions or to padding. A large negative
         # number rather than -inf, so padded rows (all keys masked) stay finite instead of

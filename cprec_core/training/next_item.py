@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from safetensors.torch import load_file, save_file
 
 from cprec_core.config import GRU4RecConfig, Profile, SASRecConfig
@@ -51,8 +52,10 @@ def evaluate(model: SASRec | GRU4Rec, histories: list[list[int]], targets: list[
         for start in range(0, len(histories), batch_size):
             hist = histories[start:start + batch_size]
             scores = model.scores(left_pad(hist, max_len))
-            for row, items in enumerate(hist):
-                scores[row, [i - 1 for i in items]] = -math.inf
+            # column j scores item j + 1: a leading column for the padding id 0 takes the
+            # history's ids in one scatter, then goes
+            seen = left_pad(hist, max(1, max(len(h) for h in hist)))
+            scores = F.pad(scores, (1, 0)).scatter_(1, seen, -math.inf)[:, 1:]
             target = torch.tensor(targets[start:start + batch_size]) - 1
             part = rank_metrics(scores, target)
             for key in totals:
@@ -83,6 +86,29 @@ def _epoch_line(label: str, epoch: int, cfg: SASRecConfig | GRU4RecConfig, histo
             f"{least} to {most} more epochs (about {duration(least * per_epoch)} to"
             f" {duration(most * per_epoch)})")
     return line + f", patience {patience}/{cfg.patience} left; {span}"
+
+
+def epoch_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                  buckets: bool = False) -> list[torch.Tensor]:
+    """One epoch's batches of row indices: a random permutation cut in turn; with
+    ``buckets``, rows ordered by history length plus a random jitter of a tenth of the
+    longest (so batches differ between epochs), cut in turn, the batches then shuffled:
+    a batch holds similar lengths and ``trim_padding`` cuts it to its longest."""
+    order = torch.randperm(len(lengths), generator=generator)
+    if not buckets:
+        return list(order.split(batch_size))
+    jitter = torch.rand(len(lengths), generator=generator) * max(1.0, int(lengths.max()) / 10)
+    batches = list(torch.argsort(lengths.float() + jitter).split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+def trim_padding(seqs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows without the columns that are padding in every row. The models count
+    positions from the right edge (cprec_core.models.sasrec), so this changes the cost, not
+    the result."""
+    filled = (seqs != 0).any(0).nonzero()
+    first = int(filled[0]) if len(filled) else seqs.shape[1] - 1
+    return seqs[:, first:], targets[:, first:]
 
 
 MODELS = {"sasrec": (SASRec, SASRecShape), "gru4rec": (GRU4Rec, GRU4RecShape)}
@@ -164,27 +190,28 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         f" up to {cfg.max_epochs} epochs, early stop after {cfg.patience} without a better"
         f" validation NDCG@10")
     throttled = Throttled(log, every_s)
+    lengths = (seqs != 0).sum(1)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
-        order = torch.randperm(len(seqs), generator=generator)
-        total, epoch_started = 0.0, time.perf_counter()
-        for batch, start in enumerate(range(0, len(order), cfg.batch_size), 1):
-            idx = order[start:start + cfg.batch_size]
-            loss = model.loss(seqs[idx], targets[idx], cfg.negatives, cfg.temperature)
+        batches = epoch_batches(lengths, cfg.batch_size, generator, cfg.length_buckets)
+        total, done, epoch_started = 0.0, 0, time.perf_counter()
+        for batch, idx in enumerate(batches, 1):
+            loss = model.loss(*trim_padding(seqs[idx], targets[idx]), cfg.negatives,
+                              cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total, done = total + loss.item() * len(idx), done + len(idx)
             if batch < n_batches:
                 throttled(lambda: counted(
                     f"{label} epoch {epoch}/{cfg.max_epochs}", batch, n_batches, "batches",
                     time.perf_counter() - epoch_started,
-                    f", loss {total / min(start + cfg.batch_size, len(order)):.4f}",
+                    f", loss {total / done:.4f}",
                     "left in this epoch"))
         validating = time.perf_counter()
         metrics = evaluate(model, valid_hist, valid_target, cfg.max_len)
         now = time.perf_counter()
-        history.append({"epoch": epoch, "loss": round(total / len(order), 4), **metrics})
+        history.append({"epoch": epoch, "loss": round(total / len(seqs), 4), **metrics})
         improved = metrics["ndcg@10"] > best
         if improved:
             best, waited = metrics["ndcg@10"], 0

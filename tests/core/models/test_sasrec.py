@@ -8,7 +8,9 @@ from cprec_core.data.domain_users import DomainData
 from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
-from cprec_core.training.next_item import evaluate, load_next_item_model, train_next_item
+from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
+from cprec_core.training.next_item import (epoch_batches, evaluate, load_next_item_model,
+                                           train_next_item, trim_padding)
 
 FAST = SASRecConfig(max_len=10, batch_size=32, max_epochs=60, patience=5, lr=5e-3, dropout=0.1)
 
@@ -93,6 +95,37 @@ def test_both_blocks_are_causal():
         with torch.no_grad():
             torch.testing.assert_close(model(a)[:, 4:-1], model(b)[:, 4:-1])
             assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
+
+
+def test_cutting_shared_padding_changes_nothing_but_the_cost():
+    """Positions count from the right edge, so a batch cut to its longest history scores
+    as at full width, for both encoders and both SASRec blocks."""
+    torch.manual_seed(0)
+    seqs = left_pad([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 12)
+    targets = left_pad([[2, 3, 4], [5, 6], [7, 8, 9, 1]], 12)
+    cut, cut_targets = trim_padding(seqs, targets)
+    assert cut.shape == (3, 4) and torch.equal(cut_targets, targets[:, -4:])
+    models = [SASRec(SASRecShape(n_items=9, max_len=12, block=b)) for b in ("pre_norm",
+                                                                            "original")]
+    for model in [*models, GRU4Rec(GRU4RecShape(n_items=9, max_len=12))]:
+        model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(cut)[cut != 0], model(seqs)[seqs != 0])
+            torch.testing.assert_close(model.loss(cut, cut_targets), model.loss(seqs, targets))
+
+
+def test_length_buckets_cover_every_row_once_in_batches_of_like_lengths():
+    lengths = torch.randint(1, 200, (1000,), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    plain = epoch_batches(lengths, 100, g)
+    buckets = epoch_batches(lengths, 100, g, buckets=True)
+    again = epoch_batches(lengths, 100, g, buckets=True)
+    for batches in (plain, buckets):
+        assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+    def spread(batches):
+        return sum(int(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
+    assert spread(buckets) < 0.3 * spread(plain)  # like lengths together
+    assert [b.tolist() for b in buckets] != [b.tolist() for b in again]  # re-drawn per epoch
 
 
 def test_heavily_padded_histories_give_finite_scores_in_eval():
