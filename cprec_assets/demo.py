@@ -120,7 +120,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--domain", action="append", help="domain partition(s) of the domain stages")
     parser.add_argument("--system", action="append",
                         help="SFT system(s) of --stage sft; LLM system(s) --stage evaluation"
-                             " scores (the others' rows stay)")
+                             " scores (the others' rows stay); next-item system(s) of --stage"
+                             " sasrec")
     return parser.parse_args(argv)
 
 
@@ -149,23 +150,30 @@ def run_domain_stages(args: argparse.Namespace, profile: Profile,
     keys = instance.get_dynamic_partitions(domain_partitions.name)
     if not keys:
         sys.exit("no domain partitions yet: run --stage corpus first")
-    # --system names the SFT systems to train, or the LLM systems to score
+    # --system names the SFT systems to train, the LLM systems to score, or (--stage sasrec)
+    # the next-item systems to train
     scoring_only = args.stage == "evaluation" and args.system
-    systems = [] if scoring_only else _chosen("--system", args.system, profile.sft.systems)
+    next_item = ["sasrec", "gru4rec", *profile.item_text.systems]
+    if args.stage == "sasrec":
+        next_item = _chosen("--system", args.system, next_item)
+    systems = [] if scoring_only or args.stage == "sasrec" else _chosen(
+        "--system", args.system, profile.sft.systems)
     scored = _chosen("--system", args.system, dict.fromkeys(
         name for name, _ in planned_llm_systems(profile))) if scoring_only else []
     for key in _chosen("--domain", args.domain, keys):
-        run_domain(key, parts, systems, scored, profile, instance)
+        run_domain(key, parts, systems, scored, profile, instance, next_item)
 
 
 def run_domain(key: str, parts, systems: list[str], scored: list[str], profile: Profile,
-               instance: dg.DagsterInstance) -> None:
-    """One domain's ``parts``: its data and next-item models, the SFT systems ``systems``,
-    DPO, the evaluation (of the LLM systems ``scored``, all when empty), recommendations."""
+               instance: dg.DagsterInstance, next_item: list[str] | None = None) -> None:
+    """One domain's ``parts``: its data and next-item models (``next_item``, default all),
+    the SFT systems ``systems``, DPO, the evaluation (of the LLM systems ``scored``, all when
+    empty), recommendations."""
     if "sasrec" in parts:
+        next_item = next_item or ["sasrec", "gru4rec", *profile.item_text.systems]
         run(f"domain[{key}]", dg.AssetSelection.assets(
-            "domain_users", "sasrec", "gru4rec", "candidate_sets",
-            *profile.item_text.systems), instance, key)
+            "domain_users", "candidate_sets", *(system(n).asset for n in next_item)),
+            instance, key)
     if "sft" in parts:
         for name in systems:
             asset = system(name).asset

@@ -71,6 +71,25 @@ def test_the_benchmark_settings_learn_and_reload_as_cosine_scores(tmp_path):
     assert scores.abs().max() <= 1 + 1e-5  # cosine similarities
 
 
+def test_refit_trains_the_chosen_epochs_on_train_and_validation(tmp_path):
+    """Validation picks the epochs; the files then hold the same seed trained that long on
+    every item before the test one, and the manifest's test is that model's."""
+    data = cyclic_domain()
+    cfg = dataclasses.replace(BENCH, refit=True, max_epochs=8, patience=2)
+    manifest = train_next_item(data, cfg, NextItemFiles(tmp_path / "m"), log=lambda *_: None)
+    refit = manifest["refit"]
+    assert refit["epochs"] == manifest["best_epoch"] and refit["sequences"] == len(data.histories)
+    assert set(refit["test_selected_model"]) == {"hr@10", "ndcg@10"}
+    model, index = load_next_item_model(NextItemFiles(tmp_path / "m"))
+    local = {item: i + 1 for i, item in enumerate(index)}
+    test_hist = [[local[i] for i in h] + [local[v]] for h, v in zip(data.histories, data.valid)]
+    assert evaluate(model, test_hist, [local[t] for t in data.test], cfg.max_len) == (
+        manifest["test"])
+    plain = train_next_item(data, dataclasses.replace(cfg, refit=False),
+                            NextItemFiles(tmp_path / "p"), log=lambda *_: None)
+    assert plain["refit"] is None and plain["test"] == refit["test_selected_model"]
+
+
 def test_sampled_softmax_drawing_every_item_is_the_full_softmax(monkeypatch):
     """With every item drawn once per sequence, the target's draw masked out, the sampled
     loss sees exactly the full softmax's competitors: the two losses agree."""
