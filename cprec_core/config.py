@@ -903,10 +903,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "evaluation": {"max_cases": 0, "batch_size": 16},
     },
     "ml1m-bench": _ML1M_BENCH,
-    # The same SASRec refit on train + validation for the epochs validation picked: the
+    # The same SASRec (seed 0) refit on train + validation for the epochs validation picked: the
     # training set of HSTU's protocol (docs/BENCHMARK.md reads its row where it was run)
     "ml1m-bench-refit": _merge(_ML1M_BENCH, {
-        "name": "ml1m-bench-refit", "sasrec": {"refit": True}, "item_text": {"systems": []},
+        "name": "ml1m-bench-refit", "sasrec": {"refit": True, "seeds": [0]},
+        "item_text": {"systems": []},
+        "recommend": {"full_ranking_cases": 0}}),
+    # The same SASRec (seed 0) through all of HSTU's 101 epochs (no early stop; the best validation
+    # epoch kept): what training length changes (docs/BENCHMARK.md)
+    "ml1m-bench-long": _merge(_ML1M_BENCH, {
+        "name": "ml1m-bench-long", "sasrec": {"patience": 101, "seeds": [0]},
+        "item_text": {"systems": []},
         "recommend": {"full_ranking_cases": 0}}),
     # LLM item embeddings in the sequential recommenders (`make study-text`)
     "study-text": {**_TEXT_STUDY, "name": "study-text"},

@@ -56,7 +56,14 @@ GOAL_P = 0.05
 WALL_GOAL_S = 2 * 3600
 METRICS = (("hr@10", 10), ("ndcg@10", 10), ("hr@50", 50), ("ndcg@50", 50))
 BASELINES = ("popularity", "item-knn (domain)")
-REFIT = "sasrec (refit)"  # SASRec of the refit profile: trained on train + validation
+# The SASRec arms of other profiles on the same data, each a protocol difference measured:
+# profile -> (row label, what differs)
+ARMS = {
+    "ml1m-bench-refit": ("sasrec (refit)", "refit on train + validation for the epochs"
+                         " validation picked: HSTU's training set"),
+    "ml1m-bench-long": ("sasrec (101 epochs)", "all of HSTU's 101 epochs, no early stop, the"
+                        " best validation epoch kept"),
+}
 
 
 def per_user_metrics(ranks: np.ndarray) -> dict[str, np.ndarray]:
@@ -208,8 +215,9 @@ def goals(scored: dict[str, Scored], tests: dict, cpt_text: str | None,
     lines = ["## Goals", ""]
     ours = scored.get("sasrec")
     for name, what in (("sasrec", "selected on validation, trained on the train split"),
-                       (REFIT, "refit on train + validation for the epochs validation picked:"
-                               " HSTU's training set")):
+                       *ARMS.values()):
+        if name != "sasrec" and name not in scored:
+            continue  # an arm that was not run
         if name not in scored:
             lines.append(f"- `{name}` ({what}) reproduces the published SASRec row: not"
                          " measured (no full-ranking rows of it)")
@@ -352,26 +360,30 @@ PROTOCOL = (
 
 def render(profile: Profile, con, domain: str, slug: str, command: str, resamples: int,
            wall_s: float | None, outputs: tuple[Path, ...],
-           refit: tuple[Profile, duckdb.DuckDBPyConnection] | None = None) -> str:
-    """The report; ``refit``: the refit profile and its database, whose SASRec joins the
-    tables as ``sasrec (refit)`` (same users: user indices follow the user ids)."""
+           arms: list[tuple[Profile, duckdb.DuckDBPyConnection]] = ()) -> str:
+    """The report; ``arms``: profiles of ``ARMS`` and their databases, whose SASRec joins
+    the tables under the arm's label (the same users: user indices follow the user ids)."""
     users, items, interactions = con.execute(
         "SELECT users, items, interactions FROM domains WHERE domain = ?", [domain]).fetchone()
     scored = load_scored(con, domain)
     trained = manifests(profile, slug)
-    if refit is not None and "sasrec" in (refit_scored := load_scored(refit[1], domain)):
-        scored[REFIT] = refit_scored["sasrec"]
-        if "sasrec" in (refit_trained := manifests(refit[0], slug)):
-            trained[REFIT] = refit_trained["sasrec"]
-    next_item = [n for n in ("sasrec", REFIT, "gru4rec", *profile.item_text.systems)
+    labels = []
+    for arm_profile, arm_con in arms:
+        label = ARMS[arm_profile.name][0]
+        if "sasrec" in (arm_scored := load_scored(arm_con, domain)):
+            scored[label] = arm_scored["sasrec"]
+            labels.append(label)
+            if "sasrec" in (arm_trained := manifests(arm_profile, slug)):
+                trained[label] = arm_trained["sasrec"]
+    next_item = [n for n in ("sasrec", *labels, "gru4rec", *profile.item_text.systems)
                  if n in scored]
     order = [n for n in BASELINES if n in scored] + next_item
-    text = [n for n in next_item if n != REFIT and registered(n).kind == "text"]
+    text = [n for n in next_item if n not in labels and registered(n).kind == "text"]
     cpt_text = next((n for n in text if registered(n).cpt_variant), None)
     pairs = [(n, "sasrec") for n in text if "sasrec" in scored]
     if cpt_text and "sasrec_text_base" in scored:
         pairs.append((cpt_text, "sasrec_text_base"))
-    for other in ("gru4rec", REFIT):
+    for other in ("gru4rec", *labels):
         if other in scored and "sasrec" in scored:
             pairs.append((other, "sasrec"))
     tests_md, tests = tests_table(scored, pairs, resamples)
@@ -428,8 +440,8 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
 def main(argv: list[str] | None = None) -> int:
     parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--out", default="docs/BENCHMARK.md")
-    parser.add_argument("--refit-profile", help="the profile whose SASRec was refit on train +"
-                        " validation (ml1m-bench-refit): its row joins the tables")
+    parser.add_argument("--arm", action="append", choices=sorted(ARMS), default=[],
+                        help="a profile whose SASRec joins the tables as its own row")
     parser.add_argument("--started", type=float,
                         help="when the benchmark run began (seconds since the epoch): the"
                              " report states its wall time")
@@ -451,21 +463,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the benchmark is one target domain; {profile.name} has"
                   f" {[t[0] for t in targets]}", file=sys.stderr)
             return 2
-        refit = None
-        if args.refit_profile:
-            refit_profile = dataclasses.replace(load_profile(args.refit_profile),
-                                                data_dir=profile.data_dir)
-            if refit_profile.layout.database.is_file():
-                refit = (refit_profile, duckdb.connect(str(refit_profile.layout.database),
-                                                       read_only=True))
+        arms = []
+        for name in args.arm:
+            arm = dataclasses.replace(load_profile(name), data_dir=profile.data_dir)
+            if arm.layout.database.is_file():
+                arms.append((arm, duckdb.connect(str(arm.layout.database), read_only=True)))
             else:
-                print(f"note: {refit_profile.layout.database} does not exist: no refit row")
+                print(f"note: {arm.layout.database} does not exist: no {name} row")
         try:
             text = render(profile, con, *targets[0], command, profile.evaluation.bootstrap,
-                          wall, (out,), refit)
+                          wall, (out,), arms)
         finally:
-            if refit is not None:
-                refit[1].close()
+            for _, arm_con in arms:
+                arm_con.close()
     out.write_text(text)
     print(f"wrote {out}")
     return 0

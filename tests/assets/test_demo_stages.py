@@ -33,6 +33,19 @@ def test_domain_stages_need_partitions_and_known_names(instance):
         demo.main(["--stage", "evaluation", "--system", "gru4rec"])  # not an LLM system
     with pytest.raises(SystemExit, match=r"--variant \['wsd'\]"):
         demo.main(["--stage", "cpt", "--variant", "wsd"])
+    with pytest.raises(SystemExit, match=r"--system \['llara'\]: not one of \['sasrec'"):
+        demo.main(["--stage", "sasrec", "--system", "llara"])  # not a next-item system
+
+
+def test_the_sasrec_stage_trains_only_the_named_next_item_systems(instance, monkeypatch):
+    instance.add_dynamic_partitions(domain_partitions.name, ["crime"])
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda label, selection, *args, **kwargs: ran.append(
+        selection))
+    demo.main(["--stage", "sasrec", "--system", "sasrec"])
+    (selection,) = ran
+    keys = {k.to_user_string() for k in selection.resolve(demo.EVERYTHING)}
+    assert keys == {"domain_users", "candidate_sets", "sasrec"}
 
 
 def test_a_killed_demo_run_gives_its_pool_slot_back(instance):
