@@ -360,7 +360,8 @@ PROTOCOL = (
 
 def render(profile: Profile, con, domain: str, slug: str, command: str, resamples: int,
            wall_s: float | None, outputs: tuple[Path, ...],
-           arms: list[tuple[Profile, duckdb.DuckDBPyConnection]] = ()) -> str:
+           arms: list[tuple[Profile, duckdb.DuckDBPyConnection]] = (),
+           conditions: str = "") -> str:
     """The report; ``arms``: profiles of ``ARMS`` and their databases, whose SASRec joins
     the tables under the arm's label (the same users: user indices follow the user ids)."""
     users, items, interactions = con.execute(
@@ -424,6 +425,7 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
         results_table(scored, order, resamples), "",
         "Paired tests (same users):", "", tests_md, "",
         "## Compute", "",
+        *([f"**How this run shared the machine:** {conditions}", ""] if conditions else []),
         f"Compute summed over the parts below: {compute_s / 60:.0f} min"
         + (f"; the whole `make benchmark` run took {wall_s / 60:.0f} min wall." if wall_s
            else "."), "",
@@ -440,6 +442,8 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
 def main(argv: list[str] | None = None) -> int:
     parser = add_profile_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--out", default="docs/BENCHMARK.md")
+    parser.add_argument("--conditions", default="",
+                        help="how the run shared the machine, printed with its times")
     parser.add_argument("--arm", action="append", choices=sorted(ARMS), default=[],
                         help="a profile whose SASRec joins the tables as its own row")
     parser.add_argument("--started", type=float,
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {arm.layout.database} does not exist: no {name} row")
         try:
             text = render(profile, con, *targets[0], command, profile.evaluation.bootstrap,
-                          wall, (out,), arms)
+                          wall, (out,), arms, args.conditions)
         finally:
             for _, arm_con in arms:
                 arm_con.close()
