@@ -82,6 +82,13 @@ class Scored:
     name: str
     users: np.ndarray
     ranks: np.ndarray  # (seeds, users)
+    seeds: list[int]
+
+    def only(self, seeds: list[int]) -> "Scored":
+        """The same system restricted to ``seeds`` (an arm's pair: the same seed)."""
+        keep = [i for i, s in enumerate(self.seeds) if s in seeds]
+        return Scored(f"{self.name} (seed {', '.join(map(str, seeds))})", self.users,
+                      self.ranks[keep], [self.seeds[i] for i in keep])
 
     @property
     def per_user(self) -> dict[str, np.ndarray]:
@@ -97,14 +104,15 @@ def load_scored(con: duckdb.DuckDBPyConnection, domain: str) -> dict[str, Scored
         FROM full_ranking_cases WHERE domain = ? GROUP BY ALL ORDER BY system, seed""",
                        [domain]).fetchall()
     found: dict[str, Scored] = {}
-    for system, _seed, users, ranks in rows:
+    for system, seed, users, ranks in rows:
         users = np.asarray(users)
         if system in found:
             if not np.array_equal(found[system].users, users):
                 raise ValueError(f"{system}: seeds ranked different users")
             found[system].ranks = np.vstack([found[system].ranks, ranks])
+            found[system].seeds.append(seed)
         else:
-            found[system] = Scored(system, users, np.asarray(ranks)[None])
+            found[system] = Scored(system, users, np.asarray(ranks)[None], [seed])
     return found
 
 
@@ -250,6 +258,19 @@ def goals(scored: dict[str, Scored], tests: dict, cpt_text: str | None,
     return lines + [""]
 
 
+def arm_lines(pairs: list[tuple[str, str]], tests: dict, labels: list[str]) -> list[str]:
+    """What each SASRec arm changes against SASRec of the same seed, read off the tests."""
+    lines = []
+    for a, b in pairs:
+        if a in labels:
+            hr, hr_p = tests[(a, b, "hr@10")]
+            ndcg, ndcg_p = tests[(a, b, "ndcg@10")]
+            lines.append(f"- `{a}` against `{b}` (one protocol difference, same seed and"
+                         f" users): HR@10 {hr:+.4f} (p {hr_p:.3g}), NDCG@10 {ndcg:+.4f}"
+                         f" (p {ndcg_p:.3g})")
+    return (["What the SASRec arms change:", "", *lines, ""]) if lines else []
+
+
 # HSTU's ML-1M pipeline (generative_recommenders/research/data/preprocessor.py, dataset.py,
 # reco_dataset.py, eval.py, trainer/train.py, configs/ml-1m/sasrec-sampled-softmax-n128-
 # final.gin) against ours: (point, HSTU, here, same?)
@@ -384,9 +405,12 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
     pairs = [(n, "sasrec") for n in text if "sasrec" in scored]
     if cpt_text and "sasrec_text_base" in scored:
         pairs.append((cpt_text, "sasrec_text_base"))
-    for other in ("gru4rec", *labels):
-        if other in scored and "sasrec" in scored:
-            pairs.append((other, "sasrec"))
+    if "gru4rec" in scored and "sasrec" in scored:
+        pairs.append(("gru4rec", "sasrec"))
+    for label in labels:  # an arm against SASRec of the same seed(s): one change at a time
+        if "sasrec" in scored and (same := scored["sasrec"].only(scored[label].seeds)).seeds:
+            scored[same.name] = same
+            pairs.append((label, same.name))
     tests_md, tests = tests_table(scored, pairs, resamples)
     costs, compute_s = cost_table(profile, trained, con)
     cfg = profile.sasrec
@@ -420,6 +444,7 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
         " over users; paired tests: Wilcoxon signed-rank on the per-user differences.",
         "",
         *goals(scored, tests, cpt_text, wall_s),
+        *arm_lines(pairs, tests, labels),
         "## Results", "",
         "Published rows are quoted from their source, not run here; ours are measured.", "",
         results_table(scored, order, resamples), "",
