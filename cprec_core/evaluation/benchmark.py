@@ -150,17 +150,24 @@ def results_table(scored: dict[str, Scored], order: list[str], resamples: int) -
 
 def tests_table(scored: dict[str, Scored], pairs: list[tuple[str, str]], resamples: int
                 ) -> tuple[str, dict]:
+    """Each pair's per-user differences; where one side ran on fewer seeds, the other is
+    taken on those seeds alone (the same seeds and initialisations, not a smoother mean
+    against a single run). Keyed by the pair's names, B's seeds stated in the row."""
     rows, found = [], {}
     for a, b in pairs:
         sa, sb = scored[a], scored[b]
         if not np.array_equal(sa.users, sb.users):
             raise ValueError(f"{a} and {b} ranked different users")
+        if set(sa.seeds) < set(sb.seeds):
+            sb = sb.only(sa.seeds)
+        elif set(sb.seeds) < set(sa.seeds):
+            sa = sa.only(sb.seeds)
         cells = []
         for metric in ("hr@10", "ndcg@10"):
             diff, low, high, p = paired(sa.per_user[metric], sb.per_user[metric], resamples)
             found[(a, b, metric)] = (diff, p)
             cells += [f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]", f"{p:.3g}"]
-        rows.append((f"{a} vs {b}", len(sa.users), *cells))
+        rows.append((f"{sa.name} vs {sb.name}", len(sa.users), *cells))
     return md_table(["A vs B", "users", "HR@10 A - B [95% CI]", "p", "NDCG@10 A - B [95% CI]",
                      "p"], rows), found
 
@@ -265,8 +272,8 @@ def arm_lines(pairs: list[tuple[str, str]], tests: dict, labels: list[str]) -> l
         if a in labels:
             hr, hr_p = tests[(a, b, "hr@10")]
             ndcg, ndcg_p = tests[(a, b, "ndcg@10")]
-            lines.append(f"- `{a}` against `{b}` (one protocol difference, same seed and"
-                         f" users): HR@10 {hr:+.4f} (p {hr_p:.3g}), NDCG@10 {ndcg:+.4f}"
+            lines.append(f"- `{a}` against `{b}` of the same seed (one protocol difference,"
+                         f" same users): HR@10 {hr:+.4f} (p {hr_p:.3g}), NDCG@10 {ndcg:+.4f}"
                          f" (p {ndcg_p:.3g})")
     return (["What the SASRec arms change:", "", *lines, ""]) if lines else []
 
@@ -393,7 +400,7 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
     for arm_profile, arm_con in arms:
         label = ARMS[arm_profile.name][0]
         if "sasrec" in (arm_scored := load_scored(arm_con, domain)):
-            scored[label] = arm_scored["sasrec"]
+            scored[label] = dataclasses.replace(arm_scored["sasrec"], name=label)
             labels.append(label)
             if "sasrec" in (arm_trained := manifests(arm_profile, slug)):
                 trained[label] = arm_trained["sasrec"]
@@ -407,10 +414,7 @@ def render(profile: Profile, con, domain: str, slug: str, command: str, resample
         pairs.append((cpt_text, "sasrec_text_base"))
     if "gru4rec" in scored and "sasrec" in scored:
         pairs.append(("gru4rec", "sasrec"))
-    for label in labels:  # an arm against SASRec of the same seed(s): one change at a time
-        if "sasrec" in scored and (same := scored["sasrec"].only(scored[label].seeds)).seeds:
-            scored[same.name] = same
-            pairs.append((label, same.name))
+    pairs += [(label, "sasrec") for label in labels if "sasrec" in scored]  # one change each
     tests_md, tests = tests_table(scored, pairs, resamples)
     costs, compute_s = cost_table(profile, trained, con)
     cfg = profile.sasrec

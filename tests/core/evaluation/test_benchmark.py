@@ -76,7 +76,7 @@ def test_the_refit_profile_joins_as_its_own_row(bench):
     # the arm (seed 0) is paired with SASRec's seed 0, not its three-seed mean
     assert "| sasrec (refit) vs sasrec (seed 0) | 200 |" in text
     assert "| sasrec (refit) | 1 | 200 |" in text
-    assert "- `sasrec (refit)` against `sasrec (seed 0)` (one protocol difference" in text
+    assert "- `sasrec (refit)` against `sasrec` of the same seed (one protocol difference" in text
 
 
 def test_a_miss_says_by_how_much(bench):
