@@ -506,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             text = render(profile, con, *targets[0], command, profile.evaluation.bootstrap,
                           wall, (out,), arms, args.conditions)
+        except ValueError as exc:  # rows that cannot be paired (different users per seed)
+            print(f"error: {profile.layout.database}: {exc}", file=sys.stderr)
+            return 2
         finally:
             for _, arm_con in arms:
                 arm_con.close()

@@ -3,16 +3,21 @@ validation items.
 
     python -m cprec_core.training.next_item --profile demo --domain crime [--model gru4rec]
 
-Inputs are the rows of ``domain_users`` (history of global item ids, valid item, test item).
-Items are re-indexed per domain (1..N, 0 = padding); the item index maps them back.
-Training sequences are each user's train history (last ``max_len`` items), predicting every
-next item. Model selection: NDCG@10 of the validation item ranked among all the domain's
-items not in the history (cprec_core.metrics, the evaluation's tie rule). The
-files are a ``NextItemFiles`` of cprec_core.layout: weights, item index and a manifest
-(model, shape, config, seed, metrics per epoch and of the best epoch). SASRec and GRU4Rec
-share all of this; the config's type says which one is trained. A text system
-(``sasrec_text_cpt``, ...) is the same model whose item table also reads the LLM's title
-embeddings (``TextTable``, cprec_core.models.text_items), trained the same way.
+Inputs are the rows of ``domain_users`` (history of global item ids, valid item, test
+item). Items are re-indexed per domain (1..N, 0 = padding); the item index maps them back.
+Training sequences are each user's train history (last ``max_len`` items), predicting
+every next item over every item, or over sampled negatives (the config's ``negatives``),
+in random batches or, with ``length_buckets``, batches of like lengths cut to their
+longest (``epoch_batches``, ``trim_padding``). Model selection: NDCG@10 of the validation
+item ranked among all the domain's items not in the history (cprec_core.metrics, the
+evaluation's tie rule). The files are a ``NextItemFiles`` of cprec_core.layout: weights,
+item index and a manifest (model, shape, config, seed, metrics per epoch and of the best
+epoch, time, peak memory); with ``refit`` the saved model is the same seed trained again
+on train + validation for the chosen epochs (the manifest keeps the selected model's
+scores beside it). SASRec and GRU4Rec share all of this; the config's type says which one
+is trained. A text system (``sasrec_text_cpt``, ...) is the same model whose item table
+also reads the LLM's title embeddings (``TextTable``, cprec_core.models.text_items),
+trained the same way.
 
     python -m cprec_core.training.next_item --profile demo --domain crime --model sasrec_text_cpt
 """
