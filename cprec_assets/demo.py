@@ -32,15 +32,21 @@ import warnings
 import dagster as dg
 
 from cprec_assets.definitions import defs
+from cprec_assets.freshness import observe_sources, stale_or_missing
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_core.config import Profile
-from cprec_core.evaluation.evaluate import planned_llm_systems
+from cprec_core.evaluation.evaluate import llm_domain, planned_llm_systems
 from cprec_core.evaluation import results
+from cprec_core.reporting import md_table
 from cprec_core.systems import cpt_variant, embedding_asset, system
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EVERYTHING = [*defs.assets, *defs.asset_checks]
+SOURCES = {key for key in defs.resolve_asset_graph().get_all_asset_keys()
+           if defs.resolve_asset_graph().get(key).is_external}
+TIMES: list[tuple[str, float, str]] = []  # (stage, seconds, the assets it ran)
+RERUN = False  # --rerun: every selected asset, up to date or not
 PID_TAG, HOST_TAG = "cprec/pid", "cprec/host"  # the process that runs a demo run, and where
 
 
@@ -77,9 +83,19 @@ def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str | None = None,
-        ops: dict | None = None):
+        ops: dict | None = None, only_stale: bool = True):
+    """Materialise ``selection`` (of ``partition_key``) as one run, or with ``only_stale`` just
+    what is missing or stale in it and what follows from that (cprec_assets.freshness); the
+    time goes into the stage-time table."""
     started = time.perf_counter()
-    result = dg.materialize(EVERYTHING, selection=selection, instance=instance,
+    keys = [key for key in selection.resolve(EVERYTHING) if key not in SOURCES]
+    if only_stale and not RERUN:
+        keys = stale_or_missing(defs, instance, keys, partition_key)
+        if not keys:
+            TIMES.append((label, time.perf_counter() - started, "up to date"))
+            print(f"{label}: up to date", flush=True)
+            return
+    result = dg.materialize(EVERYTHING, selection=keys, instance=instance,
                             resources=defs.resources, partition_key=partition_key,
                             run_config={**QUIET, "ops": ops or {}}, raise_on_error=False,
                             tags={"source": "make demo", PID_TAG: str(os.getpid()),
@@ -89,7 +105,9 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
         sys.exit(f"{label} failed at {failed}; see `make ui` -> Runs -> {result.run_id}")
     checks = result.get_asset_check_evaluations()
     failed = [c for c in checks if not c.passed]
-    print(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]},"
+    seconds = time.perf_counter() - started
+    TIMES.append((label, seconds, ", ".join(k.to_user_string() for k in keys)))
+    print(f"{label}: ok in {seconds:.1f} s (run {result.run_id[:8]},"
           f" {len(checks) - len(failed)}/{len(checks)} checks passed)", flush=True)
     for check in failed:
         if check.severity == dg.AssetCheckSeverity.WARN:
@@ -97,6 +115,14 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
     errors = [c.check_name for c in failed if c.severity != dg.AssetCheckSeverity.WARN]
     if errors:
         sys.exit(f"{label}: checks failed: {errors}")
+
+
+def stage_times() -> str:
+    """What each run of this command took (the assets it ran), as a table: where the
+    next slowdown shows."""
+    total = sum(seconds for _, seconds, _ in TIMES)
+    rows = [(label, f"{seconds:.1f}", ran) for label, seconds, ran in TIMES]
+    return md_table(["stage", "seconds", "ran"], [*rows, ("total", f"{total:.1f}", "")])
 
 
 STAGES = ("all", "corpus", "cpt", "embeddings", "domain", "sasrec", "sft", "dpo", "evaluation",
@@ -122,6 +148,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="SFT system(s) of --stage sft; LLM system(s) --stage evaluation"
                              " scores (the others' rows stay); next-item system(s) of --stage"
                              " sasrec")
+    parser.add_argument("--rerun", action="store_true",
+                        help="materialise every selected asset, not only the missing or stale")
     return parser.parse_args(argv)
 
 
@@ -170,10 +198,15 @@ def run_domain(key: str, parts, systems: list[str], scored: list[str], profile: 
     the SFT systems ``systems``, DPO, the evaluation (of the LLM systems ``scored``, all when
     empty), recommendations."""
     if "sasrec" in parts:
-        next_item = next_item or ["sasrec", "gru4rec", *profile.item_text.systems]
-        run(f"domain[{key}]", dg.AssetSelection.assets(
-            "domain_users", "candidate_sets", *(system(n).asset for n in next_item)),
+        # the data first, on its own: a re-built domain with the same data version leaves
+        # the models fresh
+        run(f"domain[{key}]", dg.AssetSelection.assets("domain_users", "candidate_sets"),
             instance, key)
+        next_item = next_item or ["sasrec", "gru4rec", *profile.item_text.systems]
+        run(f"next-item[{key}]", dg.AssetSelection.assets(
+            *(system(n).asset for n in next_item)), instance, key)
+    if not llm_domain(profile, key):  # sft.domains: the LLM systems train elsewhere
+        systems, parts = [], [p for p in parts if p not in ("sft", "dpo")]
     if "sft" in parts:
         for name in systems:
             asset = system(name).asset
@@ -185,7 +218,7 @@ def run_domain(key: str, parts, systems: list[str], scored: list[str], profile: 
                 run(f"{asset}[{key}]", dg.AssetSelection.assets(asset), instance, key)
     if "evaluation" in parts:
         run(f"evaluation[{key}]", dg.AssetSelection.assets("evaluation"), instance, key,
-            {"evaluation": {"config": {"systems": scored}}})
+            {"evaluation": {"config": {"systems": scored}}}, only_stale=not scored)
     if "recommend" in parts:
         run(f"recommend[{key}]", dg.AssetSelection.assets(
             "full_ranking", "recommendations"), instance, key)
@@ -207,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
     release_dead_runs(instance)
+    global RERUN
+    RERUN = args.rerun
+    observe_sources(defs, instance)
     cprec = defs.resources["cprec"]
     if args.stage == "scaling":  # by hand (make study-text-scaling): tens of minutes
         run("cpt_scaling_curve", dg.AssetSelection.assets("cpt_scaling_curve"), instance)
@@ -215,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     run_domain_stages(args, cprec.profile, instance)
     if args.stage in ("all", "summary"):
         print_summary(cprec, instance)
+    print(f"\nStage times (profile {cprec.profile.name}):\n{stage_times()}", flush=True)
 
 
 if __name__ == "__main__":

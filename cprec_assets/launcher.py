@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 
 import dagster as dg
 
+from cprec_core.cli import PARENT_PID
 from cprec_core.config import ConfigError
 
 # the repository (the shipped accelerate configs; resources.py resolves relative folders here)
@@ -156,7 +157,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         ``get_materialize_result()`` carries what the trainer reported."""
         self.check()
         env = {**self.env, **(env or {})}
-        if self.kind == "subprocess":
+        if self.kind == "subprocess":  # the trainer ends with this process (cprec_core.cli)
+            env = {**env, PARENT_PID: str(os.getpid())}
             return dg.PipesSubprocessClient().run(context=context, command=list(command), env=env)
         run_dir = _run_data_dir(context)
         if run_dir and run_dir != self.data_mount_path:

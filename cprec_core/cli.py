@@ -7,6 +7,9 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 from cprec_core.config import Profile, load_config_file, load_profile
@@ -71,11 +74,49 @@ def threads_per_process() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1)))
 
 
+PARENT_PID = "CPREC_PARENT_PID"  # set by the Dagster launcher: the process of the run
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """A trainer a Dagster run started (``CPREC_PARENT_PID``) ends when that run's process
+    does: a killed `make demo` must not leave its trainer writing checkpoints into the folder
+    the next run resumes from. Exits as a kill would (status 137); the last checkpoint is
+    complete, since checkpoints are written to a temporary folder and renamed."""
+    pid = os.environ.get(PARENT_PID, "")
+    if not pid.isdigit():
+        return
+
+    def watch() -> None:
+        while not _gone(int(pid)):
+            time.sleep(poll_s)
+        print(f"the run's process {pid} is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception], ...],
                 reporter: str | None = None) -> int:
     """Threads split between the processes of ``accelerate launch``, progress through the
-    reporter (Pipes under Dagster), known errors as one line and exit status 2."""
+    reporter (Pipes under Dagster), known errors as one line and exit status 2; the trainer
+    stops with the Dagster run that started it (``exit_with_parent``)."""
     import torch
+
+    exit_with_parent()
     from transformers.utils import logging as transformers_logging
 
     torch.set_num_threads(threads_per_process())

@@ -95,9 +95,10 @@ def fixture_config(tmp_path: Path, movielens_dir: Path) -> Path:
               # 8 items per target domain: 2 negatives instead of 19
               "sft": {"negatives": 2, "batch_size": 2, "micro_batch": 1, "max_samples": 8,
                       "checkpoint_every": 2, "dtype": "fp32", "validation_cases": 6,
+                      "domains": [],  # both target domains (the demo trains Crime only)
                       "rank": {"max_samples": 6, "select_every": 2}},
               "evaluation": {"shuffled_ablation": True},
-              "recommend": {"k": 3, "retrieve": 5}}
+              "recommend": {"k": 3, "retrieve": 5, "rerank_users": 0}}
     path = tmp_path / "fixture.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -6,7 +6,7 @@ DuckDB file, so every asset writes through the ``duckdb_write`` pool.
 
 import dagster as dg
 
-from cprec_assets.assets.landing import landed_interactions
+from cprec_assets.assets.landing import interaction_files, landed_interactions
 from cprec_assets.automation import DATA
 from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
@@ -25,8 +25,9 @@ from cprec_core.reporting import corpus_summary
 GROUP = "corpus"
 
 
-@dg.asset(group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, deps=[landed_interactions],
-          code_version="1", automation_condition=DATA)
+@dg.asset(group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL,
+          deps=[landed_interactions, interaction_files], code_version="1",
+          automation_condition=DATA)
 def raw_interactions(context: dg.AssetExecutionContext,
                      cprec: ProfileResource) -> dg.MaterializeResult:
     """Every input row of the configured sources and of the landed files, with source file and

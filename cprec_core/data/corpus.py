@@ -178,7 +178,12 @@ def build_corpus_snapshot(con: duckdb.DuckDBPyConnection, profile: Profile) -> C
     that training reads (``export_snapshot``)."""
     texts = None
     if profile.model.name == "tiny-random":  # its tokenizer is trained on the corpus
-        texts = [row[5] for row in corpus_texts(con, profile.corpus)]
+        # the source domains' documents and every title: what changes with the target
+        # domains' interactions stays out, so new target data leaves the CPT of the source
+        # variants (and their data version) as it was
+        texts = [row[5] for row in corpus_texts(con, profile.corpus) if row[0] != "target"]
+        texts += [title for (title,) in con.execute("SELECT title FROM items ORDER BY item_idx")
+                  .fetchall()]
     tokenizer = load_tokenizer(profile.model.name, profile.layout.cache_dir, texts,
                                profile.model.trust_remote_code)
     with atomic(con):  # both corpus tables, and the snapshot written from them, or neither

@@ -48,6 +48,7 @@ import numpy as np
 from cprec_core.config import ConfigError, Profile
 from cprec_core.data.db import atomic
 from cprec_core.data.domain_users import domain_for_slug
+from cprec_core.data.interactions import domain_slug
 from cprec_core.data.cases import Cases, load_cases
 from cprec_core.evaluation.baselines import item_knn, popularity, sequential_scores
 from cprec_core.metrics import one_se_choice, ranking_report, ranks_from_scores, reciprocal_ranks
@@ -272,9 +273,17 @@ def planned_llm_systems(profile: Profile) -> list[tuple[str, int]]:
         for seed in profile.sft.seeds_for(registered(name).sft_init)]
 
 
+def llm_domain(profile: Profile, slug: str) -> bool:
+    """Whether domain ``slug`` gets the profile's LLM systems (``sft.domains``)."""
+    return not profile.sft.domains or slug in {domain_slug(d) for d in profile.sft.domains}
+
+
 def llm_systems(profile: Profile, slug: str, log=print) -> list[tuple[str, int]]:
     """(system, seed) of every planned LLM system whose weights exist; missing ones are
-    logged."""
+    logged. None in a domain outside ``sft.domains``."""
+    if not llm_domain(profile, slug):
+        log(f"{slug}: not in sft.domains {list(profile.sft.domains)}; no LLM system here")
+        return []
     systems, layout = [], profile.layout
     for name, seed in planned_llm_systems(profile):
         entry = registered(name)

@@ -477,12 +477,30 @@ def render(con: duckdb.DuckDBPyConnection, profile: Profile, command: str, chart
     return "\n".join(lines) + "\n"
 
 
+def sizes(profile: Profile) -> str:
+    """The training and scoring sizes behind the tables, in one paragraph (the demo's are
+    small so that it runs in minutes; the tables mean little at that size)."""
+    cpt, sft, evaluation = profile.cpt, profile.sft, profile.evaluation
+    llm_domains = ", ".join(sft.domains) if sft.domains else "every target domain"
+    return (f"Profile {profile.name} ({profile.model.name}): CPT"
+            f" {'the whole corpus' if not cpt.max_tokens else f'{cpt.max_tokens:,} tokens'}"
+            f" per variant; LLM systems in {llm_domains}: SFT"
+            f" {sft.max_samples or 'all'} windows (candidate-aware {sft.rank.max_samples or 'all'}"
+            f" x {sft.rank.epochs} epochs), {sft.validation_cases or 'all'} validation cases,"
+            f" DPO {profile.dpo.max_windows or 'all'} windows; scoring on"
+            f" {evaluation.max_cases or 'all'} test cases per domain; full ranking of"
+            f" {profile.recommend.full_ranking_cases or 'all'} cases; next-item models up to"
+            f" {profile.sasrec.max_epochs} epochs.")
+
+
 def summary(con: duckdb.DuckDBPyConnection, profile: Profile, domains: list[str]) -> str:
     """What `make demo` prints when done: the tables `make results` writes (the same
     functions), with the demo's own beside them (next-item models, item embeddings, a
     sample of the exported recommendations)."""
     cpt, sft = trained_manifests(profile)
     return "\n".join([
+        sizes(profile),
+        "",
         corpus_summary(con),
         "",
         "Next-item models per target domain: SASRec, GRU4Rec and the text systems (item"

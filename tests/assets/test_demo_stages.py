@@ -43,9 +43,8 @@ def test_the_sasrec_stage_trains_only_the_named_next_item_systems(instance, monk
     monkeypatch.setattr(demo, "run", lambda label, selection, *args, **kwargs: ran.append(
         selection))
     demo.main(["--stage", "sasrec", "--system", "sasrec"])
-    (selection,) = ran
-    keys = {k.to_user_string() for k in selection.resolve(demo.EVERYTHING)}
-    assert keys == {"domain_users", "candidate_sets", "sasrec"}
+    data, models = ({k.to_user_string() for k in s.resolve(demo.EVERYTHING)} for s in ran)
+    assert data == {"domain_users", "candidate_sets"} and models == {"sasrec"}
 
 
 def test_a_killed_demo_run_gives_its_pool_slot_back(instance):
