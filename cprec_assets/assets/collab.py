@@ -15,6 +15,7 @@ from cprec_assets.metadata import table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
+from cprec_assets.versions import code_version
 from cprec_core.data.domain_users import load_domain_data
 from cprec_core.systems import NEXT_ITEM_SYSTEMS, System, embedding_asset
 from cprec_core.training.next_item import train_system
@@ -38,7 +39,8 @@ def build_next_item_asset(system: System) -> dg.AssetsDefinition:
     deps = [domain_users, *([embedding_asset(system.item_source)] if text else [])]
 
     @dg.asset(name=system.asset, group_name="collab", kinds={"pytorch"}, deps=deps,
-              partitions_def=domain_partitions, pool="train", code_version="2",
+              partitions_def=domain_partitions, pool="train",
+              code_version=code_version("2", system.next_item, *(["item_text"] if text else [])),
               automation_condition=TRAIN if system.automated else None,
               tags={"system": system.name}, description=_description(system))
     def _asset(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:

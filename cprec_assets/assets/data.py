@@ -12,6 +12,7 @@ from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
+from cprec_assets.versions import code_version
 from cprec_core.data.corpus import build_corpus_snapshot, sample_documents
 from cprec_core.data.domain_users import (build_domain_users, domain_data_version,
                                           domain_users_preview)
@@ -55,7 +56,7 @@ def raw_interactions(context: dg.AssetExecutionContext,
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, deps=[raw_interactions],
-          code_version="1", automation_condition=DATA)
+          code_version=code_version("1", "data"), automation_condition=DATA)
 def interactions(context: dg.AssetExecutionContext,
                  cprec: ProfileResource) -> dg.MaterializeResult:
     """Deduplicated, per-domain k-core filtered, re-indexed, split leave-one-out per user and
@@ -85,7 +86,8 @@ def interactions(context: dg.AssetExecutionContext,
 
 def _sequences(table_name: str, build, description: str) -> dg.AssetsDefinition:
     @dg.asset(name=table_name, group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL,
-              deps=[interactions], code_version="1", automation_condition=DATA,
+              deps=[interactions], code_version=code_version("1", "corpus"),
+              automation_condition=DATA,
               description=description)
     def _asset(cprec: ProfileResource) -> dg.MaterializeResult:
         with cprec.connect() as con:
@@ -109,7 +111,8 @@ mixed_sequences = _sequences(
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL,
-          deps=[domain_sequences, mixed_sequences], code_version="1", automation_condition=DATA)
+          deps=[domain_sequences, mixed_sequences],
+          code_version=code_version("1", "corpus", "model"), automation_condition=DATA)
 def cpt_corpus(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """Both sequence kinds rendered with the unified prompt and tokenised for the model."""
     profile = cprec.profile
@@ -134,7 +137,8 @@ def cpt_corpus(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.
 
 
 @dg.asset(group_name=GROUP, kinds={"duckdb"}, pool=DUCKDB_POOL, deps=[interactions],
-          partitions_def=domain_partitions, code_version="1", automation_condition=DATA)
+          partitions_def=domain_partitions, code_version=code_version("1", "data"),
+          automation_condition=DATA)
 def domain_users(context: dg.AssetExecutionContext,
                  cprec: ProfileResource) -> dg.MaterializeResult:
     """One target domain's users: train history, validation and test item, activity tercile.

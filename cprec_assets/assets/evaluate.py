@@ -11,6 +11,7 @@ from cprec_assets.metadata import markdown, png, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
+from cprec_assets.versions import code_version
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (dpo_format_drops, evaluate_domain, evaluation_tables,
                                             low_valid_ratios, mismatched_candidates,
@@ -49,8 +50,8 @@ class EvaluationRunConfig(dg.Config):
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[candidate_sets, *evaluation_inputs()],
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version="1",
-          automation_condition=EVALUATE)
+          pool=DUCKDB_POOL, partitions_def=domain_partitions,
+          code_version=code_version("1", "evaluation", "model"), automation_condition=EVALUATE)
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
                cprec: ProfileResource) -> dg.MaterializeResult:
     """Every system on the same candidate sets: classic rankings, and for the LLM systems
@@ -99,7 +100,8 @@ def dpo_keeps_the_answer_format(cprec: ProfileResource) -> dg.AssetCheckResult:
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation, "full_ranking"],
-          pool=DUCKDB_POOL, code_version="1", automation_condition=DATA)
+          pool=DUCKDB_POOL, code_version=code_version("1", "evaluation"),
+          automation_condition=DATA)
 def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """All target domains side by side: HR@1 with bootstrap intervals and seed spread,
     generation ValidRatio, CPRec against the best baseline, and the paired CPRec-vs-LLaRA test;

@@ -13,6 +13,7 @@ from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.metadata import png, table
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
+from cprec_assets.versions import code_version
 from cprec_core.embeddings.item_embeddings import embed_items
 from cprec_core.systems import EMBEDDING_SOURCES, cpt_variant, embedding_asset
 
@@ -23,7 +24,7 @@ def build_embedding_asset(source: str) -> dg.AssetsDefinition:
 
     @dg.asset(name=embedding_asset(source), group_name="item_text", deps=[upstream],
               pool="train", kinds={"pytorch", "safetensors"}, tags={"source": source},
-              code_version="1",
+              code_version=code_version("1", "model", "item_text"),
               description=f"Every item's title embedded by {weights}: the last hidden layer"
                           " pooled over the title's tokens (item_text.pooling).")
     def _asset(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
@@ -46,7 +47,8 @@ embedding_assets = [build_embedding_asset(s) for s in EMBEDDING_SOURCES]
 
 
 @dg.asset(group_name="item_text", deps=[cpt_corpus, "candidate_sets", embedding_asset("base")],
-          pool="train", kinds={"pytorch"}, code_version="1")
+          pool="train", kinds={"pytorch"},
+          code_version=code_version("1", "scaling", "model", "cpt", "item_text"))
 def cpt_scaling_curve(context: dg.AssetExecutionContext, cprec: ProfileResource,
                       launcher: TrainingLauncher) -> dg.MaterializeResult:
     """The scaling curve: one WSA run branching into a short annealing at each token budget

@@ -12,6 +12,7 @@ from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
 from cprec_assets.run_log import run_log
+from cprec_assets.versions import code_version
 from cprec_core.recommend.batch import recommend_domain, recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_domain, full_ranking_markdown
 from cprec_core.systems import evaluation_inputs
@@ -20,7 +21,7 @@ UPSTREAM = [evaluation, "sasrec", "gru4rec", *evaluation_inputs()]
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=list(dict.fromkeys(UPSTREAM)),
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version="1",
+          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version=code_version("1", "recommend"),
           automation_condition=RECOMMEND)
 def full_ranking(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """Each test item ranked against every item of its domain (HR@10, NDCG@10): popularity,
@@ -35,7 +36,7 @@ def full_ranking(context: dg.AssetExecutionContext, cprec: ProfileResource) -> d
 
 
 @dg.asset(group_name="product", kinds={"duckdb", "parquet"}, deps=list(dict.fromkeys(UPSTREAM)),
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version="1",
+          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version=code_version("1", "recommend"),
           automation_condition=RECOMMEND)
 def recommendations(context: dg.AssetExecutionContext,
                     cprec: ProfileResource) -> dg.MaterializeResult:

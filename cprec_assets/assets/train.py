@@ -17,6 +17,7 @@ from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.metadata import png, table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.versions import code_version
 from cprec_core.config import ConfigError
 from cprec_core.layout import RunManifest
 from cprec_core.data.sources.base import file_sha256
@@ -76,7 +77,8 @@ def tool_arguments(cprec: ProfileResource, launcher: TrainingLauncher | None = N
 
 def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
     @dg.asset(name=variant.asset, group_name="cpt", deps=[cpt_corpus], pool=TRAIN_POOL,
-              kinds={"pytorch"}, tags={"variant": variant.name}, code_version="1",
+              kinds={"pytorch"}, tags={"variant": variant.name},
+              code_version=code_version("1", "model", "cpt"),
               automation_condition=TRAIN if variant.automated else None,  # else by hand
               description=f"CPT LoRA adapter, variant `{variant.name}`: {variant.description}.")
     def _cpt(context: dg.AssetExecutionContext, cprec: ProfileResource,
@@ -124,7 +126,7 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
     @dg.asset(name=system.asset, group_name="sft",
               deps=[sasrec, *partners, *([start.asset] if start else [])],
               pool=TRAIN_POOL, partitions_def=domain_partitions, kinds={"pytorch"},
-              tags={"system": system.name}, code_version="1",
+              tags={"system": system.name}, code_version=code_version("1", "model", "sft"),
               automation_condition=TRAIN if system.automated else None,
               description=f"Per-domain SFT with LLaRA's hybrid prompt, {source}.")
     def _sft(context: dg.AssetExecutionContext, cprec: ProfileResource,
@@ -190,7 +192,7 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
 
     @dg.asset(name=system.pairs_asset, group_name="dpo", deps=[sft.asset], pool=TRAIN_POOL,
               partitions_def=domain_partitions, kinds={"pytorch", "parquet"},
-              tags={"system": system.name}, code_version="1",
+              tags={"system": system.name}, code_version=code_version("1", "dpo"),
               description=f"Preference pairs for `{system.name}`: training windows scored by"
                           f" the `{sft.name}` adapter; chosen = the target, rejected = its"
                           " highest-ranked wrong candidates and random ones, with the scores"
@@ -218,7 +220,7 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
 
     @dg.asset(name=system.asset, group_name="dpo", deps=[system.pairs_asset], pool=TRAIN_POOL,
               partitions_def=domain_partitions, kinds={"pytorch"},
-              tags={"system": system.name}, code_version="1",
+              tags={"system": system.name}, code_version=code_version("1", "model", "dpo"),
               description=f"DPO of the `{sft.name}` adapter on its mined pairs, that adapter"
                           " frozen as the reference.")
     def _dpo(context: dg.AssetExecutionContext, cprec: ProfileResource,
