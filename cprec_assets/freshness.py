@@ -25,6 +25,7 @@ def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
                if graph.get(key).is_observable]
     if sources:
         observe(sources, instance=instance,  # resolved with their resources bound
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 tags={"source": "make demo"})
 
 

@@ -750,16 +750,17 @@ _DEMO = {
     "name": "demo", "device": "cpu", **_ML100K_DEMO,
     # sized for `make demo` within 10 minutes on a 2-core CPU (README; the stage-time table
     # it prints): every asset family once, the LLM systems in Crime only (sft.domains)
-    "cpt": {"max_tokens": 30_000, "checkpoint_every": 10},
+    "cpt": {"max_tokens": 20_000, "checkpoint_every": 10},
+    "sasrec": {"patience": 5}, "gru4rec": {"patience": 5},
     # SASRec reading the base model's and the CPT adapter's title embeddings
     "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt"]},
     "sft": {"systems": ["llara", "cprec", "cprec_rank", "cprec_residual"], "max_samples": 24,
             "checkpoint_every": 3, "validation_cases": 16, "domains": ["Crime"],
             "rank": {"epochs": 1, "max_samples": 24, "listing": False}},
     "dpo": {"systems": ["cprec_dpo"], "max_windows": 24, "checkpoint_every": 3},
-    "evaluation": {"max_cases": 25, "max_new_tokens": 24, "shuffled_ablation": False},
-    # every user gets a top 10; the LLM re-ranks the 25 most recently active
-    "recommend": {"retrieve": 20, "rerank_users": 25, "full_ranking_cases": 50}}
+    "evaluation": {"max_cases": 20, "max_new_tokens": 24, "shuffled_ablation": False},
+    # every user gets a top 10; the LLM re-ranks the 20 most recently active
+    "recommend": {"retrieve": 20, "rerank_users": 20, "full_ranking_cases": 50}}
 
 
 def _cpu_study(name: str, cpt_tokens: int, sft_samples: int, cpt_every: int,
