@@ -68,7 +68,8 @@ def test_demo_summary_and_results_file_render_the_same_tables(tmp_path, fixture_
         assert "| Crime | cprec_rank | 0 | rank | 8 | 1 | 4 | 2 | 1.2 | 5 | CPT wsa | 1 |" in text
         assert "| Crime | cprec_dpo | 0 | cprec_rank | 12 | 0.3 | 4 | 0.693 | 1.2 |" in text
         assert "LEADERBOARD" in text and "FULL" in text
-    assert printed.startswith("CORPUS\n") and "Next-item models per target domain" in printed
+    assert printed.startswith("Profile fixture (tiny-random): CPT the whole corpus")
+    assert "\n\nCORPUS\n" in printed and "Next-item models per target domain" in printed
 
 
 def test_residual_runs_show_their_partner_and_the_gate_learned_and_kept():
