@@ -88,7 +88,8 @@ def run(label: str, selection, instance: dg.DagsterInstance, partition_key: str 
     what is missing or stale in it and what follows from that (cprec_assets.freshness); the
     time goes into the stage-time table."""
     started = time.perf_counter()
-    keys = [key for key in selection.resolve(EVERYTHING) if key not in SOURCES]
+    keys = sorted((key for key in selection.resolve(EVERYTHING) if key not in SOURCES),
+                  key=lambda key: key.to_user_string())  # a set: ordered for the table
     if only_stale and not RERUN:
         keys = stale_or_missing(defs, instance, keys, partition_key)
         if not keys:
