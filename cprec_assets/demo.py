@@ -1,9 +1,12 @@
 """`make demo`: materialise the whole asset graph into the DAGSTER_HOME instance, then print
 the summary (rendered by cprec_core.evaluation.results, where `make results` renders its
-tables; this module only orchestrates). Runs are recorded like UI runs, so `make ui` shows
-them with their metadata.
+tables; this module only orchestrates) and a stage-time table. Runs are recorded like UI
+runs, so `make ui` shows them with their metadata. Each stage runs only what is missing or
+stale (cprec_assets.freshness): a second demo with nothing changed runs nothing, and a
+killed one resumes where it stopped.
 
     python -m cprec_assets.demo            # profile from CPREC_PROFILE / CPREC_CONFIG
+    python -m cprec_assets.demo --rerun    # every stage again, up to date or not
 
 Stages can run on their own, so a machine with room for several trainings (a GPU) can run
 them side by side (pools permitting, see dagster_home/; scripts/study_side_by_side.sh does this):
