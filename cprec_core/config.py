@@ -750,15 +750,17 @@ _DEMO = {
     "name": "demo", "device": "cpu", **_ML100K_DEMO,
     # sized for `make demo` within 10 minutes on a 2-core CPU (README; the stage-time table
     # it prints): every asset family once, the LLM systems in Crime only (sft.domains)
-    "cpt": {"max_tokens": 20_000, "checkpoint_every": 10},
+    "cpt": {"max_tokens": 15_000, "checkpoint_every": 10},
     "sasrec": {"patience": 5}, "gru4rec": {"patience": 5},
     # SASRec reading the base model's and the CPT adapter's title embeddings
     "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt"]},
-    "sft": {"systems": ["llara", "cprec", "cprec_rank", "cprec_residual"], "max_samples": 24,
-            "checkpoint_every": 3, "validation_cases": 16, "domains": ["Crime"],
-            "rank": {"epochs": 1, "max_samples": 24, "listing": False}},
-    "dpo": {"systems": ["cprec_dpo"], "max_windows": 24, "checkpoint_every": 3},
-    "evaluation": {"max_cases": 20, "max_new_tokens": 24, "shuffled_ablation": False},
+    "sft": {"systems": ["llara", "cprec", "cprec_rank", "cprec_residual"], "max_samples": 16,
+            "checkpoint_every": 2, "validation_cases": 8, "domains": ["Crime"],
+            "rank": {"epochs": 1, "max_samples": 16, "listing": False}},
+    "dpo": {"systems": ["cprec_dpo"], "max_windows": 16, "checkpoint_every": 2},
+    # no zero-shot rows (the studies have them)
+    "evaluation": {"max_cases": 20, "max_new_tokens": 24, "shuffled_ablation": False,
+                   "zero_shot": False},
     # every user gets a top 10; the LLM re-ranks the 20 most recently active
     "recommend": {"retrieve": 20, "rerank_users": 20, "full_ranking_cases": 50}}
 

@@ -97,7 +97,8 @@ def fixture_config(tmp_path: Path, movielens_dir: Path) -> Path:
                       "checkpoint_every": 2, "dtype": "fp32", "validation_cases": 6,
                       "domains": [],  # both target domains (the demo trains Crime only)
                       "rank": {"max_samples": 6, "select_every": 2}},
-              "evaluation": {"shuffled_ablation": True, "max_cases": 50},  # every test case
+              "evaluation": {"shuffled_ablation": True, "max_cases": 50,  # every test case
+                             "zero_shot": True},
               "recommend": {"k": 3, "retrieve": 5, "rerank_users": 0}}
     path = tmp_path / "fixture.yaml"
     path.write_text(yaml.safe_dump(config))
