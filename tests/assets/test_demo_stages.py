@@ -29,7 +29,7 @@ def test_domain_stages_need_partitions_and_known_names(instance):
     with pytest.raises(SystemExit, match=r"--system \['gru4rec'\]"):
         demo.main(["--stage", "sft", "--domain", "crime", "--system", "gru4rec"])
     with pytest.raises(SystemExit,
-                       match=r"--system \[.gru4rec.\]: not one of \[.base., .*.cprec_dpo.\]"):
+                       match=r"--system \[.gru4rec.\]: not one of \[.llara., .*.cprec_dpo.\]"):
         demo.main(["--stage", "evaluation", "--system", "gru4rec"])  # not an LLM system
     with pytest.raises(SystemExit, match=r"--variant \['wsd'\]"):
         demo.main(["--stage", "cpt", "--variant", "wsd"])
