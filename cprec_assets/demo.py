@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     release_dead_runs(instance)
     global RERUN
     RERUN = args.rerun
-    observe_sources(defs, instance)
+    error = observe_sources(defs, instance)
+    if error:
+        sys.exit(f"observing the input files (interaction_files) failed: {error}")
     cprec = defs.resources["cprec"]
     if args.stage == "scaling":  # by hand (make study-text-scaling): tens of minutes
         run("cpt_scaling_curve", dg.AssetSelection.assets("cpt_scaling_curve"), instance)

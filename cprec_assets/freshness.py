@@ -17,16 +17,25 @@ from dagster._time import get_current_datetime
 NEEDS_RUN = (StaleStatus.MISSING, StaleStatus.STALE)
 
 
-def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> str | None:
     """Record a new observation of every observable source asset (the input files), so a
-    changed file shows as a new data version upstream of ``raw_interactions``."""
+    changed file shows as a new data version upstream of ``raw_interactions``. Returns the
+    error that stopped it (a bad profile, an unreadable folder), or None."""
     graph = defs.resolve_asset_graph()
     sources = [defs.resolve_assets_def(key) for key in graph.get_all_asset_keys()
                if graph.get(key).is_observable]
-    if sources:
-        observe(sources, instance=instance,  # resolved with their resources bound
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                tags={"source": "make demo"})
+    if not sources:
+        return None
+    result = observe(sources, instance=instance,  # resolved with their resources bound
+                     run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                     tags={"source": "make demo"}, raise_on_error=False)
+    for event in result.all_events:
+        if event.is_failure and getattr(event.event_specific_data, "error", None):
+            error = event.event_specific_data.error
+            while error.cause is not None and error.cls_name.startswith("Dagster"):
+                error = error.cause  # the first of ours names the file and field
+            return error.message.strip()
+    return None if result.success else "observing the input files failed"
 
 
 def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance,

@@ -115,9 +115,9 @@ def run_trainer(work: Callable[[Reporter], dict], errors: tuple[type[Exception],
     reporter (Pipes under Dagster), known errors as one line and exit status 2; the trainer
     stops with the Dagster run that started it (``exit_with_parent``)."""
     import torch
+    from transformers.utils import logging as transformers_logging
 
     exit_with_parent()
-    from transformers.utils import logging as transformers_logging
 
     torch.set_num_threads(threads_per_process())
     transformers_logging.set_verbosity_error()

@@ -21,8 +21,8 @@ UPSTREAM = [evaluation, "sasrec", "gru4rec", *evaluation_inputs()]
 
 
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=list(dict.fromkeys(UPSTREAM)),
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version=code_version("1", "recommend"),
-          automation_condition=RECOMMEND)
+          pool=DUCKDB_POOL, partitions_def=domain_partitions,
+          code_version=code_version("1", "recommend"), automation_condition=RECOMMEND)
 def full_ranking(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
     """Each test item ranked against every item of its domain (HR@10, NDCG@10): popularity,
     item-kNN, SASRec, GRU4Rec and the two-stage pipeline with its retrieval recall@N."""
@@ -36,8 +36,8 @@ def full_ranking(context: dg.AssetExecutionContext, cprec: ProfileResource) -> d
 
 
 @dg.asset(group_name="product", kinds={"duckdb", "parquet"}, deps=list(dict.fromkeys(UPSTREAM)),
-          pool=DUCKDB_POOL, partitions_def=domain_partitions, code_version=code_version("1", "recommend"),
-          automation_condition=RECOMMEND)
+          pool=DUCKDB_POOL, partitions_def=domain_partitions,
+          code_version=code_version("1", "recommend"), automation_condition=RECOMMEND)
 def recommendations(context: dg.AssetExecutionContext,
                     cprec: ProfileResource) -> dg.MaterializeResult:
     """Top k unseen items for every user of the domain (retrieval by the better classic
