@@ -4,9 +4,10 @@
 docs/CONFIG.md) and ``CPREC_DATA_DIR`` (default: ``data/`` in this repository) pick the
 profile when the code location loads; ``CPREC_LANDING_DIR`` (default: ``<data dir>/landing``)
 is the folder the landing sensor watches for new files (docs/OPERATIONS.md). The launchpad
-can override the same fields per run, and the ``launcher`` resource's (where the trainers
+can override the same fields per run, the ``launcher`` resource's (where the trainers
 run: a child process by default, or a Kubernetes pod; cprec_assets.launcher,
-docs/SCALING.md section 2).
+docs/SCALING.md section 2) and the ``mlflow`` resource's (where runs are tracked;
+cprec_assets.tracking, docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import duckdb
 from pydantic import PrivateAttr
 
 from cprec_assets.launcher import REPO_ROOT, TrainingLauncher
+from cprec_assets.tracking import MlflowTracking
 from cprec_core.config import ConfigError, Profile, load_config_file, load_profile
 from cprec_core.data.db import connect
 from cprec_core.layout import LayoutError, check_folder
@@ -97,5 +99,7 @@ def get_env() -> dict[str, str]:
 
 def build_resources(**env: str) -> dict:
     """The resource map for one environment (defaults: the process environment); the
-    trainers run as child processes unless the run config sets ``launcher``."""
-    return {"cprec": ProfileResource(**(env or get_env())), "launcher": TrainingLauncher()}
+    trainers run as child processes unless the run config sets ``launcher``, and track to
+    the profile's MLflow store unless it sets ``mlflow`` (cprec_assets.tracking)."""
+    return {"cprec": ProfileResource(**(env or get_env())), "launcher": TrainingLauncher(),
+            "mlflow": MlflowTracking()}

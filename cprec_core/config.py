@@ -647,6 +647,40 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow experiment tracking (cprec_core.tracking, docs/OPERATIONS.md). ``enabled``:
+    every training, evaluation and study run logs an MLflow run. ``uri``: the tracking
+    server; "" takes ``MLFLOW_TRACKING_URI`` from the environment, else a SQLite store under
+    the profile's data folder (``<data_dir>/<profile>/mlflow``). ``experiment``: "" means
+    ``cprec-<profile>``. ``timeout_s``: the longest one call to the server may take (no
+    retries), and how long a finished training waits for its last metrics to be sent; the
+    calls run beside training, so a slow or unreachable server never holds a step up.
+    ``register``: adapters passing their blocking checks get a version in the model registry.
+    ``ui_url``: where ``make mlflow`` serves the local store (asset metadata links there)."""
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = ""
+    timeout_s: float = 10.0
+    register: bool = True
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def __post_init__(self) -> None:
+        for name in ("uri", "experiment", "ui_url"):
+            value = getattr(self, name)
+            if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > 1000:
+                raise ConfigError(f"tracking.{name}: control characters or over 1000"
+                                  f" characters in {value[:80]!r}")
+        if self.uri and not re.match(r"(sqlite|file|https?|postgresql|mysql|databricks)[:+]",
+                                     self.uri):
+            raise ConfigError(f"tracking.uri {self.uri!r} is not an MLflow tracking URI"
+                              " (sqlite:///..., http(s)://..., postgresql://..., file:...)")
+        if not re.match(r"https?://", self.ui_url):
+            raise ConfigError(f"tracking.ui_url must start with http:// or https://,"
+                              f" got {self.ui_url!r}")
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "demo"
     data_dir: str = "data"
@@ -664,6 +698,7 @@ class Profile:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
@@ -1004,7 +1039,7 @@ AT_LEAST_ONE = {"adapter_hidden", "alpha", "batch_size", "block_size", "blocks_p
                 "bootstrap", "epochs", "gru_hidden", "heads", "hidden", "history", "k", "layers",
                 "max_epochs", "max_items", "max_len", "max_new_tokens", "micro_batch",
                 "negatives", "patience", "r", "retrieve"}
-POSITIVE = {"lr", "projector_lr", "temperature_lr", "beta"}
+POSITIVE = {"lr", "projector_lr", "temperature_lr", "beta", "timeout_s"}
 FRACTIONS = {"anneal_ratio", "anneal_share", "min_lr_ratio", "ntp_weight",
              "target_train_share", "valid_ratio_floor", "valid_ratio_margin", "warmup_ratio"}
 

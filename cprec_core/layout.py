@@ -120,6 +120,12 @@ class TrainedAdapter:
         return self.path / "curves.png"
 
     @property
+    def tracking_file(self) -> Path:
+        """The MLflow run this folder's training logs to (cprec_core.tracking): a resumed
+        run continues it."""
+        return self.path / "mlflow_run.json"
+
+    @property
     def scratch(self) -> Path:
         """Where the final files are written before they are renamed into place."""
         return self.path / ".final.tmp"
@@ -205,6 +211,7 @@ class RunManifest:
     pairs_sha256: str | None = None
     pair_summary: dict | None = None
     windows: int | None = None
+    mlflow_run_id: str | None = None  # the MLflow run it logged to (None: tracking off or down)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,6 +257,11 @@ class NextItemFiles:
     @property
     def manifest(self) -> Path:
         return self.path / "manifest.json"
+
+    @property
+    def curves(self) -> Path:
+        """Loss and validation metrics per epoch (written where the run is tracked)."""
+        return self.path / "curves.png"
 
     def exists(self) -> bool:
         return self.weights.is_file()
@@ -351,6 +363,24 @@ class Layout:
     def tokenizer_config(self) -> Path:
         """Written by transformers' ``save_pretrained``: the snapshot has a tokenizer."""
         return self.tokenizer_dir / "tokenizer_config.json"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The local MLflow store (cprec_core.tracking): ``mlflow.db`` and ``artifacts/``."""
+        return self.root / "mlflow"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.mlflow_dir / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def leaderboard_markdown(self) -> Path:
+        """The leaderboard asset's tables (also an artifact of its MLflow run)."""
+        return self.root / "leaderboard.md"
 
     @property
     def leaderboard_chart(self) -> Path:

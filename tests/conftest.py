@@ -76,6 +76,21 @@ FIXTURE_DATA = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_tracking(monkeypatch):
+    """MLflow tracking off (``CPREC_TRACKING=off``, inherited by the trainers' processes) and
+    no tracking server from the shell: a test that tracks asks for ``tracked``."""
+    monkeypatch.setenv("CPREC_TRACKING", "off")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "CPREC_TRACKING_TAGS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def tracked(monkeypatch):
+    """Tracking on: runs go to the local store under the profile's data folder."""
+    monkeypatch.delenv("CPREC_TRACKING")
+
+
 @pytest.fixture
 def movielens_dir(tmp_path: Path) -> Path:
     return write_movielens(tmp_path / "ml-fixture")

@@ -14,6 +14,7 @@ from cprec_assets.automation import TRAIN
 from cprec_assets.metadata import table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking
 from cprec_assets.run_log import run_log
 from cprec_assets.versions import code_version
 from cprec_core.data.domain_users import load_domain_data
@@ -43,12 +44,14 @@ def build_next_item_asset(system: System) -> dg.AssetsDefinition:
               code_version=code_version("2", system.next_item, *(["item_text"] if text else [])),
               automation_condition=TRAIN if system.automated else None,
               tags={"system": system.name}, description=_description(system))
-    def _asset(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, cprec: ProfileResource,
+               mlflow: MlflowTracking) -> dg.MaterializeResult:
         profile = cprec.profile
         with cprec.connect(read_only=True) as con:  # in pool `train`: waits for a writer
             data = load_domain_data(con, context.partition_key)
-        manifests = train_system(profile, system.name, data, context.partition_key,
-                                 log=run_log(context))
+        manifests = train_system(mlflow.profile(profile), system.name, data,
+                                 context.partition_key, log=run_log(context),
+                                 tags=mlflow.tags(context))
         m = manifests[0]
         seen = [[x["data_version"], x["config"], x["shape"], x["seed"], x["item_embeddings"]]
                 for x in manifests]  # the data, settings and embeddings each seed read
@@ -58,6 +61,7 @@ def build_next_item_asset(system: System) -> dg.AssetsDefinition:
             return round(sum(x[split][key] for x in manifests) / len(manifests), 4)
         return dg.MaterializeResult(data_version=dg.DataVersion(version.hexdigest()[:16]), metadata={
             "domain": m["domain"], "data_version": m["data_version"],  # the data it saw
+            **mlflow.run_metadata(profile, m.get("mlflow_run_id")),  # the first seed's
             "item_embeddings": dg.MetadataValue.json(m["item_embeddings"] or {}),
             "users": m["users"], "items": m["shape"]["n_items"], "epochs": m["epochs"],
             "best_epoch": m["best_epoch"],  # of the first seed

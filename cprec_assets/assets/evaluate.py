@@ -3,6 +3,8 @@ and across domains (``leaderboard``). The evaluation's upstream is every asset w
 a registered system reads (cprec_core.systems.evaluation_inputs), so a re-trained adapter of
 any system, ablations included, marks it stale."""
 
+import dataclasses
+
 import dagster as dg
 
 from cprec_assets.assets.data import domain_users
@@ -10,14 +12,17 @@ from cprec_assets.automation import DATA, EVALUATE
 from cprec_assets.metadata import markdown, png, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking
 from cprec_assets.run_log import run_log
 from cprec_assets.versions import code_version
 from cprec_core.evaluation.candidates import bad_candidate_sets, build_candidate_sets
 from cprec_core.evaluation.evaluate import (dpo_format_drops, evaluate_domain, evaluation_tables,
                                             low_valid_ratios, mismatched_candidates,
                                             scoring_seconds)
-from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
-                                               leaderboard_markdown)
+from cprec_core.evaluation.leaderboard import (build_leaderboard, domain_rows, leaderboard_chart,
+                                               leaderboard_markdown, log_leaderboard,
+                                               tracked_metrics)
+from cprec_core.tracking import flatten, log_run, run_tags
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.systems import evaluation_inputs
 
@@ -53,19 +58,29 @@ class EvaluationRunConfig(dg.Config):
           pool=DUCKDB_POOL, partitions_def=domain_partitions,
           code_version=code_version("1", "evaluation", "model"), automation_condition=EVALUATE)
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
-               cprec: ProfileResource) -> dg.MaterializeResult:
+               cprec: ProfileResource, mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Every system on the same candidate sets: classic rankings, and for the LLM systems
     (zero-shot, LLaRA, CPRec and the ablations, every seed) likelihood ranking and greedy
     generation (ValidRatio, HR@1), per user subset. Launched with ``systems``, only those LLM
-    systems are scored and the others' rows kept."""
-    evaluated = evaluate_domain(cprec.connect, cprec.profile, context.partition_key,
-                                config.systems or None, log=run_log(context))
+    systems are scored and the others' rows kept. Each system's HR@1 with its interval,
+    NDCG@5 and ValidRatio, and the paired tests, go to one MLflow run of the domain."""
+    profile, key = cprec.profile, context.partition_key
+    evaluated = evaluate_domain(cprec.connect, profile, key, config.systems or None,
+                                log=run_log(context))
     with cprec.connect() as con:
         tables = evaluation_tables(con, evaluated.domain)
         seconds = scoring_seconds(con, evaluated.domain)
-    return dg.MaterializeResult(metadata={"dagster/row_count": len(evaluated.rows.results),
-                                          **markdown(tables),
-                                          "llm_scoring_seconds": round(seconds, 1)})
+        rows, tests = domain_rows(con, evaluated.domain, profile.evaluation.bootstrap)
+    tracked = log_run(mlflow.profile(profile), name=f"evaluation {key}",
+                      tags={**run_tags("evaluation", domain=key, profile=profile.name),
+                            **mlflow.tags(context)},
+                      metrics=tracked_metrics(rows, tests),
+                      params=flatten({"evaluation": dataclasses.asdict(profile.evaluation)}),
+                      log=context.log.warning)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(evaluated.rows.results), **markdown(tables),
+        **mlflow.run_metadata(profile, tracked and tracked["run_id"]),
+        "llm_scoring_seconds": round(seconds, 1)})
 
 
 @dg.asset_check(asset=evaluation, pool=DUCKDB_POOL)
@@ -102,7 +117,8 @@ def dpo_keeps_the_answer_format(cprec: ProfileResource) -> dg.AssetCheckResult:
 @dg.asset(group_name="evaluation", kinds={"duckdb"}, deps=[evaluation, "full_ranking"],
           pool=DUCKDB_POOL, code_version=code_version("1", "evaluation"),
           automation_condition=DATA)
-def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg.MaterializeResult:
+def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource,
+                mlflow: MlflowTracking) -> dg.MaterializeResult:
     """All target domains side by side: HR@1 with bootstrap intervals and seed spread,
     generation ValidRatio, CPRec against the best baseline, and the paired CPRec-vs-LLaRA test;
     then the full-ranking table (cprec_core.recommend.full_ranking). ``make results`` writes
@@ -113,7 +129,12 @@ def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource) -> dg
         board = "\n\n".join(filter(None, [
             leaderboard_markdown(con), full_ranking_markdown(con, profile.evaluation.bootstrap)]))
         chart = leaderboard_chart(con, profile.layout.leaderboard_chart)
+        profile.layout.leaderboard_markdown.write_text(board + "\n")
+        tracked = log_leaderboard(con, mlflow.profile(profile), "leaderboard",
+                                  [profile.layout.leaderboard_markdown, chart], "leaderboard",
+                                  mlflow.tags(context), context.log.warning)
     context.log.info(f"leaderboard: {counts}")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": counts["rows"], "domains": counts["domains"],
+        **mlflow.run_metadata(profile, tracked and tracked["run_id"]),
         "leaderboard": dg.MetadataValue.md(board), "chart": png(chart, "leaderboard")})

@@ -11,6 +11,7 @@ from cprec_assets.automation import RECOMMEND
 from cprec_assets.metadata import markdown, table
 from cprec_assets.partitions import DUCKDB_POOL, domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking, models_used
 from cprec_assets.run_log import run_log
 from cprec_assets.versions import code_version
 from cprec_core.recommend.batch import recommend_domain, recommendation_sample
@@ -38,11 +39,12 @@ def full_ranking(context: dg.AssetExecutionContext, cprec: ProfileResource) -> d
 @dg.asset(group_name="product", kinds={"duckdb", "parquet"}, deps=list(dict.fromkeys(UPSTREAM)),
           pool=DUCKDB_POOL, partitions_def=domain_partitions,
           code_version=code_version("1", "recommend"), automation_condition=RECOMMEND)
-def recommendations(context: dg.AssetExecutionContext,
-                    cprec: ProfileResource) -> dg.MaterializeResult:
+def recommendations(context: dg.AssetExecutionContext, cprec: ProfileResource,
+                    mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Top k unseen items for every user of the domain (retrieval by the better classic
     model, re-ranking by the best LLM system), stored in DuckDB and exported as the Parquet
-    snapshot the HTTP service reads (``make serve``)."""
+    snapshot the HTTP service reads (``make serve``). The metadata names the registered
+    adapter versions and the MLflow runs of the models it used."""
     profile = cprec.profile
     report = recommend_domain(cprec.connect, profile, context.partition_key,
                               log=run_log(context))
@@ -59,6 +61,8 @@ def recommendations(context: dg.AssetExecutionContext,
             "retrieval": report["models"]["retrieval"]["model"],
             "reranker": f"{rerank['system']} seed {rerank['seed']}" if rerank else "none",
             "data_version": report["data_version"],
+            **models_used(mlflow, profile, context.partition_key, report["models"],
+                          context.log.warning),
             "retrieval_users_per_s": round(report["users"] / max(report["retrieval_seconds"],
                                                                   1e-9), 1),
             "rerank_users_per_s": round(report["reranked_users"] / report["rerank_seconds"], 3)

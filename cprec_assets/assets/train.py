@@ -17,9 +17,11 @@ from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.metadata import png, table
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking, register_adapters
 from cprec_assets.versions import code_version
 from cprec_core.config import ConfigError
-from cprec_core.layout import RunManifest
+from cprec_core.layout import RunManifest, TrainedAdapter
+from cprec_core.tracking import model_name
 from cprec_core.data.sources.base import file_sha256
 from cprec_core.systems import (CPT_VARIANTS, DPO_SYSTEMS, SFT_SYSTEMS, CPTVariant, System,
                                 cpt_variant, system as registered)
@@ -82,12 +84,12 @@ def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
               automation_condition=TRAIN if variant.automated else None,  # else by hand
               description=f"CPT LoRA adapter, variant `{variant.name}`: {variant.description}.")
     def _cpt(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             launcher: TrainingLauncher) -> dg.MaterializeResult:
+             launcher: TrainingLauncher, mlflow: MlflowTracking) -> dg.MaterializeResult:
         command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", variant.name,
                                      launcher=launcher)
         context.log.info(" ".join(command))
-        reported = launcher.run(
-            context=context, command=command).get_materialize_result().metadata or {}
+        reported = launcher.run(context=context, command=command, env=mlflow.child_env(context)
+                                ).get_materialize_result().metadata or {}
         run = cprec.profile.layout.cpt_adapter(variant.name)
         manifest = run.read_manifest()
         curves = training_curves(run.train_log, run.curves,
@@ -95,7 +97,8 @@ def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
         # the plan fingerprint covers the corpus snapshot, the config and the base model
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest.plan_fingerprint), metadata={
-                **reported, "corpus_fingerprint": manifest.corpus_fingerprint,
+                **reported, **mlflow.run_metadata(cprec.profile, manifest.mlflow_run_id),
+                "corpus_fingerprint": manifest.corpus_fingerprint,
                 "adapter": dg.MetadataValue.path(str(run.adapter)),
                 "train_log": dg.MetadataValue.path(str(run.train_log)), "curves": png(curves),
                 "phases": table(["phase", "steps"], list(manifest.phase_steps.items())),
@@ -104,14 +107,55 @@ def build_cpt_asset(variant: CPTVariant) -> dg.AssetsDefinition:
     return _cpt
 
 
+FINITE = ("The adapter's weights and the final loss are finite numbers. An adapter that passes"
+          " gets a version in the MLflow model registry (tracking.register).")
+
+
+def adapters_check(context: dg.AssetCheckExecutionContext, cprec: ProfileResource,
+                   mlflow: MlflowTracking, runs: list[tuple[str, TrainedAdapter]]
+                   ) -> dg.AssetCheckResult:
+    """``adapter_is_finite`` over (registered model name, run) pairs: passed where every
+    adapter is; those that are get their model version."""
+    from cprec_core.training.adapter_check import adapter_health  # torch: only when run
+
+    rows, passed = [], []
+    for name, run in runs:
+        health = adapter_health(run)
+        rows.append((name, health["tensors"], health["non_finite"], health["final_loss"],
+                     health["passed"]))
+        if health["passed"]:
+            passed.append((name, run))
+    ok = len(passed) == len(runs)
+    metadata = {"adapters": table(["adapter", "tensors", "non-finite", "final loss", "passed"],
+                                  rows),
+                "non_finite": sum(r[2] for r in rows), "final_loss": rows[0][3] if rows else None}
+    metadata.update(register_adapters(mlflow, cprec.profile, passed, context.log.warning))
+    return dg.AssetCheckResult(passed=ok, metadata=metadata)
+
+
 def build_cpt_check(variant: CPTVariant) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=variant.asset, name="adapter_is_finite", blocking=True,
-                    description="The adapter's weights and the final loss are finite numbers.")
-    def _check(cprec: ProfileResource) -> dg.AssetCheckResult:
-        from cprec_core.training.adapter_check import adapter_health  # torch: only when run
+                    description=FINITE)
+    def _check(context: dg.AssetCheckExecutionContext, cprec: ProfileResource,
+               mlflow: MlflowTracking) -> dg.AssetCheckResult:
+        profile = cprec.profile
+        return adapters_check(context, cprec, mlflow, [
+            (model_name(profile, "cpt", variant.name), profile.layout.cpt_adapter(variant.name))])
 
-        health = adapter_health(cprec.profile.layout.cpt_adapter(variant.name))
-        return dg.AssetCheckResult(passed=health.pop("passed"), metadata=health)
+    return _check
+
+
+def build_seed_check(system: System) -> dg.AssetChecksDefinition:
+    """``adapter_is_finite`` of an SFT or DPO asset: every seed's adapter of the partition."""
+    @dg.asset_check(asset=system.asset, name="adapter_is_finite", blocking=True,
+                    partitions_def=domain_partitions, description=FINITE)
+    def _check(context: dg.AssetCheckExecutionContext, cprec: ProfileResource,
+               mlflow: MlflowTracking) -> dg.AssetCheckResult:
+        profile, key = cprec.profile, context.partition_key
+        seeds = profile.sft.seeds_for(system.sft_init or system.name)
+        return adapters_check(context, cprec, mlflow, [
+            (model_name(profile, system.name, key), profile.layout.sft_run(system.name, key, seed))
+            for seed in seeds])
 
     return _check
 
@@ -130,12 +174,12 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
               automation_condition=TRAIN if system.automated else None,
               description=f"Per-domain SFT with LLaRA's hybrid prompt, {source}.")
     def _sft(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             launcher: TrainingLauncher) -> dg.MaterializeResult:
+             launcher: TrainingLauncher, mlflow: MlflowTracking) -> dg.MaterializeResult:
         command = accelerate_command(cprec, "cprec_core.training.sft", "--domain",
                                      context.partition_key, "--system", system.name,
                                      launcher=launcher)
-        reported = launcher.run(
-            context=context, command=command).get_materialize_result().metadata or {}
+        reported = launcher.run(context=context, command=command, env=mlflow.child_env(context)
+                                ).get_materialize_result().metadata or {}
         seeds = cprec.profile.sft.seeds_for(system.name)
         run = cprec.profile.layout.sft_run(system.name, context.partition_key, seeds[0])
         rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]
@@ -144,7 +188,8 @@ def build_sft_asset(system: System) -> dg.AssetsDefinition:
                 "init_corpus_fingerprint": manifest.init_manifest or "(fresh LoRA)"}
         version = hashlib.sha256(json.dumps([manifest.fingerprint, seen]).encode()).hexdigest()
         return dg.MaterializeResult(data_version=dg.DataVersion(version[:16]), metadata={
-            **reported, **seen, "seeds": ",".join(map(str, seeds)),
+            **reported, **mlflow.run_metadata(cprec.profile, manifest.mlflow_run_id), **seen,
+            "seeds": ",".join(map(str, seeds)),
             "adapter": dg.MetadataValue.path(str(run.adapter)),
             "projector": dg.MetadataValue.path(str(run.projector)),
             "train_log": table(["step", "prompt", "p_hybrid", "lr", "loss", "tokens"], [
@@ -224,19 +269,20 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
               description=f"DPO of the `{sft.name}` adapter on its mined pairs, that adapter"
                           " frozen as the reference.")
     def _dpo(context: dg.AssetExecutionContext, cprec: ProfileResource,
-             launcher: TrainingLauncher) -> dg.MaterializeResult:
+             launcher: TrainingLauncher, mlflow: MlflowTracking) -> dg.MaterializeResult:
         command = accelerate_command(cprec, "cprec_core.training.dpo", "--domain",
                                      context.partition_key, "--system", system.name,
                                      launcher=launcher)
-        reported = launcher.run(
-            context=context, command=command).get_materialize_result().metadata or {}
+        reported = launcher.run(context=context, command=command, env=mlflow.child_env(context)
+                                ).get_materialize_result().metadata or {}
         run = layout_of(cprec, context.partition_key)
         rows = [json.loads(x) for x in run.train_log.read_text().splitlines()]
         manifest = run.read_manifest()
         curves = preference_curves(run.train_log, run.curves, f"DPO {system.name}")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest.fingerprint), metadata={
-                **reported, "sft_adapter": manifest.sft_adapter,
+                **reported, **mlflow.run_metadata(cprec.profile, manifest.mlflow_run_id),
+                "sft_adapter": manifest.sft_adapter,
                 "pairs_sha256": manifest.pairs_sha256,
                 "adapter": dg.MetadataValue.path(str(run.adapter)), "curves": png(curves),
                 "train_log": table(["step", "lr", "loss", "margin", "accuracy", "pairs"], [
@@ -249,5 +295,6 @@ def build_dpo_assets(system: System) -> list[dg.AssetsDefinition]:
 
 cpt_assets = [build_cpt_asset(v) for v in CPT_VARIANTS]
 cpt_checks = [build_cpt_check(v) for v in CPT_VARIANTS]
+adapter_checks = [build_seed_check(s) for s in [*SFT_SYSTEMS, *DPO_SYSTEMS]]
 sft_assets = [build_sft_asset(s) for s in SFT_SYSTEMS]
 dpo_assets = [asset for s in DPO_SYSTEMS for asset in build_dpo_assets(s)]

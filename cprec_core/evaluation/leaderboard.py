@@ -23,6 +23,7 @@ For the headline ranking and, where both generate, for generation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,44 @@ def require_evaluation(con: duckdb.DuckDBPyConnection, database) -> None:
         raise ValueError(f"{database} has no evaluation: materialise `evaluation`")
 
 
+def domain_rows(con: duckdb.DuckDBPyConnection, domain: str, resamples: int = 1000
+                ) -> tuple[list[tuple], list[tuple]]:
+    """The leaderboard's rows of one domain (the columns of ``leaderboard`` in SCHEMA) and
+    its paired tests' rows (``leaderboard_tests``), computed without writing anything."""
+    rows, tests = [], []
+    headline = headline_families(con, domain)
+    for system, family in headline.items():
+        hits, seeds = _hits(con, domain, system, family)
+        per_seed = hits.mean(0)
+        low, high = bootstrap_interval(hits.mean(1), resamples)
+        ndcg = con.execute("""
+            SELECT avg("ndcg@5") FROM evaluation_results WHERE domain = ? AND split = 'test'
+            AND system = ? AND family = ? AND subset = 'all'""",
+            [domain, system, family]).fetchall()[0][0]
+        gen = con.execute("""
+            SELECT avg(valid_ratio), avg("hr@1 (valid)"), avg("hr@1") FROM evaluation_results
+            WHERE domain = ? AND split = 'test' AND system = ? AND family = 'generation'
+            AND subset = 'all'""", [domain, system]).fetchall()[0]
+        rows.append((domain, system, family, len(seeds), hits.shape[0],
+                     float(per_seed.mean()),
+                     float(per_seed.std(ddof=1)) if len(seeds) > 1 else None, low, high,
+                     ndcg, *gen))
+    for system_a, system_b in test_pairs(con, domain, headline):
+        for family in ("ranking", "generation"):
+            fam_a = headline[system_a] if family == "ranking" else family
+            fam_b = headline[system_b] if family == "ranking" else family
+            a_found, b_found = (_hits(con, domain, system_a, fam_a),
+                                _hits(con, domain, system_b, fam_b))
+            if not (a_found[0].size and b_found[0].size):
+                continue
+            a, b = paired_hits(a_found, b_found, b_single=fam_b == "ranking")
+            if a.size and a.shape == b.shape:
+                t = paired_test(a, b, resamples)
+                tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
+                              t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
+    return rows, tests
+
+
 def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> dict:
     """Compute both tables from ``evaluation_cases`` / ``evaluation_results`` and replace
     them in one transaction (a failure leaves the previous leaderboard whole)."""
@@ -166,36 +205,9 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
                                             WHERE split = 'test' ORDER BY domain""").fetchall()]
     rows, tests = [], []
     for domain in domains:
-        headline = headline_families(con, domain)
-        for system, family in headline.items():
-            hits, seeds = _hits(con, domain, system, family)
-            per_seed = hits.mean(0)
-            low, high = bootstrap_interval(hits.mean(1), resamples)
-            ndcg = con.execute("""
-                SELECT avg("ndcg@5") FROM evaluation_results WHERE domain = ? AND split = 'test'
-                AND system = ? AND family = ? AND subset = 'all'""",
-                [domain, system, family]).fetchall()[0][0]
-            gen = con.execute("""
-                SELECT avg(valid_ratio), avg("hr@1 (valid)"), avg("hr@1") FROM evaluation_results
-                WHERE domain = ? AND split = 'test' AND system = ? AND family = 'generation'
-                AND subset = 'all'""", [domain, system]).fetchall()[0]
-            rows.append((domain, system, family, len(seeds), hits.shape[0],
-                         float(per_seed.mean()),
-                         float(per_seed.std(ddof=1)) if len(seeds) > 1 else None, low, high,
-                         ndcg, *gen))
-        for system_a, system_b in test_pairs(con, domain, headline):
-            for family in ("ranking", "generation"):
-                fam_a = headline[system_a] if family == "ranking" else family
-                fam_b = headline[system_b] if family == "ranking" else family
-                a_found, b_found = (_hits(con, domain, system_a, fam_a),
-                                    _hits(con, domain, system_b, fam_b))
-                if not (a_found[0].size and b_found[0].size):
-                    continue
-                a, b = paired_hits(a_found, b_found, b_single=fam_b == "ranking")
-                if a.size and a.shape == b.shape:
-                    t = paired_test(a, b, resamples)
-                    tests.append((domain, family, system_a, system_b, t.pairs, t.a_rate, t.b_rate,
-                                  t.a_only, t.b_only, t.diff, t.low, t.high, t.p_value))
+        found, paired = domain_rows(con, domain, resamples)
+        rows += found
+        tests += paired
     with atomic(con):
         con.execute(SCHEMA)
         if rows:
@@ -204,6 +216,50 @@ def build_leaderboard(con: duckdb.DuckDBPyConnection, resamples: int = 1000) -> 
             con.executemany(f"INSERT INTO leaderboard_tests VALUES ({', '.join('?' * 13)})",
                             tests)
     return {"domains": len(domains), "rows": len(rows), "tests": len(tests)}
+
+
+# the leaderboard's columns an MLflow run records per system, and of each paired test
+TRACKED = {"cases": 4, "hr@1": 5, "hr@1 sd": 6, "hr@1 low": 7, "hr@1 high": 8, "ndcg@5": 9,
+           "valid_ratio": 10, "gen hr@1": 12}
+TRACKED_TESTS = {"pairs": 4, "diff": 9, "diff_low": 10, "diff_high": 11, "p_value": 12}
+
+
+def tracked_metrics(rows: list[tuple], tests: list[tuple], with_domain: bool = False
+                    ) -> dict[str, float]:
+    """Leaderboard and test rows as MLflow metrics: ``<system>/hr@1``, its interval
+    (``hr@1 low``/``high``), NDCG@5, ValidRatio, ...; ``<a> vs <b>/<family>/diff`` and
+    its p-value; each prefixed by ``<domain>/`` when ``with_domain`` (names are made
+    MLflow-safe by cprec_core.tracking)."""
+    from cprec_core.tracking import metric_name
+
+    out = {}
+    for row in rows:
+        prefix = f"{row[0]}/{row[1]}" if with_domain else row[1]
+        out.update({metric_name(f"{prefix}/{k}"): float(row[i]) for k, i in TRACKED.items()
+                    if row[i] is not None and np.isfinite(row[i])})
+    for row in tests:
+        prefix = f"{row[2]} vs {row[3]}/{row[1]}"
+        prefix = f"{row[0]}/{prefix}" if with_domain else prefix
+        out.update({metric_name(f"{prefix}/{k}"): float(row[i]) for k, i in TRACKED_TESTS.items()
+                    if row[i] is not None and np.isfinite(row[i])})
+    return out
+
+
+def log_leaderboard(con: duckdb.DuckDBPyConnection, profile, name: str, artifacts, kind: str,
+                    tags: dict | None = None, log=print) -> dict | None:
+    """The leaderboard tables as one MLflow run of kind ``kind`` (``leaderboard``, or
+    ``results`` for ``make results``), every domain's systems and tests as metrics and
+    ``artifacts`` (the markdown, the chart) beside them; its ids and link, or None where
+    tracking is off or failed (cprec_core.tracking.log_run)."""
+    from cprec_core import tracking
+
+    rows = con.execute("SELECT * FROM leaderboard").fetchall()
+    tests = con.execute("SELECT * FROM leaderboard_tests").fetchall()
+    return tracking.log_run(
+        profile, name=name, tags={**tracking.run_tags(kind, profile=profile.name), **(tags or {})},
+        metrics=tracked_metrics(rows, tests, with_domain=True),
+        params=tracking.flatten({"evaluation": dataclasses.asdict(profile.evaluation)}),
+        artifacts=artifacts, log=log)
 
 
 def _fmt(x, digits: int = 3) -> str:

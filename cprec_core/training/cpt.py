@@ -43,8 +43,9 @@ from cprec_core.provenance import git_revision, processor
 from cprec_core.training import checkpointing, distributed, dry_run
 from cprec_core.training.cpt_plan import (Corpus, CorpusError, Plan, build_plan, for_variant,
                                           read_corpus, shuffled_control, subsample)
+from cprec_core.tracking import NULL_TRACKER
 from cprec_core.training.loop import (autocast, fingerprint, log_totals, micro_batches,
-                                      publish_run, read_log, run_steps)
+                                      publish_run, read_log, run_steps, tracked_run)
 from cprec_core.training.memory import available_memory, estimate_memory
 
 
@@ -63,6 +64,7 @@ class CPTTrainer:
         self.variant = variant
         self.run = run or profile.layout.cpt_adapter(variant)
         self.reporter = reporter or Reporter()
+        self.tracker = NULL_TRACKER  # the MLflow run while train() runs
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self, corpus: Corpus | None = None, resume: bool = True) -> None:
@@ -192,8 +194,17 @@ class CPTTrainer:
                 "tokens": plan.tokens(step)}
 
     def train(self, stop_after: int | None = None) -> dict:
-        """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill)."""
-        return run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after)
+        """Runs to the end of the plan (or ``stop_after`` steps, to simulate a kill), logging
+        to one MLflow run that a resume of the same plan continues."""
+        plan = self.plan
+        with tracked_run(self, "cpt", f"cpt {self.variant}", "cpt", self.cfg,
+                         data_version=self.corpus.fingerprint, seed=self.cfg.seed,
+                         key=self.plan_fingerprint, tags={"variant": self.variant},
+                         variant=self.variant, plan=self.plan_fingerprint,
+                         steps=plan.total_steps, documents=len(self.corpus),
+                         phase_steps={"warmup": plan.warmup_steps, "stable": plan.stable_steps,
+                                      "anneal": plan.anneal_steps}) as self.tracker:
+            return run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after)
 
     @property
     def total_steps(self) -> int:
@@ -240,7 +251,8 @@ class CPTTrainer:
             dtype=str(self.dtype).replace("torch.", ""), device=str(self.device),
             processor=processor(str(self.device)), processes=self.accelerator.num_processes,
             memory_estimate_gib=round(self.memory_estimate / 2**30, 2),
-            git_revision=git_revision(), torch=torch.__version__)
+            git_revision=git_revision(), torch=torch.__version__,
+            mlflow_run_id=self.tracker.wait_open())
 
         def write(staged: TrainedAdapter) -> None:
             if gathered is None:

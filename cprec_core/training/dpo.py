@@ -59,8 +59,9 @@ from cprec_core.training.dpo_pairs import ensure_pairs, training_windows
 from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, load_base,
                                             load_domain_inputs, publish, validate,
                                             without_per_case)
+from cprec_core.tracking import NULL_TRACKER, numbers
 from cprec_core.training.loop import (autocast, fingerprint, log_totals, lr_schedule,
-                                      micro_batches, read_log, run_steps)
+                                      micro_batches, read_log, run_steps, tracked_run)
 from cprec_core.training.preference_loss import preference_loss
 from cprec_core.training.sft import over_seeds
 
@@ -121,6 +122,7 @@ class DPOTrainer:
         self.run = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.source_run = profile.layout.sft_run(self.source, domain, self.seed)
         self.reporter = reporter or Reporter()
+        self.tracker = NULL_TRACKER  # the MLflow run while train() runs
         self.listing = profile.sft.listing_for(self.source)  # the prompt the SFT system reads
         self.candidate_vectors = profile.sft.candidate_vectors_for(self.source)
         self.label = f"{system}[{domain}]"
@@ -277,7 +279,17 @@ class DPOTrainer:
                 "pairs": n_pairs}
 
     def train(self, stop_after: int | None = None) -> dict:
-        result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after)
+        """Runs to the end (or ``stop_after`` steps), logging to one MLflow run that a resume
+        of the same plan continues."""
+        with tracked_run(self, "dpo", f"dpo {self.system} {self.partition} seed {self.seed}",
+                         "dpo", self.cfg, data_version=self.inputs.data_version, seed=self.seed,
+                         key=self.fingerprint, tags={"system": self.system,
+                                                     "domain": self.partition},
+                         system=self.system, domain=self.partition, steps=self.total_steps,
+                         windows=len(self.windows), schedule=self.schedule,
+                         sft_adapter=str(self.source_run.adapter)) as self.tracker:
+            result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after,
+                               curves="preference_curves")
         return {**result, "seed": self.seed}
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -304,6 +316,8 @@ class DPOTrainer:
         the adapter with the (unchanged) projector beside it."""
         report = validate(self, self.cfg.micro_batch)
         chosen = None if report is None else {"step": self.total_steps, **report}
+        if chosen is not None and self.accelerator.is_main_process:
+            self.tracker.log_step(self.total_steps, numbers(report, "valid/"))
         with distributed.full_parameters(self.accelerator, self.model):
             self.diagnostics["after"] = injection(self)
         rows = read_log(self.run.train_log)
@@ -324,7 +338,7 @@ class DPOTrainer:
             processor=processor(str(self.device)), sft_system=self.source,
             sft_adapter=str(self.source_run.adapter), sft_fingerprint=info["sft_fingerprint"],
             pairs=str(self.run.pairs), pairs_sha256=file_sha256(self.run.pairs),
-            pair_summary=info["summary"])
+            pair_summary=info["summary"], mlflow_run_id=self.tracker.wait_open())
         publish(self, manifest)
         return manifest.to_dict()
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import torch
 from transformers import get_constant_schedule, get_wsd_schedule
 
+from cprec_core import tracking
 from cprec_core.layout import RunManifest, TrainedAdapter
 
 
@@ -117,6 +118,7 @@ class Recipe(Protocol):
     scheduler: Any
     run: TrainedAdapter
     reporter: Any
+    tracker: tracking.NullTracker  # the MLflow run (tracked_run below), or the null tracker
     label: str  # how the log lines name the run
     start_step: int  # where load_checkpoint left it
     total_steps: int
@@ -132,7 +134,8 @@ LOG_SECONDS = 10.0  # at most one progress line per this many seconds (and the l
 
 
 def run_steps(trainer: Recipe, checkpoint_every: int, grad_clip: float,
-              stop_after: int | None = None, after_step=None, forget_after=None) -> dict:
+              stop_after: int | None = None, after_step=None, forget_after=None,
+              curves: str = "training_curves") -> dict:
     """The one outer loop: from ``trainer.start_step`` to the end of the plan (or
     ``stop_after`` steps, to simulate a kill), a row per step in the train log, a progress
     line at most every ``LOG_SECONDS``, a checkpoint every ``checkpoint_every`` steps and at
@@ -140,7 +143,9 @@ def run_steps(trainer: Recipe, checkpoint_every: int, grad_clip: float,
 
     ``after_step(step)`` runs after each step (1-based; SFT scores its validation sample
     there); ``forget_after(step)`` drops what else the run wrote after the checkpoint it
-    resumes from (the train log is cut here)."""
+    resumes from (the train log is cut here). Each row also goes to the trainer's MLflow
+    run (``trainer.tracker``); once the final files are written, they go there too, with the
+    plot that ``cprec_core.training.plots.<curves>`` draws of the train log."""
     acc, total = trainer.accelerator, trainer.total_steps
     if acc.is_main_process:  # one writer: another process reading the half-written
         cut_log(trainer.run.train_log, trainer.start_step)  # file would drop rows
@@ -155,6 +160,7 @@ def run_steps(trainer: Recipe, checkpoint_every: int, grad_clip: float,
         if acc.is_main_process:
             with open(trainer.run.train_log, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            trainer.tracker.log_step(row["step"], step_metrics(row))
             if time.perf_counter() - last_line >= LOG_SECONDS or step in (trainer.start_step,
                                                                            total - 1):
                 trainer.reporter.log(progress_line(trainer.label, row, total))
@@ -167,7 +173,48 @@ def run_steps(trainer: Recipe, checkpoint_every: int, grad_clip: float,
               "seconds": time.perf_counter() - started}
     if result["finished"]:
         result.update(trainer.save_final())
+        if acc.is_main_process and trainer.tracker is not tracking.NULL_TRACKER:
+            track_final_files(trainer, curves)
     return result
+
+
+def step_metrics(row: dict) -> dict[str, float]:
+    """A train-log row as MLflow metrics: its numbers (loss, lr, tokens, seconds, ...) and
+    the tokens per second."""
+    metrics = tracking.numbers(row)
+    if row.get("seconds"):
+        metrics["tokens_per_second"] = row["tokens"] / row["seconds"]
+    return metrics
+
+
+def track_final_files(trainer: Recipe, curves: str) -> None:
+    """The run folder's record as artifacts of its MLflow run: the manifest, the logs, the
+    curves and the adapter (what the model registry points at, cprec_core.tracking)."""
+    from cprec_core.training import plots  # matplotlib: only where a run is tracked
+
+    run = trainer.run
+    getattr(plots, curves)(run.train_log, run.curves, trainer.label)
+    trainer.tracker.log_artifacts([run.manifest, run.train_log, run.validation_log, run.curves])
+    trainer.tracker.log_artifacts([run.adapter, run.projector], "adapter")
+    trainer.tracker.finished()
+
+
+def tracked_run(trainer, kind: str, name: str, section: str, config: Any, *,
+                data_version: str | None, seed: int | None, key: str, tags: dict, **params: Any):
+    """The MLflow run ``name`` of one training (cprec_core.tracking.training_run): on rank 0
+    only, continued on resume while the plan (``key``) is the
+    same. ``config`` is the stage's settings (a dataclass), recorded as ``section.*``."""
+    import dataclasses
+
+    profile = trainer.profile
+    return tracking.training_run(
+        profile, name=name, key=key, state_file=trainer.run.tracking_file,
+        resume=True, main=trainer.accelerator.is_main_process, log=trainer.reporter.log,
+        params=tracking.run_params(profile, section, dataclasses.asdict(config),
+                                   data_version=data_version, seed=seed,
+                                   device=str(trainer.device),
+                                   processes=trainer.accelerator.num_processes, **params),
+        tags=tracking.run_tags(kind, profile=profile.name, seed=seed, **tags))
 
 
 def progress_line(label: str, row: dict, total: int) -> str:

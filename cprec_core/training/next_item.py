@@ -42,6 +42,8 @@ from cprec_core.layout import NextItemFiles
 from cprec_core.metrics import rank_metrics
 from cprec_core.models.gru4rec import GRU4Rec, GRU4RecShape
 from cprec_core.models.sasrec import SASRec, SASRecShape, left_pad
+from cprec_core import tracking
+from cprec_core.tracking import NULL_TRACKER, NullTracker, numbers
 from cprec_core.training.memory import PeakRSS
 from cprec_core.progress import Throttled, counted, duration
 from cprec_core.systems import (NEXT_ITEM_SYSTEM_NAMES, embedding_asset, next_item_systems,
@@ -178,7 +180,8 @@ def model_kind(cfg: SASRecConfig | GRU4RecConfig) -> str:
 
 def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: NextItemFiles,
                     log=print, every_s: float | None = None, seed: int | None = None,
-                    text: TextTable | None = None, name: str | None = None) -> dict:
+                    text: TextTable | None = None, name: str | None = None,
+                    tracker: NullTracker = NULL_TRACKER) -> dict:
     """The model ``cfg`` configures (SASRec, or GRU4Rec for a ``GRU4RecConfig``), trained
     with ``seed`` (default: the first of ``cfg.seeds``) and saved to ``files``; returns its
     manifest. With ``text``, the item table adds the adapted title embeddings (a text
@@ -189,7 +192,8 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     after an epoch its loss, validation NDCG@10 and HR@10, the best so far, the patience
     left and the epochs left (at least the patience left, at most up to ``max_epochs``).
     The first epoch, an epoch that took longer than the interval and the last one are
-    always reported."""
+    always reported. Each epoch's loss and validation metrics, and at the end the test
+    metrics and the saved files, go to ``tracker`` (an MLflow run: ``train_system``)."""
     kind = model_kind(cfg)
     name = name or NAMES[kind]
     seed = cfg.seeds[0] if seed is None else seed
@@ -229,6 +233,8 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         metrics = evaluate(model, valid_hist, valid_target, cfg.max_len)
         now = time.perf_counter()
         history.append({"epoch": epoch, "loss": round(loss, 4), **metrics})
+        tracker.log_step(epoch, {"loss": loss, "seconds": now - epoch_started,
+                                 **numbers(metrics, "valid/")})
         improved = metrics["ndcg@10"] > best
         if improved:
             best, waited = metrics["ndcg@10"], 0
@@ -275,6 +281,7 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
         # the process's resident memory (MB) when training began and its peak during it
         "rss_start_mb": memory.start_mb, "peak_rss_mb": memory.peak_mb(),
         "parameters": sum(p.numel() for p in model.parameters()), "history": history,
+        "mlflow_run_id": tracker.wait_open(),
     }
     # The weights file marks a finished model (NextItemFiles.exists): the old one goes first,
     # the new one is renamed into place last, so a crash never pairs weights with another
@@ -286,6 +293,15 @@ def train_next_item(data: DomainData, cfg: SASRecConfig | GRU4RecConfig, files: 
     staged = files.weights.with_name(files.weights.name + ".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staged)
     staged.replace(files.weights)
+    if tracker is not NULL_TRACKER:
+        from cprec_core.training.plots import epoch_curves  # matplotlib: only when tracked
+
+        tracker.log_step(len(history), {**numbers(valid, "best/valid/"),
+                                        **numbers(test, "test/"),
+                                        "best_epoch": best_epoch})
+        tracker.log_artifacts([files.manifest, files.item_index,
+                               epoch_curves(history, files.curves, label)])
+        tracker.finished()
     log(f"{label}: {manifest['epochs']} epochs (best {best_epoch}) in"
         f" {duration(manifest['seconds'])}, valid {manifest['valid']}, test {manifest['test']}")
     return manifest
@@ -315,9 +331,10 @@ def trained_next_item_models(profile: Profile, slug: str) -> list[tuple[str, int
 
 
 def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=print,
-                 every_s: float | None = None) -> list[dict]:
+                 every_s: float | None = None, tags: dict | None = None) -> list[dict]:
     """Every seed of next-item system ``name`` (cprec_core.systems: ``sasrec``,
-    ``gru4rec`` or a text system) on ``slug``'s data; the manifests, seed by seed."""
+    ``gru4rec`` or a text system) on ``slug``'s data, each seed an MLflow run (with
+    ``tags`` besides its own: the Dagster run's); the manifests, seed by seed."""
     entry = registered(name)
     if not entry.next_item:
         raise ValueError(f"{name!r} is not a next-item system")
@@ -333,9 +350,23 @@ def train_system(profile: Profile, name: str, data: DomainData, slug: str, log=p
         if entry.shuffled_vectors:
             vectors = vectors.shuffled(data.items)
         text = TextTable(vectors, profile.item_text.adapter_hidden, profile.item_text.text_only)
-    return [train_next_item(data, cfg, profile.layout.next_item_model(name, slug, seed), log,
-                            every_s, seed=seed, text=text,
-                            name=name if entry.kind == "text" else None) for seed in cfg.seeds]
+    manifests = []
+    for seed in cfg.seeds:
+        params = tracking.run_params(profile, entry.next_item, dataclasses.asdict(cfg),
+                                     data_version=data.data_version, seed=seed, device="cpu",
+                                     system=name, domain=slug,
+                                     item_embeddings=text.vectors.provenance() if text else None)
+        with tracking.training_run(profile, name=f"{name} {slug} seed {seed}", params=params,
+                                   tags={**tracking.run_tags(entry.next_item, system=name,
+                                                             domain=slug, seed=seed,
+                                                             profile=profile.name),
+                                         **(tags or {})},
+                                   log=log) as tracker:  # no checkpoints: each a new run
+            manifests.append(train_next_item(
+                data, cfg, profile.layout.next_item_model(name, slug, seed), log, every_s,
+                seed=seed, text=text, name=name if entry.kind == "text" else None,
+                tracker=tracker))
+    return manifests
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,8 +65,9 @@ from cprec_core.training.hybrid_run import (SFTError, check_launch, injection, l
                                             load_domain_inputs, projector_weights, publish,
                                             trained_weights, validate, without_per_case,
                                             write_adapter)
+from cprec_core.tracking import NULL_TRACKER, numbers
 from cprec_core.training.loop import (cut_log, log_totals, lr_schedule, publishing, read_log,
-                                      run_steps)
+                                      run_steps, tracked_run)
 from cprec_core.training.memory import available_memory, estimate_memory
 from cprec_core.training.next_token_objective import NextTokenObjective
 from cprec_core.training.residual import ResidualError, choose_partner, keep_gate
@@ -97,6 +98,7 @@ class SFTTrainer:
         own = profile.layout.sft_run(system, domain, self.seed)  # checks the key
         self.run = own if run is None else run
         self.reporter = reporter or Reporter()
+        self.tracker = NULL_TRACKER  # the MLflow run while train() runs
         self.objective = objective_for(system, self.cfg)
         self.listing = self.cfg.listing_for(system)
         self.candidate_vectors = self.cfg.candidate_vectors_for(system)
@@ -249,8 +251,20 @@ class SFTTrainer:
                 "schedule": self.schedule, "samples": len(self.steps[step]), **fields}
 
     def train(self, stop_after: int | None = None) -> dict:
-        result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after,
-                           after_step=self._after_step, forget_after=self._forget_after)
+        """Runs to the end (or ``stop_after`` steps), logging to one MLflow run that a resume
+        of the same plan continues."""
+        init = self.init_run
+        with tracked_run(self, "sft", f"sft {self.system} {self.partition} seed {self.seed}",
+                         "sft", self.cfg, data_version=self.inputs.data_version, seed=self.seed,
+                         key=self.fingerprint, tags={"system": self.system,
+                                                     "domain": self.partition},
+                         system=self.system, domain=self.partition,
+                         objective=self.objective.name, steps=self.total_steps,
+                         samples=len(self.samples), schedule=self.schedule,
+                         init_adapter=str(init.adapter) if init else "(fresh LoRA)"
+                         ) as self.tracker:
+            result = run_steps(self, self.cfg.checkpoint_every, self.cfg.grad_clip, stop_after,
+                               after_step=self._after_step, forget_after=self._forget_after)
         return {**result, "seed": self.seed}
 
     def _after_step(self, step: int) -> None:
@@ -274,6 +288,7 @@ class SFTTrainer:
         if self.accelerator.is_main_process:
             with open(self.run.validation_log, "a") as fh:
                 fh.write(json.dumps({"step": step, **report}) + "\n")
+            self.tracker.log_step(step, numbers(report, "valid/"))
         best = self._best_validation()
         mrr = ", ".join(f"{k} {report[f'mrr ({k})']:.3f}" for k in ("sum", "mean", "residual")
                         if f"mrr ({k})" in report)
@@ -412,7 +427,8 @@ class SFTTrainer:
             hybrid_steps=sum(r["prompt"] == "hybrid" for r in rows), **log_totals(rows),
             trainable_parameters=self.trainable, placeholder_id=self.placeholder_id,
             config=dataclasses.asdict(self.cfg), dtype=str(self.dtype).replace("torch.", ""),
-            git_revision=git_revision(), processor=processor(str(self.device)))
+            git_revision=git_revision(), processor=processor(str(self.device)),
+            mlflow_run_id=self.tracker.wait_open())
         publish(self, manifest)
         if self.accelerator.is_main_process:
             shutil.rmtree(self.run.best, ignore_errors=True)
