@@ -218,7 +218,7 @@ class RunTracker(NullTracker):
         self.target, self.name, self.key = target, name, key
         self.params, self.tags = dict(params), dict(tags)
         self.state_file, self.resume, self.log = state_file, resume, log
-        self.logged_through = 0  # steps the continued run already holds
+        self.logged_through = -1  # the last step a continued run already holds
         self.dropped = 0
         self.failed: str | None = None
         self.continued = False
@@ -306,7 +306,7 @@ class RunTracker(NullTracker):
             self.run_id, self.continued = previous, True
             self.client.update_run(previous, status="RUNNING")
             history = self.client.get_metric_history(previous, "loss")
-            self.logged_through = max((m.step for m in history), default=0)
+            self.logged_through = max((m.step for m in history), default=-1)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.name, tags=self.tags)
             self.run_id = run.info.run_id

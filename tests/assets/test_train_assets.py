@@ -9,10 +9,12 @@ import pytest
 from cprec_assets import checks
 from cprec_assets.assets import data
 from cprec_assets.assets import collab, evaluate, recommend
-from cprec_assets.assets.train import (accelerate_command, cpt_assets, cpt_checks, dpo_assets,
-                                       sft_assets)
+from cprec_assets.assets.train import (accelerate_command, adapter_checks, cpt_assets,
+                                       cpt_checks, dpo_assets, sft_assets)
 from cprec_assets.launcher import TrainingLauncher
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking
+from cprec_core import tracking
 from cprec_core.config import ConfigError
 from cprec_core.evaluation.evaluate import evaluate_domain
 
@@ -20,9 +22,9 @@ STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.m
          data.cpt_corpus]
 
 
-def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
+def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config, tracked):
     cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
-    resources = {"cprec": cprec, "launcher": TrainingLauncher()}
+    resources = {"cprec": cprec, "launcher": TrainingLauncher(), "mlflow": MlflowTracking()}
     command = accelerate_command(cprec, "cprec_core.training.cpt", "--variant", "wsa")
     assert command[1:3] == ["-m", "accelerate.commands.launch"] and "--cpu" in command
     everything = [*STAGE, data.domain_users, collab.sasrec, collab.gru4rec, *cpt_assets, *sft_assets,
@@ -30,7 +32,7 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                   recommend.full_ranking, recommend.recommendations,
                   evaluate.every_system_saw_the_stored_candidate_sets,
                   evaluate.valid_ratio_above_floor, evaluate.dpo_keeps_the_answer_format,
-                  *checks.data_checks, *cpt_checks]
+                  *checks.data_checks, *cpt_checks, *adapter_checks]
     with dg.instance_for_test() as instance:
         result = dg.materialize(everything, selection=[a.key for a in STAGE] + [cpt_assets[0].key],
                                 resources=resources, instance=instance)
@@ -94,6 +96,40 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config):
                                instance=instance)
         assert board.success
         board_meta = board.asset_materializations_for_node("leaderboard")[0].metadata
+    # every training, evaluation and the leaderboard logged an MLflow run (local store)
+    client = tracking.client(tracking.target(cprec.profile))
+    experiment = client.get_experiment_by_name("cprec-fixture")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id],
+                                                           order_by=["start_time ASC"])}
+    assert {"cpt wsa", "sasrec crime seed 0", "gru4rec crime seed 0", "sft cprec crime seed 0",
+            "sft llara crime seed 0", "sft cprec_rank crime seed 0", "dpo cprec_dpo crime seed 0",
+            "evaluation crime", "leaderboard"} <= set(runs)
+    sft_run = runs["sft cprec crime seed 0"]
+    assert sft_run.info.status == "FINISHED"
+    assert sft_run.data.tags["dagster.run_id"] == per_domain.run_id  # from the child process
+    assert sft_run.data.tags["dagster.asset_key"] == "sft_adapter"
+    assert sft_run.data.tags["dagster.partition_key"] == "crime"
+    assert sft_run.data.params["sft.negatives"] == "2" and "data_version" in sft_run.data.params
+    manifest = cprec.profile.layout.sft_run("cprec", "crime", 0).read_manifest()
+    assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == manifest.steps
+    assert sft["mlflow_run"].value.endswith(f"/#/runs/{sft_run.info.run_id}")
+    assert runs["sasrec crime seed 0"].data.tags["dagster.asset_key"] == "sasrec"
+    assert meta["mlflow_run_id"].value == runs["cpt wsa"].info.run_id
+    assert dpo["mlflow_run_id"].value == runs["dpo cprec_dpo crime seed 0"].info.run_id
+    evaluated = runs["evaluation crime"].data.metrics
+    assert 0 <= evaluated["llara/hr_at_1_low"] <= evaluated["llara/hr_at_1"] <= evaluated[
+        "llara/hr_at_1_high"] <= 1 and "llara/valid_ratio" in evaluated
+    assert "sasrec/ndcg_at_5" in evaluated
+    assert "Crime/cprec/hr_at_1" in runs["leaderboard"].data.metrics
+    assert {"leaderboard.md", "leaderboard.png"} <= {
+        a.path for a in client.list_artifacts(runs["leaderboard"].info.run_id)}
+    # adapters that passed adapter_is_finite are registered; recommendations name theirs
+    version = client.get_model_version("fixture.cprec_rank.crime", "1")
+    assert version.run_id == runs["sft cprec_rank crime seed 0"].info.run_id
+    assert version.tags["data_version"] == manifest.data_version
+    assert client.get_model_version("fixture.cpt.wsa", "1").run_id == runs["cpt wsa"].info.run_id
+    assert shipped_meta["model_versions"].value == "fixture.cprec_rank.crime v1"
+    assert shipped_meta["reranker_mlflow_run_id"].value == version.run_id
     # every user of the domain has a top k; the LLM the evaluation's fusion names re-ranked
     assert shipped_meta["reranked_users"].value == shipped_meta["users"].value > 0
     assert shipped_meta["reranker"].value.startswith("cprec_rank seed ")

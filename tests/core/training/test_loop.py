@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from cprec_core.layout import TrainedAdapter
+from cprec_core.tracking import NULL_TRACKER
 from cprec_core.training import loop
 
 
@@ -26,6 +27,7 @@ class ToyRecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
         self.run, self.total_steps, self.start_step = run, total_steps, start_step
         self.reporter = type("R", (), {"lines": [], "log": lambda s, line: s.lines.append(line)})()
+        self.tracker = NULL_TRACKER  # the Recipe protocol: tracking off
         self.checkpoints, self.clips, self.finals = [], [], 0
 
     def train_step(self, step: int) -> dict:
