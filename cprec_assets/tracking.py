@@ -55,8 +55,8 @@ class MlflowTracking(dg.ConfigurableResource):
             env[tracking.URI_ENV] = self.tracking_uri
         elif os.environ.get(tracking.URI_ENV):  # a pod does not inherit this process's
             env[tracking.URI_ENV] = os.environ[tracking.URI_ENV]
-        if not self.enabled:
-            env[tracking.OFF_ENV] = "off"
+        if not self.enabled or os.environ.get(tracking.OFF_ENV):
+            env[tracking.OFF_ENV] = "off" if not self.enabled else os.environ[tracking.OFF_ENV]
         return env
 
     def run_metadata(self, profile: Profile, run_id: str | None, prefix: str = "mlflow"

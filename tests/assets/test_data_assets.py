@@ -10,9 +10,15 @@ from cprec_assets.assets import collab, data, evaluate
 from cprec_assets.definitions import defs
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_assets.tracking import MlflowTracking
 
 STAGE = [data.raw_interactions, data.interactions, data.domain_sequences, data.mixed_sequences,
          data.cpt_corpus]
+
+
+def resources(cprec: ProfileResource) -> dict:
+    """The resources of a run of these assets (the next-item ones track to MLflow)."""
+    return {"cprec": cprec, "mlflow": MlflowTracking()}
 
 
 def test_definitions_load():
@@ -25,7 +31,7 @@ def test_definitions_load():
 def test_whole_stage_materialises(tmp_path, fixture_config):
     cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
-        result = dg.materialize(STAGE + checks.data_checks, resources={"cprec": cprec},
+        result = dg.materialize(STAGE + checks.data_checks, resources=resources(cprec),
                                 instance=instance)
         assert result.success
         evaluations = result.get_asset_check_evaluations()
@@ -50,7 +56,7 @@ def test_whole_stage_materialises(tmp_path, fixture_config):
         per_domain = dg.materialize(
             [data.domain_users, collab.sasrec, evaluate.candidate_sets, evaluate.evaluation,
              evaluate.twenty_distinct_candidates_with_the_target_once],
-            resources={"cprec": cprec}, instance=instance, partition_key="crime")
+            resources=resources(cprec), instance=instance, partition_key="crime")
         assert per_domain.success
         assert all(e.passed for e in per_domain.get_asset_check_evaluations())
         results = per_domain.asset_materializations_for_node("evaluation")[0].metadata["results"]
@@ -81,14 +87,14 @@ def test_missing_input_fails_with_the_path(tmp_path):
     cprec = ProfileResource(config_file=str(config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
         with pytest.raises(Exception, match=f"{missing}: not found or not a MovieLens atomic"):
-            dg.materialize([data.raw_interactions], resources={"cprec": cprec}, instance=instance)
+            dg.materialize([data.raw_interactions], resources=resources(cprec), instance=instance)
 
 
 def test_unknown_partition_key_is_refused(tmp_path, fixture_config):
     cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"))
     with dg.instance_for_test() as instance:
-        assert dg.materialize(STAGE, resources={"cprec": cprec}, instance=instance).success
+        assert dg.materialize(STAGE, resources=resources(cprec), instance=instance).success
         instance.add_dynamic_partitions(domain_partitions.name, ["drama"])
         with pytest.raises(Exception, match="partition key 'drama' is not a target domain"):
-            dg.materialize([data.domain_users], resources={"cprec": cprec}, instance=instance,
+            dg.materialize([data.domain_users], resources=resources(cprec), instance=instance,
                            partition_key="drama")

@@ -4,6 +4,7 @@ asks for the GPUs, the image and the data volume. No cluster here: the client's 
 replaced by a recorder, and the pod is built with dagster-k8s's own `build_pod_body` (the
 body `run` would send), which also checks every key against the Kubernetes models."""
 
+import json
 import re
 import sys
 
@@ -16,6 +17,7 @@ from dagster_k8s.pipes import build_pod_body
 from cprec_assets.assets.train import accelerate_command, sft_assets
 from cprec_assets.launcher import TrainingLauncher, pod_spec
 from cprec_assets.resources import REPO_ROOT, ProfileResource, build_resources
+from cprec_assets.tracking import MlflowTracking
 from cprec_core.config import ConfigError
 
 K8S = dict(kind="k8s", image="registry.example.com/cprec:1.0", namespace="cprec", gpus=2,
@@ -51,14 +53,18 @@ def test_the_sft_asset_sends_its_trainer_to_a_gpu_pod(tmp_path, fixture_config, 
     monkeypatch.setattr(PipesK8sClient, "run", recorder(calls))
     cprec = ProfileResource(config_file=str(fixture_config), data_dir=str(tmp_path / "data"),
                             num_processes=2)
-    result = materialize_sft("crime", resources={"cprec": cprec, "launcher": TrainingLauncher(
+    result = materialize_sft("crime", resources={"cprec": cprec, "mlflow": MlflowTracking(),
+                                                 "launcher": TrainingLauncher(
         **K8S, kubeconfig_file="/etc/kube/config", kube_context="gpu-cluster")})
     assert not result.success and len(calls) == 1  # stopped by the recorder, at the pod
     client, partition, kwargs = calls[0]
     assert isinstance(client, PipesK8sClient) and partition == "crime"
     assert (client.kubeconfig_file, client.kube_context) == ("/etc/kube/config", "gpu-cluster")
     assert kwargs["namespace"] == "cprec" and kwargs["image"] == K8S["image"]
-    assert kwargs["env"] == {"HF_HOME": "/mnt/cprec/hf"}
+    env = dict(kwargs["env"])  # the launcher's, and the MLflow run's tags and switch
+    tags = json.loads(env.pop("CPREC_TRACKING_TAGS"))
+    assert tags["dagster.asset_key"] == "sft_adapter" and tags["dagster.partition_key"] == "crime"
+    assert env == {"HF_HOME": "/mnt/cprec/hf", "CPREC_TRACKING": "off"}  # the tests' switch
 
     command = kwargs["command"]
     assert command[:3] == ["python", "-m", "accelerate.commands.launch"]  # the image's python
