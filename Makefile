@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test test-ui ui serve bench results study study-residual study-dpo study-text study-text-scaling \
+.PHONY: install demo test test-ui ui mlflow serve bench results study study-residual study-dpo study-text study-text-scaling \
 	study-gpu benchmark clean-data
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -36,6 +36,10 @@ test-ui: install  ## the browser test: Debian's chromium (apt) + playwright (pip
 ui: install  ## Dagster UI on http://127.0.0.1:3000 (no login: keep it on loopback)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+mlflow: install  ## MLflow UI of the profile's local store on http://127.0.0.1:5000 (every training and evaluation run; no login: keep it on loopback)
+	$(PY) -m cprec_core.tracking ui --profile $${CPREC_PROFILE:-demo} $${CPREC_CONFIG:+--config "$$CPREC_CONFIG"} \
+		$${CPREC_DATA_DIR:+--data-dir "$$CPREC_DATA_DIR"}
+
 SERVE_ARGS ?=
 serve: install  ## the recommendations HTTP service on http://127.0.0.1:8000 (profile: $$CPREC_PROFILE or $$CPREC_CONFIG, default demo, and $$CPREC_DATA_DIR; SERVE_ARGS="--port 8080 ..."; no login: keep it on loopback, docs/SERVING.md)
 	$(PY) -m cprec_core.serving --profile $${CPREC_PROFILE:-demo} $${CPREC_CONFIG:+--config "$$CPREC_CONFIG"} \
@@ -47,6 +51,7 @@ bench: install
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_sft.py
 	$(PY) benchmarks/bench_scoring_bound.py
+	$(PY) benchmarks/bench_tracking.py
 
 RESULTS_PROFILE ?= study-rank
 RESULTS_OUT ?= docs/RESULTS.md

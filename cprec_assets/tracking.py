@@ -41,9 +41,14 @@ class MlflowTracking(dg.ConfigurableResource):
         return dataclasses.replace(profile, tracking=settings)
 
     def tags(self, context: dg.AssetExecutionContext) -> dict[str, str]:
-        """The Dagster run, asset and partition an MLflow run was made by."""
-        tags = {"dagster.run_id": context.run.run_id, "dagster.job": context.run.job_name,
-                "dagster.asset_key": context.asset_key.to_user_string()}
+        """The Dagster run, asset and partition an MLflow run was made by (no run where
+        the asset is called directly, as in a unit test)."""
+        tags = {"dagster.asset_key": context.asset_key.to_user_string()}
+        try:
+            tags.update({"dagster.run_id": context.run.run_id,
+                         "dagster.job": context.run.job_name})
+        except dg.DagsterError:  # the run is not set on a directly invoked asset
+            pass
         if context.has_partition_key:
             tags["dagster.partition_key"] = context.partition_key
         return tags

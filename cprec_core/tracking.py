@@ -67,16 +67,14 @@ def target(profile, uri: str = "") -> Target | None:
     """Where ``profile``'s runs go, or None when tracking is off (the profile's
     ``tracking.enabled``, or ``CPREC_TRACKING=off``). ``uri`` (the Dagster resource's field)
     comes first, then the profile's ``tracking.uri``, ``MLFLOW_TRACKING_URI``, and the
-    local SQLite store."""
+    local SQLite store. A SQLite store keeps its artifacts in ``artifacts/`` beside it."""
     cfg = profile.tracking
     if not cfg.enabled or os.environ.get(OFF_ENV, "").lower() in ("off", "0", "false"):
         return None
-    uri = uri or cfg.uri or os.environ.get(URI_ENV, "")
+    uri = uri or cfg.uri or os.environ.get(URI_ENV, "") or f"sqlite:///{profile.layout.mlflow_db.resolve()}"
     artifact_root, ui = None, cfg.ui_url
-    if not uri:
-        layout = profile.layout
-        uri = f"sqlite:///{layout.mlflow_db.resolve()}"
-        artifact_root = layout.mlflow_artifacts.resolve().as_uri()
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working folder
+        artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
     elif uri.startswith(("http://", "https://")):
         ui = uri  # the server serves its UI
     return Target(uri, cfg.experiment or f"cprec-{profile.name}", artifact_root, cfg.timeout_s,

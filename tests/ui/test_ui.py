@@ -10,6 +10,7 @@ With CPREC_SCREENSHOTS=<folder> the screenshots of the asset graph and of the as
 written there (docs/img is how the README's pictures were made).
 """
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -182,4 +183,56 @@ def test_launch_a_partition_from_the_ui_and_read_its_metadata(dagster_dev):
             expect(page.get_by_text("results", exact=True).first).to_be_visible()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(Path(shots) / "evaluation-table.png"), full_page=True)
+        browser.close()
+
+
+@pytest.fixture
+def mlflow_ui(tmp_path, fixture_config, tracked):
+    """Two CPT runs of the tiny model (variants ``wsa`` and ``ds_only``) in the fixture
+    profile's local MLflow store, and ``python -m cprec_core.tracking ui`` (what `make mlflow`
+    runs) on a free loopback port; yields the UI's URL and the two runs' ids."""
+    from cprec_core.config import load_config_file
+    from cprec_core.data.build import main as build_corpus
+    from cprec_core.training.cpt import run as run_cpt
+
+    data_dir = tmp_path / "data"
+    assert build_corpus(["--config", str(fixture_config), "--data-dir", str(data_dir)]) == 0
+    profile = dataclasses.replace(load_config_file(fixture_config), data_dir=str(data_dir))
+    runs = [run_cpt(profile, variant)["mlflow_run_id"] for variant in ("wsa", "ds_only")]
+    port = free_port()
+    log = tmp_path / "mlflow-ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cprec_core.tracking", "ui", "--config", str(fixture_config),
+             "--data-dir", str(data_dir), "--port", str(port)],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", proc, log)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", runs=runs)
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def test_mlflow_ui_shows_two_training_runs_loss_curves(mlflow_ui):
+    """`make mlflow`'s UI lists the training runs and draws their loss curves on one chart."""
+    shots = os.environ.get("CPREC_SCREENSHOTS")
+    ui, (wsa, ds_only) = mlflow_ui.url, mlflow_ui.runs
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(f"{ui}/#/runs/{wsa}", wait_until="networkidle")  # the asset metadata's link
+        expect(page.get_by_text("cpt wsa").first).to_be_visible()
+        page.goto(f'{ui}/#/metric/loss?runs=["{wsa}","{ds_only}"]&experiments=["1"]',
+                  wait_until="networkidle")
+        expect(page.get_by_text("cpt ds_only").first).to_be_visible()
+        expect(page.locator(".js-plotly-plot, svg.main-svg").first).to_be_visible()
+        page.wait_for_timeout(1500)
+        if shots:
+            page.screenshot(path=str(Path(shots) / "mlflow-loss-curves.png"))
         browser.close()
