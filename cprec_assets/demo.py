@@ -38,6 +38,7 @@ from cprec_assets.definitions import defs
 from cprec_assets.freshness import observe_sources, stale_or_missing
 from cprec_assets.partitions import domain_partitions
 from cprec_assets.resources import ProfileResource
+from cprec_core import tracking
 from cprec_core.config import Profile
 from cprec_core.evaluation.evaluate import llm_domain, planned_llm_systems
 from cprec_core.evaluation import results
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "summary"):
         print_summary(cprec, instance)
     print(f"\nStage times (profile {cprec.profile.name}):\n{stage_times()}", flush=True)
+    print(tracking.describe(defs.resources["mlflow"].profile(cprec.profile)), flush=True)
 
 
 if __name__ == "__main__":

@@ -455,6 +455,24 @@ def model_name(profile, *parts: str) -> str:
     return ".".join([profile.name, *parts])
 
 
+def describe(profile) -> str:
+    """One line on where the profile's runs are and how many there are (``make demo`` ends
+    with it)."""
+    where = target(profile)
+    if where is None:
+        return "MLflow tracking is off (tracking.enabled, CPREC_TRACKING)"
+    try:
+        mlflow_client = client(where)
+        found = mlflow_client.get_experiment_by_name(where.experiment)
+        runs = (mlflow_client.search_runs([found.experiment_id], max_results=1000)
+                if found else [])
+    except Exception as exc:  # noqa: BLE001 - the server or store
+        return f"MLflow ({where.uri}) could not be read: {type(exc).__name__}: {str(exc)[:200]}"
+    shown = "`make mlflow` shows them" if where.artifact_root else f"see {where.ui_url}"
+    return (f"MLflow: {len(runs)}{'+' if len(runs) == 1000 else ''} runs in experiment"
+            f" {where.experiment} ({where.uri}); {shown}")
+
+
 # ---- the command line --------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
