@@ -221,6 +221,12 @@ def test_cpt_adapter_runs_through_pipes_and_reports(tmp_path, fixture_config, tr
     assert re.search(r"test cases per domain: Crime \d+ of \d+ \((all|fewer than all)", text)
     assert re.search(r"Evaluated at git revisions:\*\* Crime (?!not recorded)\S+", text)
     assert (tmp_path / "results_fixture.png").is_file()
+    # ... and logs it as a study run: the RESULTS file and its chart as artifacts
+    results_run = client.search_runs([experiment.experiment_id],
+                                     filter_string="tags.`cprec.kind` = 'results'")[0]
+    assert {"RESULTS.md", "results_fixture.png"} <= {
+        a.path for a in client.list_artifacts(results_run.info.run_id)}
+    assert results_run.data.metrics["Crime/llara/hr_at_1"] == evaluated["llara/hr_at_1"]
     # `make demo`'s summary: the same tables from the same functions, and the demo's own
     from cprec_core.evaluation.results import cpt_table, sft_table, summary, trained_manifests
     with cprec.connect() as con:

@@ -166,3 +166,28 @@ def test_an_unreachable_or_hung_server_never_fails_or_stalls_training(
     assert seconds < straight["seconds"] + 10
     assert "warning: MLflow tracking (http://127.0.0.1" in capsys.readouterr().out
     assert profile.layout.cpt_adapter("wsa").read_manifest().mlflow_run_id is None
+
+
+def test_only_rank_zero_tracks(profile, tracked):
+    """Under accelerate launch every process runs the trainer; only rank 0 opens a run."""
+    from types import SimpleNamespace
+
+    from cprec_core.training.loop import tracked_run
+
+    def trainer(main: bool):
+        return SimpleNamespace(profile=profile, run=profile.layout.cpt_adapter("wsa"),
+                               accelerator=SimpleNamespace(is_main_process=main,
+                                                           num_processes=2),
+                               reporter=SimpleNamespace(log=print), device="cpu")
+
+    with tracked_run(trainer(False), "cpt", "cpt wsa", "cpt", profile.cpt, data_version="x",
+                     seed=0, key="k", tags={}) as tracker:
+        assert tracker is tracking.NULL_TRACKER
+    assert not profile.layout.mlflow_dir.exists()
+    profile.layout.cpt_adapter("wsa").path.mkdir(parents=True)
+    with tracked_run(trainer(True), "cpt", "cpt wsa", "cpt", profile.cpt, data_version="x",
+                     seed=0, key="k", tags={}) as tracker:
+        assert tracker.wait_open()
+    client, run = only_run(profile)
+    assert run.info.status == "KILLED"  # ended without finished(): a stopped training
+    assert run.data.params["processes"] == "2"
