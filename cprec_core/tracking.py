@@ -410,6 +410,16 @@ def log_run(profile, *, name: str, tags: Mapping[str, str], metrics: Mapping[str
 
 # ---- the model registry ----------------------------------------------------------------------
 
+RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what MLflow issues; checked before a filter
+
+
+def _run_filter(run_id: str) -> str:
+    """``run_id = '...'`` for a registry search, refusing an id that could change the
+    filter (ids come from manifests on disk)."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"{run_id!r} is not an MLflow run id")
+    return f"run_id = '{run_id}'"
+
 def register_adapter(profile, run_id: str, name: str, tags: Mapping[str, str],
                      uri: str = "") -> dict[str, str]:
     """A version of registered model ``name`` for the adapter run ``run_id`` logged
@@ -421,7 +431,7 @@ def register_adapter(profile, run_id: str, name: str, tags: Mapping[str, str],
     if where is None:
         raise RuntimeError("tracking is off")
     mlflow_client = client(where)
-    for version in mlflow_client.search_model_versions(f"run_id = '{run_id}'"):
+    for version in mlflow_client.search_model_versions(_run_filter(run_id)):
         if version.name == name:
             return {"name": name, "version": str(version.version), "created": "no"}
     try:
@@ -444,7 +454,7 @@ def model_versions(profile, run_ids: Iterable[str], uri: str = "") -> list[dict[
     mlflow_client = client(where)
     found = []
     for run_id in ids:
-        for version in mlflow_client.search_model_versions(f"run_id = '{run_id}'"):
+        for version in mlflow_client.search_model_versions(_run_filter(run_id)):
             found.append({"name": version.name, "version": str(version.version),
                           "run_id": run_id})
     return found

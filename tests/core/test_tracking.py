@@ -97,6 +97,8 @@ def test_a_training_run_records_params_metrics_artifacts_and_tags(profile, track
     assert version["version"] == again["version"] == "1" and again["created"] == "no"
     found = tracking.model_versions(profile, [run.info.run_id])
     assert found == [{"name": "fixture.cpt.wsa", "version": "1", "run_id": run.info.run_id}]
+    with pytest.raises(ValueError, match="not an MLflow run id"):  # ids come from files
+        tracking.model_versions(profile, ["x' OR name LIKE '%"])
     registered = client.get_model_version("fixture.cpt.wsa", "1")
     assert registered.tags["data_version"] == manifest.corpus_fingerprint
     assert registered.source.endswith("/adapter")
