@@ -23,9 +23,10 @@ install: $(VENV)/.installed
 demo: install  ## materialise the whole asset graph (profile: $$CPREC_PROFILE, default demo)
 	$(PY) -m cprec_assets.demo
 
-test: install  ## ruff check (pyproject.toml's tool.ruff), then the tests
+TEST_WORKERS ?= 2
+test: install  ## ruff check (pyproject.toml's tool.ruff), then the tests on $(TEST_WORKERS) workers (pytest-xdist)
 	$(PY) -m ruff check --quiet
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 test-ui: install  ## the browser test: Debian's chromium (apt) + playwright (pip, extra `ui`); no browser download
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \

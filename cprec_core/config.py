@@ -785,7 +785,7 @@ _DEMO = {
     "name": "demo", "device": "cpu", **_ML100K_DEMO,
     # sized for `make demo` within 10 minutes on a 2-core CPU (README; the stage-time table
     # it prints): every asset family once, the LLM systems in Crime only (sft.domains)
-    "cpt": {"max_tokens": 15_000, "checkpoint_every": 10},
+    "cpt": {"max_tokens": 10_000, "checkpoint_every": 10},
     "sasrec": {"patience": 5}, "gru4rec": {"patience": 5},
     # SASRec reading the base model's and the CPT adapter's title embeddings
     "item_text": {"systems": ["sasrec_text_base", "sasrec_text_cpt"]},
