@@ -10,6 +10,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+def _save(fig, png_path: Path) -> Path:
+    """The figure written to ``png_path`` (its folder made) and closed."""
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
 PHASE_COLOURS = {"warmup": "#fde68a", "stable": "#bfdbfe", "anneal": "#bbf7d0"}
 
 
@@ -40,11 +49,7 @@ def training_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimiser step (dashed: data switch)")
     ax_loss.set_title(title)
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)
 
 
 def preference_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
@@ -62,11 +67,7 @@ def preference_curves(log_path: Path, png_path: Path, title: str = "") -> Path:
     axes[2].set_ylim(-0.05, 1.05)
     axes[2].set_xlabel("optimiser step")
     axes[0].set_title(title)
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)
 
 
 def epoch_curves(history: list[dict], png_path: Path, title: str = "") -> Path:
@@ -82,8 +83,4 @@ def epoch_curves(history: list[dict], png_path: Path, title: str = "") -> Path:
     ax_valid.legend(loc="lower right", fontsize=8)
     ax_valid.set_xlabel("epoch")
     ax_loss.set_title(title)
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    return _save(fig, png_path)
