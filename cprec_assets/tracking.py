@@ -56,9 +56,9 @@ class MlflowTracking(dg.ConfigurableResource):
     def child_env(self, context: dg.AssetExecutionContext) -> dict[str, str]:
         """The environment that tells a trainer's process the same (launcher.run's ``env``)."""
         env = {tracking.TAGS_ENV: json.dumps(self.tags(context))}
-        if self.tracking_uri:
-            env[tracking.URI_ENV] = self.tracking_uri
-        elif os.environ.get(tracking.URI_ENV):  # a pod does not inherit this process's
+        if self.tracking_uri:  # ranked above the profile's uri, as here (tracking.target)
+            env[tracking.URI_OVERRIDE_ENV] = self.tracking_uri
+        if os.environ.get(tracking.URI_ENV):  # a pod does not inherit this process's
             env[tracking.URI_ENV] = os.environ[tracking.URI_ENV]
         if not self.enabled or os.environ.get(tracking.OFF_ENV):
             env[tracking.OFF_ENV] = "off" if not self.enabled else os.environ[tracking.OFF_ENV]

@@ -671,10 +671,10 @@ class TrackingConfig:
             if re.search(r"[\x00-\x1f\x7f]", value) or len(value) > 1000:
                 raise ConfigError(f"tracking.{name}: control characters or over 1000"
                                   f" characters in {value[:80]!r}")
-        if self.uri and not re.match(r"(sqlite|file|https?|postgresql|mysql|databricks)[:+]",
-                                     self.uri):
+        if self.uri and not re.match(r"(sqlite|https?|postgresql|mysql|databricks)[:+]",
+                                     self.uri):  # MLflow 3 refuses its file store by default
             raise ConfigError(f"tracking.uri {self.uri!r} is not an MLflow tracking URI"
-                              " (sqlite:///..., http(s)://..., postgresql://..., file:...)")
+                              " (sqlite:///..., http(s)://..., postgresql://..., databricks)")
         if not re.match(r"https?://", self.ui_url):
             raise ConfigError(f"tracking.ui_url must start with http:// or https://,"
                               f" got {self.ui_url!r}")

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 OFF_ENV = "CPREC_TRACKING"  # "off": log nothing (the Dagster resource's switch, for its children)
 URI_ENV = "MLFLOW_TRACKING_URI"
+URI_OVERRIDE_ENV = "CPREC_TRACKING_URI"  # the Dagster resource's tracking_uri, for its children
 TAGS_ENV = "CPREC_TRACKING_TAGS"  # a JSON object of tags: the Dagster run, asset and partition
 
 MAX_QUEUED = 10_000  # calls waiting for the server; beyond it metrics are dropped (counted)
@@ -65,13 +66,15 @@ class Target:
 
 def target(profile, uri: str = "") -> Target | None:
     """Where ``profile``'s runs go, or None when tracking is off (the profile's
-    ``tracking.enabled``, or ``CPREC_TRACKING=off``). ``uri`` (the Dagster resource's field)
-    comes first, then the profile's ``tracking.uri``, ``MLFLOW_TRACKING_URI``, and the
-    local SQLite store. A SQLite store keeps its artifacts in ``artifacts/`` beside it."""
+    ``tracking.enabled``, or ``CPREC_TRACKING=off``). ``uri`` (the Dagster resource's field;
+    ``CPREC_TRACKING_URI`` in its trainers' processes) comes first, then the profile's
+    ``tracking.uri``, ``MLFLOW_TRACKING_URI``, and the local SQLite store. A SQLite store
+    keeps its artifacts in ``artifacts/`` beside it."""
     cfg = profile.tracking
     if not cfg.enabled or os.environ.get(OFF_ENV, "").lower() in ("off", "0", "false"):
         return None
-    uri = uri or cfg.uri or os.environ.get(URI_ENV, "") or f"sqlite:///{profile.layout.mlflow_db.resolve()}"
+    uri = (uri or os.environ.get(URI_OVERRIDE_ENV, "") or cfg.uri or os.environ.get(URI_ENV, "")
+           or f"sqlite:///{profile.layout.mlflow_db.resolve()}")
     artifact_root, ui = None, cfg.ui_url
     if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working folder
         artifact_root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
@@ -81,14 +84,27 @@ def target(profile, uri: str = "") -> Target | None:
                   ui, cfg.register)
 
 
-def client(target: Target):
-    """An ``MlflowClient`` of ``target`` whose HTTP calls time out after ``timeout_s``
-    without retries (MLflow's defaults, 120 s and 7 retries with back-off, would hold a
-    finishing run for minutes)."""
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(target.timeout_s)))
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    for name in ("mlflow", "alembic"):  # table creation and migrations log at INFO
+# MLflow's HTTP settings as the user's environment had them when this module was imported
+_HTTP_SET_BY_USER = {name for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT",
+                                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES") if name in os.environ}
+
+
+def bound_http(target: Target) -> None:
+    """MLflow's HTTP calls time out after ``timeout_s`` without retries (its defaults, 120 s
+    and 7 retries with back-off, would hold a finishing run for minutes), unless the user's
+    environment set them; its table creation and migrations log quietly."""
+    values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(target.timeout_s))),
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    for name, value in values.items():
+        if name not in _HTTP_SET_BY_USER:
+            os.environ[name] = value
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client(target: Target):
+    """An ``MlflowClient`` of ``target`` (``bound_http`` first, on the thread that owns the
+    process's environment)."""
     from mlflow.tracking import MlflowClient
 
     if target.uri.startswith("sqlite:///"):
@@ -208,7 +224,7 @@ class RunTracker(NullTracker):
 
     ``state_file``: where the run's id is kept for a resume; with ``resume`` and a state
     file of the same ``key`` (the plan's fingerprint) and store, the run is continued and
-    the steps it already holds are not logged again."""
+    what it already holds (each metric's steps) is not logged again."""
 
     def __init__(self, target: Target, *, name: str, params: Mapping[str, str],
                  tags: Mapping[str, str], key: str = "", state_file: Path | None = None,
@@ -216,13 +232,18 @@ class RunTracker(NullTracker):
         self.target, self.name, self.key = target, name, key
         self.params, self.tags = dict(params), dict(tags)
         self.state_file, self.resume, self.log = state_file, resume, log
-        self.logged_through = -1  # the last step a continued run already holds
+        self.client = None
+        self.logged: dict[str, int] = {}  # a continued run: the last step held per metric
         self.dropped = 0
         self.failed: str | None = None
         self.continued = False
         self._ok = False
+        self._status = "KILLED"
         self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._opened = threading.Event()
+        self._closing = threading.Event()
+        self._abandoned = False  # close() stopped waiting: the thread ends after its call
+        bound_http(target)  # here, not in the thread: os.environ is the process's
         self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
         self._thread.start()
 
@@ -241,24 +262,24 @@ class RunTracker(NullTracker):
         self._ok = True
 
     def wait_open(self) -> str | None:
-        """The run's id once it exists (waits at most ``timeout_s``; None if it failed)."""
+        """The run's id once it exists (waits at most ``timeout_s``); None where the run
+        could not be made or its tracking failed."""
         self._opened.wait(self.target.timeout_s)
-        return self.run_id
+        return None if self.failed else self.run_id
 
     def close(self, status: str | None = None) -> None:
         """Ends the run (``status``, else FINISHED or KILLED) once the queue is sent, waiting
-        at most ``3 * timeout_s``; what is still queued then is dropped with a warning."""
-        status = status or ("FINISHED" if self._ok else "KILLED")
-        try:
-            self._queue.put(("close", status), timeout=self.target.timeout_s)
-        except queue.Full:
-            pass
+        at most ``3 * timeout_s``; what is still queued then is dropped with a warning. A run
+        whose tracking failed is ended FAILED where the server still answers."""
+        self._status = status or ("FINISHED" if self._ok else "KILLED")
+        self._closing.set()
         self._thread.join(3 * self.target.timeout_s)
         if self._thread.is_alive():
+            self._abandoned = True
             self._warn(f"the server did not answer within {3 * self.target.timeout_s:.0f} s;"
                        f" about {self._queue.qsize()} calls not sent")
         elif self.dropped:
-            self._warn(f"{self.dropped} metric rows were dropped (queue full)")
+            self._warn(f"{self.dropped} calls were dropped (more than {MAX_QUEUED} waiting)")
 
     def _put(self, item) -> None:
         if self.failed:
@@ -277,8 +298,15 @@ class RunTracker(NullTracker):
         finally:
             self._opened.set()
         pending: list = []
-        while True:
-            item = self._queue.get()
+        while not self._abandoned:
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._send(pending)
+                pending = []
+                if self._closing.is_set():
+                    break
+                continue
             if item[0] == "metrics":
                 pending.append(item)
                 if len(pending) < BATCH and not self._queue.empty():
@@ -288,11 +316,18 @@ class RunTracker(NullTracker):
             if item[0] == "artifacts":
                 self._call(self._artifacts, *item[1:])
             elif item[0] == "tags":
-                self._call(lambda tags: [self.client.set_tag(self.run_id, k, v)
-                                         for k, v in tags.items()], item[1])
-            elif item[0] == "close":
-                self._call(self.client.set_terminated, self.run_id, item[1])
-                return
+                self._call(self._tags, item[1])
+        self._end()
+
+    def _end(self) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        status = "FAILED" if self.failed else self._status
+        try:  # once more where a call failed: a run never left RUNNING by a hiccup
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            if not self.failed:
+                self._fail(exc)
 
     def _open(self) -> None:
         from mlflow.entities import Param
@@ -303,8 +338,6 @@ class RunTracker(NullTracker):
         if previous is not None:
             self.run_id, self.continued = previous, True
             self.client.update_run(previous, status="RUNNING")
-            history = self.client.get_metric_history(previous, "loss")
-            self.logged_through = max((m.step for m in history), default=-1)
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.name, tags=self.tags)
             self.run_id = run.info.run_id
@@ -338,13 +371,26 @@ class RunTracker(NullTracker):
             return None
         return run.info.run_id if run.info.lifecycle_stage == "active" else None
 
+    def _held_through(self, key: str) -> int:
+        """The last step of metric ``key`` a continued run already holds (-1: none)."""
+        if key not in self.logged:
+            history = self.client.get_metric_history(self.run_id, key)
+            self.logged[key] = max((m.step for m in history), default=-1)
+        return self.logged[key]
+
     def _send(self, items: list) -> None:
+        if not items or self.failed:
+            return
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, ts, step) for _, step, values, ts in items
-                   if step > self.logged_through for k, v in values.items()]
-        for i in range(0, len(metrics), BATCH):
-            self._call(self.client.log_batch, self.run_id, metrics=metrics[i:i + BATCH])
+        def batch() -> None:
+            metrics = [Metric(k, v, ts, step) for _, step, values, ts in items
+                       for k, v in values.items()
+                       if not self.continued or step > self._held_through(k)]
+            for i in range(0, len(metrics), BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])
+
+        self._call(batch)
 
     def _artifacts(self, paths: list[Path], folder: str | None) -> None:
         for path in paths:
@@ -353,13 +399,25 @@ class RunTracker(NullTracker):
             elif path.is_file():
                 self.client.log_artifact(self.run_id, str(path), folder)
 
-    def _call(self, fn, *args, **kwargs) -> None:
-        if self.failed:
+    def _tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def _call(self, fn, *args) -> None:
+        """``fn(*args)`` unless tracking failed; a SQLite store busy with another writer is
+        tried twice more before that counts as a failure."""
+        if self.failed or self.client is None:
             return
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the server, the network, the store
-            self._fail(exc)
+        for attempt in range(3):
+            try:
+                fn(*args)
+                return
+            except Exception as exc:  # noqa: BLE001 - the server, the network, the store
+                if attempt < 2 and "database is locked" in str(exc):
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                self._fail(exc)
+                return
 
     def _fail(self, exc: Exception) -> None:
         self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -424,12 +482,14 @@ def register_adapter(profile, run_id: str, name: str, tags: Mapping[str, str],
                      uri: str = "") -> dict[str, str]:
     """A version of registered model ``name`` for the adapter run ``run_id`` logged
     (its ``adapter/`` artifacts), with ``tags`` (the data version among them); the version
-    already made for that run where there is one. Raises what the server raises."""
+    already made for that run where there is one. A run that did not finish with its
+    adapter uploaded gets none (RuntimeError); raises what the server raises."""
     from mlflow.exceptions import MlflowException
 
     where = target(profile, uri)
     if where is None:
         raise RuntimeError("tracking is off")
+    bound_http(where)
     mlflow_client = client(where)
     for version in mlflow_client.search_model_versions(_run_filter(run_id)):
         if version.name == name:
@@ -438,7 +498,12 @@ def register_adapter(profile, run_id: str, name: str, tags: Mapping[str, str],
         mlflow_client.create_registered_model(name)
     except MlflowException:
         pass  # it exists
-    source = f"{mlflow_client.get_run(run_id).info.artifact_uri.rstrip('/')}/adapter"
+    run = mlflow_client.get_run(run_id)
+    if run.info.status != "FINISHED" or not mlflow_client.list_artifacts(run_id, "adapter"):
+        raise RuntimeError(f"run {run_id} is {run.info.status} and holds"
+                           f" {'an' if mlflow_client.list_artifacts(run_id, 'adapter') else 'no'}"
+                           " adapter/: its tracking did not finish, so no version is made")
+    source = f"{run.info.artifact_uri.rstrip('/')}/adapter"
     version = mlflow_client.create_model_version(name, source, run_id=run_id,
                                                  tags={k: str(v) for k, v in tags.items()})
     return {"name": name, "version": str(version.version), "created": "yes"}
@@ -451,6 +516,7 @@ def model_versions(profile, run_ids: Iterable[str], uri: str = "") -> list[dict[
     ids = [r for r in run_ids if r]
     if where is None or not ids:
         return []
+    bound_http(where)
     mlflow_client = client(where)
     found = []
     for run_id in ids:
@@ -472,6 +538,7 @@ def describe(profile) -> str:
     if where is None:
         return "MLflow tracking is off (tracking.enabled, CPREC_TRACKING)"
     try:
+        bound_http(where)
         mlflow_client = client(where)
         found = mlflow_client.get_experiment_by_name(where.experiment)
         runs = (mlflow_client.search_runs([found.experiment_id], max_results=1000)
@@ -500,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: tracking is off for this profile (tracking.enabled)", file=sys.stderr)
         return 2
     if args.command == "runs":
+        bound_http(where)
         mlflow_client = client(where)
         found = mlflow_client.get_experiment_by_name(where.experiment)
         if found is None:

@@ -20,9 +20,9 @@ from cprec_core.evaluation.evaluate import (dpo_format_drops, evaluate_domain, e
                                             low_valid_ratios, mismatched_candidates,
                                             scoring_seconds)
 from cprec_core.evaluation.leaderboard import (build_leaderboard, domain_rows, leaderboard_chart,
-                                               leaderboard_markdown, log_leaderboard,
-                                               tracked_metrics)
-from cprec_core.tracking import flatten, log_run, run_tags
+                                               leaderboard_markdown, leaderboard_rows,
+                                               log_leaderboard, tracked_metrics)
+from cprec_core.tracking import flatten, log_run, run_tags, target
 from cprec_core.recommend.full_ranking import full_ranking_markdown
 from cprec_core.systems import evaluation_inputs
 
@@ -67,11 +67,13 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig,
     profile, key = cprec.profile, context.partition_key
     evaluated = evaluate_domain(cprec.connect, profile, key, config.systems or None,
                                 log=run_log(context))
+    tracked_profile = mlflow.profile(profile)
     with cprec.connect() as con:
         tables = evaluation_tables(con, evaluated.domain)
         seconds = scoring_seconds(con, evaluated.domain)
-        rows, tests = domain_rows(con, evaluated.domain, profile.evaluation.bootstrap)
-    tracked = log_run(mlflow.profile(profile), name=f"evaluation {key}",
+        rows, tests = (domain_rows(con, evaluated.domain, profile.evaluation.bootstrap)
+                       if target(tracked_profile) else ([], []))
+    tracked = log_run(tracked_profile, name=f"evaluation {key}",  # the database closed
                       tags={**run_tags("evaluation", domain=key, profile=profile.name),
                             **mlflow.tags(context)},
                       metrics=tracked_metrics(rows, tests),
@@ -129,10 +131,11 @@ def leaderboard(context: dg.AssetExecutionContext, cprec: ProfileResource,
         board = "\n\n".join(filter(None, [
             leaderboard_markdown(con), full_ranking_markdown(con, profile.evaluation.bootstrap)]))
         chart = leaderboard_chart(con, profile.layout.leaderboard_chart)
-        profile.layout.leaderboard_markdown.write_text(board + "\n")
-        tracked = log_leaderboard(con, mlflow.profile(profile), "leaderboard",
-                                  [profile.layout.leaderboard_markdown, chart], "leaderboard",
-                                  mlflow.tags(context), context.log.warning)
+        rows, tests = leaderboard_rows(con)
+    profile.layout.leaderboard_markdown.write_text(board + "\n")
+    tracked = log_leaderboard(rows, tests, mlflow.profile(profile), "leaderboard",  # closed
+                              [profile.layout.leaderboard_markdown, chart], "leaderboard",
+                              mlflow.tags(context), context.log.warning)
     context.log.info(f"leaderboard: {counts}")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": counts["rows"], "domains": counts["domains"],

@@ -245,16 +245,21 @@ def tracked_metrics(rows: list[tuple], tests: list[tuple], with_domain: bool = F
     return out
 
 
-def log_leaderboard(con: duckdb.DuckDBPyConnection, profile, name: str, artifacts, kind: str,
-                    tags: dict | None = None, log=print) -> dict | None:
-    """The leaderboard tables as one MLflow run of kind ``kind`` (``leaderboard``, or
-    ``results`` for ``make results``), every domain's systems and tests as metrics and
-    ``artifacts`` (the markdown, the chart) beside them; its ids and link, or None where
-    tracking is off or failed (cprec_core.tracking.log_run)."""
+def leaderboard_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple], list[tuple]]:
+    """The rows of ``leaderboard`` and ``leaderboard_tests`` as built."""
+    return (con.execute("SELECT * FROM leaderboard").fetchall(),
+            con.execute("SELECT * FROM leaderboard_tests").fetchall())
+
+
+def log_leaderboard(rows: list[tuple], tests: list[tuple], profile, name: str, artifacts,
+                    kind: str, tags: dict | None = None, log=print) -> dict | None:
+    """The leaderboard tables (``leaderboard_rows``) as one MLflow run of kind ``kind``
+    (``leaderboard``, or ``results`` for ``make results``), every domain's systems and tests
+    as metrics and ``artifacts`` (the markdown, the chart) beside them; its ids and link, or
+    None where tracking is off or failed (cprec_core.tracking.log_run). Call it with the
+    database closed: a slow server must not hold the lock."""
     from cprec_core import tracking
 
-    rows = con.execute("SELECT * FROM leaderboard").fetchall()
-    tests = con.execute("SELECT * FROM leaderboard_tests").fetchall()
     return tracking.log_run(
         profile, name=name, tags={**tracking.run_tags(kind, profile=profile.name), **(tags or {})},
         metrics=tracked_metrics(rows, tests, with_domain=True),

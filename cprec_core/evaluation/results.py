@@ -26,8 +26,8 @@ from cprec_core.data.db import connect
 from cprec_core.evaluation.evaluate import COST_HEADER, scoring_costs
 from cprec_core.layout import RunManifest
 from cprec_core.evaluation.leaderboard import (build_leaderboard, leaderboard_chart,
-                                               leaderboard_markdown, log_leaderboard,
-                                               require_evaluation)
+                                               leaderboard_markdown, leaderboard_rows,
+                                               log_leaderboard, require_evaluation)
 from cprec_core.provenance import git_revision, processor
 from cprec_core.recommend.batch import recommendation_sample
 from cprec_core.recommend.full_ranking import full_ranking_markdown
@@ -544,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
             command = "python -m cprec_core.evaluation.results " + " ".join(
                 map(shlex.quote, argv or sys.argv[1:]))
             out.write_text(render(con, profile, command, chart, (out, chart)))
-            tracked = log_leaderboard(con, profile, f"results {out.name}", [out, chart],
-                                      "results")
+            rows, tests = leaderboard_rows(con)
+        tracked = log_leaderboard(rows, tests, profile, f"results {out.name}", [out, chart],
+                                  "results")  # the database closed
         print(f"wrote {out} and {chart}"
               + (f"; MLflow run {tracked['url']}" if tracked else ""))
 

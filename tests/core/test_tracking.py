@@ -110,6 +110,8 @@ def test_a_resumed_training_continues_its_run(profile, tracked):
     client, first = only_run(profile)
     assert first.info.status == "KILLED"
     assert len(client.get_metric_history(first.info.run_id, "loss")) == 5
+    with pytest.raises(RuntimeError, match="no version is made"):  # no adapter uploaded
+        tracking.register_adapter(profile, first.info.run_id, "fixture.cpt.wsa", {})
     resumed = run_cpt(profile, "wsa")  # redoes steps 4 and 5: logged once
     assert resumed["finished"]
     client, run = only_run(profile)
@@ -193,3 +195,39 @@ def test_only_rank_zero_tracks(profile, tracked):
     client, run = only_run(profile)
     assert run.info.status == "KILLED"  # ended without finished(): a stopped training
     assert run.data.params["processes"] == "2"
+
+
+def test_a_call_that_fails_ends_the_run_failed_and_names_no_run(profile, tracked, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    real = MlflowClient.log_batch
+
+    def refuse_metrics(self, run_id, metrics=(), **kwargs):
+        if metrics:
+            raise RuntimeError("the store refused a batch")
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse_metrics)
+    lines = []
+    tracker = tracking.RunTracker(tracking.target(profile), name="refused", params={"a": "1"},
+                                  tags={}, log=lines.append)
+    tracker.log_step(1, {"loss": 1.0})
+    tracker.finished()
+    tracker.close()
+    assert tracker.wait_open() is None  # a manifest names no half-tracked run
+    client, run = only_run(profile)
+    assert run.info.status == "FAILED" and run.data.params == {"a": "1"}
+    assert len(lines) == 1 and "the store refused a batch" in lines[0]
+
+
+def test_the_resource_uri_ranks_above_the_profile(profile, monkeypatch, tmp_path):
+    mine = dataclasses.replace(profile, tracking=TrackingConfig(uri="http://team:5000"))
+    monkeypatch.delenv("CPREC_TRACKING")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-shell:5000")
+    assert tracking.target(mine).uri == "http://team:5000"  # the profile's, then the shell's
+    assert tracking.target(profile).uri == "http://from-shell:5000"
+    monkeypatch.setenv(tracking.URI_OVERRIDE_ENV, f"sqlite:///{tmp_path}/run.db")
+    where = tracking.target(mine)  # what the mlflow resource hands its trainers
+    assert where.uri == f"sqlite:///{tmp_path}/run.db"
+    assert where.artifact_root == (tmp_path / "artifacts").as_uri()
+    assert where.run_url("abc") == "http://127.0.0.1:5000/#/runs/abc"
