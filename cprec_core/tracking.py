@@ -92,14 +92,12 @@ _HTTP_SET_BY_USER = {name for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT",
 def bound_http(target: Target) -> None:
     """MLflow's HTTP calls time out after ``timeout_s`` without retries (its defaults, 120 s
     and 7 retries with back-off, would hold a finishing run for minutes), unless the user's
-    environment set them; its table creation and migrations log quietly."""
+    environment set them."""
     values = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(target.timeout_s))),
               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     for name, value in values.items():
         if name not in _HTTP_SET_BY_USER:
             os.environ[name] = value
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def client(target: Target):
@@ -107,6 +105,8 @@ def client(target: Target):
     process's environment)."""
     from mlflow.tracking import MlflowClient
 
+    for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's own level:
+        logging.getLogger(name).setLevel(logging.WARNING)  # table creation logs quietly
     if target.uri.startswith("sqlite:///"):
         Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
