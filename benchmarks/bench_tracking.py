@@ -80,14 +80,13 @@ def arm(profile, label: str, folder: Path, steps: int) -> dict:
         raise SystemExit(f"the plan has {trainer.total_steps} steps, fewer than 1 + --steps")
     one_step(trainer, 0, trainer.cfg.grad_clip)  # warm-up: kernels, allocator
     trainer.start_step = 1
-    opened = time.perf_counter()
+    opened, opened_at = time.perf_counter(), []
     with tracking.training_run(profile, name=f"bench {label}", params={"arm": label},
                                tags={"cprec.kind": "benchmark"}, log=print) as tracker:
         trainer.tracker = tracker
         if isinstance(tracker, tracking.RunTracker):
             threading.Thread(target=lambda: (tracker.wait_open(), opened_at.append(
                 time.perf_counter() - opened)), daemon=True).start()
-        opened_at: list[float] = []
         result = run_steps(trainer, 10**9, trainer.cfg.grad_clip, stop_after=steps)
         closing = time.perf_counter()
     close_s = time.perf_counter() - closing

@@ -112,16 +112,9 @@ def models_used(mlflow: MlflowTracking, profile: Profile, slug: str, models: dic
                 ) -> dict[str, dg.MetadataValue]:
     """What a recommendations snapshot was made with, as MLflow sees it: the re-ranking
     adapter's registered versions and the MLflow runs of it and of the retrieval model."""
-    layout = profile.layout
-    runs: dict[str, str | None] = {}
-    rerank, retrieval = models.get("rerank"), models.get("retrieval")
-    if rerank:
-        run = layout.sft_run(rerank["system"], slug, rerank["seed"])
-        runs["reranker"] = run.read_manifest().mlflow_run_id if run.manifest.is_file() else None
-    if retrieval:
-        files = layout.next_item_model(retrieval["model"], slug, retrieval.get("seed", 0))
-        if files.manifest.is_file():
-            runs["retrieval"] = json.loads(files.manifest.read_text()).get("mlflow_run_id")
+    from cprec_core.recommend.pipeline import model_runs
+
+    runs = model_runs(profile.layout, slug, models)
     out: dict[str, dg.MetadataValue] = {}
     for role, run_id in runs.items():
         out.update(mlflow.run_metadata(profile, run_id, prefix=f"{role}_mlflow"))

@@ -206,9 +206,6 @@ class NullTracker:
     def log_artifacts(self, paths: Iterable[Path], folder: str | None = None) -> None:
         pass
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
     def finished(self) -> None:
         pass
 
@@ -253,9 +250,6 @@ class RunTracker(NullTracker):
 
     def log_artifacts(self, paths: Iterable[Path], folder: str | None = None) -> None:
         self._put(("artifacts", [Path(p) for p in paths], folder))
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._put(("tags", dict(tags)))
 
     def finished(self) -> None:
         """The training ended: ``close`` marks the run FINISHED (else KILLED)."""
@@ -315,8 +309,6 @@ class RunTracker(NullTracker):
             pending = []
             if item[0] == "artifacts":
                 self._call(self._artifacts, *item[1:])
-            elif item[0] == "tags":
-                self._call(self._tags, item[1])
         self._end()
 
     def _end(self) -> None:
@@ -398,10 +390,6 @@ class RunTracker(NullTracker):
                 self.client.log_artifacts(self.run_id, str(path), folder or path.name)
             elif path.is_file():
                 self.client.log_artifact(self.run_id, str(path), folder)
-
-    def _tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
 
     def _call(self, fn, *args) -> None:
         """``fn(*args)`` unless tracking failed; a SQLite store busy with another writer is
@@ -499,10 +487,11 @@ def register_adapter(profile, run_id: str, name: str, tags: Mapping[str, str],
     except MlflowException:
         pass  # it exists
     run = mlflow_client.get_run(run_id)
-    if run.info.status != "FINISHED" or not mlflow_client.list_artifacts(run_id, "adapter"):
+    uploaded = bool(mlflow_client.list_artifacts(run_id, "adapter"))
+    if run.info.status != "FINISHED" or not uploaded:
         raise RuntimeError(f"run {run_id} is {run.info.status} and holds"
-                           f" {'an' if mlflow_client.list_artifacts(run_id, 'adapter') else 'no'}"
-                           " adapter/: its tracking did not finish, so no version is made")
+                           f" {'an' if uploaded else 'no'} adapter/: its tracking did not"
+                           " finish, so no version is made")
     source = f"{run.info.artifact_uri.rstrip('/')}/adapter"
     version = mlflow_client.create_model_version(name, source, run_id=run_id,
                                                  tags={k: str(v) for k, v in tags.items()})

@@ -169,6 +169,21 @@ class LLMReranking:
         return np.where(np.isfinite(retrieval_scores), llm, -np.inf)
 
 
+def model_runs(layout: Layout, slug: str, models: dict) -> dict[str, str | None]:
+    """The MLflow runs (cprec_core.tracking) that trained the models a snapshot names
+    (``describe``'s dict): ``reranker`` and ``retrieval``, None where one was not tracked."""
+    runs: dict[str, str | None] = {}
+    rerank, retrieval = models.get("rerank"), models.get("retrieval")
+    if rerank:
+        run = layout.sft_run(rerank["system"], slug, rerank["seed"])
+        runs["reranker"] = run.read_manifest().mlflow_run_id if run.manifest.is_file() else None
+    if retrieval:
+        files = layout.next_item_model(retrieval["model"], slug, retrieval.get("seed", 0))
+        if files.manifest.is_file():
+            runs["retrieval"] = json.loads(files.manifest.read_text()).get("mlflow_run_id")
+    return runs
+
+
 def describe(retrieval: Retrieval, reranker: Reranker | None) -> dict:
     """The model versions a run of the pipeline used, for manifests and snapshots."""
     return {"retrieval": asdict(retrieval), "rerank": asdict(reranker) if reranker else None}

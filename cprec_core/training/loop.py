@@ -8,6 +8,7 @@ and read top to bottom; they share these pieces, not a base class.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -204,8 +205,6 @@ def tracked_run(trainer, kind: str, name: str, section: str, config: Any, *,
     """The MLflow run ``name`` of one training (cprec_core.tracking.training_run): on rank 0
     only, continued on resume while the plan (``key``) is the
     same. ``config`` is the stage's settings (a dataclass), recorded as ``section.*``."""
-    import dataclasses
-
     profile = trainer.profile
     return tracking.training_run(
         profile, name=name, key=key, state_file=trainer.run.tracking_file,
